@@ -1,0 +1,127 @@
+//! Reading a request body once, within a limit.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use crate::{BoxError, ThrottleError};
+
+pin_project! {
+    /// Collects a body into one `Bytes`, failing with `BodyTooLarge` past `limit`. A body of
+    /// one `Bytes` chunk (`Full`, a buffered axum body) is returned without a copy.
+    pub(crate) struct CollectBody<B> {
+        #[pin]
+        body: B,
+        first: Option<Bytes>,
+        rest: BytesMut,
+        len: usize,
+        limit: usize,
+    }
+}
+
+impl<B: Body> CollectBody<B> {
+    pub(crate) fn new(body: B, limit: usize) -> Self {
+        Self {
+            body,
+            first: None,
+            rest: BytesMut::new(),
+            len: 0,
+            limit,
+        }
+    }
+}
+
+impl<B> Future for CollectBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Bytes, ThrottleError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if this.body.size_hint().lower() > *this.limit as u64 {
+            return Poll::Ready(Err(ThrottleError::BodyTooLarge { limit: *this.limit }));
+        }
+        loop {
+            let Some(frame) = ready!(this.body.as_mut().poll_frame(cx)) else {
+                let bytes = match this.first.take() {
+                    Some(first) if this.rest.is_empty() => first,
+                    _ => std::mem::take(this.rest).freeze(),
+                };
+                return Poll::Ready(Ok(bytes));
+            };
+            let Ok(mut data) = frame
+                .map_err(|e| ThrottleError::Body(e.into()))?
+                .into_data()
+            else {
+                continue; // trailers: not part of the payload
+            };
+            let n = data.remaining();
+            *this.len += n;
+            if *this.len > *this.limit {
+                return Poll::Ready(Err(ThrottleError::BodyTooLarge { limit: *this.limit }));
+            }
+            let chunk = data.copy_to_bytes(n);
+            match this.first.take() {
+                None if this.rest.is_empty() => *this.first = Some(chunk),
+                first => {
+                    if let Some(f) = first {
+                        this.rest.extend_from_slice(&f);
+                    }
+                    this.rest.extend_from_slice(&chunk);
+                }
+            }
+        }
+    }
+}
+
+/// A copy of a request without its body, from which each attempt is rebuilt.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestTemplate {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl RequestTemplate {
+    pub(crate) fn new(parts: http::request::Parts) -> Self {
+        Self {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            extensions: parts.extensions,
+        }
+    }
+
+    /// A request with a copy of the head and `body`.
+    pub(crate) fn build<B: From<Bytes>>(&self, body: Bytes) -> http::Request<B> {
+        let mut request = http::Request::new(B::from(body));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.clone();
+        request
+    }
+
+    /// The request itself, moving the head (for the last use).
+    pub(crate) fn into_request<B: From<Bytes>>(self, body: Bytes) -> http::Request<B> {
+        let mut request = http::Request::new(B::from(body));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        *request.extensions_mut() = self.extensions;
+        request
+    }
+}

@@ -1,0 +1,656 @@
+//! Quotas and the throttle configuration.
+
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+
+use crate::{
+    estimate::{default_output_limit, BodyLengthEstimator, TokenEstimator},
+    ledger::Ledger,
+    retry::RetryBudgetState,
+    ConfigError, QuotaKey,
+};
+
+/// Bedrock's largest request body, the default body limit.
+pub const BEDROCK_MAX_BODY_BYTES: usize = 25_000_000;
+
+/// One quota: requests and tokens per period (a minute unless set), as Bedrock grants per
+/// model and Region.
+///
+/// RPM is optional because Bedrock's newer quota tables list only tokens per minute; leave it
+/// out with `None` or [`Quota::tokens_per_minute`].
+///
+/// ```
+/// use bedrock_throttle::Quota;
+///
+/// let claude_3_5 = Quota::new(50, 400_000); // 50 RPM, 400,000 TPM
+/// let sonnet_4 = Quota::tokens_per_minute(200_000); // TPM only
+/// let custom = Quota::new(None, 1_000_000).with_burndown(5.0);
+/// assert_eq!(claude_3_5.requests(), Some(50));
+/// assert_eq!(sonnet_4.requests(), None);
+/// assert_eq!(custom.burndown(), Some(5.0));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quota {
+    requests: Option<u32>,
+    tokens: u64,
+    period: Duration,
+    burndown: Option<f64>,
+}
+
+impl Quota {
+    /// `rpm` requests (or `None` for no request limit) and `tpm` tokens per minute.
+    pub fn new(rpm: impl Into<Option<u32>>, tpm: u64) -> Self {
+        Self {
+            requests: rpm.into(),
+            tokens: tpm,
+            period: Duration::from_secs(60),
+            burndown: None,
+        }
+    }
+
+    /// `tpm` tokens per minute and no request limit.
+    pub fn tokens_per_minute(tpm: u64) -> Self {
+        Self::new(None, tpm)
+    }
+
+    /// Counts the requests and tokens of this quota per `period` instead of per minute.
+    /// Useful for emulators and tests that run a "minute" faster; against Bedrock keep the
+    /// minute.
+    pub fn with_period(mut self, period: Duration) -> Self {
+        self.period = period;
+        self
+    }
+
+    /// Quota tokens one output token consumes. Unset, it follows the model: 5 for Claude 3.7
+    /// Sonnet, Claude 4 and later (Bedrock's documented burndown), 1 otherwise
+    /// (see [`default_burndown`]).
+    pub fn with_burndown(mut self, rate: f64) -> Self {
+        self.burndown = Some(rate);
+        self
+    }
+
+    /// Requests per period, if limited.
+    pub fn requests(&self) -> Option<u32> {
+        self.requests
+    }
+
+    /// Tokens per period.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// The period the numbers count over.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// The burndown set on this quota, if any.
+    pub fn burndown(&self) -> Option<f64> {
+        self.burndown
+    }
+
+    fn validate(&self, what: &str) -> Result<(), ConfigError> {
+        if self.tokens == 0 {
+            return Err(ConfigError::new(format!(
+                "{what}: the token quota is 0, so nothing could ever be admitted; give the tokens per minute your account has"
+            )));
+        }
+        if self.requests == Some(0) {
+            return Err(ConfigError::new(format!(
+                "{what}: the request quota is 0; use None for no request limit"
+            )));
+        }
+        if self.period.is_zero() {
+            return Err(ConfigError::new(format!(
+                "{what}: the quota period is zero"
+            )));
+        }
+        if let Some(b) = self.burndown {
+            if !(b.is_finite() && b > 0.0) {
+                return Err(ConfigError::new(format!(
+                    "{what}: burndown {b} must be a positive finite number (1 for most models, 5 for newer Claude)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bedrock's output burndown for a model id: 5 quota tokens per output token for Claude 3.7
+/// Sonnet and Claude 4 and later (Opus, Sonnet, Haiku), 1 for every other model.
+///
+/// Cross-Region prefixes and ARNs are understood. Override with [`Quota::with_burndown`] or
+/// `ThrottleConfigBuilder::burndown` when AWS changes the list.
+///
+/// ```
+/// use bedrock_throttle::default_burndown;
+///
+/// assert_eq!(default_burndown("us.anthropic.claude-sonnet-4-20250514-v1:0"), 5.0);
+/// assert_eq!(default_burndown("anthropic.claude-3-7-sonnet-20250219-v1:0"), 5.0);
+/// assert_eq!(default_burndown("anthropic.claude-3-5-sonnet-20240620-v1:0"), 1.0);
+/// assert_eq!(default_burndown("meta.llama3-70b-instruct-v1:0"), 1.0);
+/// ```
+pub fn default_burndown(model: &str) -> f64 {
+    let Some((_, name)) = model.split_once("claude-") else {
+        return 1.0;
+    };
+    let mut parts = name.split(['-', '.', ':']);
+    let newer = match (parts.next(), parts.next()) {
+        (Some("opus" | "sonnet" | "haiku"), Some(major)) => {
+            major.parse::<u32>().is_ok_and(|m| (4..100).contains(&m))
+        }
+        (Some(major), Some(minor)) => match major.parse::<u32>() {
+            Ok(3) => minor == "7",
+            Ok(m) => (4..100).contains(&m),
+            Err(_) => false,
+        },
+        _ => false,
+    };
+    if newer {
+        5.0
+    } else {
+        1.0
+    }
+}
+
+/// Backoff retry settings, read by the retry layer.
+#[derive(Clone, Debug)]
+pub(crate) struct RetrySettings {
+    pub(crate) max_attempts: u32,
+    pub(crate) base_delay: Duration,
+    pub(crate) max_delay: Duration,
+    pub(crate) max_retry_after: Duration,
+}
+
+/// A retry budget, as the AWS SDK's retry quota: a bucket of `capacity` units; each retry
+/// takes `retry_cost`, each request that succeeds at its first attempt puts one back. When
+/// the bucket cannot pay for a retry, the caller gets the failure instead, so a storm of
+/// failures does not multiply the load upstream.
+///
+/// ```
+/// use bedrock_throttle::{Quota, RetryBudget, ThrottleConfig};
+///
+/// let cfg = ThrottleConfig::builder()
+///     .quota(Quota::tokens_per_minute(400_000))
+///     .retry_budget(RetryBudget::new(100, 5))
+///     .build()
+///     .unwrap();
+/// # let _ = cfg;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryBudget {
+    pub(crate) capacity: u32,
+    pub(crate) retry_cost: u32,
+}
+
+impl RetryBudget {
+    /// A budget of `capacity` units, `retry_cost` per retry.
+    pub fn new(capacity: u32, retry_cost: u32) -> Self {
+        Self {
+            capacity,
+            retry_cost,
+        }
+    }
+}
+
+impl Default for RetryBudget {
+    /// The AWS SDK's values: 500 units, 5 per retry.
+    fn default() -> Self {
+        Self::new(500, 5)
+    }
+}
+
+/// Everything the configuration fixes, immutable once built.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    default_quota: Option<Quota>,
+    model_quotas: HashMap<String, Quota>,
+    burndowns: HashMap<String, f64>,
+    pub(crate) retry: RetrySettings,
+    pub(crate) max_wait: Duration,
+    pub(crate) body_limit: usize,
+    pub(crate) throttle_recovery: Duration,
+}
+
+/// A quota resolved for one key, with its burndown.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct ResolvedQuota {
+    pub(crate) requests: Option<u32>,
+    pub(crate) tokens: u64,
+    pub(crate) period: Duration,
+    pub(crate) burndown: f64,
+}
+
+impl Settings {
+    /// The quota for `key`: the model's own, else the ARN's resource name's, else the default.
+    pub(crate) fn quota_for(&self, key: &QuotaKey) -> Option<ResolvedQuota> {
+        let model = key.model();
+        let quota = model
+            .and_then(|m| {
+                self.model_quotas.get(m).or_else(|| {
+                    let (_, tail) = m.rsplit_once('/')?;
+                    self.model_quotas.get(tail)
+                })
+            })
+            .or(self.default_quota.as_ref())?;
+        Some(ResolvedQuota {
+            requests: quota.requests,
+            tokens: quota.tokens,
+            period: quota.period,
+            burndown: self.burndown_for(model, quota),
+        })
+    }
+
+    fn burndown_for(&self, model: Option<&str>, quota: &Quota) -> f64 {
+        if let Some(b) = quota.burndown {
+            return b;
+        }
+        match model {
+            Some(m) => self
+                .burndowns
+                .get(m)
+                .copied()
+                .unwrap_or_else(|| default_burndown(m)),
+            None => 1.0,
+        }
+    }
+}
+
+/// The state every layer and client built from one configuration shares.
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) ledger: Ledger,
+    pub(crate) retry_budget: Option<RetryBudgetState>,
+    pub(crate) estimator: Arc<dyn TokenEstimator>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("settings", &self.settings)
+            .field("estimator", &self.estimator)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The throttle's configuration, and a handle on the one budget it governs.
+///
+/// Build it with [`ThrottleConfig::builder`]. Everything made from one `ThrottleConfig`, or
+/// from its clones, spends from the same quotas: two `BedrockThrottleLayer`s built from it
+/// admit together no more than one would. Cloning never creates capacity; for an
+/// independent budget, build a second configuration.
+///
+/// ```
+/// use std::time::Duration;
+/// use bedrock_throttle::{Quota, ThrottleConfig};
+///
+/// let cfg = ThrottleConfig::builder()
+///     .quota(Quota::tokens_per_minute(200_000))
+///     .model_quota("anthropic.claude-3-5-sonnet-20240620-v1:0", Quota::new(50, 400_000))
+///     .max_attempts(6)
+///     .base_delay(Duration::from_millis(500))
+///     .max_delay(Duration::from_secs(20))
+///     .max_wait(Duration::from_secs(90))
+///     .build()?;
+/// # Ok::<(), bedrock_throttle::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ThrottleConfig {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ThrottleConfig {
+    /// A builder with the defaults listed on [`ThrottleConfigBuilder`].
+    pub fn builder() -> ThrottleConfigBuilder {
+        ThrottleConfigBuilder::default()
+    }
+}
+
+/// Builds a [`ThrottleConfig`].
+///
+/// | setting | default | meaning |
+/// |---|---|---|
+/// | `quota` | none | quota of every model without its own |
+/// | `model_quota` | none | quota of one model id or inference profile |
+/// | `burndown` | 5 for Claude 3.7 / 4+, else 1 | quota tokens per output token |
+/// | `max_attempts` | 8 | attempts per request, the first included |
+/// | `base_delay` | 1 s | first backoff ceiling |
+/// | `max_delay` | 20 s | largest backoff ceiling |
+/// | `max_retry_after` | 60 s | longest server `Retry-After` honoured |
+/// | `retry_budget` | 500 units, 5 per retry | see [`RetryBudget`] |
+/// | `max_wait` | 120 s | longest wait in the gate's queue per attempt |
+/// | `body_limit` | 25,000,000 bytes | largest request body |
+/// | `throttle_recovery` | 60 s | how long the gate takes to return to full rate after an upstream throttle |
+/// | `estimator` | body length | the [`TokenEstimator`] |
+///
+/// With the defaults a throttled request retries for about 70 s of backoff at most, longer
+/// than Bedrock's one-minute quota window (the AWS SDK's 3 attempts give up in about 1.5 s).
+#[derive(Debug)]
+#[must_use]
+pub struct ThrottleConfigBuilder {
+    default_quota: Option<Quota>,
+    model_quotas: Vec<(String, Quota)>,
+    burndowns: HashMap<String, f64>,
+    max_attempts: u32,
+    base_delay: Duration,
+    max_delay: Duration,
+    max_retry_after: Duration,
+    budget: Option<RetryBudget>,
+    max_wait: Duration,
+    body_limit: usize,
+    throttle_recovery: Duration,
+    estimator: Option<Arc<dyn TokenEstimator>>,
+}
+
+impl Default for ThrottleConfigBuilder {
+    fn default() -> Self {
+        Self {
+            default_quota: None,
+            model_quotas: Vec::new(),
+            burndowns: HashMap::new(),
+            max_attempts: 8,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(20),
+            max_retry_after: Duration::from_secs(60),
+            budget: Some(RetryBudget::default()),
+            max_wait: Duration::from_secs(120),
+            body_limit: BEDROCK_MAX_BODY_BYTES,
+            throttle_recovery: Duration::from_secs(60),
+            estimator: None,
+        }
+    }
+}
+
+impl ThrottleConfigBuilder {
+    /// The quota of every model that has no [`model_quota`](Self::model_quota). Without it,
+    /// requests for other models (and non-Bedrock requests) are estimated and retried but
+    /// not gated.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.default_quota = Some(quota);
+        self
+    }
+
+    /// The quota of one model id or inference profile, as it appears in the request path
+    /// (decoded): `anthropic.claude-3-5-sonnet-20240620-v1:0`,
+    /// `us.anthropic.claude-sonnet-4-20250514-v1:0`, or an ARN. For an ARN the part after
+    /// the last `/` also matches.
+    pub fn model_quota(mut self, model: impl Into<String>, quota: Quota) -> Self {
+        self.model_quotas.push((model.into(), quota));
+        self
+    }
+
+    /// The output burndown of one model, for quotas that do not set their own.
+    pub fn burndown(mut self, model: impl Into<String>, rate: f64) -> Self {
+        self.burndowns.insert(model.into(), rate);
+        self
+    }
+
+    /// Attempts per request, the first included; 1 turns retry off.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The backoff ceiling of the first retry; retry `n` waits `U(0, min(max_delay,
+    /// base_delay × 2^(n-1)))`.
+    pub fn base_delay(mut self, delay: Duration) -> Self {
+        self.base_delay = delay;
+        self
+    }
+
+    /// The largest backoff ceiling.
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// The longest `Retry-After` (or `x-amz-retry-after`, `retry-after-ms`) honoured;
+    /// longer hints wait this long.
+    pub fn max_retry_after(mut self, delay: Duration) -> Self {
+        self.max_retry_after = delay;
+        self
+    }
+
+    /// The retry budget shared by all requests of this configuration.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// No retry budget: every failure is retried up to `max_attempts`.
+    pub fn no_retry_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// The longest a request waits in the gate's queue for room in its quota (per attempt)
+    /// before it fails with [`ThrottleError::MaxWaitExceeded`](crate::ThrottleError).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+
+    /// The largest request body read, in bytes; larger ones fail with
+    /// [`ThrottleError::BodyTooLarge`](crate::ThrottleError) and are not sent.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// After an upstream throttle the gate of that key cuts its rates to 70 % and returns
+    /// to full rate linearly over this long (see the `gate` module).
+    pub fn throttle_recovery(mut self, recovery: Duration) -> Self {
+        self.throttle_recovery = recovery;
+        self
+    }
+
+    /// The token estimator; the default counts a quarter token per body byte and reads
+    /// the body's output limit.
+    pub fn estimator(mut self, estimator: impl TokenEstimator) -> Self {
+        self.estimator = Some(Arc::new(estimator));
+        self
+    }
+
+    /// Checks the configuration and creates the budget it governs.
+    pub fn build(self) -> Result<ThrottleConfig, ConfigError> {
+        if self.default_quota.is_none() && self.model_quotas.is_empty() {
+            return Err(ConfigError::new(
+                "no quota configured: set .quota(Quota) for every model or .model_quota(id, Quota) for some",
+            ));
+        }
+        if let Some(q) = &self.default_quota {
+            q.validate("the default quota")?;
+        }
+        let mut model_quotas = HashMap::new();
+        for (model, quota) in self.model_quotas {
+            if model.is_empty() {
+                return Err(ConfigError::new("a model quota has an empty model id"));
+            }
+            quota.validate(&format!("the quota of {model}"))?;
+            model_quotas.insert(model, quota);
+        }
+        for (model, rate) in &self.burndowns {
+            if !(rate.is_finite() && *rate > 0.0) {
+                return Err(ConfigError::new(format!(
+                    "the burndown of {model} is {rate}; it must be a positive finite number"
+                )));
+            }
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "max_attempts is 0; it counts the first attempt, so use 1 for no retries",
+            ));
+        }
+        if self.max_delay < self.base_delay {
+            return Err(ConfigError::new(format!(
+                "max_delay ({:?}) is shorter than base_delay ({:?})",
+                self.max_delay, self.base_delay
+            )));
+        }
+        if self.max_wait.is_zero() {
+            return Err(ConfigError::new(
+                "max_wait is zero, so every request that has to queue would fail; give it at least one quota period",
+            ));
+        }
+        if self.body_limit == 0 {
+            return Err(ConfigError::new("body_limit is 0 bytes"));
+        }
+        if let Some(b) = self.budget {
+            if b.retry_cost > b.capacity {
+                return Err(ConfigError::new(format!(
+                    "the retry budget's cost per retry ({}) exceeds its capacity ({}), so no retry could ever run; use no_retry_budget() to disable it",
+                    b.retry_cost, b.capacity
+                )));
+            }
+        }
+        let settings = Settings {
+            default_quota: self.default_quota,
+            model_quotas,
+            burndowns: self.burndowns,
+            retry: RetrySettings {
+                max_attempts: self.max_attempts,
+                base_delay: self.base_delay,
+                max_delay: self.max_delay,
+                max_retry_after: self.max_retry_after,
+            },
+            max_wait: self.max_wait,
+            body_limit: self.body_limit,
+            throttle_recovery: self.throttle_recovery,
+        };
+        Ok(ThrottleConfig {
+            shared: Arc::new(Shared {
+                retry_budget: self.budget.map(RetryBudgetState::new),
+                ledger: Ledger::new(settings.throttle_recovery),
+                settings,
+                estimator: self
+                    .estimator
+                    .unwrap_or_else(|| Arc::new(BodyLengthEstimator)),
+            }),
+        })
+    }
+}
+
+// `default_output_limit` is re-exported from here for the gate's fallback estimate.
+pub(crate) fn fallback_output_limit(model: Option<&str>) -> u64 {
+    model.map_or(4_096, default_output_limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(b: ThrottleConfigBuilder) -> String {
+        b.build().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn impossible_configurations_are_refused_with_a_reason() {
+        let q = Quota::tokens_per_minute(1000);
+        assert!(err(ThrottleConfig::builder()).contains("no quota configured"));
+        assert!(
+            err(ThrottleConfig::builder().quota(Quota::new(10, 0))).contains("token quota is 0")
+        );
+        assert!(
+            err(ThrottleConfig::builder().quota(Quota::new(0, 10))).contains("request quota is 0")
+        );
+        assert!(
+            err(ThrottleConfig::builder().model_quota("m", Quota::new(None, 0)))
+                .contains("the quota of m")
+        );
+        assert!(
+            err(ThrottleConfig::builder().quota(q.with_period(Duration::ZERO)))
+                .contains("period is zero")
+        );
+        assert!(
+            err(ThrottleConfig::builder().quota(q.with_burndown(f64::NAN))).contains("burndown")
+        );
+        assert!(
+            err(ThrottleConfig::builder().quota(q).burndown("m", -1.0)).contains("burndown of m")
+        );
+        assert!(err(ThrottleConfig::builder().quota(q).max_attempts(0)).contains("max_attempts"));
+        assert!(err(ThrottleConfig::builder()
+            .quota(q)
+            .base_delay(Duration::from_secs(5))
+            .max_delay(Duration::from_secs(1)))
+        .contains("shorter than base_delay"));
+        assert!(
+            err(ThrottleConfig::builder().quota(q).max_wait(Duration::ZERO)).contains("max_wait")
+        );
+        assert!(err(ThrottleConfig::builder().quota(q).body_limit(0)).contains("body_limit"));
+        assert!(err(ThrottleConfig::builder()
+            .quota(q)
+            .retry_budget(RetryBudget::new(1, 5)))
+        .contains("retry budget"));
+        assert!(err(ThrottleConfig::builder().model_quota("", q)).contains("empty model id"));
+    }
+
+    #[test]
+    fn quota_resolution_prefers_the_model_then_the_arn_tail_then_the_default() {
+        let cfg = ThrottleConfig::builder()
+            .quota(Quota::tokens_per_minute(1_000))
+            .model_quota(
+                "us.anthropic.claude-sonnet-4-20250514-v1:0",
+                Quota::new(20, 2_000),
+            )
+            .model_quota(
+                "meta.llama3-70b-instruct-v1:0",
+                Quota::new(None, 3_000).with_burndown(2.0),
+            )
+            .burndown("amazon.nova-pro-v1:0", 3.0)
+            .build()
+            .unwrap();
+        let s = &cfg.shared.settings;
+        let q = |m: &str| s.quota_for(&QuotaKey::new(Some(m), None)).unwrap();
+        assert_eq!(
+            q("us.anthropic.claude-sonnet-4-20250514-v1:0").tokens,
+            2_000
+        );
+        assert_eq!(
+            q("us.anthropic.claude-sonnet-4-20250514-v1:0").burndown,
+            5.0
+        );
+        assert_eq!(
+            q("arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-4-20250514-v1:0")
+                .requests,
+            Some(20)
+        );
+        assert_eq!(q("meta.llama3-70b-instruct-v1:0").burndown, 2.0);
+        assert_eq!(q("amazon.nova-pro-v1:0").burndown, 3.0);
+        assert_eq!(q("amazon.nova-pro-v1:0").tokens, 1_000);
+        assert_eq!(s.quota_for(&QuotaKey::default()).unwrap().burndown, 1.0);
+
+        let no_default = ThrottleConfig::builder()
+            .model_quota("m", Quota::tokens_per_minute(5))
+            .build()
+            .unwrap();
+        assert_eq!(
+            no_default
+                .shared
+                .settings
+                .quota_for(&QuotaKey::new(Some("other"), None)),
+            None
+        );
+    }
+
+    #[test]
+    fn burndown_defaults_follow_bedrock() {
+        for m in [
+            "anthropic.claude-opus-4-20250514-v1:0",
+            "anthropic.claude-opus-4-1-20250805-v1:0",
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+            "eu.anthropic.claude-3-7-sonnet-20250219-v1:0",
+        ] {
+            assert_eq!(default_burndown(m), 5.0, "{m}");
+        }
+        for m in [
+            "anthropic.claude-3-5-sonnet-20241022-v2:0",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            "anthropic.claude-v2:1",
+            "anthropic.claude-instant-v1",
+            "amazon.titan-text-express-v1",
+            "",
+        ] {
+            assert_eq!(default_burndown(m), 1.0, "{m}");
+        }
+    }
+}

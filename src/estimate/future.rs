@@ -1,0 +1,132 @@
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use bytes::Bytes;
+use http::Request;
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::{RequestInfo, TokenEstimate};
+use crate::{body::CollectBody, config::Shared, BoxError, QuotaKey};
+
+pin_project! {
+    /// Response future of [`Estimate`](super::Estimate): reads the body, then calls the
+    /// inner service.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+        B: Body,
+    {
+        #[pin]
+        state: State<S::Future, B>,
+        pending: Option<Pending<S, B>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B: Body> {
+        Collecting { #[pin] collect: CollectBody<B> },
+        Calling { #[pin] future: F },
+    }
+}
+
+struct Pending<S, B> {
+    service: S,
+    parts: http::request::Parts,
+    shared: Arc<Shared>,
+    _body: std::marker::PhantomData<fn(B)>,
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    B: Body,
+{
+    pub(super) fn calling(future: S::Future) -> Self {
+        Self {
+            state: State::Calling { future },
+            pending: None,
+        }
+    }
+
+    pub(super) fn collecting(request: Request<B>, service: S, shared: Arc<Shared>) -> Self {
+        let (parts, body) = request.into_parts();
+        Self {
+            state: State::Collecting {
+                collect: CollectBody::new(body, shared.settings.body_limit),
+            },
+            pending: Some(Pending {
+                service,
+                parts,
+                shared,
+                _body: std::marker::PhantomData,
+            }),
+        }
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+    B: Body + From<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Collecting { collect } => {
+                    let bytes = ready!(collect.poll(cx))?;
+                    let Pending {
+                        mut service,
+                        mut parts,
+                        shared,
+                        ..
+                    } = this.pending.take().expect("polled after completion");
+                    let (key, operation) = QuotaKey::from_head(&parts.uri, &parts.headers);
+                    let estimate = shared.estimator.estimate(&RequestInfo {
+                        model: key.model(),
+                        operation,
+                        body: &bytes,
+                    });
+                    tracing::trace!(
+                        quota_key = %key,
+                        input_tokens = estimate.input_tokens,
+                        output_limit = estimate.output_limit,
+                        method = ?estimate.method,
+                        "estimated request"
+                    );
+                    parts
+                        .extensions
+                        .insert(TokenEstimate::from_body(key, operation, estimate));
+                    let request = Request::from_parts(parts, B::from(bytes));
+                    let future = service.call(request);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => return future.poll(cx).map_err(Into::into),
+            }
+        }
+    }
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    B: Body,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+// The parked service and request head carry no pinning requirement.
+impl<S, B> Unpin for Pending<S, B> {}

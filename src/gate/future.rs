@@ -1,0 +1,211 @@
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use http::{header::CONTENT_TYPE, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::SettlingBody;
+use crate::{
+    ledger::{Acquire, Reservation},
+    usage, BoxError, ThrottleError,
+};
+
+/// A reservation and the burndown that turns reported usage into its charge.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    reservation: Reservation,
+    burndown: f64,
+}
+
+impl Charge {
+    pub(super) fn new(reservation: Reservation, burndown: f64) -> Self {
+        Self {
+            reservation,
+            burndown,
+        }
+    }
+
+    pub(super) fn settle_usage(self, usage: usage::Usage) {
+        let actual = usage.charge(self.burndown);
+        tracing::trace!(
+            quota_key = %self.reservation.ledger().key(),
+            reserved = self.reservation.tokens(),
+            actual,
+            "settled"
+        );
+        self.reservation.settle(actual);
+    }
+
+    fn refund(self) {
+        self.reservation.settle(0);
+    }
+}
+
+pin_project! {
+    /// Response future of [`Gate`](super::Gate): waits for room, calls the inner service,
+    /// settles the reservation.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        parked: Option<Parked<S, B>>,
+        charge: Option<Charge>,
+        error: Option<ThrottleError>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Waiting { #[pin] acquire: Acquire },
+        PollReady,
+        Calling { #[pin] future: F },
+        Failed,
+    }
+}
+
+/// A request waiting for admission, with the (not yet ready) service that will send it.
+struct Parked<S, B> {
+    service: S,
+    request: Request<B>,
+    burndown: f64,
+}
+
+impl<S, B> Unpin for Parked<S, B> {}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(super) fn calling(future: S::Future, charge: Option<Charge>) -> Self {
+        Self {
+            state: State::Calling { future },
+            parked: None,
+            charge,
+            error: None,
+        }
+    }
+
+    pub(super) fn waiting(
+        acquire: Acquire,
+        service: S,
+        request: Request<B>,
+        burndown: f64,
+    ) -> Self {
+        Self {
+            state: State::Waiting { acquire },
+            parked: Some(Parked {
+                service,
+                request,
+                burndown,
+            }),
+            charge: None,
+            error: None,
+        }
+    }
+
+    pub(super) fn failed(error: ThrottleError) -> Self {
+        Self {
+            state: State::Failed,
+            parked: None,
+            charge: None,
+            error: Some(error),
+        }
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<SettlingBody<ResB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { acquire } => {
+                    let reservation = ready!(acquire.poll(cx))?;
+                    let burndown = this.parked.as_ref().expect("parked request").burndown;
+                    *this.charge = Some(Charge::new(reservation, burndown));
+                    this.state.set(State::PollReady);
+                }
+                StateProj::PollReady => {
+                    let parked = this.parked.as_mut().expect("parked request");
+                    // Upstream never saw the request: an error here keeps the reservation,
+                    // since readiness errors usually mean a broken connection pool.
+                    ready!(parked.service.poll_ready(cx)).map_err(Into::into)?;
+                    let Parked {
+                        mut service,
+                        request,
+                        ..
+                    } = this.parked.take().expect("parked request");
+                    let future = service.call(request);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let settle_from_body =
+                        this.charge.take().and_then(|c| settle_head(c, &response));
+                    return Poll::Ready(Ok(
+                        response.map(|b| SettlingBody::new(b, settle_from_body))
+                    ));
+                }
+                StateProj::Failed => {
+                    let error = this.error.take().expect("polled after completion");
+                    return Poll::Ready(Err(error.into()));
+                }
+            }
+        }
+    }
+}
+
+/// Settles what the response head tells; hands the charge on when the body must tell.
+fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
+    let status = response.status();
+    if status.is_success() {
+        if let Some(u) = usage::from_headers(response.headers()) {
+            charge.settle_usage(u);
+            return None;
+        }
+        let json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"));
+        // Streams and unknown bodies keep the whole reservation.
+        return json.then_some(charge);
+    }
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => {
+            let ledger = charge.reservation.ledger().clone();
+            charge.refund();
+            ledger.throttled();
+        }
+        StatusCode::BAD_REQUEST
+        | StatusCode::FORBIDDEN
+        | StatusCode::NOT_FOUND
+        | StatusCode::PAYLOAD_TOO_LARGE
+        | StatusCode::SERVICE_UNAVAILABLE => charge.refund(),
+        _ => {}
+    }
+    None
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("charge", &self.charge)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,120 @@
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{header::CONTENT_LENGTH, Request, Response};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::{future::Charge, ResponseFuture, SettlingBody};
+use crate::{
+    config::{fallback_output_limit, Shared},
+    estimate::{Operation, TokenEstimate},
+    ledger::Admission,
+    BoxError, QuotaKey, ThrottleConfig, ThrottleError,
+};
+
+/// Admits each request against its key's request and token budgets. See the
+/// [module docs](super).
+#[derive(Clone, Debug)]
+pub struct Gate<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Gate<S> {
+    /// Wraps `inner`, spending from `cfg`'s quotas.
+    pub fn new(inner: S, cfg: ThrottleConfig) -> Self {
+        Self::from_shared(inner, cfg.shared)
+    }
+
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Gate<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<SettlingBody<ResB>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let (key, operation, input, output_limit) =
+            match request.extensions().get::<TokenEstimate>() {
+                Some(e) => {
+                    let (key, operation) = match e.key() {
+                        Some(k) => (k.clone(), e.operation()),
+                        None => QuotaKey::from_head(request.uri(), request.headers()),
+                    };
+                    (key, operation, e.input_tokens(), e.output_limit())
+                }
+                None => {
+                    // Used without the estimate layer: a quarter token per declared body byte.
+                    let (key, operation) = QuotaKey::from_head(request.uri(), request.headers());
+                    let len = request
+                        .headers()
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    let output = fallback_output_limit(key.model());
+                    (key, operation, len.div_ceil(4), output)
+                }
+            };
+
+        let clone = self.inner.clone();
+        let quota = match operation {
+            Operation::CountTokens => None, // free at Bedrock
+            _ => self.shared.settings.quota_for(&key),
+        };
+        let Some(quota) = quota else {
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            return ResponseFuture::calling(inner.call(request), None);
+        };
+        let tokens = input.saturating_add((output_limit as f64 * quota.burndown).ceil() as u64);
+        if tokens > quota.tokens {
+            return ResponseFuture::failed(ThrottleError::NeverFits {
+                key,
+                tokens,
+                quota_tokens: quota.tokens,
+            });
+        }
+        let ledger = self.shared.ledger.key(&key, quota);
+        let deadline = Instant::now() + self.shared.settings.max_wait;
+        match ledger.admit(tokens, deadline) {
+            Admission::Admitted(reservation) => {
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let charge = Charge::new(reservation, quota.burndown);
+                ResponseFuture::calling(inner.call(request), Some(charge))
+            }
+            // The ready `self.inner` stays ready for the next call; the waiter polls its
+            // clone ready after admission, so nothing is held while it waits.
+            Admission::Queued(acquire) => {
+                ResponseFuture::waiting(acquire, clone, request, quota.burndown)
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Which quota a request spends from: the model (or inference profile) and the Region.
+
+use std::{fmt, sync::Arc};
+
+use http::{header::HOST, Request};
+use percent_encoding::percent_decode_str;
+
+use crate::estimate::Operation;
+
+/// The quota a request is charged to.
+///
+/// Bedrock's quotas are per model (or inference profile) and per Region. The model is the
+/// percent-decoded `{modelId}` of `/model/{modelId}/<operation>`, so a cross-Region profile
+/// such as `us.anthropic.claude-sonnet-4-20250514-v1:0` is its own key, as it is its own quota
+/// at AWS. The Region comes from a `bedrock-runtime.{region}.amazonaws.com` host when the
+/// request has one. Requests that are not Bedrock model calls share the default key, whose
+/// `model` is `None`.
+///
+/// ```
+/// use bedrock_throttle::QuotaKey;
+///
+/// let req = http::Request::post(
+///     "https://bedrock-runtime.us-east-1.amazonaws.com/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke",
+/// )
+/// .body(())
+/// .unwrap();
+/// let (key, _) = QuotaKey::from_request(&req);
+/// assert_eq!(key.model(), Some("anthropic.claude-3-5-sonnet-20240620-v1:0"));
+/// assert_eq!(key.region(), Some("us-east-1"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct QuotaKey {
+    model: Option<Arc<str>>,
+    region: Option<Arc<str>>,
+}
+
+impl QuotaKey {
+    /// A key for `model` in `region`; `None` for either leaves it unknown.
+    pub fn new(model: Option<&str>, region: Option<&str>) -> Self {
+        Self {
+            model: model.map(Arc::from),
+            region: region.map(Arc::from),
+        }
+    }
+
+    /// The model id or inference profile, percent-decoded.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// The AWS Region, when the request's host names one.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+
+    /// The key and the Bedrock operation of a request, read from its path and host.
+    pub fn from_request<B>(request: &Request<B>) -> (Self, Operation) {
+        Self::from_head(request.uri(), request.headers())
+    }
+
+    pub(crate) fn from_head(uri: &http::Uri, headers: &http::HeaderMap) -> (Self, Operation) {
+        let (model, operation) = parse_path(uri.path());
+        let host = uri.host().or_else(|| {
+            headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.split(':').next().unwrap_or(h))
+        });
+        let region = host.and_then(region_from_host);
+        (
+            Self {
+                model: model.map(Arc::from),
+                region: region.map(Arc::from),
+            },
+            operation,
+        )
+    }
+}
+
+impl fmt::Display for QuotaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.model, &self.region) {
+            (Some(m), Some(r)) => write!(f, "{m} in {r}"),
+            (Some(m), None) => write!(f, "{m}"),
+            (None, Some(r)) => write!(f, "the default quota in {r}"),
+            (None, None) => write!(f, "the default quota"),
+        }
+    }
+}
+
+/// `/model/{id}/{operation}` → the decoded id and the operation; anything else is `Other`.
+pub(crate) fn parse_path(path: &str) -> (Option<String>, Operation) {
+    let Some(rest) = path.strip_prefix("/model/") else {
+        return (None, Operation::Other);
+    };
+    let Some((raw_id, op)) = rest.rsplit_once('/') else {
+        return (None, Operation::Other);
+    };
+    let operation = match op {
+        "invoke" => Operation::Invoke,
+        "invoke-with-response-stream" => Operation::InvokeStream,
+        "converse" => Operation::Converse,
+        "converse-stream" => Operation::ConverseStream,
+        "count-tokens" => Operation::CountTokens,
+        _ => return (None, Operation::Other),
+    };
+    if raw_id.is_empty() {
+        return (None, Operation::Other);
+    }
+    let id = percent_decode_str(raw_id).decode_utf8_lossy().into_owned();
+    (Some(id), operation)
+}
+
+/// `bedrock-runtime.us-east-1.amazonaws.com` (or `-fips`, or `.amazonaws.com.cn`) → `us-east-1`.
+fn region_from_host(host: &str) -> Option<&str> {
+    let rest = host
+        .strip_prefix("bedrock-runtime.")
+        .or_else(|| host.strip_prefix("bedrock-runtime-fips."))?;
+    let (region, domain) = rest.split_once('.')?;
+    (domain.starts_with("amazonaws.com") && !region.is_empty()).then_some(region)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(uri: &str) -> (QuotaKey, Operation) {
+        QuotaKey::from_request(&Request::post(uri).body(()).unwrap())
+    }
+
+    #[test]
+    fn model_id_is_percent_decoded() {
+        let (k, op) = key("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke");
+        assert_eq!(k.model(), Some("anthropic.claude-3-5-sonnet-20240620-v1:0"));
+        assert_eq!(op, Operation::Invoke);
+        let (k, op) = key("/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-sonnet-4-20250514-v1%3A0/converse-stream");
+        assert_eq!(
+            k.model(),
+            Some("arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-4-20250514-v1:0")
+        );
+        assert_eq!(op, Operation::ConverseStream);
+    }
+
+    #[test]
+    fn every_operation_is_recognised() {
+        for (suffix, op) in [
+            ("invoke", Operation::Invoke),
+            ("invoke-with-response-stream", Operation::InvokeStream),
+            ("converse", Operation::Converse),
+            ("converse-stream", Operation::ConverseStream),
+            ("count-tokens", Operation::CountTokens),
+        ] {
+            let (k, got) = key(&format!("/model/m/{suffix}"));
+            assert_eq!((k.model(), got), (Some("m"), op));
+        }
+    }
+
+    #[test]
+    fn other_paths_use_the_default_key() {
+        for uri in [
+            "/v1/chat/completions",
+            "/model//invoke",
+            "/model/m/delete",
+            "/model/m",
+            "/",
+        ] {
+            let (k, op) = key(uri);
+            assert_eq!((k, op), (QuotaKey::default(), Operation::Other), "{uri}");
+        }
+    }
+
+    #[test]
+    fn region_comes_from_the_uri_host_or_the_host_header() {
+        let (k, _) = key("https://bedrock-runtime.eu-west-3.amazonaws.com/model/m/invoke");
+        assert_eq!(k.region(), Some("eu-west-3"));
+        let (k, _) = key("https://bedrock-runtime-fips.us-gov-west-1.amazonaws.com/model/m/invoke");
+        assert_eq!(k.region(), Some("us-gov-west-1"));
+        let req = Request::post("/model/m/converse")
+            .header(HOST, "bedrock-runtime.ap-northeast-1.amazonaws.com:443")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            QuotaKey::from_request(&req).0.region(),
+            Some("ap-northeast-1")
+        );
+        let (k, _) = key("http://127.0.0.1:8080/model/m/invoke");
+        assert_eq!(k.region(), None);
+        let (k, _) = key("https://bedrock-runtime.example.org/model/m/invoke");
+        assert_eq!(k.region(), None);
+    }
+
+    #[test]
+    fn display_names_model_and_region() {
+        assert_eq!(
+            QuotaKey::new(Some("m"), Some("us-east-1")).to_string(),
+            "m in us-east-1"
+        );
+        assert_eq!(QuotaKey::default().to_string(), "the default quota");
+    }
+}

@@ -1,0 +1,201 @@
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::{
+    policy::{classify, delay, Outcome},
+    Attempts,
+};
+use crate::{
+    body::{CollectBody, RequestTemplate},
+    config::Shared,
+    BoxError, ThrottleError,
+};
+
+pin_project! {
+    /// Response future of [`Retry`](super::Retry).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+        B: Body,
+    {
+        #[pin]
+        state: State<S::Future, B>,
+        service: S,
+        template: Option<RequestTemplate>,
+        body: Bytes,
+        attempts: u32,
+        shared: Arc<Shared>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B: Body> {
+        Collecting { #[pin] collect: CollectBody<B> },
+        PollReady,
+        Calling { #[pin] future: F },
+        Sleeping { #[pin] sleep: Sleep },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    B: Body,
+{
+    pub(super) fn new(request: Request<B>, service: S, shared: Arc<Shared>) -> Self {
+        let (parts, body) = request.into_parts();
+        Self {
+            state: State::Collecting {
+                collect: CollectBody::new(body, shared.settings.body_limit),
+            },
+            service,
+            template: Some(RequestTemplate::new(parts)),
+            body: Bytes::new(),
+            attempts: 0,
+            shared,
+        }
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: Body + From<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let settings = &this.shared.settings.retry;
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Collecting { collect } => {
+                    *this.body = ready!(collect.poll(cx))?;
+                    // The service was made ready by `Retry::poll_ready`.
+                    let future = call(
+                        this.service,
+                        this.template,
+                        this.body,
+                        this.attempts,
+                        settings.max_attempts,
+                    );
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::PollReady => {
+                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    let future = call(
+                        this.service,
+                        this.template,
+                        this.body,
+                        this.attempts,
+                        settings.max_attempts,
+                    );
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => {
+                    let attempts = *this.attempts;
+                    let result = ready!(future.poll(cx));
+                    let budget = this.shared.retry_budget.as_ref();
+                    let can_retry =
+                        || attempts < settings.max_attempts && budget.is_none_or(|b| b.withdraw());
+                    match result {
+                        Ok(mut response) => {
+                            let outcome = classify(response.status(), response.headers());
+                            let retryable =
+                                matches!(outcome, Outcome::Throttled | Outcome::Transient);
+                            if retryable && can_retry() {
+                                let wait = delay(settings, attempts, Some(response.headers()));
+                                tracing::debug!(status = %response.status(), attempts, ?wait, "retrying");
+                                this.state.set(State::Sleeping {
+                                    sleep: tokio::time::sleep(wait),
+                                });
+                                continue;
+                            }
+                            if attempts == 1 && outcome == Outcome::Success {
+                                if let Some(b) = budget {
+                                    b.deposit();
+                                }
+                            }
+                            response.extensions_mut().insert(Attempts(attempts));
+                            return Poll::Ready(Ok(response));
+                        }
+                        Err(error) => {
+                            let error: BoxError = error.into();
+                            if error.is::<ThrottleError>() {
+                                return Poll::Ready(Err(error)); // our own verdict: final
+                            }
+                            if can_retry() {
+                                let wait = delay(settings, attempts, None);
+                                tracing::debug!(%error, attempts, ?wait, "retrying after an error");
+                                this.state.set(State::Sleeping {
+                                    sleep: tokio::time::sleep(wait),
+                                });
+                                continue;
+                            }
+                            return Poll::Ready(Err(ThrottleError::Upstream {
+                                attempts,
+                                source: error,
+                            }
+                            .into()));
+                        }
+                    }
+                }
+                StateProj::Sleeping { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::PollReady);
+                }
+            }
+        }
+    }
+}
+
+/// Sends attempt number `attempts + 1`; the last one moves the request head instead of
+/// copying it.
+fn call<S, B>(
+    service: &mut S,
+    template: &mut Option<RequestTemplate>,
+    body: &Bytes,
+    attempts: &mut u32,
+    max_attempts: u32,
+) -> S::Future
+where
+    S: Service<Request<B>>,
+    B: From<Bytes>,
+{
+    *attempts += 1;
+    let request = if *attempts >= max_attempts {
+        template
+            .take()
+            .expect("request head")
+            .into_request(body.clone())
+    } else {
+        template.as_ref().expect("request head").build(body.clone())
+    };
+    service.call(request)
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    B: Body,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
