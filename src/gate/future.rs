@@ -64,13 +64,12 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Waiting { #[pin] acquire: Acquire },
-        PollReady,
         Calling { #[pin] future: F },
         Failed,
     }
 }
 
-/// A request waiting for admission, with the (not yet ready) service that will send it.
+/// A request waiting for admission, with the ready service that will send it.
 struct Parked<S, B> {
     service: S,
     request: Request<B>,
@@ -133,20 +132,12 @@ where
             match this.state.as_mut().project() {
                 StateProj::Waiting { acquire } => {
                     let reservation = ready!(acquire.poll(cx))?;
-                    let burndown = this.parked.as_ref().expect("parked request").burndown;
-                    *this.charge = Some(Charge::new(reservation, burndown));
-                    this.state.set(State::PollReady);
-                }
-                StateProj::PollReady => {
-                    let parked = this.parked.as_mut().expect("parked request");
-                    // Upstream never saw the request: an error here keeps the reservation,
-                    // since readiness errors usually mean a broken connection pool.
-                    ready!(parked.service.poll_ready(cx)).map_err(Into::into)?;
                     let Parked {
                         mut service,
                         request,
-                        ..
+                        burndown,
                     } = this.parked.take().expect("parked request");
+                    *this.charge = Some(Charge::new(reservation, burndown));
                     let future = service.call(request);
                     this.state.set(State::Calling { future });
                 }

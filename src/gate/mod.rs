@@ -50,8 +50,9 @@
 //! request is never overtaken forever by small ones. A request whose tokens exceed the key's
 //! whole token quota fails at once ([`ThrottleError::NeverFits`](crate::ThrottleError)); one
 //! that waits longer than `max_wait` fails with `MaxWaitExceeded`; neither is sent. Dropping
-//! the response future while waiting gives the queue place back. While a request waits, the
-//! inner service is not held ready: it is polled ready after admission.
+//! the response future while waiting gives the queue place back. A waiting request holds the
+//! inner service that was made ready for it (as tower's `Oneshot` does), so a concurrency
+//! limit below the gate counts waiting requests too.
 //!
 //! # Slowing down
 //! An upstream 429 means the quota was smaller than the ledger thought (another client

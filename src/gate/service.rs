@@ -85,13 +85,16 @@ where
                 }
             };
 
-        let clone = self.inner.clone();
         let quota = match operation {
             Operation::CountTokens => None, // free at Bedrock
             _ => self.shared.settings.quota_for(&key),
         };
+        let clone = self.inner.clone();
+        // The service `poll_ready` made ready goes with the request, also while it waits:
+        // a clone would need readiness of its own, which a concurrency limit below could
+        // not give while the ready ones sit idle.
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let Some(quota) = quota else {
-            let mut inner = std::mem::replace(&mut self.inner, clone);
             return ResponseFuture::calling(inner.call(request), None);
         };
         let tokens = input.saturating_add((output_limit as f64 * quota.burndown).ceil() as u64);
@@ -106,14 +109,11 @@ where
         let deadline = Instant::now() + self.shared.settings.max_wait;
         match ledger.admit(tokens, deadline) {
             Admission::Admitted(reservation) => {
-                let mut inner = std::mem::replace(&mut self.inner, clone);
                 let charge = Charge::new(reservation, quota.burndown);
                 ResponseFuture::calling(inner.call(request), Some(charge))
             }
-            // The ready `self.inner` stays ready for the next call; the waiter polls its
-            // clone ready after admission, so nothing is held while it waits.
             Admission::Queued(acquire) => {
-                ResponseFuture::waiting(acquire, clone, request, quota.burndown)
+                ResponseFuture::waiting(acquire, inner, request, quota.burndown)
             }
         }
     }
