@@ -3,7 +3,7 @@
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use crate::{
-    estimate::{default_output_limit, BodyLengthEstimator, TokenEstimator},
+    estimate::{default_output_limit, Calibration, HeuristicEstimator, TokenEstimator},
     ledger::Ledger,
     retry::RetryBudgetState,
     ConfigError, QuotaKey,
@@ -261,6 +261,7 @@ pub(crate) struct Shared {
     pub(crate) ledger: Ledger,
     pub(crate) retry_budget: Option<RetryBudgetState>,
     pub(crate) estimator: Arc<dyn TokenEstimator>,
+    pub(crate) calibration: Calibration,
 }
 
 impl fmt::Debug for Shared {
@@ -268,6 +269,7 @@ impl fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("settings", &self.settings)
             .field("estimator", &self.estimator)
+            .field("calibration", &self.calibration)
             .finish_non_exhaustive()
     }
 }
@@ -320,7 +322,7 @@ impl ThrottleConfig {
 /// | `max_wait` | 120 s | longest wait in the gate's queue per attempt |
 /// | `body_limit` | 25,000,000 bytes | largest request body |
 /// | `throttle_recovery` | 60 s | how long the gate takes to return to full rate after an upstream throttle |
-/// | `estimator` | body length | the [`TokenEstimator`] |
+/// | `estimator` | [`HeuristicEstimator`] | the [`TokenEstimator`] |
 ///
 /// With the defaults a throttled request retries for about 70 s of backoff at most, longer
 /// than Bedrock's one-minute quota window (the AWS SDK's 3 attempts give up in about 1.5 s).
@@ -443,8 +445,9 @@ impl ThrottleConfigBuilder {
         self
     }
 
-    /// The token estimator; the default counts a quarter token per body byte and reads
-    /// the body's output limit.
+    /// The token estimator; the default, [`HeuristicEstimator`], understands every Bedrock
+    /// request shape. Its input estimates are calibrated per model from the usage responses
+    /// report (see [`Calibration`]).
     pub fn estimator(mut self, estimator: impl TokenEstimator) -> Self {
         self.estimator = Some(Arc::new(estimator));
         self
@@ -523,7 +526,8 @@ impl ThrottleConfigBuilder {
                 settings,
                 estimator: self
                     .estimator
-                    .unwrap_or_else(|| Arc::new(BodyLengthEstimator)),
+                    .unwrap_or_else(|| Arc::new(HeuristicEstimator::default())),
+                calibration: Calibration::new(),
             }),
         })
     }

@@ -98,16 +98,21 @@ where
                         operation,
                         body: &bytes,
                     });
+                    let calibrated = match key.model() {
+                        Some(m) => shared.calibration.apply(m, estimate.input_tokens),
+                        None => estimate.input_tokens,
+                    };
                     tracing::trace!(
                         quota_key = %key,
-                        input_tokens = estimate.input_tokens,
+                        input_tokens = calibrated,
+                        raw_input_tokens = estimate.input_tokens,
                         output_limit = estimate.output_limit,
                         method = ?estimate.method,
                         "estimated request"
                     );
-                    parts
-                        .extensions
-                        .insert(TokenEstimate::from_body(key, operation, estimate));
+                    parts.extensions.insert(TokenEstimate::from_body(
+                        key, operation, estimate, calibrated,
+                    ));
                     let request = Request::from_parts(parts, B::from(bytes));
                     let future = service.call(request);
                     this.state.set(State::Calling { future });

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{BodyEstimate, EstimateMethod, RequestInfo, TokenEstimator};
+use super::{default_output_limit, BodyEstimate, EstimateMethod, RequestInfo, TokenEstimator};
 
 /// Counts a quarter token per body byte (rounded up) and reads the output limit from the
 /// body's max-tokens field of any Bedrock request shape, else the model's default.
@@ -60,33 +60,6 @@ fn output_limit_field(body: &Value) -> Option<u64> {
             .try_fold(body, |v, k| v.get(k))
             .and_then(Value::as_u64)
     })
-}
-
-/// The output Bedrock reserves for `model` when a request sets no limit: the model's
-/// maximum output for Claude, the API default for Titan and Llama, 4,096 otherwise.
-///
-/// ```
-/// use bedrock_throttle::estimate::default_output_limit;
-///
-/// assert_eq!(default_output_limit("us.anthropic.claude-sonnet-4-20250514-v1:0"), 64_000);
-/// assert_eq!(default_output_limit("meta.llama3-70b-instruct-v1:0"), 512);
-/// ```
-pub fn default_output_limit(model: &str) -> u64 {
-    let id = model.rsplit('/').next().unwrap_or(model);
-    if id.contains("titan-embed") || id.contains("cohere.embed") {
-        0
-    } else if id.contains("claude-opus-4") {
-        32_000
-    } else if id.contains("claude-sonnet-4")
-        || id.contains("claude-haiku-4")
-        || id.contains("claude-3-7")
-    {
-        64_000
-    } else if id.contains("amazon.titan-text") || id.contains("meta.llama") {
-        512
-    } else {
-        4_096
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
 };
 
@@ -10,27 +11,50 @@ use tower_service::Service;
 
 use super::SettlingBody;
 use crate::{
+    config::Shared,
     ledger::{Acquire, Reservation},
-    usage, BoxError, ThrottleError,
+    usage, BoxError, QuotaKey, ThrottleError,
 };
 
-/// A reservation and the burndown that turns reported usage into its charge.
+/// How reported usage turns into a charge, and what the estimator may learn from it.
+#[derive(Debug)]
+pub(crate) struct Terms {
+    pub(super) burndown: f64,
+    pub(super) learn: Option<Learn>,
+}
+
+/// The estimator's raw input count for a model, to compare with the reported one.
+#[derive(Debug)]
+pub(crate) struct Learn {
+    pub(super) shared: Arc<Shared>,
+    pub(super) model: QuotaKey,
+    pub(super) raw_input: u64,
+}
+
+/// A reservation and the terms of its settlement.
 #[derive(Debug)]
 pub(crate) struct Charge {
     reservation: Reservation,
-    burndown: f64,
+    terms: Terms,
 }
 
 impl Charge {
-    pub(super) fn new(reservation: Reservation, burndown: f64) -> Self {
-        Self {
-            reservation,
-            burndown,
-        }
+    pub(super) fn new(reservation: Reservation, terms: Terms) -> Self {
+        Self { reservation, terms }
     }
 
     pub(super) fn settle_usage(self, usage: usage::Usage) {
-        let actual = usage.charge(self.burndown);
+        if let Some(l) = &self.terms.learn {
+            if let Some(model) = l.model.model() {
+                let actual_input = usage.input_tokens
+                    + usage.cache_read_input_tokens
+                    + usage.cache_write_input_tokens;
+                l.shared
+                    .calibration
+                    .observe(model, l.raw_input, actual_input);
+            }
+        }
+        let actual = usage.charge(self.terms.burndown);
         tracing::trace!(
             quota_key = %self.reservation.ledger().key(),
             reserved = self.reservation.tokens(),
@@ -73,7 +97,7 @@ pin_project! {
 struct Parked<S, B> {
     service: S,
     request: Request<B>,
-    burndown: f64,
+    terms: Terms,
 }
 
 impl<S, B> Unpin for Parked<S, B> {}
@@ -91,18 +115,13 @@ where
         }
     }
 
-    pub(super) fn waiting(
-        acquire: Acquire,
-        service: S,
-        request: Request<B>,
-        burndown: f64,
-    ) -> Self {
+    pub(super) fn waiting(acquire: Acquire, service: S, request: Request<B>, terms: Terms) -> Self {
         Self {
             state: State::Waiting { acquire },
             parked: Some(Parked {
                 service,
                 request,
-                burndown,
+                terms,
             }),
             charge: None,
             error: None,
@@ -135,9 +154,9 @@ where
                     let Parked {
                         mut service,
                         request,
-                        burndown,
+                        terms,
                     } = this.parked.take().expect("parked request");
-                    *this.charge = Some(Charge::new(reservation, burndown));
+                    *this.charge = Some(Charge::new(reservation, terms));
                     let future = service.call(request);
                     this.state.set(State::Calling { future });
                 }

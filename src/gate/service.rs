@@ -7,10 +7,13 @@ use http::{header::CONTENT_LENGTH, Request, Response};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{future::Charge, ResponseFuture, SettlingBody};
+use super::{
+    future::{Charge, Learn, Terms},
+    ResponseFuture, SettlingBody,
+};
 use crate::{
     config::{fallback_output_limit, Shared},
-    estimate::{Operation, TokenEstimate},
+    estimate::{EstimateMethod, Operation, TokenEstimate},
     ledger::Admission,
     BoxError, QuotaKey, ThrottleConfig, ThrottleError,
 };
@@ -63,14 +66,17 @@ where
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let (key, operation, input, output_limit) =
+        let (key, operation, input, output_limit, raw_input) =
             match request.extensions().get::<TokenEstimate>() {
                 Some(e) => {
                     let (key, operation) = match e.key() {
                         Some(k) => (k.clone(), e.operation()),
                         None => QuotaKey::from_head(request.uri(), request.headers()),
                     };
-                    (key, operation, e.input_tokens(), e.output_limit())
+                    // Hand-set estimates teach the estimator nothing.
+                    let learnable = e.method() != EstimateMethod::Manual;
+                    let raw = learnable.then(|| e.raw_input_tokens());
+                    (key, operation, e.input_tokens(), e.output_limit(), raw)
                 }
                 None => {
                     // Used without the estimate layer: a quarter token per declared body byte.
@@ -81,7 +87,7 @@ where
                         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                         .unwrap_or(0);
                     let output = fallback_output_limit(key.model());
-                    (key, operation, len.div_ceil(4), output)
+                    (key, operation, len.div_ceil(4), output, None)
                 }
             };
 
@@ -105,16 +111,22 @@ where
                 quota_tokens: quota.tokens,
             });
         }
+        let terms = Terms {
+            burndown: quota.burndown,
+            learn: raw_input.map(|raw_input| Learn {
+                shared: self.shared.clone(),
+                model: key.clone(),
+                raw_input,
+            }),
+        };
         let ledger = self.shared.ledger.key(&key, quota);
         let deadline = Instant::now() + self.shared.settings.max_wait;
         match ledger.admit(tokens, deadline) {
             Admission::Admitted(reservation) => {
-                let charge = Charge::new(reservation, quota.burndown);
+                let charge = Charge::new(reservation, terms);
                 ResponseFuture::calling(inner.call(request), Some(charge))
             }
-            Admission::Queued(acquire) => {
-                ResponseFuture::waiting(acquire, inner, request, quota.burndown)
-            }
+            Admission::Queued(acquire) => ResponseFuture::waiting(acquire, inner, request, terms),
         }
     }
 }

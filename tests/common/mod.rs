@@ -46,6 +46,8 @@ pub struct MockStats {
     pub throttled: u64,
     /// Final charges, by the minute (since the mock was made) in which they settled.
     pub billed_per_minute: Vec<u64>,
+    /// Net quota drawn by the minute: reservations taken less what settlement gave back.
+    pub drawn_per_minute: Vec<i64>,
 }
 
 #[derive(Debug)]
@@ -66,6 +68,15 @@ struct State {
 }
 
 impl State {
+    fn record_drawn(&mut self, tokens: i64) {
+        let minute = ((Instant::now() - self.started).as_secs() / 60) as usize;
+        let drawn = &mut self.stats.drawn_per_minute;
+        if drawn.len() <= minute {
+            drawn.resize(minute + 1, 0);
+        }
+        drawn[minute] += tokens;
+    }
+
     fn refill(&mut self) {
         let now = Instant::now();
         let secs = (now - self.updated).as_secs_f64();
@@ -154,6 +165,7 @@ impl MockBedrock {
                 return throttle(message);
             }
             s.tokens.level -= reserved;
+            s.record_drawn(reserved as i64);
             if let Some(r) = &mut s.requests {
                 r.level -= 1.0;
             }
@@ -171,6 +183,7 @@ impl MockBedrock {
             let mut s = self.state.lock().unwrap();
             s.refill();
             s.tokens.level = (s.tokens.level + reserved - charge).min(s.tokens.capacity);
+            s.record_drawn(-((reserved - charge) as i64));
             let minute = ((Instant::now() - s.started).as_secs() / 60) as usize;
             let billed = &mut s.stats.billed_per_minute;
             if billed.len() <= minute {
