@@ -72,6 +72,9 @@ mod layer;
 mod ledger;
 mod usage;
 
+#[cfg(feature = "emulator")]
+#[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
+pub mod emulator;
 pub mod estimate;
 pub mod gate;
 pub mod retry;
