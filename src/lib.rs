@@ -79,6 +79,11 @@ pub mod estimate;
 pub mod gate;
 pub mod retry;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use self::{
     config::{
         default_burndown, Quota, RetryBudget, ThrottleConfig, ThrottleConfigBuilder,
