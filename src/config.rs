@@ -208,7 +208,8 @@ pub(crate) struct Settings {
     pub(crate) retry: RetrySettings,
     pub(crate) max_wait: Duration,
     pub(crate) body_limit: usize,
-    pub(crate) throttle_recovery: Duration,
+    pub(crate) throttle_recovery: Option<Duration>,
+    pub(crate) headroom: Duration,
 }
 
 /// A quota resolved for one key, with its burndown.
@@ -321,7 +322,8 @@ impl ThrottleConfig {
 /// | `retry_budget` | 500 units, 5 per retry | see [`RetryBudget`] |
 /// | `max_wait` | 120 s | longest wait in the gate's queue per attempt |
 /// | `body_limit` | 25,000,000 bytes | largest request body |
-/// | `throttle_recovery` | 60 s | how long the gate takes to return to full rate after an upstream throttle |
+/// | `throttle_recovery` | the key's quota period | how long the gate takes to return to full rate after an upstream throttle |
+/// | `headroom` | 100 ms | refill time each bucket keeps unused, for upstream counting a request a little after the gate admitted it |
 /// | `estimator` | [`HeuristicEstimator`] | the [`TokenEstimator`] |
 ///
 /// With the defaults a throttled request retries for about 70 s of backoff at most, longer
@@ -339,7 +341,8 @@ pub struct ThrottleConfigBuilder {
     budget: Option<RetryBudget>,
     max_wait: Duration,
     body_limit: usize,
-    throttle_recovery: Duration,
+    throttle_recovery: Option<Duration>,
+    headroom: Duration,
     estimator: Option<Arc<dyn TokenEstimator>>,
 }
 
@@ -356,7 +359,8 @@ impl Default for ThrottleConfigBuilder {
             budget: Some(RetryBudget::default()),
             max_wait: Duration::from_secs(120),
             body_limit: BEDROCK_MAX_BODY_BYTES,
-            throttle_recovery: Duration::from_secs(60),
+            throttle_recovery: None,
+            headroom: Duration::from_millis(100),
             estimator: None,
         }
     }
@@ -439,9 +443,21 @@ impl ThrottleConfigBuilder {
     }
 
     /// After an upstream throttle the gate of that key cuts its rates to 70 % and returns
-    /// to full rate linearly over this long (see the `gate` module).
+    /// to full rate linearly over this long (see the `gate` module); unset, over one period
+    /// of the key's quota. Zero turns the slowdown off.
     pub fn throttle_recovery(mut self, recovery: Duration) -> Self {
-        self.throttle_recovery = recovery;
+        self.throttle_recovery = Some(recovery);
+        self
+    }
+
+    /// Refill time each bucket keeps in reserve: a request is admitted when its bucket holds
+    /// its cost plus `headroom` worth of refill. Upstream counts a request when it arrives,
+    /// a little after the gate admitted it, and its buckets started when its first request
+    /// arrived, a little after the gate's; without headroom the gate, running exactly at the
+    /// quota, would now and then be a few milliseconds ahead of upstream. A constant level
+    /// held back costs no throughput once the quota is saturated.
+    pub fn headroom(mut self, headroom: Duration) -> Self {
+        self.headroom = headroom;
         self
     }
 
@@ -518,11 +534,12 @@ impl ThrottleConfigBuilder {
             max_wait: self.max_wait,
             body_limit: self.body_limit,
             throttle_recovery: self.throttle_recovery,
+            headroom: self.headroom,
         };
         Ok(ThrottleConfig {
             shared: Arc::new(Shared {
                 retry_budget: self.budget.map(RetryBudgetState::new),
-                ledger: Ledger::new(settings.throttle_recovery),
+                ledger: Ledger::new(settings.throttle_recovery, settings.headroom),
                 settings,
                 estimator: self
                     .estimator

@@ -32,14 +32,16 @@ const THROTTLE_DEBOUNCE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Ledger {
     keys: Mutex<HashMap<QuotaKey, Arc<KeyLedger>>>,
-    recovery: Duration,
+    recovery: Option<Duration>,
+    headroom: Duration,
 }
 
 impl Ledger {
-    pub(crate) fn new(recovery: Duration) -> Self {
+    pub(crate) fn new(recovery: Option<Duration>, headroom: Duration) -> Self {
         Self {
             keys: Mutex::new(HashMap::new()),
             recovery,
+            headroom,
         }
     }
 
@@ -49,7 +51,8 @@ impl Ledger {
         if let Some(k) = keys.get(key) {
             return k.clone();
         }
-        let ledger = Arc::new(KeyLedger::new(key.clone(), quota, self.recovery));
+        let recovery = self.recovery.unwrap_or(quota.period);
+        let ledger = Arc::new(KeyLedger::new(key.clone(), quota, recovery, self.headroom));
         keys.insert(key.clone(), ledger.clone());
         ledger
     }
@@ -73,15 +76,24 @@ struct Bucket {
     capacity: f64,
     per_sec: f64,
     level: f64,
+    /// Refill kept unused on top of each cost (see `ThrottleConfigBuilder::headroom`).
+    headroom: f64,
 }
 
 impl Bucket {
-    fn full(per_period: f64, period: Duration) -> Self {
+    fn full(per_period: f64, period: Duration, headroom: Duration) -> Self {
+        let per_sec = per_period / period.as_secs_f64();
         Self {
             capacity: per_period,
-            per_sec: per_period / period.as_secs_f64(),
+            per_sec,
             level: per_period,
+            headroom: per_sec * headroom.as_secs_f64(),
         }
+    }
+
+    /// The level at which `cost` may be taken: cost plus headroom, never above capacity.
+    fn need(&self, cost: f64) -> f64 {
+        (cost + self.headroom).min(self.capacity)
     }
 
     /// Time for the level to reach `need` at `per_sec × scale`.
@@ -156,7 +168,11 @@ impl KeyState {
     }
 
     fn fits(&self, tokens: u64) -> bool {
-        self.tokens.level >= tokens as f64 && self.requests.as_ref().is_none_or(|r| r.level >= 1.0)
+        self.tokens.level >= self.tokens.need(tokens as f64)
+            && self
+                .requests
+                .as_ref()
+                .is_none_or(|r| r.level >= r.need(1.0))
     }
 
     fn take(&mut self, tokens: u64) {
@@ -168,11 +184,11 @@ impl KeyState {
 
     fn time_to_fit(&self, tokens: u64, now: Instant) -> Duration {
         let scale = self.scale.at(now);
-        let t = self.tokens.time_to(tokens as f64, scale);
+        let t = self.tokens.time_to(self.tokens.need(tokens as f64), scale);
         let r = self
             .requests
             .as_ref()
-            .map_or(Duration::ZERO, |r| r.time_to(1.0, scale));
+            .map_or(Duration::ZERO, |r| r.time_to(r.need(1.0), scale));
         t.max(r)
     }
 
@@ -197,14 +213,14 @@ impl KeyState {
 }
 
 impl KeyLedger {
-    fn new(key: QuotaKey, quota: ResolvedQuota, recovery: Duration) -> Self {
+    fn new(key: QuotaKey, quota: ResolvedQuota, recovery: Duration, headroom: Duration) -> Self {
         Self {
             key,
             state: Mutex::new(KeyState {
-                tokens: Bucket::full(quota.tokens as f64, quota.period),
+                tokens: Bucket::full(quota.tokens as f64, quota.period, headroom),
                 requests: quota
                     .requests
-                    .map(|r| Bucket::full(f64::from(r), quota.period)),
+                    .map(|r| Bucket::full(f64::from(r), quota.period, headroom)),
                 scale: RateScale {
                     recovery,
                     cut: None,
@@ -431,6 +447,7 @@ mod tests {
                 burndown: 1.0,
             },
             Duration::from_secs(60),
+            Duration::ZERO,
         ))
     }
 

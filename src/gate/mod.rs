@@ -58,7 +58,15 @@
 //! An upstream 429 means the quota was smaller than the ledger thought (another client
 //! spends from it, or the configured number is too high). The key's buckets are emptied and
 //! its refill rates are cut to 70 % (of the current rate, at most once a second, never below
-//! 10 %), then return linearly to the configured rate over `throttle_recovery` (60 s).
+//! 10 %), then return linearly to the configured rate over `throttle_recovery` (one period
+//! of the key's quota unless set).
+//!
+//! # Headroom
+//! Upstream counts a request when it arrives, a little after the gate admitted it, and its
+//! buckets start when its first request arrives. A gate running exactly at the quota would
+//! now and then be a few milliseconds ahead of upstream, so each bucket keeps `headroom`
+//! (100 ms) of refill unused on top of every cost. Once the quota is saturated this constant
+//! level costs no throughput.
 //!
 //! Unlike tower's `RateLimit`, the gate weighs each request by its tokens, waits inside the
 //! response future (its `poll_ready` only delegates), and clones share one budget.

@@ -1,0 +1,500 @@
+//! The load demo: one realistic workload against the emulated Bedrock, through each client
+//! stack in turn, side by side.
+//!
+//! ```text
+//! cargo run --release --example load_demo --features emulator
+//! cargo run --release --example load_demo --features emulator -- --stacks layer-http,retry --requests 600 --callers 128
+//! ```
+//!
+//! Each stack gets a fresh emulator with the same quotas, seed and workload: chat requests
+//! and large RAG prompts for three models, sent by `--callers` concurrent callers. Quotas
+//! count per `--period-secs` (6 s by default, a tenth of a minute, so the demo is short);
+//! the stacks that know about quotas are told the same period.
+//!
+//! At the end it prints a table (completed, failed, upstream throttles, goodput as a share
+//! of the ideal, p50 and p99 latency) and writes an SVG plot of the quota tokens billed per
+//! second against the quota, one line per stack.
+
+use std::{
+    collections::VecDeque,
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bedrock_throttle::{
+    emulator::{EmulatedQuota, Emulator, EmulatorHandle, LatencyModel, OutputLength},
+    retry::{Attempts, RetryLayer},
+    BedrockThrottleLayer, BoxError, Quota, ThrottleConfig,
+};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::time::Instant;
+use tower::{util::BoxCloneService, ServiceBuilder, ServiceExt};
+
+/// (model id, RPM, TPM) per period.
+const MODELS: [(&str, Option<u64>, u64); 3] = [
+    (
+        "us.anthropic.claude-sonnet-4-20250514-v1:0",
+        Some(40),
+        200_000,
+    ),
+    (
+        "anthropic.claude-3-5-haiku-20241022-v1:0",
+        Some(80),
+        150_000,
+    ),
+    ("amazon.nova-pro-v1:0", None, 100_000),
+];
+
+/// The emulated model's latency: first token, then per output token; outputs of 50..400.
+const FIRST_TOKEN: Duration = Duration::from_millis(300);
+const PER_OUTPUT_TOKEN: Duration = Duration::from_millis(4);
+const MIN_OUTPUT: u64 = 50;
+
+const ALL_STACKS: [&str; 3] = ["none", "retry", "layer-http"];
+
+struct Options {
+    callers: usize,
+    requests: usize,
+    period: Duration,
+    seed: u64,
+    stacks: Vec<String>,
+    out: String,
+}
+
+impl Options {
+    fn parse() -> Self {
+        let mut o = Options {
+            callers: 64,
+            requests: 360,
+            period: Duration::from_secs(6),
+            seed: 42,
+            stacks: ALL_STACKS.iter().map(|s| s.to_string()).collect(),
+            out: "load_demo.svg".into(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let mut value = || {
+                args.next()
+                    .unwrap_or_else(|| fail(&format!("{flag} needs a value")))
+            };
+            match flag.as_str() {
+                "--callers" => o.callers = value().parse().unwrap_or_else(|_| fail("--callers N")),
+                "--requests" => {
+                    o.requests = value().parse().unwrap_or_else(|_| fail("--requests N"))
+                }
+                "--period-secs" => {
+                    o.period = Duration::from_secs_f64(
+                        value().parse().unwrap_or_else(|_| fail("--period-secs F")),
+                    )
+                }
+                "--seed" => o.seed = value().parse().unwrap_or_else(|_| fail("--seed N")),
+                "--stacks" => o.stacks = value().split(',').map(str::to_string).collect(),
+                "--out" => o.out = value(),
+                _ => fail(&format!("unknown flag {flag}")),
+            }
+        }
+        for s in &o.stacks {
+            if !ALL_STACKS.contains(&s.as_str()) {
+                fail(&format!(
+                    "unknown stack {s}; stacks: {}",
+                    ALL_STACKS.join(",")
+                ));
+            }
+        }
+        o
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("{msg}");
+    eprintln!(
+        "usage: load_demo [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg]",
+        ALL_STACKS.join(",")
+    );
+    std::process::exit(2)
+}
+
+/// One request of the workload.
+#[derive(Clone)]
+struct Job {
+    model: &'static str,
+    body: Bytes,
+}
+
+/// 70 % chat (a few hundred to a few thousand characters), 30 % RAG (8 to 40 KB of context).
+fn workload(n: usize, seed: u64) -> Vec<Job> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let sentence =
+        "The pump on Broad Street was the source, and removing its handle ended the outbreak. ";
+    (0..n)
+        .map(|i| {
+            let (model, _, _) = MODELS[i % MODELS.len()];
+            let rag = rng.f64() < 0.3;
+            let chars = if rag {
+                rng.usize(8_000..40_000)
+            } else {
+                rng.usize(300..3_000)
+            };
+            let text = sentence.repeat(chars / sentence.len() + 1);
+            let max_tokens = if rag { 1_024 } else { rng.u64(300..800) };
+            let body = if model.starts_with("amazon.nova") {
+                serde_json::json!({
+                    "messages": [{"role": "user", "content": [{"text": text}]}],
+                    "inferenceConfig": {"maxTokens": max_tokens},
+                })
+            } else {
+                serde_json::json!({
+                    "anthropic_version": "bedrock-2023-05-31",
+                    "max_tokens": max_tokens,
+                    "messages": [{"role": "user", "content": text}],
+                })
+            };
+            Job {
+                model,
+                body: Bytes::from(body.to_string()),
+            }
+        })
+        .collect()
+}
+
+type HttpService =
+    BoxCloneService<Request<Full<Bytes>>, Response<BoxBody<Bytes, BoxError>>, BoxError>;
+
+fn boxed<B>(resp: Response<B>) -> Response<BoxBody<Bytes, BoxError>>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    resp.map(|b| b.map_err(Into::into).boxed())
+}
+
+/// The client stack named `name`, pointed at `emu`.
+fn stack(name: &str, opts: &Options) -> HttpService {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let config = || {
+        let mut b = ThrottleConfig::builder();
+        for (model, rpm, tpm) in MODELS {
+            let quota = Quota::new(rpm.map(|r| r as u32), tpm).with_period(opts.period);
+            b = b.model_quota(model, quota);
+        }
+        b.max_wait(Duration::from_secs(600))
+            .build()
+            .expect("valid config")
+    };
+    match name {
+        "none" => ServiceBuilder::new()
+            .map_response(boxed)
+            .map_err(Into::into)
+            .service(client)
+            .boxed_clone(),
+        "retry" => ServiceBuilder::new()
+            .map_response(boxed)
+            .layer(RetryLayer::new(config()))
+            .service(client)
+            .boxed_clone(),
+        "layer-http" => ServiceBuilder::new()
+            .map_response(boxed)
+            .layer(BedrockThrottleLayer::new(config()))
+            .service(client)
+            .boxed_clone(),
+        _ => unreachable!("checked in Options::parse"),
+    }
+}
+
+async fn emulator(opts: &Options) -> EmulatorHandle {
+    let mut b = Emulator::builder()
+        .latency(LatencyModel {
+            first_token: FIRST_TOKEN,
+            per_output_token: PER_OUTPUT_TOKEN,
+        })
+        .chars_per_token(3.6)
+        .output_tokens(OutputLength::Uniform {
+            min: MIN_OUTPUT,
+            max: 400,
+        })
+        .seed(opts.seed);
+    for (model, rpm, tpm) in MODELS {
+        b = b.model_quota(
+            model,
+            EmulatedQuota {
+                rpm,
+                tpm,
+                tpd: None,
+                period: opts.period,
+            },
+        );
+    }
+    b.spawn().await.expect("emulator")
+}
+
+struct StackResult {
+    name: String,
+    completed: usize,
+    failed: usize,
+    attempts: u64,
+    throttles: u64,
+    goodput: f64,
+    p50: Duration,
+    p99: Duration,
+    wall: Duration,
+    /// (seconds since start, quota tokens billed per second as a share of the quota rate)
+    series: Vec<(f64, f64)>,
+}
+
+async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
+    let emu = emulator(opts).await;
+    let base = emu.endpoint_url();
+    let svc = stack(name, opts);
+    // One queue per model, each served by its share of the callers: the models' traffic is
+    // independent, as it is in a real application, so no model's queue starves another's.
+    let queues: Vec<_> = MODELS
+        .iter()
+        .map(|(model, _, _)| {
+            let jobs: VecDeque<Job> = jobs.iter().filter(|j| j.model == *model).cloned().collect();
+            Arc::new(Mutex::new(jobs))
+        })
+        .collect();
+    let bar = ProgressBar::new(jobs.len() as u64).with_style(
+        ProgressStyle::with_template("{prefix:>11} [{bar:40}] {pos}/{len} {elapsed}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_string());
+
+    let start = Instant::now();
+    let quota_rate: f64 =
+        MODELS.iter().map(|(_, _, tpm)| *tpm as f64).sum::<f64>() / opts.period.as_secs_f64();
+    let callers: Vec<_> = (0..opts.callers)
+        .map(|i| {
+            let queue = queues[i % queues.len()].clone();
+            let svc = svc.clone();
+            let base = base.clone();
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    let Some(job) = queue.lock().unwrap().pop_front() else {
+                        break;
+                    };
+                    let path = format!(
+                        "{base}/model/{}/invoke",
+                        percent_encoding::utf8_percent_encode(
+                            job.model,
+                            percent_encoding::NON_ALPHANUMERIC
+                        )
+                    );
+                    let req = Request::post(path)
+                        .header("content-type", "application/json")
+                        .body(Full::new(job.body))
+                        .expect("request");
+                    let sent = Instant::now();
+                    let outcome = match svc.clone().oneshot(req).await {
+                        Ok(resp) => {
+                            let attempts = resp
+                                .extensions()
+                                .get::<Attempts>()
+                                .map_or(1, |a| u64::from(a.0));
+                            let ok = resp.status().is_success();
+                            let _ = resp.into_body().collect().await;
+                            (ok, attempts)
+                        }
+                        Err(_) => (false, 1),
+                    };
+                    out.push((outcome.0, outcome.1, sent.elapsed()));
+                    bar.inc(1);
+                }
+                out
+            })
+        })
+        .collect();
+    // Sample what the emulator billed every half second while the callers work.
+    let mut series = Vec::new();
+    let mut last = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.tick().await;
+    while !callers.iter().all(|c| c.is_finished()) {
+        tick.tick().await;
+        let billed = emu.stats().total().tokens_billed;
+        series.push((
+            start.elapsed().as_secs_f64(),
+            (billed - last) as f64 / 0.5 / quota_rate,
+        ));
+        last = billed;
+    }
+    let mut done = Vec::new();
+    for c in callers {
+        done.extend(c.await.expect("caller"));
+    }
+    let wall = start.elapsed();
+    bar.finish();
+
+    let stats = emu.stats();
+    // The ideal: each model's billed work pushed through its quotas back to back (the first
+    // period's worth is free: buckets start full), plus the shortest a request can take,
+    // since the last one is billed only when it ends.
+    let shortest = FIRST_TOKEN + PER_OUTPUT_TOKEN * MIN_OUTPUT as u32;
+    let mut ideal = Duration::ZERO;
+    for (model, rpm, tpm) in MODELS {
+        let m = stats.model(model);
+        let per_sec = |n: u64| n as f64 / opts.period.as_secs_f64();
+        let by_tokens = (m.tokens_billed.saturating_sub(tpm)) as f64 / per_sec(tpm);
+        let by_requests = rpm.map_or(0.0, |r| m.settled.saturating_sub(r) as f64 / per_sec(r));
+        ideal = ideal.max(Duration::from_secs_f64(by_tokens.max(by_requests)) + shortest);
+        if std::env::var_os("LOAD_DEMO_DEBUG").is_some() {
+            eprintln!("{model}: billed {} settled {} by_tokens {by_tokens:.1} by_requests {by_requests:.1} throttled {}/{}", m.tokens_billed, m.settled, m.throttled_rpm, m.throttled_tpm);
+        }
+    }
+    let total = stats.total();
+    let mut latencies: Vec<Duration> = done.iter().filter(|d| d.0).map(|d| d.2).collect();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let result = StackResult {
+        name: name.to_string(),
+        completed: done.iter().filter(|d| d.0).count(),
+        failed: done.iter().filter(|d| !d.0).count(),
+        attempts: done.iter().map(|d| d.1).sum(),
+        throttles: total.throttled_rpm + total.throttled_tpm + total.throttled_tpd,
+        goodput: ideal.as_secs_f64() / wall.as_secs_f64(),
+        p50: pct(0.5),
+        p99: pct(0.99),
+        wall,
+        series,
+    };
+    emu.shutdown().await;
+    result
+}
+
+fn fmt_duration(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn table(results: &[StackResult]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| stack | completed | failed | attempts | upstream throttles | throttles / attempts | goodput | p50 | p99 | wall |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {:.1} % | {:.1} % | {} | {} | {} |",
+            r.name,
+            r.completed,
+            r.failed,
+            r.attempts,
+            r.throttles,
+            100.0 * r.throttles as f64 / r.attempts.max(1) as f64,
+            100.0 * r.goodput,
+            fmt_duration(r.p50),
+            fmt_duration(r.p99),
+            fmt_duration(r.wall),
+        );
+    }
+    out
+}
+
+/// Quota tokens billed per second, as a share of the quota rate, one line per stack.
+fn svg(results: &[StackResult]) -> String {
+    const W: f64 = 800.0;
+    const H: f64 = 400.0;
+    const PAD: f64 = 50.0;
+    const COLORS: [&str; 6] = [
+        "#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#2ca02c", "#17becf",
+    ];
+    let t_max = results
+        .iter()
+        .flat_map(|r| r.series.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let y_max = results
+        .iter()
+        .flat_map(|r| r.series.iter().map(|p| p.1))
+        .fold(1.5, f64::max);
+    let x = |t: f64| PAD + t / t_max * (W - 2.0 * PAD);
+    let y = |v: f64| H - PAD - v / y_max * (H - 2.0 * PAD);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<line x1="{PAD}" y1="{y1}" x2="{x2}" y2="{y1}" stroke="black" stroke-dasharray="6 4"/><text x="{x2}" y="{ty}" text-anchor="end">quota</text>"#,
+        y1 = y(1.0),
+        x2 = W - PAD,
+        ty = y(1.0) - 4.0
+    );
+    let _ = writeln!(
+        out,
+        r#"<line x1="{PAD}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{b}" stroke="black"/>"#,
+        b = H - PAD,
+        r = W - PAD
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{cx}" y="{ty}" text-anchor="middle">seconds (t_max {t_max:.0} s)</text><text x="12" y="{cy}" transform="rotate(-90 12 {cy})" text-anchor="middle">quota tokens billed per second / quota rate</text>"#,
+        cx = W / 2.0,
+        ty = H - 12.0,
+        cy = H / 2.0
+    );
+    for (i, r) in results.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<String> = r
+            .series
+            .iter()
+            .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
+            .collect();
+        let _ = writeln!(
+            out,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+            points.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{lx}" y="{ly}" fill="{color}">{}</text>"#,
+            r.name,
+            lx = W - PAD - 110.0,
+            ly = PAD + 16.0 * i as f64
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+#[tokio::main]
+async fn main() {
+    let opts = Options::parse();
+    let jobs = workload(opts.requests, opts.seed);
+    println!(
+        "{} requests ({} callers) over {} models, quotas per {:.1} s; stacks: {}",
+        jobs.len(),
+        opts.callers,
+        MODELS.len(),
+        opts.period.as_secs_f64(),
+        opts.stacks.join(", ")
+    );
+    let mut results = Vec::new();
+    for name in &opts.stacks {
+        results.push(run(name, &jobs, &opts).await);
+    }
+    println!();
+    print!("{}", table(&results));
+    println!();
+    println!(
+        "goodput: the least time in which any client could push the same billed work through the quotas \
+         (plus the shortest request's latency), over the time this stack took."
+    );
+    std::fs::write(&opts.out, svg(&results)).expect("write plot");
+    println!("plot: {}", opts.out);
+}
