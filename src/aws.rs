@@ -304,10 +304,113 @@ impl Service<http::Request<SdkBody>> for SdkConnector {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
 
     use super::*;
-    use crate::QuotaKey;
+    use crate::{Quota, QuotaKey};
+
+    /// An SDK connector that answers `status` and records, per call, whether the request
+    /// body was in memory.
+    #[derive(Debug, Clone)]
+    struct Recording {
+        status: u16,
+        calls: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl HttpConnector for Recording {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(request.body().bytes().is_some());
+            let response = http::Response::builder()
+                .status(self.status)
+                .header("x-amzn-bedrock-input-token-count", "10")
+                .header("x-amzn-bedrock-output-token-count", "5")
+                .body(SdkBody::from("{}"))
+                .unwrap();
+            HttpConnectorFuture::ready(Ok(HttpResponse::try_from(response).unwrap()))
+        }
+    }
+
+    fn connector(status: u16, tpm: u64) -> (ThrottledConnector, Arc<Mutex<Vec<bool>>>) {
+        let cfg = ThrottleConfig::builder()
+            .quota(Quota::tokens_per_minute(tpm))
+            .max_attempts(3)
+            .base_delay(Duration::from_millis(1))
+            .max_delay(Duration::from_millis(2))
+            .build()
+            .unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let sdk = SdkConnector(SharedHttpConnector::new(Recording {
+            status,
+            calls: calls.clone(),
+        }));
+        let throttled = ThrottledConnector {
+            full: BedrockThrottleLayer::new(cfg.clone()).layer(sdk.clone()),
+            gate_only: GateLayer::new(cfg).layer(sdk),
+        };
+        (throttled, calls)
+    }
+
+    fn request(body: SdkBody) -> HttpRequest {
+        let request = http::Request::post(
+            "http://localhost/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke",
+        )
+        .body(body)
+        .unwrap();
+        HttpRequest::try_from(request).unwrap()
+    }
+
+    #[tokio::test]
+    async fn in_memory_requests_are_retried_by_the_throttle() {
+        let (throttled, calls) = connector(503, 100_000);
+        let body = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"messages":[]}"#;
+        let response = throttled.call(request(SdkBody::from(body))).await.unwrap();
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(*calls.lock().unwrap(), vec![true; 3], "three attempts");
+    }
+
+    #[tokio::test]
+    async fn streaming_requests_are_gated_but_neither_read_nor_resent() {
+        let (throttled, calls) = connector(503, 100_000);
+        let stream = SdkBody::from_body_1_x(Full::new(Bytes::from_static(b"frames")));
+        let response = throttled.call(request(stream)).await.unwrap();
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![false],
+            "one attempt, body unread"
+        );
+
+        let (throttled, _) = connector(200, 100_000);
+        let body = SdkBody::from_body_1_x(Full::new(Bytes::from_static(b"frames")));
+        let response = throttled.call(request(body)).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"{}");
+
+        // Gated: without a body to read it reserves the model's default output limit,
+        // which a 1,000-token quota can never hold.
+        let (throttled, calls) = connector(200, 1_000);
+        let body = SdkBody::from_body_1_x(Full::new(Bytes::from_static(b"frames")));
+        let err = throttled.call(request(body)).await.unwrap_err();
+        assert!(err.is_user(), "{err:?}");
+        let source = std::error::Error::source(&err).unwrap();
+        assert!(
+            matches!(
+                source.downcast_ref::<ThrottleError>(),
+                Some(ThrottleError::NeverFits { .. })
+            ),
+            "{source}"
+        );
+        assert!(calls.lock().unwrap().is_empty(), "not sent");
+    }
 
     fn source_is<T: std::error::Error + 'static>(e: &ConnectorError) -> bool {
         std::error::Error::source(e).is_some_and(|s| s.is::<T>())
