@@ -11,11 +11,13 @@
 //! Against the crate's emulator, with fake credentials:
 //!
 //! ```text
-//! cargo run --example emulator --features emulator -- --port 8080 --tpm 6000 --period-secs 60
-//! cargo run --example aws_sdk -- --endpoint http://127.0.0.1:8080 --tpm 6000
+//! cargo run --example emulator --features emulator -- --port 8080 --tpm 3000 --period-secs 60
+//! cargo run --example aws_sdk -- --endpoint http://127.0.0.1:8080 --tpm 3000
 //! ```
 //!
-//! Other flags: `--region R`, `--calls N` (8), `--max-tokens N` (300), `--rpm N`.
+//! Give `--tpm` (and `--rpm`) your account's quota for the model: the throttle keeps the
+//! calls inside what it is told. Other flags: `--region R`, `--calls N` (16),
+//! `--max-tokens N` (300).
 //!
 //! To keep the crate's dev-dependencies light this reads the environment itself; with
 //! `aws-config` the usual setup is
@@ -64,7 +66,7 @@ fn args() -> Args {
             .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|_| "us-east-1".into()),
         model: "anthropic.claude-3-5-sonnet-20240620-v1:0".into(),
-        calls: 8,
+        calls: 16,
         max_tokens: 300,
         tpm: 20_000,
         rpm: None,
@@ -175,17 +177,18 @@ async fn main() -> Result<(), BoxError> {
         .collect();
     let mut failed = 0;
     for call in calls {
+        let result = call.await?;
         let at = secs(started.elapsed());
-        match call.await? {
+        match result {
             Ok((i, Some(u))) => println!(
-                "call {i}: done by {at:.1} s, {} input + {} output tokens",
+                "call {i}: collected at {at:.1} s, {} input + {} output tokens",
                 u.input_tokens(),
                 u.output_tokens()
             ),
-            Ok((i, None)) => println!("call {i}: done by {at:.1} s, no usage reported"),
+            Ok((i, None)) => println!("call {i}: collected at {at:.1} s, no usage reported"),
             Err(e) => {
                 failed += 1;
-                println!("call failed: {}", error_chain(&*e));
+                println!("call failed at {at:.1} s: {}", error_chain(&*e));
             }
         }
     }
