@@ -52,6 +52,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With the AWS SDK for Rust, [`aws::ThrottledHttpClient`] (feature `aws-sdk`, on by default)
+//! puts the same stack under an `aws-sdk-bedrockruntime` client:
+//! `Config::builder().http_client(ThrottledHttpClient::new(inner, cfg))`.
+//!
 //! Time comes from tokio's clock, so `#[tokio::test(start_paused = true)]` runs an hour of
 //! quota traffic through the layer in milliseconds.
 
@@ -72,6 +76,9 @@ mod layer;
 mod ledger;
 mod usage;
 
+#[cfg(feature = "aws-sdk")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-sdk")))]
+pub mod aws;
 #[cfg(feature = "emulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
 pub mod emulator;

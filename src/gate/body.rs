@@ -46,6 +46,12 @@ impl<B> SettlingBody<B> {
         &self.inner
     }
 
+    /// Whether the body still has usage to read before its reservation is settled.
+    #[cfg_attr(not(feature = "aws-sdk"), allow(dead_code))]
+    pub(crate) fn is_settling(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// Unwraps the body; a settlement still pending keeps the whole reservation.
     pub fn into_inner(self) -> B {
         self.inner

@@ -1,0 +1,452 @@
+//! The throttle as an HTTP client of the AWS SDK for Rust: [`ThrottledHttpClient`] sends
+//! every call of an `aws-sdk-bedrockruntime` client through the same estimate → retry →
+//! gate stack as [`BedrockThrottleLayer`].
+//!
+//! ```no_run
+//! use aws_sdk_bedrockruntime::config::{retry::RetryConfig, BehaviorVersion, Region};
+//! use bedrock_throttle::{aws::ThrottledHttpClient, Quota, ThrottleConfig};
+//!
+//! # async fn run(inner: aws_smithy_runtime_api::client::http::SharedHttpClient,
+//! #              credentials: aws_sdk_bedrockruntime::config::Credentials)
+//! #     -> Result<(), bedrock_throttle::BoxError> {
+//! let cfg = ThrottleConfig::builder()
+//!     .model_quota("anthropic.claude-3-5-sonnet-20240620-v1:0", Quota::new(50, 400_000))
+//!     .build()?;
+//! // `inner` is the HTTP client the SDK would otherwise use, e.g.
+//! // `aws_smithy_http_client::Builder::new().build_https()`.
+//! let conf = aws_sdk_bedrockruntime::Config::builder()
+//!     .behavior_version(BehaviorVersion::latest())
+//!     .region(Region::new("us-east-1"))
+//!     .credentials_provider(credentials)
+//!     .http_client(ThrottledHttpClient::new(inner, cfg.clone()))
+//!     .retry_config(RetryConfig::disabled()) // the throttle retries
+//!     .build();
+//! let client = aws_sdk_bedrockruntime::Client::from_conf(conf);
+//! let answer = client
+//!     .invoke_model()
+//!     .model_id("anthropic.claude-3-5-sonnet-20240620-v1:0")
+//!     .body(aws_sdk_bedrockruntime::primitives::Blob::new(
+//!         r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":256,
+//!            "messages":[{"role":"user","content":"Hello"}]}"#,
+//!     ))
+//!     .send()
+//!     .await?;
+//! # let _ = answer;
+//! # Ok(()) }
+//! ```
+//!
+//! `examples/aws_sdk.rs` runs this against Bedrock or the crate's emulator.
+//!
+//! # One budget
+//! The budget belongs to the [`ThrottleConfig`]: every `ThrottledHttpClient` and every
+//! [`BedrockThrottleLayer`] built from one configuration or its
+//! clones spends from the same quotas, the same retry budget and the same calibration. Give
+//! each SDK client (one per Region or per credentials, say) and each plain HTTP stack a
+//! clone of one `ThrottleConfig` and together they stay inside the account's quotas; build
+//! a second configuration only for a quota that is really separate (another account).
+//!
+//! # What goes through the stack
+//! The SDK signs a request, then hands it to the HTTP client. Each request with an in-memory
+//! body (every bedrock-runtime operation but the bidirectional stream) is estimated from its
+//! body, retried and gated exactly as with the tower layer: the signed request is resent
+//! unchanged on a retry. A request with a streaming body is not read and cannot be resent:
+//! it goes through the gate alone, charged from its `Content-Length`. Responses are settled
+//! from the real `x-amzn-bedrock-*-token-count` headers (InvokeModel) or the JSON usage of
+//! the body (Converse) as the SDK reads it; streaming responses keep their reservation.
+//!
+//! # The SDK's own retry
+//! Turn it off with `RetryConfig::disabled()`: this crate already retries throttles and
+//! transient failures, with the server's hints, in token-aware backoff. Left on, each SDK
+//! attempt runs through the whole throttle, so a call makes at most
+//! **SDK max attempts × [`max_attempts`](crate::ThrottleConfigBuilder::max_attempts)** HTTP
+//! requests (3 × 8 = 24 with both defaults), and the SDK's backoff comes on top of this
+//! crate's. It still ends: the SDK retries only the final response or connection error
+//! this crate hands back.
+//!
+//! # Errors
+//! A [`ThrottleError`] reaches the caller as the SDK's dispatch failure
+//! (`SdkError::DispatchFailure`) whose [`ConnectorError`] has the `ThrottleError` as its
+//! source (`std::error::Error::source`, or `ConnectorError::into_source` and
+//! `downcast::<ThrottleError>()`). The kind is chosen so the SDK's retry never repeats
+//! what this crate decided:
+//!
+//! | error | `ConnectorError` kind | SDK retries |
+//! |---|---|---|
+//! | `BodyTooLarge`, `NeverFits`, `Body` (the request is at fault) | `user` | no |
+//! | `MaxWaitExceeded` (the quota stayed full) | `other(_, None)` | no: waiting again would only queue behind the same demand |
+//! | an inner connector error on the last attempt | the inner `ConnectorError` itself | as the SDK would have (I/O errors and timeouts are retried) |
+//!
+//! # Timeouts and signatures
+//! A request may wait in the gate up to `max_wait` per attempt. The SDK's operation and
+//! attempt timeouts count that wait: leave them unset or longer than the throttle may wait.
+//! The SDK's read and connect timeouts apply to each HTTP request as usual. SigV4
+//! signatures expire after about five minutes, and a retry resends the request signed for
+//! the first attempt: keep `max_wait` and the retries well within that.
+//!
+//! # Compared with the SDK's adaptive retry
+//! The SDK's adaptive mode starts limiting only after the first throttle, counts requests
+//! (not tokens), is per client and per process, and learns the rate from 429s. This
+//! throttle knows the quotas up front, charges each request the tokens Bedrock reserves
+//! (input + `max_tokens` × burndown), gives back what the response reports unused, queues
+//! waiters in FIFO order per model, and shares one budget between every SDK client and
+//! HTTP stack built from one configuration.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use aws_smithy_runtime_api::client::{
+    connector_metadata::ConnectorMetadata,
+    http::{
+        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+        SharedHttpConnector,
+    },
+    orchestrator::{HttpRequest, HttpResponse},
+    result::ConnectorError,
+    runtime_components::{RuntimeComponents, RuntimeComponentsBuilder},
+};
+use aws_smithy_types::{body::SdkBody, config_bag::ConfigBag};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    estimate::Estimate,
+    gate::{Gate, GateLayer, SettlingBody},
+    retry::Retry,
+    BedrockThrottleLayer, BoxError, ThrottleConfig, ThrottleError,
+};
+
+/// An AWS SDK HTTP client that throttles every request of the SDK clients using it. See
+/// the [module docs](self).
+///
+/// It wraps any inner SDK HTTP client (the one the SDK would use without it) and spends
+/// from the budget of the [`ThrottleConfig`] it was made with.
+#[derive(Clone)]
+pub struct ThrottledHttpClient {
+    inner: SharedHttpClient,
+    cfg: ThrottleConfig,
+}
+
+impl ThrottledHttpClient {
+    /// Sends the requests of `inner` through the throttle of `cfg`. Pass a clone of one
+    /// configuration to every client that shares its quotas.
+    pub fn new(inner: impl HttpClient + 'static, cfg: ThrottleConfig) -> Self {
+        Self {
+            inner: SharedHttpClient::new(inner),
+            cfg,
+        }
+    }
+
+    /// The configuration whose budget this client spends.
+    pub fn config(&self) -> &ThrottleConfig {
+        &self.cfg
+    }
+
+    /// The wrapped client.
+    pub fn get_ref(&self) -> &SharedHttpClient {
+        &self.inner
+    }
+}
+
+impl fmt::Debug for ThrottledHttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThrottledHttpClient")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClient for ThrottledHttpClient {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        let sdk = SdkConnector(self.inner.http_connector(settings, components));
+        SharedHttpConnector::new(ThrottledConnector {
+            full: BedrockThrottleLayer::new(self.cfg.clone()).layer(sdk.clone()),
+            gate_only: GateLayer::new(self.cfg.clone()).layer(sdk),
+        })
+    }
+
+    fn validate_base_client_config(
+        &self,
+        runtime_components: &RuntimeComponentsBuilder,
+        cfg: &ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        self.inner
+            .validate_base_client_config(runtime_components, cfg)
+    }
+
+    fn validate_final_config(
+        &self,
+        runtime_components: &RuntimeComponents,
+        cfg: &ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        self.inner.validate_final_config(runtime_components, cfg)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.inner.connector_metadata()
+    }
+}
+
+/// The connector handed to the SDK: the throttle stack over the inner client's connector.
+#[derive(Debug)]
+struct ThrottledConnector {
+    full: Estimate<Retry<Gate<SdkConnector>>>,
+    gate_only: Gate<SdkConnector>,
+}
+
+impl HttpConnector for ThrottledConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        // A streaming body can be neither estimated nor resent: gate it only.
+        let in_memory = request.body().bytes().is_some();
+        let request = match request.try_into_http1x() {
+            Ok(r) => r,
+            Err(e) => return HttpConnectorFuture::ready(Err(ConnectorError::user(e.into()))),
+        };
+        if in_memory {
+            HttpConnectorFuture::new(send(self.full.clone(), request))
+        } else {
+            HttpConnectorFuture::new(send(self.gate_only.clone(), request))
+        }
+    }
+}
+
+async fn send<S>(
+    mut service: S,
+    request: http::Request<SdkBody>,
+) -> Result<HttpResponse, ConnectorError>
+where
+    S: Service<
+        http::Request<SdkBody>,
+        Response = http::Response<SettlingBody<SdkBody>>,
+        Error = BoxError,
+    >,
+{
+    // Every layer of the stack delegates readiness to the SDK connector, which is always
+    // ready; poll anyway, as the `Service` contract asks.
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .map_err(into_connector_error)?;
+    let response = service.call(request).await.map_err(into_connector_error)?;
+    let response = response.map(|body| {
+        if body.is_settling() {
+            SdkBody::from_body_1_x(body)
+        } else {
+            body.into_inner() // nothing to read from it: hand the SDK its own body back
+        }
+    });
+    HttpResponse::try_from(response).map_err(|e| ConnectorError::other(e.into(), None))
+}
+
+/// The SDK's view of an error of the stack; see "Errors" in the [module docs](self).
+fn into_connector_error(error: BoxError) -> ConnectorError {
+    let error = match error.downcast::<ConnectorError>() {
+        Ok(e) => return *e,
+        Err(e) => e,
+    };
+    match error.downcast::<ThrottleError>() {
+        Ok(e) => match *e {
+            ThrottleError::Upstream { attempts, source } => {
+                match source.downcast::<ConnectorError>() {
+                    Ok(inner) => {
+                        tracing::debug!(attempts, error = %inner, "connector failed on every attempt");
+                        *inner
+                    }
+                    Err(source) => ConnectorError::other(
+                        Box::new(ThrottleError::Upstream { attempts, source }),
+                        None,
+                    ),
+                }
+            }
+            e @ (ThrottleError::BodyTooLarge { .. }
+            | ThrottleError::NeverFits { .. }
+            | ThrottleError::Body(_)) => ConnectorError::user(Box::new(e)),
+            e => ConnectorError::other(Box::new(e), None),
+        },
+        Err(other) => ConnectorError::other(other, None),
+    }
+}
+
+/// The innermost service: the SDK connector of the wrapped client, in http 1.x types.
+#[derive(Clone, Debug)]
+struct SdkConnector(SharedHttpConnector);
+
+type SdkFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<SdkBody>, ConnectorError>> + Send>>;
+
+impl Service<http::Request<SdkBody>> for SdkConnector {
+    type Response = http::Response<SdkBody>;
+    type Error = ConnectorError;
+    type Future = SdkFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<SdkBody>) -> Self::Future {
+        let connector = self.0.clone();
+        Box::pin(async move {
+            let request =
+                HttpRequest::try_from(request).map_err(|e| ConnectorError::user(e.into()))?;
+            let response = connector.call(request).await?;
+            response
+                .try_into_http1x()
+                .map_err(|e| ConnectorError::other(e.into(), None))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+    use crate::{Quota, QuotaKey};
+
+    /// An SDK connector that answers `status` and records, per call, whether the request
+    /// body was in memory.
+    #[derive(Debug, Clone)]
+    struct Recording {
+        status: u16,
+        calls: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl HttpConnector for Recording {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(request.body().bytes().is_some());
+            let response = http::Response::builder()
+                .status(self.status)
+                .header("x-amzn-bedrock-input-token-count", "10")
+                .header("x-amzn-bedrock-output-token-count", "5")
+                .body(SdkBody::from("{}"))
+                .unwrap();
+            HttpConnectorFuture::ready(Ok(HttpResponse::try_from(response).unwrap()))
+        }
+    }
+
+    fn connector(status: u16, tpm: u64) -> (ThrottledConnector, Arc<Mutex<Vec<bool>>>) {
+        let cfg = ThrottleConfig::builder()
+            .quota(Quota::tokens_per_minute(tpm))
+            .max_attempts(3)
+            .base_delay(Duration::from_millis(1))
+            .max_delay(Duration::from_millis(2))
+            .build()
+            .unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let sdk = SdkConnector(SharedHttpConnector::new(Recording {
+            status,
+            calls: calls.clone(),
+        }));
+        let throttled = ThrottledConnector {
+            full: BedrockThrottleLayer::new(cfg.clone()).layer(sdk.clone()),
+            gate_only: GateLayer::new(cfg).layer(sdk),
+        };
+        (throttled, calls)
+    }
+
+    fn request(body: SdkBody) -> HttpRequest {
+        let request = http::Request::post(
+            "http://localhost/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke",
+        )
+        .body(body)
+        .unwrap();
+        HttpRequest::try_from(request).unwrap()
+    }
+
+    #[tokio::test]
+    async fn in_memory_requests_are_retried_by_the_throttle() {
+        let (throttled, calls) = connector(503, 100_000);
+        let body = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"messages":[]}"#;
+        let response = throttled.call(request(SdkBody::from(body))).await.unwrap();
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(*calls.lock().unwrap(), vec![true; 3], "three attempts");
+    }
+
+    #[tokio::test]
+    async fn streaming_requests_are_gated_but_neither_read_nor_resent() {
+        let (throttled, calls) = connector(503, 100_000);
+        let stream = SdkBody::from_body_1_x(Full::new(Bytes::from_static(b"frames")));
+        let response = throttled.call(request(stream)).await.unwrap();
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![false],
+            "one attempt, body unread"
+        );
+
+        let (throttled, _) = connector(200, 100_000);
+        let body = SdkBody::from_body_1_x(Full::new(Bytes::from_static(b"frames")));
+        let response = throttled.call(request(body)).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"{}");
+
+        // Gated: without a body to read it reserves the model's default output limit,
+        // which a 1,000-token quota can never hold.
+        let (throttled, calls) = connector(200, 1_000);
+        let body = SdkBody::from_body_1_x(Full::new(Bytes::from_static(b"frames")));
+        let err = throttled.call(request(body)).await.unwrap_err();
+        assert!(err.is_user(), "{err:?}");
+        let source = std::error::Error::source(&err).unwrap();
+        assert!(
+            matches!(
+                source.downcast_ref::<ThrottleError>(),
+                Some(ThrottleError::NeverFits { .. })
+            ),
+            "{source}"
+        );
+        assert!(calls.lock().unwrap().is_empty(), "not sent");
+    }
+
+    fn source_is<T: std::error::Error + 'static>(e: &ConnectorError) -> bool {
+        std::error::Error::source(e).is_some_and(|s| s.is::<T>())
+    }
+
+    #[test]
+    fn throttle_errors_become_connector_errors_the_sdk_does_not_retry() {
+        let e = into_connector_error(Box::new(ThrottleError::BodyTooLarge { limit: 10 }));
+        assert!(e.is_user() && source_is::<ThrottleError>(&e));
+        let e = into_connector_error(Box::new(ThrottleError::NeverFits {
+            key: QuotaKey::default(),
+            tokens: 10,
+            quota_tokens: 5,
+        }));
+        assert!(e.is_user());
+        let e = into_connector_error(Box::new(ThrottleError::MaxWaitExceeded {
+            key: QuotaKey::default(),
+            waited: Duration::from_secs(1),
+        }));
+        assert!(e.is_other() && e.as_other().is_none() && source_is::<ThrottleError>(&e));
+    }
+
+    #[test]
+    fn the_inner_connector_error_comes_back_as_it_was() {
+        let io = ConnectorError::io("reset".into());
+        let e = into_connector_error(Box::new(ThrottleError::Upstream {
+            attempts: 3,
+            source: Box::new(io),
+        }));
+        assert!(e.is_io());
+        let e = into_connector_error(Box::new(ConnectorError::timeout("slow".into())));
+        assert!(e.is_timeout());
+        let e = into_connector_error(Box::new(ThrottleError::Upstream {
+            attempts: 2,
+            source: "not a connector error".into(),
+        }));
+        assert!(e.is_other() && source_is::<ThrottleError>(&e));
+    }
+}
