@@ -22,9 +22,15 @@ use std::{
     time::Duration,
 };
 
+use aws_sdk_bedrockruntime::{
+    config::{retry::RetryConfig, BehaviorVersion, Credentials, Region},
+    primitives::Blob,
+};
+use aws_smithy_runtime_api::client::http::HttpClient;
 use bedrock_throttle::{
+    aws::ThrottledHttpClient,
     emulator::{EmulatedQuota, Emulator, EmulatorHandle, LatencyModel, OutputLength},
-    retry::{Attempts, RetryLayer},
+    retry::RetryLayer,
     BedrockThrottleLayer, BoxError, Quota, ThrottleConfig,
 };
 use bytes::Bytes;
@@ -55,7 +61,14 @@ const FIRST_TOKEN: Duration = Duration::from_millis(300);
 const PER_OUTPUT_TOKEN: Duration = Duration::from_millis(4);
 const MIN_OUTPUT: u64 = 50;
 
-const ALL_STACKS: [&str; 3] = ["none", "retry", "layer-http"];
+const ALL_STACKS: [&str; 6] = [
+    "none",
+    "retry",
+    "sdk-standard",
+    "sdk-adaptive",
+    "layer-http",
+    "layer-sdk",
+];
 
 struct Options {
     callers: usize,
@@ -162,6 +175,68 @@ fn workload(n: usize, seed: u64) -> Vec<Job> {
         .collect()
 }
 
+/// A client stack: a tower HTTP service or an AWS SDK client.
+#[derive(Clone)]
+enum Stack {
+    Http(HttpService),
+    Sdk(aws_sdk_bedrockruntime::Client),
+}
+
+impl Stack {
+    /// Sends one job; true when it succeeded.
+    async fn send(self, base: &str, job: Job) -> bool {
+        match self {
+            Stack::Http(svc) => {
+                let path = format!(
+                    "{base}/model/{}/invoke",
+                    percent_encoding::utf8_percent_encode(
+                        job.model,
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
+                );
+                let req = Request::post(path)
+                    .header("content-type", "application/json")
+                    .body(Full::new(job.body))
+                    .expect("request");
+                match svc.oneshot(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        let _ = resp.into_body().collect().await;
+                        ok
+                    }
+                    Err(_) => false,
+                }
+            }
+            Stack::Sdk(client) => client
+                .invoke_model()
+                .model_id(job.model)
+                .content_type("application/json")
+                .body(Blob::new(job.body.to_vec()))
+                .send()
+                .await
+                .is_ok(),
+        }
+    }
+}
+
+fn sdk(base: &str, http: impl HttpClient + 'static, retry: RetryConfig) -> Stack {
+    let conf = aws_sdk_bedrockruntime::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(base)
+        .credentials_provider(Credentials::new(
+            "AKIDEXAMPLE",
+            "secret",
+            None,
+            None,
+            "load-demo",
+        ))
+        .http_client(http)
+        .retry_config(retry)
+        .build();
+    Stack::Sdk(aws_sdk_bedrockruntime::Client::from_conf(conf))
+}
+
 type HttpService =
     BoxCloneService<Request<Full<Bytes>>, Response<BoxBody<Bytes, BoxError>>, BoxError>;
 
@@ -173,8 +248,9 @@ where
     resp.map(|b| b.map_err(Into::into).boxed())
 }
 
-/// The client stack named `name`, pointed at `emu`.
-fn stack(name: &str, opts: &Options) -> HttpService {
+/// The client stack named `name`, pointed at the emulator at `base`.
+fn stack(name: &str, base: &str, opts: &Options) -> Stack {
+    let sdk_http = || aws_smithy_http_client::Builder::new().build_http();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let config = || {
         let mut b = ThrottleConfig::builder();
@@ -187,21 +263,34 @@ fn stack(name: &str, opts: &Options) -> HttpService {
             .expect("valid config")
     };
     match name {
-        "none" => ServiceBuilder::new()
-            .map_response(boxed)
-            .map_err(Into::into)
-            .service(client)
-            .boxed_clone(),
-        "retry" => ServiceBuilder::new()
-            .map_response(boxed)
-            .layer(RetryLayer::new(config()))
-            .service(client)
-            .boxed_clone(),
-        "layer-http" => ServiceBuilder::new()
-            .map_response(boxed)
-            .layer(BedrockThrottleLayer::new(config()))
-            .service(client)
-            .boxed_clone(),
+        "none" => Stack::Http(
+            ServiceBuilder::new()
+                .map_response(boxed)
+                .map_err(Into::into)
+                .service(client)
+                .boxed_clone(),
+        ),
+        "retry" => Stack::Http(
+            ServiceBuilder::new()
+                .map_response(boxed)
+                .layer(RetryLayer::new(config()))
+                .service(client)
+                .boxed_clone(),
+        ),
+        "layer-http" => Stack::Http(
+            ServiceBuilder::new()
+                .map_response(boxed)
+                .layer(BedrockThrottleLayer::new(config()))
+                .service(client)
+                .boxed_clone(),
+        ),
+        "sdk-standard" => sdk(base, sdk_http(), RetryConfig::standard()),
+        "sdk-adaptive" => sdk(base, sdk_http(), RetryConfig::adaptive()),
+        "layer-sdk" => sdk(
+            base,
+            ThrottledHttpClient::new(sdk_http(), config()),
+            RetryConfig::disabled(),
+        ),
         _ => unreachable!("checked in Options::parse"),
     }
 }
@@ -249,7 +338,7 @@ struct StackResult {
 async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
     let emu = emulator(opts).await;
     let base = emu.endpoint_url();
-    let svc = stack(name, opts);
+    let svc = stack(name, &base, opts);
     // One queue per model, each served by its share of the callers: the models' traffic is
     // independent, as it is in a real application, so no model's queue starves another's.
     let queues: Vec<_> = MODELS
@@ -269,9 +358,11 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
     let start = Instant::now();
     let quota_rate: f64 =
         MODELS.iter().map(|(_, _, tpm)| *tpm as f64).sum::<f64>() / opts.period.as_secs_f64();
+    let finished = Arc::new(Mutex::new(start));
     let callers: Vec<_> = (0..opts.callers)
         .map(|i| {
             let queue = queues[i % queues.len()].clone();
+            let finished = finished.clone();
             let svc = svc.clone();
             let base = base.clone();
             let bar = bar.clone();
@@ -281,31 +372,11 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
                     let Some(job) = queue.lock().unwrap().pop_front() else {
                         break;
                     };
-                    let path = format!(
-                        "{base}/model/{}/invoke",
-                        percent_encoding::utf8_percent_encode(
-                            job.model,
-                            percent_encoding::NON_ALPHANUMERIC
-                        )
-                    );
-                    let req = Request::post(path)
-                        .header("content-type", "application/json")
-                        .body(Full::new(job.body))
-                        .expect("request");
                     let sent = Instant::now();
-                    let outcome = match svc.clone().oneshot(req).await {
-                        Ok(resp) => {
-                            let attempts = resp
-                                .extensions()
-                                .get::<Attempts>()
-                                .map_or(1, |a| u64::from(a.0));
-                            let ok = resp.status().is_success();
-                            let _ = resp.into_body().collect().await;
-                            (ok, attempts)
-                        }
-                        Err(_) => (false, 1),
-                    };
-                    out.push((outcome.0, outcome.1, sent.elapsed()));
+                    let ok = svc.clone().send(&base, job).await;
+                    out.push((ok, sent.elapsed()));
+                    let mut f = finished.lock().unwrap();
+                    *f = (*f).max(Instant::now());
                     bar.inc(1);
                 }
                 out
@@ -330,7 +401,8 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
     for c in callers {
         done.extend(c.await.expect("caller"));
     }
-    let wall = start.elapsed();
+    // The last completion, not the sampler's tick that noticed it.
+    let wall = *finished.lock().unwrap() - start;
     bar.finish();
 
     let stats = emu.stats();
@@ -350,7 +422,7 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
         }
     }
     let total = stats.total();
-    let mut latencies: Vec<Duration> = done.iter().filter(|d| d.0).map(|d| d.2).collect();
+    let mut latencies: Vec<Duration> = done.iter().filter(|d| d.0).map(|d| d.1).collect();
     latencies.sort();
     let pct = |p: f64| {
         latencies
@@ -362,7 +434,8 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
         name: name.to_string(),
         completed: done.iter().filter(|d| d.0).count(),
         failed: done.iter().filter(|d| !d.0).count(),
-        attempts: done.iter().map(|d| d.1).sum(),
+        // Every request that reached the emulator, throttled ones included.
+        attempts: total.requests,
         throttles: total.throttled_rpm + total.throttled_tpm + total.throttled_tpd,
         goodput: ideal.as_secs_f64() / wall.as_secs_f64(),
         p50: pct(0.5),
