@@ -202,26 +202,31 @@ impl<B: Body> Body for SettlingBody<B> {
     }
 }
 
-/// Reads one data frame on its way to the caller.
+/// Reads one data frame on its way to the caller (in place: this runs for every frame).
 fn observe(settle: &mut Settle, data: &impl Buf) {
     let chunk = data.chunk();
     let whole = chunk.len() == data.remaining();
-    match std::mem::replace(settle, Settle::Nothing) {
+    match settle {
         Settle::Nothing => {}
-        Settle::Json { charge, mut buf } => {
+        Settle::Json { buf, .. } => {
             if whole && buf.len() + chunk.len() <= MAX_USAGE_BODY {
                 buf.extend_from_slice(chunk);
-                *settle = Settle::Json { charge, buf };
-            } // else unreadable: keep the reservation
+            } else {
+                *settle = Settle::Nothing; // unreadable: keep the reservation
+            }
         }
-        Settle::Stream(mut s) => {
+        Settle::Stream(s) => {
             if whole {
                 s.reader.feed(chunk);
             } else {
                 s.reader.disable();
             }
-            if let Some(s) = s.absorb() {
-                *settle = Settle::Stream(s);
+            if s.reader.has_news() {
+                if let Settle::Stream(s) = std::mem::replace(settle, Settle::Nothing) {
+                    if let Some(s) = s.absorb() {
+                        *settle = Settle::Stream(s);
+                    }
+                }
             }
         }
     }

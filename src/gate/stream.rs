@@ -65,6 +65,11 @@ impl FrameReader {
         self.frames
     }
 
+    /// Whether usage or an exception was found, or the reader gave up.
+    pub(crate) fn has_news(&self) -> bool {
+        self.usage.is_some() || self.exception.is_some() || self.disabled
+    }
+
     /// Usage found since the last call.
     pub(crate) fn take_usage(&mut self) -> Option<Usage> {
         self.usage.take()
