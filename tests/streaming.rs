@@ -252,6 +252,52 @@ async fn a_first_frame_throttle_left_unretried_is_a_429_carrying_the_frame() {
     assert_eq!(bytes, frame);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_ends_without_usage_keeps_its_whole_reservation() {
+    let mut frames = invoke_stream(120, 45);
+    frames.pop(); // no metrics
+    let (_calls, upstream) = scripted(vec![frames.clone(), frames]);
+    let mut svc = ServiceBuilder::new()
+        .layer(GateLayer::new(tight_config()))
+        .service(upstream);
+    let resp = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(stream_request("", "invoke-with-response-stream"))
+        .await
+        .unwrap();
+    resp.into_body().collect().await.unwrap();
+    let second = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(stream_request("", "invoke-with-response-stream"))
+        .await;
+    assert!(is_max_wait(&second.unwrap_err()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_frame_exception_that_is_not_retried_passes_on_in_the_stream() {
+    let frame = exception("modelStreamErrorException", "The model stopped.");
+    let (calls, upstream) = scripted(vec![vec![frame.clone()]]);
+    let cfg = ThrottleConfig::builder()
+        .quota(Quota::tokens_per_minute(100_000))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(BedrockThrottleLayer::new(cfg))
+        .service(upstream);
+    let resp = svc
+        .oneshot(stream_request("", "invoke-with-response-stream"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(*calls.lock().unwrap(), 1);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(bytes, frame);
+}
+
 #[cfg(feature = "emulator")]
 mod emulator {
     use super::*;

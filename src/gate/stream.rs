@@ -138,12 +138,11 @@ impl FrameReader {
     fn frame(&mut self, frame: &[u8]) {
         self.frames += 1;
         let header_len = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
-        let Some(headers) = frame.get(PRELUDE..PRELUDE + header_len) else {
-            return self.disable();
-        };
-        if PRELUDE + header_len + 4 > frame.len() {
+        // Headers, then at least the 4-byte message checksum, must fit in the frame.
+        if header_len > frame.len() - MIN_FRAME {
             return self.disable();
         }
+        let headers = &frame[PRELUDE..PRELUDE + header_len];
         let payload = &frame[PRELUDE + header_len..frame.len() - 4];
         let Some(h) = FrameHeaders::read(headers) else {
             return self.disable();
