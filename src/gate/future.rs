@@ -1,15 +1,26 @@
 use std::{
+    collections::VecDeque,
     future::Future,
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
 };
 
-use http::{header::CONTENT_TYPE, Request, Response, StatusCode};
+use bytes::Buf;
+use http::{
+    header::{CONTENT_LENGTH, CONTENT_TYPE},
+    response::Parts,
+    HeaderValue, Request, Response, StatusCode,
+};
+use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::SettlingBody;
+use super::{
+    body::StreamSettle,
+    stream::{FrameReader, StreamException},
+    SettlingBody,
+};
 use crate::{
     config::Shared,
     ledger::{Acquire, Reservation},
@@ -67,17 +78,32 @@ impl Charge {
     fn refund(self) {
         self.reservation.settle(0);
     }
+
+    /// Upstream throttled after it had started: the reservation is kept (Bedrock charges
+    /// what was generated, and the throttle empties the key's buckets anyway), and the key
+    /// slows down.
+    pub(super) fn throttled(self) {
+        let ledger = self.reservation.ledger().clone();
+        drop(self.reservation);
+        ledger.throttled();
+    }
 }
+
+/// Read-ahead of an event stream beyond this many bytes stops waiting for a whole first
+/// frame: the response goes to the caller as it is.
+const MAX_PREFETCH: usize = 1 << 20;
 
 pin_project! {
     /// Response future of [`Gate`](super::Gate): waits for room, calls the inner service,
-    /// settles the reservation.
-    pub struct ResponseFuture<S, B>
+    /// settles the reservation. For a 2xx event stream it also waits for the first frame,
+    /// and turns an exception there into the equivalent error response.
+    pub struct ResponseFuture<S, B, ResB>
     where
         S: Service<Request<B>>,
+        ResB: Body,
     {
         #[pin]
-        state: State<S::Future>,
+        state: State<S::Future, Prefetch<ResB>>,
         parked: Option<Parked<S, B>>,
         charge: Option<Charge>,
         error: Option<ThrottleError>,
@@ -86,11 +112,113 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, P> {
         Waiting { #[pin] acquire: Acquire },
         Calling { #[pin] future: F },
+        Prefetching { prefetch: Option<P> },
         Failed,
     }
+}
+
+/// A 2xx event stream whose first frame is being read before the head goes to the caller.
+struct Prefetch<R: Body> {
+    parts: Parts,
+    body: Pin<Box<R>>,
+    frames: VecDeque<Result<Frame<R::Data>, R::Error>>,
+    bytes: usize,
+    ended: bool,
+    settle: StreamSettle,
+}
+
+impl<R: Body> Prefetch<R> {
+    /// Reads until the first whole frame (or the end, an error, an unreadable stream).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.settle.reader.frames() == 0
+            && !self.settle.reader.disabled()
+            && self.bytes <= MAX_PREFETCH
+        {
+            match ready!(self.body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        let chunk = data.chunk();
+                        if chunk.len() == data.remaining() {
+                            self.settle.reader.feed(chunk);
+                        } else {
+                            self.settle.reader.disable();
+                        }
+                        self.bytes += data.remaining();
+                    }
+                    self.frames.push_back(Ok(frame));
+                }
+                Some(Err(e)) => {
+                    self.frames.push_back(Err(e));
+                    self.settle.reader.disable();
+                    self.ended = true;
+                }
+                None => {
+                    self.settle.reader.disable();
+                    self.ended = true;
+                }
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// The response for the caller: the stream as it came, or, when an exception frame
+    /// arrived before anything was passed on, the equivalent error response.
+    fn finish(mut self) -> Response<SettlingBody<R>> {
+        if let Some(exception) = self.settle.reader.take_exception() {
+            if let Some((status, error_type)) = error_for(&exception) {
+                let mut parts = self.parts;
+                parts.status = status;
+                parts.headers.remove(CONTENT_LENGTH);
+                parts
+                    .headers
+                    .insert("x-amzn-errortype", HeaderValue::from_static(error_type));
+                let response = Response::from_parts(parts, ());
+                let charge = self.settle.charge;
+                let _ = settle_head(charge, &response);
+                let body = SettlingBody::prefetched(self.body, self.frames, true, None);
+                return response.map(|()| body);
+            }
+            // Not retryable: it goes to the caller in the stream, as Bedrock sent it.
+            self.settle.reader.disable();
+        }
+        let settle = if self.ended {
+            None // ended without usage: the whole reservation is kept
+        } else {
+            self.settle.absorb()
+        };
+        let body = SettlingBody::prefetched(self.body, self.frames, self.ended, settle);
+        Response::from_parts(self.parts, body)
+    }
+}
+
+/// The HTTP error a stream's first-frame exception stands for, when it is one the retry
+/// layer retries.
+fn error_for(e: &StreamException) -> Option<(StatusCode, &'static str)> {
+    let k = e.kind.as_str();
+    if k.eq_ignore_ascii_case("throttlingException") {
+        Some((StatusCode::TOO_MANY_REQUESTS, "ThrottlingException"))
+    } else if k.eq_ignore_ascii_case("serviceUnavailableException") {
+        Some((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableException",
+        ))
+    } else if k.eq_ignore_ascii_case("internalServerException") {
+        Some((StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException"))
+    } else {
+        None
+    }
+}
+
+fn is_event_stream<B>(response: &Response<B>) -> bool {
+    response.status().is_success()
+        && response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/vnd.amazon.eventstream"))
 }
 
 /// A request waiting for admission, with the ready service that will send it.
@@ -102,9 +230,10 @@ struct Parked<S, B> {
 
 impl<S, B> Unpin for Parked<S, B> {}
 
-impl<S, B> ResponseFuture<S, B>
+impl<S, B, ResB> ResponseFuture<S, B, ResB>
 where
     S: Service<Request<B>>,
+    ResB: Body,
 {
     pub(super) fn calling(future: S::Future, charge: Option<Charge>) -> Self {
         Self {
@@ -138,10 +267,11 @@ where
     }
 }
 
-impl<S, B, ResB> Future for ResponseFuture<S, B>
+impl<S, B, ResB> Future for ResponseFuture<S, B, ResB>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
+    ResB: Body,
 {
     type Output = Result<Response<SettlingBody<ResB>>, BoxError>;
 
@@ -162,11 +292,36 @@ where
                 }
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if is_event_stream(&response) {
+                        if let Some(charge) = this.charge.take() {
+                            let (parts, body) = response.into_parts();
+                            this.state.set(State::Prefetching {
+                                prefetch: Some(Prefetch {
+                                    parts,
+                                    body: Box::pin(body),
+                                    frames: VecDeque::new(),
+                                    bytes: 0,
+                                    ended: false,
+                                    settle: StreamSettle {
+                                        charge,
+                                        reader: FrameReader::new(),
+                                    },
+                                }),
+                            });
+                            continue;
+                        }
+                    }
                     let settle_from_body =
                         this.charge.take().and_then(|c| settle_head(c, &response));
                     return Poll::Ready(Ok(
                         response.map(|b| SettlingBody::new(b, settle_from_body))
                     ));
+                }
+                StateProj::Prefetching { prefetch } => {
+                    ready!(prefetch.as_mut().expect("prefetching").poll(cx));
+                    let prefetch = prefetch.take().expect("prefetching");
+                    this.state.set(State::Failed); // polling again panics, as for any future
+                    return Poll::Ready(Ok(prefetch.finish()));
                 }
                 StateProj::Failed => {
                     let error = this.error.take().expect("polled after completion");
@@ -209,9 +364,10 @@ fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
     None
 }
 
-impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+impl<S, B, ResB> std::fmt::Debug for ResponseFuture<S, B, ResB>
 where
     S: Service<Request<B>>,
+    ResB: Body,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")

@@ -39,11 +39,41 @@
 //! |---|---|
 //! | 2xx with `x-amzn-bedrock-*-token-count` headers | `input + cache_write + output × burndown` |
 //! | 2xx JSON body with usage (Converse, Anthropic, Llama, Titan, Cohere) | the same, when the body has been read to its end |
-//! | 2xx without usage (streams, unknown APIs), or a body dropped unread | the whole reservation (the safe side) |
+//! | 2xx event stream (InvokeModelWithResponseStream, ConverseStream) | the same, from `amazon-bedrock-invocationMetrics` in a `chunk` event or `usage` in the `metadata` event, as soon as that frame passes |
+//! | 2xx event stream that ends, fails or is dropped before its usage | the whole reservation |
+//! | 2xx event stream with a `throttlingException` frame after bytes reached the caller | the whole reservation, and the key slows down as for a 429 |
+//! | 2xx event stream with any other exception frame after bytes reached the caller | the whole reservation |
+//! | 2xx without usage (unknown APIs), or a body dropped unread | the whole reservation (the safe side) |
 //! | 429, 400, 403, 404, 413, 503 | nothing: Bedrock refused before running |
 //! | other errors, connection failures, a caller that drops the response future | the whole reservation |
 //!
-//! The request count is never given back: a sent request is a request.
+//! The request count is never given back: a sent request is a request. A reservation kept
+//! whole is never lost: like any charge it flows back into the bucket at the refill rate.
+//! Keeping it whole is the safe side because Bedrock charges `input + output so far ×
+//! burndown`, never more than it reserved; after a mid-stream throttle a smaller refund
+//! would be moot anyway, since the throttle empties the key's buckets.
+//!
+//! # Event streams
+//! Bedrock answers the streaming operations with HTTP 200 and then
+//! `application/vnd.amazon.eventstream` frames; usage comes only in the last frames, and a
+//! `throttlingException` can arrive inside the stream, where the AWS SDK never retries it.
+//! For a 2xx event stream the response future waits for the first whole frame (the time to
+//! first token) before it hands back the head:
+//! - if that frame is a `throttlingException`, `serviceUnavailableException` or
+//!   `internalServerException`, nothing has reached the caller yet, so the response becomes
+//!   the equivalent error: 429 `ThrottlingException`, 503 `ServiceUnavailableException` or
+//!   500 `InternalServerException` (in `x-amzn-errortype`), charged like that error by the
+//!   table above, and the retry layer retries it through the gate. Its body is the exception
+//!   frame exactly as Bedrock sent it (its payload is `{"message": ...}`); the
+//!   `content-type` stays `application/vnd.amazon.eventstream`.
+//! - otherwise the body ([`SettlingBody`]) first yields the frames already read, exactly as
+//!   they came, then the rest of the stream. Every byte passes through unchanged and
+//!   unbuffered; the body only keeps the bytes of a frame split across reads, and settles
+//!   when the usage frame passes. Exception frames later in the stream pass on unchanged.
+//!
+//! A frame larger than 16 MiB, or bytes that are not event-stream frames, turn the reading
+//! off: the stream passes on unread and keeps its whole reservation. The gate reads ahead at
+//! most 1 MiB while waiting for the first frame.
 //!
 //! # Waiting
 //! Requests of one key queue in arrival order and only the head may be admitted, so a large
@@ -75,5 +105,6 @@ mod body;
 mod future;
 mod layer;
 mod service;
+mod stream;
 
 pub use self::{body::SettlingBody, future::ResponseFuture, layer::GateLayer, service::Gate};

@@ -56,10 +56,11 @@ impl<S, ReqB, ResB> Service<Request<ReqB>> for Gate<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
+    ResB: http_body::Body,
 {
     type Response = Response<SettlingBody<ResB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, ReqB>;
+    type Future = ResponseFuture<S, ReqB, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
