@@ -52,7 +52,8 @@
 //! unchanged on a retry. A request with a streaming body is not read and cannot be resent:
 //! it goes through the gate alone, charged from its `Content-Length`. Responses are settled
 //! from the real `x-amzn-bedrock-*-token-count` headers (InvokeModel) or the JSON usage of
-//! the body (Converse) as the SDK reads it; streaming responses keep their reservation.
+//! the body (Converse) as the SDK reads it, and event streams from their usage frames (see
+//! the [`gate`](crate::gate) module).
 //!
 //! # The SDK's own retry
 //! Turn it off with `RetryConfig::disabled()`: this crate already retries throttles and
