@@ -121,35 +121,30 @@ impl Calibration {
         tracing::debug!(model, sample, ratio = entry.ratio, "calibration updated");
     }
 
-    /// Current ratio actual / estimated for the model; the prior when nothing was learned yet.
-    pub fn ratio(&self, model: &str) -> f64 {
+    /// The model's entry, if it has learned anything.
+    fn entry(&self, model: &str) -> Option<Entry> {
         let key = base_model_id(model);
         self.models
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key.as_ref())
-            .map_or(self.prior, |e| e.ratio)
+            .copied()
+    }
+
+    /// Current ratio actual / estimated for the model; the prior when nothing was learned yet.
+    pub fn ratio(&self, model: &str) -> f64 {
+        self.entry(model).map_or(self.prior, |e| e.ratio)
     }
 
     /// Mean absolute deviation of the model's samples from its ratio; 0.0 when nothing was
     /// learned yet.
     pub fn deviation(&self, model: &str) -> f64 {
-        let key = base_model_id(model);
-        self.models
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key.as_ref())
-            .map_or(0.0, |e| e.deviation)
+        self.entry(model).map_or(0.0, |e| e.deviation)
     }
 
     /// How many observations the model's ratio is built on.
     pub fn observations(&self, model: &str) -> u64 {
-        let key = base_model_id(model);
-        self.models
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key.as_ref())
-            .map_or(0, |e| e.observations)
+        self.entry(model).map_or(0, |e| e.observations)
     }
 
     /// Every model learned so far with its ratio and observation count, sorted by model.
@@ -166,12 +161,8 @@ impl Calibration {
     /// `raw_input × (ratio + 2 × deviation)` for the model, rounded up (saturating), never
     /// above `raw_input × MAX_RATIO`.
     pub fn apply(&self, model: &str, raw_input: u64) -> u64 {
-        let key = base_model_id(model);
         let scale = self
-            .models
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key.as_ref())
+            .entry(model)
             .map_or(self.prior, |e| (e.ratio + 2.0 * e.deviation).min(MAX_RATIO));
         let exact = raw_input as f64 * scale;
         // Shave float noise so that 100 × 1.2 gives 120, not 121.
