@@ -201,6 +201,7 @@ impl<R: Body> Prefetch<R> {
 /// the exception's message: the AWS SDK wrapper gives it the JSON body of Bedrock's own
 /// error responses, which the SDK needs to read the error.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "aws-sdk"), allow(dead_code))]
 pub(crate) struct FirstFrameException {
     pub(crate) message: String,
 }
