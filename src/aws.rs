@@ -52,8 +52,24 @@
 //! unchanged on a retry. A request with a streaming body is not read and cannot be resent:
 //! it goes through the gate alone, charged from its `Content-Length`. Responses are settled
 //! from the real `x-amzn-bedrock-*-token-count` headers (InvokeModel) or the JSON usage of
-//! the body (Converse) as the SDK reads it, and event streams from their usage frames (see
-//! the [`gate`](crate::gate) module).
+//! the body (Converse) as the SDK reads it.
+//!
+//! # Event streams
+//! ConverseStream and InvokeModelWithResponseStream go through the whole stack too (their
+//! requests are in memory), with the gate's handling of event streams
+//! ([`gate`](crate::gate#event-streams)):
+//! - the SDK's `EventReceiver` reads the frames exactly as Bedrock sent them, and the
+//!   reservation settles from the usage frame (`metadata`, or the last `chunk` with
+//!   `amazon-bedrock-invocationMetrics`) as it passes;
+//! - a `throttlingException`, `serviceUnavailableException` or `internalServerException` in
+//!   the first frame is retried through the gate, so the SDK sees the successful stream of
+//!   a later attempt. If every attempt fails that way, the SDK gets the error as Bedrock
+//!   answers it without a stream: the 429, 503 or 500 with `x-amzn-errortype` and a JSON
+//!   body `{"message": ...}`, which it reads as its `ThrottlingException`,
+//!   `ServiceUnavailableException` or `InternalServerException`;
+//! - an exception later in the stream reaches the `EventReceiver` unchanged, after the
+//!   events before it (the SDK does not retry it); a throttle there also slows the gate
+//!   down.
 //!
 //! # The SDK's own retry
 //! Turn it off with `RetryConfig::disabled()`: this crate already retries throttles and
@@ -110,12 +126,16 @@ use aws_smithy_runtime_api::client::{
     runtime_components::{RuntimeComponents, RuntimeComponentsBuilder},
 };
 use aws_smithy_types::{body::SdkBody, config_bag::ConfigBag};
+use http::{
+    header::{CONTENT_LENGTH, CONTENT_TYPE},
+    HeaderValue,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
     estimate::Estimate,
-    gate::{Gate, GateLayer, SettlingBody},
+    gate::{FirstFrameException, Gate, GateLayer, SettlingBody},
     retry::Retry,
     BedrockThrottleLayer, BoxError, ThrottleConfig, ThrottleError,
 };
@@ -235,13 +255,24 @@ where
         .await
         .map_err(into_connector_error)?;
     let response = service.call(request).await.map_err(into_connector_error)?;
-    let response = response.map(|body| {
-        if body.is_settling() {
-            SdkBody::from_body_1_x(body)
-        } else {
-            body.into_inner() // nothing to read from it: hand the SDK its own body back
+    let response = match response.extensions().get::<FirstFrameException>() {
+        Some(e) => {
+            let json = serde_json::json!({ "message": e.message }).to_string();
+            let (mut parts, _frame) = response.into_parts();
+            parts
+                .headers
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            parts.headers.insert(CONTENT_LENGTH, json.len().into());
+            http::Response::from_parts(parts, SdkBody::from(json))
         }
-    });
+        None => response.map(|body| {
+            if body.is_settling() {
+                SdkBody::from_body_1_x(body)
+            } else {
+                body.into_inner() // nothing to read from it: hand the SDK its own body back
+            }
+        }),
+    };
     HttpResponse::try_from(response).map_err(|e| ConnectorError::other(e.into(), None))
 }
 
@@ -411,6 +442,71 @@ mod tests {
             "{source}"
         );
         assert!(calls.lock().unwrap().is_empty(), "not sent");
+    }
+
+    /// An SDK connector whose every answer is a 200 event stream that opens with an
+    /// exception frame.
+    #[derive(Debug)]
+    struct FirstFrame {
+        kind: &'static str,
+        calls: Arc<Mutex<u32>>,
+    }
+
+    impl HttpConnector for FirstFrame {
+        fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+            use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+            *self.calls.lock().unwrap() += 1;
+            let message = Message::new(r#"{"message":"Bedrock is unavailable."}"#)
+                .add_header(Header::new(
+                    ":exception-type",
+                    HeaderValue::String(self.kind.into()),
+                ))
+                .add_header(Header::new(
+                    ":message-type",
+                    HeaderValue::String("exception".into()),
+                ));
+            let mut frame = Vec::new();
+            aws_smithy_eventstream::frame::write_message_to(&message, &mut frame).unwrap();
+            let response = http::Response::builder()
+                .header(CONTENT_TYPE, "application/vnd.amazon.eventstream")
+                .body(SdkBody::from(frame))
+                .unwrap();
+            HttpConnectorFuture::ready(Ok(HttpResponse::try_from(response).unwrap()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_first_frame_exception_past_the_last_attempt_reaches_the_sdk_as_json() {
+        let cfg = ThrottleConfig::builder()
+            .quota(Quota::tokens_per_minute(100_000))
+            .max_attempts(2)
+            .base_delay(Duration::from_millis(1))
+            .max_delay(Duration::from_millis(2))
+            .build()
+            .unwrap();
+        let calls = Arc::new(Mutex::new(0));
+        let sdk = SdkConnector(SharedHttpConnector::new(FirstFrame {
+            kind: "serviceUnavailableException",
+            calls: calls.clone(),
+        }));
+        let throttled = ThrottledConnector {
+            full: BedrockThrottleLayer::new(cfg.clone()).layer(sdk.clone()),
+            gate_only: GateLayer::new(cfg).layer(sdk),
+        };
+        let body = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"messages":[]}"#;
+        let response = throttled.call(request(SdkBody::from(body))).await.unwrap();
+        assert_eq!(*calls.lock().unwrap(), 2, "retried once");
+        assert_eq!(response.status().as_u16(), 503);
+        let headers = response.headers();
+        assert_eq!(
+            headers.get("x-amzn-errortype"),
+            Some("ServiceUnavailableException")
+        );
+        assert_eq!(headers.get("content-type"), Some("application/json"));
+        assert_eq!(
+            response.body().bytes(),
+            Some(&br#"{"message":"Bedrock is unavailable."}"#[..])
+        );
     }
 
     fn source_is<T: std::error::Error + 'static>(e: &ConnectorError) -> bool {

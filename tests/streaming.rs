@@ -443,6 +443,41 @@ mod emulator {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_first_frame_throttle_is_retried_then_left_as_a_429() {
+        let emu = emulator(Faults {
+            stream_throttle_first: 1.0,
+            ..Faults::NONE
+        })
+        .await;
+        let url = emu.endpoint_url();
+        let cfg = ThrottleConfig::builder()
+            .quota(Quota::tokens_per_minute(100_000))
+            .max_attempts(2)
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(BedrockThrottleLayer::new(cfg))
+            .service(client());
+        let resp = svc
+            .oneshot(stream_request(&url, "converse-stream"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.extensions().get::<Attempts>(), Some(&Attempts(2)));
+        assert_eq!(resp.headers()["x-amzn-errortype"], "ThrottlingException");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let frames = decode(&bytes);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(header(&frames[0], ":exception-type"), "throttlingException");
+        let s = emu.stats().model(MODEL);
+        assert_eq!(
+            (s.requests, s.faults_stream_throttle_first, s.admitted),
+            (2, 2, 0)
+        );
+        emu.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_mid_stream_throttle_passes_on_unchanged_and_slows_the_gate() {
         for op in ["invoke-with-response-stream", "converse-stream"] {
             let emu = emulator(Faults {

@@ -105,6 +105,9 @@ impl Default for OutputLength {
 /// - `stream_throttle`: for the two streaming operations, HTTP 200 and some events, then a
 ///   `throttlingException` exception frame and the end of the stream; the tokens generated
 ///   so far are charged.
+/// - `stream_throttle_first`: for the two streaming operations, HTTP 200 whose first and only
+///   frame is a `throttlingException` exception frame, sent at once, before the quota check:
+///   nothing is admitted or charged, as for a 429 that arrives inside the stream.
 /// - `drop_connection`: the request is admitted, the emulator waits for the first token,
 ///   charges the input tokens and closes the connection without writing a response.
 /// - `slow`: the response takes
@@ -117,6 +120,8 @@ pub struct Faults {
     pub http_500: f64,
     /// Rate of throttling exceptions inside an HTTP 200 event stream.
     pub stream_throttle: f64,
+    /// Rate of throttling exceptions as the first frame of an HTTP 200 event stream.
+    pub stream_throttle_first: f64,
     /// Rate of connections closed without a response.
     pub drop_connection: f64,
     /// Rate of slow responses.
@@ -129,6 +134,7 @@ impl Faults {
         http_503: 0.0,
         http_500: 0.0,
         stream_throttle: 0.0,
+        stream_throttle_first: 0.0,
         drop_connection: 0.0,
         slow: 0.0,
     };

@@ -29,7 +29,7 @@ pub struct ModelStats {
     pub throttled_tpm: u64,
     /// Requests refused with "Too many tokens per day".
     pub throttled_tpd: u64,
-    /// Injected faults of every kind (the sum of the five counters below).
+    /// Injected faults of every kind (the sum of the six counters below).
     pub faults: u64,
     /// Injected `503 ServiceUnavailableException`s.
     pub faults_503: u64,
@@ -37,6 +37,8 @@ pub struct ModelStats {
     pub faults_500: u64,
     /// Injected throttling exceptions inside event streams.
     pub faults_stream_throttle: u64,
+    /// Injected throttling exceptions as the first frame of event streams.
+    pub faults_stream_throttle_first: u64,
     /// Injected dropped connections.
     pub faults_dropped: u64,
     /// Injected slow responses.
@@ -85,6 +87,7 @@ impl EmulatorStats {
             t.faults_503 += m.faults_503;
             t.faults_500 += m.faults_500;
             t.faults_stream_throttle += m.faults_stream_throttle;
+            t.faults_stream_throttle_first += m.faults_stream_throttle_first;
             t.faults_dropped += m.faults_dropped;
             t.faults_slow += m.faults_slow;
             t.validation_errors += m.validation_errors;

@@ -265,6 +265,8 @@ pub(crate) async fn handle(
     let rslow = rng.f64();
     let rthrottle = rng.f64();
     let output = shared.draw_output(&mut rng, limit);
+    // Drawn last, so adding it changed none of the numbers above for a given seed.
+    let rfirst_throttle = rng.f64();
 
     if r503 < faults.http_503 {
         ledger.with_stats(&model, |s| {
@@ -288,6 +290,18 @@ pub(crate) async fn handle(
             "InternalServerException",
             "The server encountered an internal error while processing the request.",
             &rid,
+        ));
+    }
+
+    if op.is_stream() && rfirst_throttle < faults.stream_throttle_first {
+        ledger.with_stats(&model, |s| {
+            s.faults += 1;
+            s.faults_stream_throttle_first += 1;
+        });
+        return Ok(stream_response(
+            EmulatorBody::full(exception_frame("throttlingException", MSG_TOO_MANY_TOKENS)),
+            &rid,
+            op.is_converse(),
         ));
     }
 
@@ -342,22 +356,8 @@ pub(crate) async fn handle(
             job.output / 2
         });
         let (tx, rx) = mpsc::channel(64);
-        let mut resp = Response::new(EmulatorBody::stream(rx));
-        let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/vnd.amazon.eventstream"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&job.request_id) {
-            h.insert("x-amzn-requestid", v);
-        }
-        if !op.is_converse() {
-            h.insert(
-                "x-amzn-bedrock-content-type",
-                HeaderValue::from_static("application/json"),
-            );
-        }
         let converse = op.is_converse();
+        let resp = stream_response(EmulatorBody::stream(rx), &job.request_id, converse);
         tokio::spawn(stream_job(job, reservation, tx, converse, throttle_at));
         return Ok(resp);
     }
@@ -372,6 +372,26 @@ pub(crate) async fn handle(
     } else {
         invoke_response(&job, total)
     })
+}
+
+/// The HTTP 200 head of an event stream, with `body` as its frames.
+fn stream_response(body: EmulatorBody, request_id: &str, converse: bool) -> Response<EmulatorBody> {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-amzn-requestid", v);
+    }
+    if !converse {
+        h.insert(
+            "x-amzn-bedrock-content-type",
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    resp
 }
 
 /// One admitted request's numbers.

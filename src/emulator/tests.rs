@@ -785,6 +785,64 @@ async fn stream_throttle_arrives_as_exception_frame_after_200() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn stream_throttle_first_is_the_only_frame_and_charges_nothing() {
+    let emu = Emulator::builder()
+        .latency(LatencyModel {
+            first_token: Duration::from_millis(100),
+            per_output_token: Duration::from_millis(10),
+        })
+        .chars_per_token(4.0)
+        .output_tokens(OutputLength::Fixed(20))
+        .faults(Faults {
+            stream_throttle_first: 1.0,
+            ..Faults::NONE
+        })
+        .seed(11)
+        .spawn()
+        .await
+        .unwrap();
+    let c = client();
+    for op in ["invoke-with-response-stream", "converse-stream"] {
+        let path = format!("/model/{SONNET_35_PATH}/{op}");
+        let body = if op == "converse-stream" {
+            converse_body(40, Some(100))
+        } else {
+            anthropic_body(40, 100)
+        };
+        let start = Instant::now();
+        let (status, headers, events) = post_stream(&c, &emu, &path, body).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "{op}: sent at once");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers["content-type"],
+            "application/vnd.amazon.eventstream"
+        );
+        assert_eq!(events.len(), 1, "{op}: the exception alone");
+        let only = &events[0];
+        assert_eq!(only.header(":message-type"), "exception");
+        assert_eq!(only.header(":exception-type"), "throttlingException");
+        assert_eq!(
+            only.payload(),
+            json!({"message": "Too many tokens, please wait before trying again."})
+        );
+    }
+    // Not a streaming operation: the fault does not apply.
+    let path = format!("/model/{SONNET_35_PATH}/invoke");
+    let resp = c
+        .request(request(&emu, &path, anthropic_body(40, 100)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let s = emu.stats().model(SONNET_35);
+    assert_eq!(
+        (s.requests, s.faults, s.faults_stream_throttle_first),
+        (3, 2, 2)
+    );
+    assert_eq!((s.admitted, s.settled, s.tokens_billed), (1, 1, 10 + 20));
+    assert_eq!(emu.quota(SONNET_35).tokens_reserved, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn injected_http_faults() {
     let c = client();
     for (faults, status, error_type) in [

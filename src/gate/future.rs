@@ -175,6 +175,9 @@ impl<R: Body> Prefetch<R> {
                 parts
                     .headers
                     .insert("x-amzn-errortype", HeaderValue::from_static(error_type));
+                parts.extensions.insert(FirstFrameException {
+                    message: exception.message,
+                });
                 let response = Response::from_parts(parts, ());
                 let charge = self.settle.charge;
                 let _ = settle_head(charge, &response);
@@ -192,6 +195,15 @@ impl<R: Body> Prefetch<R> {
         let body = SettlingBody::prefetched(self.body, self.frames, self.ended, settle);
         Response::from_parts(self.parts, body)
     }
+}
+
+/// Marks an error response the gate made from an event stream's first-frame exception, with
+/// the exception's message: the AWS SDK wrapper gives it the JSON body of Bedrock's own
+/// error responses, which the SDK needs to read the error.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "aws-sdk"), allow(dead_code))]
+pub(crate) struct FirstFrameException {
+    pub(crate) message: String,
 }
 
 /// The HTTP error a stream's first-frame exception stands for, when it is one the retry

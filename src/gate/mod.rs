@@ -65,7 +65,9 @@
 //!   500 `InternalServerException` (in `x-amzn-errortype`), charged like that error by the
 //!   table above, and the retry layer retries it through the gate. Its body is the exception
 //!   frame exactly as Bedrock sent it (its payload is `{"message": ...}`); the
-//!   `content-type` stays `application/vnd.amazon.eventstream`.
+//!   `content-type` stays `application/vnd.amazon.eventstream`. (Through the AWS SDK
+//!   wrapper the body becomes `{"message": ...}` itself, `application/json`, as in
+//!   Bedrock's own error responses: the SDK reads errors only in that form.)
 //! - otherwise the body ([`SettlingBody`]) first yields the frames already read, exactly as
 //!   they came, then the rest of the stream. Every byte passes through unchanged and
 //!   unbuffered; the body only keeps the bytes of a frame split across reads, and settles
@@ -107,4 +109,6 @@ mod layer;
 mod service;
 mod stream;
 
+#[cfg(feature = "aws-sdk")]
+pub(crate) use self::future::FirstFrameException;
 pub use self::{body::SettlingBody, future::ResponseFuture, layer::GateLayer, service::Gate};
