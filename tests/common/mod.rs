@@ -176,7 +176,12 @@ impl MockBedrock {
             (max_tokens / 10 + max_tokens * 9 / 10 * n / 1000).max(1)
         };
 
-        tokio::time::sleep(self.base_latency + self.per_token * output as u32).await;
+        let latency = self.base_latency + self.per_token * output as u32;
+        // No timer at zero latency (benchmarks): a zero sleep still waits for the next
+        // millisecond tick of tokio's timer.
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
 
         let charge = input as f64 + output as f64 * burndown;
         {
