@@ -60,9 +60,7 @@ const JOINER: u64 = 1_000;
 /// ```
 pub fn count_tokens(text: &str) -> u64 {
     let mut counter = Counter::default();
-    for c in text.chars() {
-        counter.push(c);
-    }
+    counter.push_str(text);
     counter.finish()
 }
 
@@ -100,8 +98,10 @@ enum Class {
     Newline,
 }
 
+/// The streaming state of [`count_tokens`]: text can be fed in pieces (for instance the
+/// segments of a JSON string between its escapes) and gives the same count as the whole.
 #[derive(Debug)]
-struct Counter {
+pub(crate) struct Counter {
     total: u64,
     run: Run,
     /// ASCII letters, digits, punctuation chars or whitespace chars in the current run.
@@ -127,6 +127,59 @@ impl Default for Counter {
             newline_tail: false,
         }
     }
+}
+
+/// ASCII byte classes, for the byte loop of [`Counter::push_str`].
+const A_LOWER: u8 = 0;
+const A_UPPER: u8 = 1;
+const A_DIGIT: u8 = 2;
+const A_PUNCT: u8 = 3;
+const A_SPACE: u8 = 4;
+const A_NEWLINE: u8 = 5;
+const A_CONTROL: u8 = 6;
+const A_NON_ASCII: u8 = 7;
+
+/// The class of every byte: [`classify`] for ASCII, [`A_NON_ASCII`] for the rest.
+static BYTE_CLASS: [u8; 256] = {
+    let mut t = [A_NON_ASCII; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = match c {
+            b'a'..=b'z' => A_LOWER,
+            b'A'..=b'Z' => A_UPPER,
+            b'0'..=b'9' => A_DIGIT,
+            b'\r' | b'\n' => A_NEWLINE,
+            b'\t' | b' ' | 0x0C => A_SPACE,
+            0..=0x1F | 0x7F => A_CONTROL,
+            _ => A_PUNCT,
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Eight bytes at `i`, little-endian.
+#[inline(always)]
+fn word_at(b: &[u8], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Number of leading bytes of the little-endian word `w` that are ASCII lower-case letters.
+#[inline(always)]
+fn lower_prefix(w: u64) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte is in b'a'..=b'z' when it is below 0x80, at least 0x61 and below 0x7B; each
+    // test sets the byte's high bit without borrowing across bytes because the high bit is
+    // masked off first.
+    let low = w & !HIGH;
+    let ge_a = low + ONES * (0x80 - 0x61);
+    let ge_brace = low + ONES * (0x80 - 0x7B);
+    let ok = ge_a & !ge_brace & !w & HIGH;
+    ((!ok & HIGH).trailing_zeros() / 8) as usize
 }
 
 fn classify(c: char) -> Class {
@@ -170,8 +223,98 @@ fn classify(c: char) -> Class {
 }
 
 impl Counter {
+    /// Feeds `text`: the same as [`push`](Self::push) for each of its chars, with ASCII
+    /// handled by a byte loop over [`BYTE_CLASS`] that skips through runs of lower-case
+    /// letters eight bytes at a time.
+    pub(crate) fn push_str(&mut self, text: &str) {
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let x = b[i];
+            match BYTE_CLASS[x as usize] {
+                A_LOWER => {
+                    if self.run != Run::Word {
+                        self.push(x as char);
+                        i += 1;
+                        continue;
+                    }
+                    // Inside a word, lower-case letters only lengthen it.
+                    let start = i;
+                    i += 1;
+                    while i + 8 <= b.len() {
+                        let n = lower_prefix(word_at(b, i));
+                        i += n;
+                        if n < 8 {
+                            break;
+                        }
+                    }
+                    while i < b.len() && b[i].is_ascii_lowercase() {
+                        i += 1;
+                    }
+                    self.len += (i - start) as u64;
+                    self.prev_lower = true;
+                }
+                A_UPPER => {
+                    self.enter(Run::Word);
+                    if self.prev_lower {
+                        self.extra += CAMEL_BOUNDARY;
+                    }
+                    self.prev_lower = false;
+                    self.len += 1;
+                    i += 1;
+                }
+                A_DIGIT => {
+                    self.enter(Run::Digits);
+                    let start = i;
+                    i += 1;
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    self.len += (i - start) as u64;
+                }
+                A_PUNCT => {
+                    self.enter(Run::Punct);
+                    self.prev_lower = false;
+                    self.len += 1;
+                    i += 1;
+                }
+                A_SPACE => {
+                    self.enter(Run::Space);
+                    self.len += 1;
+                    i += 1;
+                }
+                A_NEWLINE | A_CONTROL => {
+                    self.push(x as char);
+                    i += 1;
+                }
+                _ => {
+                    let (c, n) = decode_utf8(b, i);
+                    self.push(c);
+                    i += n;
+                }
+            }
+        }
+    }
+
+    /// The run change of [`push`](Self::push) for a char of `run`, which must not be
+    /// [`Run::Newline`].
+    #[inline(always)]
+    fn enter(&mut self, run: Run) {
+        if run != self.run || (run == Run::Punct && self.newline_tail) {
+            self.flush(run);
+            let after_space = self.run == Run::Space && self.len == 1;
+            self.run = run;
+            self.newline_tail = false;
+            self.len = 0;
+            self.extra = 0;
+            self.prev_lower = false;
+            self.punct_after_space = run == Run::Punct && after_space;
+        }
+    }
+
+    /// Feeds one char.
     #[inline]
-    fn push(&mut self, c: char) {
+    pub(crate) fn push(&mut self, c: char) {
         let class = classify(c);
         let run = match class {
             Class::AsciiLetter(_) | Class::Letter(_) => Run::Word,
@@ -268,15 +411,89 @@ impl Counter {
         self.total = self.total.saturating_add(cost);
     }
 
-    fn finish(mut self) -> u64 {
+    /// The count so far, rounded up.
+    pub(crate) fn finish(mut self) -> u64 {
         self.flush(Run::None);
         self.total.div_ceil(1_000)
     }
 }
 
+/// The char starting at byte `i` of valid UTF-8 `b`, not ASCII, and its length.
+#[inline]
+fn decode_utf8(b: &[u8], i: usize) -> (char, usize) {
+    let x = u32::from(b[i]);
+    let cont = |k: usize| u32::from(b[i + k] & 0x3F);
+    let (u, n) = if x < 0xE0 {
+        (((x & 0x1F) << 6) | cont(1), 2)
+    } else if x < 0xF0 {
+        (((x & 0x0F) << 12) | (cont(1) << 6) | cont(2), 3)
+    } else {
+        (
+            ((x & 0x07) << 18) | (cont(1) << 12) | (cont(2) << 6) | cont(3),
+            4,
+        )
+    };
+    // `b` is valid UTF-8, so this is a char; the fallback is never taken.
+    (char::from_u32(u).unwrap_or('\u{FFFD}'), n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The char-by-char loop [`count_tokens`] replaced: the reference for its byte loop.
+    fn count_tokens_by_char(text: &str) -> u64 {
+        let mut counter = Counter::default();
+        for c in text.chars() {
+            counter.push(c);
+        }
+        counter.finish()
+    }
+
+    #[test]
+    fn byte_loop_matches_char_loop_on_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+        let mut n = 0;
+        for category in std::fs::read_dir(dir).unwrap() {
+            for file in std::fs::read_dir(category.unwrap().path()).unwrap() {
+                let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+                assert_eq!(count_tokens(&text), count_tokens_by_char(&text));
+                n += 1;
+            }
+        }
+        assert!(n > 20);
+    }
+
+    #[test]
+    fn lower_prefix_counts_letters() {
+        let w = |s: &[u8; 8]| u64::from_le_bytes(*s);
+        assert_eq!(lower_prefix(w(b"abcdefgh")), 8);
+        assert_eq!(lower_prefix(w(b"azAzzzzz")), 2);
+        assert_eq!(lower_prefix(w(b"`abcdefg")), 0);
+        assert_eq!(lower_prefix(w(b"abc{defg")), 3);
+        assert_eq!(lower_prefix(w(b"ab\xe1cdefg")), 2);
+        assert_eq!(lower_prefix(w(b"abcdefg\xfa")), 7);
+    }
+
+    proptest! {
+        #[test]
+        fn byte_loop_matches_char_loop(text in "(\\PC|[a-zA-Z0-9 .,;:(){}\n\r\t-]){0,200}") {
+            prop_assert_eq!(count_tokens(&text), count_tokens_by_char(&text));
+        }
+
+        #[test]
+        fn pieces_count_as_the_whole(text in "\\PC{0,120}", cut in 0usize..120) {
+            let mut cut = cut.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let mut counter = Counter::default();
+            counter.push_str(&text[..cut]);
+            counter.push_str(&text[cut..]);
+            prop_assert_eq!(counter.finish(), count_tokens(&text));
+        }
+    }
 
     #[test]
     fn empty_and_simple() {
