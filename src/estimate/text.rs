@@ -64,6 +64,18 @@ pub fn count_tokens(text: &str) -> u64 {
     counter.finish()
 }
 
+/// [`count_tokens`] of the value of a JSON string given as its raw text between the quotes
+/// (escapes as written, already validated): the same count as for the unescaped string,
+/// without building it.
+pub(crate) fn count_json_string(raw: &str) -> u64 {
+    let mut counter = Counter::default();
+    crate::estimate::scan::for_each_piece(raw, |piece| match piece {
+        crate::estimate::scan::Piece::Text(t) => counter.push_str(t),
+        crate::estimate::scan::Piece::Char(c) => counter.push(c),
+    });
+    counter.finish()
+}
+
 /// Cost of `len` bytes that are not understood as text (binary or base64 data), at about
 /// four bytes a token: the usual cl100k density for base64 and hex is 2.5 to 4 bytes a
 /// token, so this is on the low side for such data and is only used as a floor.
