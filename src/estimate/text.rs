@@ -194,6 +194,7 @@ fn lower_prefix(w: u64) -> usize {
     ((!ok & HIGH).trailing_zeros() / 8) as usize
 }
 
+#[inline]
 fn classify(c: char) -> Class {
     if c.is_ascii() {
         return match c {
@@ -215,6 +216,17 @@ fn classify(c: char) -> Class {
         0xAC00..=0xD7AF | 0x1100..=0x11FF | 0x3130..=0x318F => Class::Letter(HANGUL_MILLI),
         0x200D | 0xFE00..=0xFE0F | 0x20E3 => Class::Symbol(JOINER),
         0x1F000..=0x1FAFF => Class::Emoji,
+        // Common CJK and full-width punctuation, which the fallbacks below would price the
+        // same after slow Unicode property lookups.
+        0x3001..=0x3003
+        | 0x3008..=0x3011
+        | 0xFF01
+        | 0xFF08
+        | 0xFF09
+        | 0xFF0C
+        | 0xFF1A
+        | 0xFF1B
+        | 0xFF1F => Class::Symbol(1_000),
         0x2600..=0x27BF | 0x2B00..=0x2BFF | 0x2300..=0x23FF => Class::Symbol(2_000),
         0xE0000..=0xE007F => Class::Symbol(JOINER),
         _ if c.is_whitespace() => {
@@ -245,12 +257,9 @@ impl Counter {
             let x = b[i];
             match BYTE_CLASS[x as usize] {
                 A_LOWER => {
-                    if self.run != Run::Word {
-                        self.push(x as char);
-                        i += 1;
-                        continue;
-                    }
-                    // Inside a word, lower-case letters only lengthen it.
+                    // A lower-case letter enters a word; inside one, lower-case letters
+                    // only lengthen it.
+                    self.enter(Run::Word);
                     let start = i;
                     i += 1;
                     while i + 8 <= b.len() {
@@ -301,11 +310,35 @@ impl Counter {
                 }
                 _ => {
                     let (c, n) = decode_utf8(b, i);
-                    self.push(c);
+                    let class = classify(c);
+                    self.push_class(class);
                     i += n;
+                    if let Class::Letter(CJK_MILLI | KANA_MILLI) = class {
+                        i = self.cjk_run(b, i);
+                    }
                 }
             }
         }
+    }
+
+    /// Inside a word, takes the CJK ideographs and kana that follow byte `i` (the same as
+    /// [`push`](Self::push) for each: they only add their cost) and returns where they end.
+    #[inline]
+    fn cjk_run(&mut self, b: &[u8], mut i: usize) -> usize {
+        let mut extra = 0;
+        while i + 3 <= b.len() && (0xE3..=0xE9).contains(&b[i]) {
+            let u = ((u32::from(b[i]) & 0x0F) << 12)
+                | ((u32::from(b[i + 1]) & 0x3F) << 6)
+                | (u32::from(b[i + 2]) & 0x3F);
+            extra += match u {
+                0x4E00..=0x9FFF | 0x3400..=0x4DBF => CJK_MILLI,
+                0x3040..=0x30FF => KANA_MILLI,
+                _ => break,
+            };
+            i += 3;
+        }
+        self.extra += extra;
+        i
     }
 
     /// The run change of [`push`](Self::push) for a char of `run`, which must not be
@@ -327,7 +360,12 @@ impl Counter {
     /// Feeds one char.
     #[inline]
     pub(crate) fn push(&mut self, c: char) {
-        let class = classify(c);
+        self.push_class(classify(c));
+    }
+
+    /// Feeds one char of class `class`.
+    #[inline(always)]
+    fn push_class(&mut self, class: Class) {
         let run = match class {
             Class::AsciiLetter(_) | Class::Letter(_) => Run::Word,
             Class::Digit => Run::Digits,
@@ -475,6 +513,23 @@ mod tests {
             }
         }
         assert!(n > 20);
+    }
+
+    #[test]
+    fn cjk_punctuation_shortcut_is_exact() {
+        for c in [
+            '\u{3001}', '\u{3002}', '\u{3003}', '\u{FF01}', '\u{FF08}', '\u{FF09}',
+        ]
+        .into_iter()
+        .chain(['\u{FF0C}', '\u{FF1A}', '\u{FF1B}', '\u{FF1F}'])
+        .chain('\u{3008}'..='\u{3011}')
+        {
+            assert!(
+                !c.is_whitespace() && !c.is_alphabetic() && !c.is_numeric(),
+                "{c}"
+            );
+            assert_eq!(c.len_utf8(), 3);
+        }
     }
 
     #[test]
