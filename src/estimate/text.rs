@@ -300,6 +300,21 @@ impl Counter {
                     i += 1;
                 }
                 A_SPACE => {
+                    if x == b' '
+                        && self.run == Run::Word
+                        && b.get(i + 1).is_some_and(u8::is_ascii_lowercase)
+                    {
+                        // One space between words costs nothing (see `flush`): end the word
+                        // and start the next, as `push` would over the two runs.
+                        self.flush(Run::Space);
+                        self.newline_tail = false;
+                        self.len = 0;
+                        self.extra = 0;
+                        self.prev_lower = false;
+                        self.punct_after_space = false;
+                        i += 1;
+                        continue;
+                    }
                     self.enter(Run::Space);
                     self.len += 1;
                     i += 1;
