@@ -1,26 +1,37 @@
-//! Throughput of the heuristic estimator on a 100 KB Anthropic Messages body.
+//! Throughput of the heuristic estimator on Anthropic Messages bodies of 1 KB to 10 MB,
+//! side by side with parsing the same body into a `serde_json::Value`.
+//!
+//! ```text
+//! cargo bench --bench estimate -- --warm-up-time 1 --measurement-time 3
+//! ```
 
 use std::hint::black_box;
 
 use bedrock_throttle::estimate::text::count_tokens;
 use bedrock_throttle::estimate::{HeuristicEstimator, Operation, RequestInfo, TokenEstimator};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-fn body() -> Vec<u8> {
+const MODEL: &str = "us.anthropic.claude-sonnet-4-20250514-v1:0";
+
+/// An Anthropic Messages body of about `size` bytes: alternating turns of English prose,
+/// Rust code (escaped quotes and line breaks) and Chinese/Japanese text.
+fn body(size: usize) -> Vec<u8> {
     let prose =
         "Rate limiting is one of those problems that looks simple until you try to do it well. ";
     let code = "fn main() {\n    let x = vec![1, 2, 3];\n    println!(\"{:?}\", x.iter().sum::<i32>());\n}\n";
     let cjk = "大语言模型的接口又增加了新的难题。レート制限は難しい問題です。";
     let mut messages = Vec::new();
-    let mut size = 0;
+    let mut len = 0;
     let mut i = 0;
-    while size < 100_000 {
+    // Turns of about 1 KB, or smaller for the smallest body.
+    let scale = (size / 4_000).clamp(1, 8);
+    while len < size.saturating_sub(200) {
         let text = match i % 3 {
-            0 => prose.repeat(8),
-            1 => code.repeat(6),
-            _ => cjk.repeat(10),
+            0 => prose.repeat(scale),
+            1 => code.repeat(scale),
+            _ => cjk.repeat(scale),
         };
-        size += text.len();
+        len += text.len() + 60;
         let role = if i % 2 == 0 { "user" } else { "assistant" };
         messages
             .push(serde_json::json!({"role": role, "content": [{"type": "text", "text": text}]}));
@@ -36,23 +47,43 @@ fn body() -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let body = body();
-    let text = String::from_utf8_lossy(&body).into_owned();
     let estimator = HeuristicEstimator::new();
-    let mut group = c.benchmark_group("estimate");
-    group.throughput(Throughput::Bytes(body.len() as u64));
-    group.bench_function("anthropic_messages_100kb", |b| {
-        b.iter(|| {
-            estimator.estimate(&RequestInfo {
-                model: Some("us.anthropic.claude-sonnet-4-20250514-v1:0"),
-                operation: Operation::Invoke,
-                body: black_box(&body),
+    for (name, size) in [
+        ("1KB", 1_000),
+        ("100KB", 100_000),
+        ("1MB", 1_000_000),
+        ("10MB", 10_000_000),
+    ] {
+        let body = body(size);
+        let mut group = c.benchmark_group(format!("estimate_{name}"));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        if size >= 1_000_000 {
+            group.sample_size(20);
+        }
+        group.bench_with_input(BenchmarkId::new("estimate", name), &body, |b, body| {
+            b.iter(|| {
+                estimator.estimate(&RequestInfo {
+                    model: Some(MODEL),
+                    operation: Operation::Invoke,
+                    body: black_box(body),
+                })
             })
-        })
-    });
-    group.bench_function("count_tokens_100kb", |b| {
-        b.iter(|| count_tokens(black_box(&text)))
-    });
+        });
+        group.bench_with_input(
+            BenchmarkId::new("serde_json_value", name),
+            &body,
+            |b, body| {
+                b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(body)).unwrap())
+            },
+        );
+        group.finish();
+    }
+
+    // The text counter alone, on the body's text as one string.
+    let text = String::from_utf8(body(100_000)).unwrap();
+    let mut group = c.benchmark_group("count_tokens");
+    group.throughput(Throughput::Bytes(text.len() as u64));
+    group.bench_function("100KB", |b| b.iter(|| count_tokens(black_box(&text))));
     group.finish();
 }
 

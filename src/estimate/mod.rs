@@ -37,8 +37,10 @@
 //! ```
 //!
 //! The pieces:
-//! - [`HeuristicEstimator`], the default [`TokenEstimator`]: parses the body once, finds its
-//!   [shape](shapes::Shape), counts text with the [character-class heuristic](text),
+//! - [`HeuristicEstimator`], the default [`TokenEstimator`]: validates the body in one pass
+//!   without building a tree, finds its [shape](shapes::Shape), reads only the fields that
+//!   shape needs in place, counts text with the [character-class heuristic](text) (JSON
+//!   strings counted where they are, escapes included, without copying them),
 //!   images by their [dimensions](image), and takes the output limit from the body or the
 //!   [model table](limits).
 //! - `Cl100kEstimator` (feature `cl100k`): the same shapes, text counted by the real
@@ -89,15 +91,17 @@
 mod future;
 mod layer;
 mod minimal;
+mod scan;
 mod service;
+
+#[cfg(test)]
+mod differential_tests;
 
 pub mod calibration;
 pub mod image;
 pub mod limits;
 pub mod shapes;
 pub mod text;
-
-use serde_json::Value;
 
 use crate::QuotaKey;
 
@@ -311,7 +315,122 @@ impl HeuristicEstimator {
     /// Estimates `request` with these options, counting text with `count` and labelling a
     /// successful parse with `method`. This is what [`TokenEstimator::estimate`] calls with
     /// [`text::count_tokens`]; other counters (a real tokenizer) can reuse the shapes.
+    ///
+    /// The body is not parsed into a tree: it is validated in one pass, then only the fields
+    /// the shape needs are read from it. Strings with escapes are unescaped into a temporary
+    /// `String` for `count`; the default estimator counts them in place.
     pub fn estimate_with(
+        &self,
+        request: &RequestInfo<'_>,
+        count: &dyn Fn(&str) -> u64,
+        method: EstimateMethod,
+    ) -> BodyEstimate {
+        self.estimate_raw(request, &shapes::CountFn(count), method)
+    }
+
+    fn estimate_raw(
+        &self,
+        request: &RequestInfo<'_>,
+        count: &impl shapes::TextCount,
+        method: EstimateMethod,
+    ) -> BodyEstimate {
+        if request.operation == Operation::CountTokens {
+            return BodyEstimate {
+                input_tokens: 0,
+                output_limit: 0,
+                output_limit_from_body: false,
+                method,
+            };
+        }
+        let model_shape = request.model.and_then(Shape::from_model);
+        if request.body.is_empty() {
+            return self.by_length(request, "empty body", model_shape, OutputField::Absent);
+        }
+        let body = match scan::validate(request.body) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::debug!(error = e.reason(), "request body is not JSON");
+                return self.by_length(request, "not JSON", model_shape, OutputField::Absent);
+            }
+        };
+        let Some(shape) = Shape::detect_raw(request.model, request.operation, body) else {
+            return self.by_length(request, "unknown shape", model_shape, OutputField::Absent);
+        };
+        let measured = shapes::measure_raw(shape, body, count, &self.images);
+        self.finish(request, shape, measured, method)
+    }
+
+    /// The output limit from the model table for `shape` (0 for embeddings).
+    fn table(&self, request: &RequestInfo<'_>, shape: Option<Shape>) -> u64 {
+        if shape.is_some_and(Shape::is_embedding) {
+            0
+        } else {
+            request
+                .model
+                .map_or(UNKNOWN_MODEL_OUTPUT_LIMIT, |m| self.output_limits.get(m))
+        }
+    }
+
+    /// The estimate of a body that is not understood: its length.
+    fn by_length(
+        &self,
+        request: &RequestInfo<'_>,
+        reason: &str,
+        shape: Option<Shape>,
+        output: OutputField,
+    ) -> BodyEstimate {
+        tracing::debug!(
+            model = request.model,
+            operation = ?request.operation,
+            body_len = request.body.len(),
+            reason,
+            "request body estimated by its length"
+        );
+        let (output_limit, output_limit_from_body) = match output {
+            OutputField::Value(n) if !shape.is_some_and(Shape::is_embedding) => (n, true),
+            _ => (self.table(request, shape), false),
+        };
+        BodyEstimate {
+            input_tokens: text::count_bytes(request.body.len()),
+            output_limit,
+            output_limit_from_body,
+            method: EstimateMethod::BodyLength,
+        }
+    }
+
+    /// The estimate from what the walk of a body of `shape` measured.
+    fn finish(
+        &self,
+        request: &RequestInfo<'_>,
+        shape: Shape,
+        measured: shapes::Measured,
+        method: EstimateMethod,
+    ) -> BodyEstimate {
+        if measured.partial {
+            return self.by_length(
+                request,
+                "field of unexpected type",
+                Some(shape),
+                measured.output,
+            );
+        }
+        let (output_limit, output_limit_from_body) = match measured.output {
+            _ if shape.is_embedding() => (0, false),
+            OutputField::Value(n) => (n, true),
+            OutputField::Absent | OutputField::Invalid => (self.table(request, Some(shape)), false),
+        };
+        BodyEstimate {
+            input_tokens: measured.input_tokens,
+            output_limit,
+            output_limit_from_body,
+            method,
+        }
+    }
+
+    /// The former path, kept as the reference for the raw walk: parse the body into a
+    /// `serde_json::Value`, then walk it with [`shapes::measure`].
+    #[cfg(test)]
+    fn estimate_with_value(
         &self,
         request: &RequestInfo<'_>,
         count: &dyn Fn(&str) -> u64,
@@ -325,69 +444,25 @@ impl HeuristicEstimator {
                 method,
             };
         }
-        let table = |shape: Option<Shape>| -> u64 {
-            if shape.is_some_and(Shape::is_embedding) {
-                0
-            } else {
-                request
-                    .model
-                    .map_or(UNKNOWN_MODEL_OUTPUT_LIMIT, |m| self.output_limits.get(m))
-            }
-        };
-        let by_length = |reason: &str, shape: Option<Shape>, output: OutputField| {
-            tracing::debug!(
-                model = request.model,
-                operation = ?request.operation,
-                body_len = request.body.len(),
-                reason,
-                "request body estimated by its length"
-            );
-            let (output_limit, output_limit_from_body) = match output {
-                OutputField::Value(n) if !shape.is_some_and(Shape::is_embedding) => (n, true),
-                _ => (table(shape), false),
-            };
-            BodyEstimate {
-                input_tokens: text::count_bytes(request.body.len()),
-                output_limit,
-                output_limit_from_body,
-                method: EstimateMethod::BodyLength,
-            }
-        };
         let model_shape = request.model.and_then(Shape::from_model);
         if request.body.is_empty() {
-            return by_length("empty body", model_shape, OutputField::Absent);
+            return self.by_length(request, "empty body", model_shape, OutputField::Absent);
         }
-        let value: Value = match serde_json::from_slice(request.body) {
+        let value: serde_json::Value = match serde_json::from_slice(request.body) {
             Ok(v) => v,
-            Err(e) => {
-                tracing::debug!(error = %e, "request body is not JSON");
-                return by_length("not JSON", model_shape, OutputField::Absent);
-            }
+            Err(_) => return self.by_length(request, "not JSON", model_shape, OutputField::Absent),
         };
         let Some(shape) = Shape::detect(request.model, request.operation, &value) else {
-            return by_length("unknown shape", model_shape, OutputField::Absent);
+            return self.by_length(request, "unknown shape", model_shape, OutputField::Absent);
         };
         let measured = shapes::measure(shape, &value, count, &self.images);
-        if measured.partial {
-            return by_length("field of unexpected type", Some(shape), measured.output);
-        }
-        let (output_limit, output_limit_from_body) = match measured.output {
-            _ if shape.is_embedding() => (0, false),
-            OutputField::Value(n) => (n, true),
-            OutputField::Absent | OutputField::Invalid => (table(Some(shape)), false),
-        };
-        BodyEstimate {
-            input_tokens: measured.input_tokens,
-            output_limit,
-            output_limit_from_body,
-            method,
-        }
+        self.finish(request, shape, measured, method)
     }
 }
 
 impl TokenEstimator for HeuristicEstimator {
     fn estimate(&self, request: &RequestInfo<'_>) -> BodyEstimate {
-        self.estimate_with(request, &text::count_tokens, EstimateMethod::Heuristic)
+        self.estimate_raw(request, &shapes::Heuristic, EstimateMethod::Heuristic)
     }
 }
 

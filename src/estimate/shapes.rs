@@ -22,7 +22,11 @@
 //!   adds a tool-use system prompt of about 300 tokens). Raw prompt shapes (legacy Claude,
 //!   Titan, Llama, Mistral `prompt`) add nothing: their prompt already holds the template.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
+
+use crate::estimate::scan::{self, Val};
 
 use crate::estimate::image::ImageCost;
 use crate::estimate::limits::base_model_id;
@@ -633,6 +637,562 @@ impl Walker<'_> {
                 }
             }
             Some(_) => self.wrong_type("tools"),
+        }
+    }
+}
+
+/// How the raw walk counts text: a plain string, or a JSON string by its raw text.
+pub(crate) trait TextCount {
+    /// Tokens in `text`.
+    fn count(&self, text: &str) -> u64;
+
+    /// Tokens in the value of the JSON string whose raw text (between the quotes, escapes
+    /// as written) is `raw`.
+    fn count_raw(&self, raw: &str) -> u64 {
+        self.count(&scan::unescape(raw))
+    }
+}
+
+/// Any counter function: escaped strings are unescaped into a temporary `String`.
+pub(crate) struct CountFn<'a>(pub(crate) &'a dyn Fn(&str) -> u64);
+
+impl TextCount for CountFn<'_> {
+    fn count(&self, text: &str) -> u64 {
+        (self.0)(text)
+    }
+}
+
+/// [`count_tokens`](crate::estimate::text::count_tokens), fed escaped strings piece by piece.
+pub(crate) struct Heuristic;
+
+impl TextCount for Heuristic {
+    fn count(&self, text: &str) -> u64 {
+        crate::estimate::text::count_tokens(text)
+    }
+
+    fn count_raw(&self, raw: &str) -> u64 {
+        crate::estimate::text::count_json_string(raw)
+    }
+}
+
+impl Shape {
+    /// [`Shape::detect`] over a validated body, without parsing it.
+    pub(crate) fn detect_raw(
+        model: Option<&str>,
+        operation: Operation,
+        body: Val<'_>,
+    ) -> Option<Shape> {
+        match operation {
+            Operation::Converse | Operation::ConverseStream => return Some(Shape::Converse),
+            Operation::CountTokens => return None,
+            _ => {}
+        }
+        if !body.is_object() {
+            return None;
+        }
+        model
+            .and_then(Shape::from_model)
+            .or_else(|| Shape::sniff_raw(body))
+    }
+
+    /// [`Shape::sniff`] over an object's raw text.
+    fn sniff_raw(body: Val<'_>) -> Option<Shape> {
+        const KEYS: [&str; 19] = [
+            "anthropic_version",
+            "prompt",
+            "max_tokens_to_sample",
+            "inputText",
+            "textGenerationConfig",
+            "dimensions",
+            "normalize",
+            "inputImage",
+            "texts",
+            "images",
+            "input_type",
+            "message",
+            "chat_history",
+            "preamble",
+            "schemaVersion",
+            "inferenceConfig",
+            "toolConfig",
+            "max_gen_len",
+            "messages",
+        ];
+        let found = body.fields(KEYS);
+        let has = |k: &str| {
+            KEYS.iter()
+                .position(|key| *key == k)
+                .is_some_and(|i| found[i].is_some())
+        };
+        let shape = if has("anthropic_version") {
+            if has("prompt") {
+                Shape::AnthropicText
+            } else {
+                Shape::AnthropicMessages
+            }
+        } else if has("max_tokens_to_sample") {
+            Shape::AnthropicText
+        } else if has("inputText") {
+            if has("textGenerationConfig") {
+                Shape::TitanText
+            } else if has("dimensions") || has("normalize") || has("inputImage") {
+                Shape::TitanEmbed
+            } else {
+                Shape::TitanText
+            }
+        } else if has("texts") || (has("images") && has("input_type")) {
+            Shape::CohereEmbed
+        } else if has("message") || has("chat_history") || has("preamble") {
+            Shape::CohereCommand
+        } else if has("schemaVersion") || has("inferenceConfig") || has("toolConfig") {
+            Shape::Nova
+        } else if has("max_gen_len") {
+            Shape::Llama
+        } else if has("prompt") {
+            Shape::Mistral
+        } else if let Some(messages) = found[18] {
+            let block = messages
+                .elements()
+                .next()
+                .and_then(|m| m.get("content"))
+                .filter(|c| c.is_array())
+                .and_then(|c| c.elements().next());
+            match block {
+                Some(b) if b.get("type").is_some() => Shape::AnthropicMessages,
+                Some(_) => Shape::Nova,
+                None => Shape::Jamba,
+            }
+        } else {
+            return None;
+        };
+        Some(shape)
+    }
+}
+
+/// [`measure`] over a validated body, without parsing it: the same walk, reading only the
+/// fields it needs from the raw text and counting strings where they are.
+pub(crate) fn measure_raw(
+    shape: Shape,
+    body: Val<'_>,
+    count: &impl TextCount,
+    images: &ImageCost,
+) -> Measured {
+    let mut w = RawWalker {
+        count,
+        image_cost: images,
+        tokens: 0,
+        images: 0,
+        partial: false,
+    };
+    let b = body;
+    let output = match shape {
+        Shape::AnthropicMessages => {
+            let [system, messages, tools, max_tokens] =
+                b.fields(["system", "messages", "tools", "max_tokens"]);
+            w.system(system);
+            w.messages(messages, "content");
+            w.tools(tools);
+            raw_output_field(max_tokens, "max_tokens")
+        }
+        Shape::AnthropicText => {
+            let [prompt, max] = b.fields(["prompt", "max_tokens_to_sample"]);
+            w.text(prompt, "prompt");
+            raw_output_field(max, "max_tokens_to_sample")
+        }
+        Shape::TitanText => {
+            let [input, config] = b.fields(["inputText", "textGenerationConfig"]);
+            w.text(input, "inputText");
+            raw_output_field(
+                config.and_then(|c| c.get("maxTokenCount")),
+                "textGenerationConfig.maxTokenCount",
+            )
+        }
+        Shape::TitanEmbed => {
+            let [input, image] = b.fields(["inputText", "inputImage"]);
+            w.text(input, "inputText");
+            if let Some(img) = image {
+                w.image_data(img.as_str());
+            }
+            OutputField::Value(0)
+        }
+        Shape::Nova | Shape::Converse => {
+            let [system, messages, tool_config, config] =
+                b.fields(["system", "messages", "toolConfig", "inferenceConfig"]);
+            w.system(system);
+            w.messages(messages, "content");
+            if let Some(tools) = tool_config.and_then(|t| t.get("tools")) {
+                w.tools(Some(tools));
+            }
+            let [max_tokens, max_new] = match config {
+                Some(c) => c.fields(["maxTokens", "max_new_tokens"]),
+                None => [None, None],
+            };
+            match (max_tokens, max_new) {
+                (Some(v), _) if !v.is_null() => {
+                    raw_output_field(Some(v), "inferenceConfig.maxTokens")
+                }
+                (_, v) => raw_output_field(v, "inferenceConfig.max_new_tokens"),
+            }
+        }
+        Shape::Llama => {
+            let [prompt, images, max] = b.fields(["prompt", "images", "max_gen_len"]);
+            w.text(prompt, "prompt");
+            if let Some(images) = images {
+                for img in images.elements() {
+                    w.image_data(img.as_str());
+                }
+            }
+            raw_output_field(max, "max_gen_len")
+        }
+        Shape::Mistral | Shape::Jamba => {
+            let [prompt, messages, tools, documents, max_tokens] =
+                b.fields(["prompt", "messages", "tools", "documents", "max_tokens"]);
+            if prompt.is_some() {
+                w.text(prompt, "prompt");
+            }
+            if messages.is_some() || prompt.is_none() {
+                w.messages(messages, "content");
+            }
+            w.tools(tools);
+            if let Some(docs) = documents {
+                w.json(docs);
+            }
+            raw_output_field(max_tokens, "max_tokens")
+        }
+        Shape::CohereCommand => {
+            let [message, preamble, history, documents, tools, max_tokens] = b.fields([
+                "message",
+                "preamble",
+                "chat_history",
+                "documents",
+                "tools",
+                "max_tokens",
+            ]);
+            w.text(message, "message");
+            if let Some(p) = preamble {
+                w.tokens += MESSAGE_OVERHEAD;
+                w.text(Some(p), "preamble");
+            }
+            if history.is_some_and(|h| !h.is_null()) {
+                w.messages(history, "message");
+            }
+            w.tokens += MESSAGE_OVERHEAD;
+            if let Some(docs) = documents {
+                w.json(docs);
+            }
+            w.tools(tools);
+            raw_output_field(max_tokens, "max_tokens")
+        }
+        Shape::CohereEmbed => {
+            let [texts, images] = b.fields(["texts", "images"]);
+            match texts {
+                Some(texts) if texts.is_array() => {
+                    for t in texts.elements() {
+                        w.text(Some(t), "texts[]");
+                    }
+                }
+                None => {}
+                Some(t) if t.is_null() => {}
+                Some(_) => w.wrong_type("texts"),
+            }
+            if let Some(images) = images {
+                for img in images.elements() {
+                    w.image_data(img.as_str());
+                }
+            }
+            OutputField::Value(0)
+        }
+    };
+    Measured {
+        input_tokens: w.tokens,
+        output,
+        images: w.images,
+        partial: w.partial,
+    }
+}
+
+/// [`output_field`] of a raw value (a number or short string, parsed on its own).
+fn raw_output_field(value: Option<Val<'_>>, name: &str) -> OutputField {
+    output_field(value.map(Val::to_value).as_ref(), name)
+}
+
+/// [`Walker`] over raw values.
+struct RawWalker<'a, C> {
+    count: &'a C,
+    image_cost: &'a ImageCost,
+    tokens: u64,
+    images: u32,
+    partial: bool,
+}
+
+impl<C: TextCount> RawWalker<'_, C> {
+    fn add(&mut self, n: u64) {
+        self.tokens = self.tokens.saturating_add(n);
+    }
+
+    fn wrong_type(&mut self, field: &str) {
+        tracing::debug!(field, "request field has an unexpected type; skipped");
+        self.partial = true;
+    }
+
+    /// A string value, counted where it is.
+    fn count_raw(&mut self, raw: &str) {
+        let n = self.count.count_raw(raw);
+        self.add(n);
+    }
+
+    fn text(&mut self, v: Option<Val<'_>>, field: &str) {
+        match v {
+            None => {}
+            Some(v) => match v.string_raw() {
+                Some(raw) => self.count_raw(raw),
+                None if v.is_null() => {}
+                None => self.wrong_type(field),
+            },
+        }
+    }
+
+    /// Any JSON value, counted as its serialization (strings as themselves). Non-string
+    /// values are parsed and re-serialized, as the reference walk counts them.
+    fn json(&mut self, v: Val<'_>) {
+        if let Some(raw) = v.string_raw() {
+            self.count_raw(raw);
+        } else if !v.is_null() {
+            let s = v.to_value().to_string();
+            let n = self.count.count(&s);
+            self.add(n);
+        }
+    }
+
+    fn system(&mut self, v: Option<Val<'_>>) {
+        let Some(v) = v else { return };
+        if let Some(raw) = v.string_raw() {
+            self.add(MESSAGE_OVERHEAD);
+            self.count_raw(raw);
+        } else if v.is_array() {
+            self.add(MESSAGE_OVERHEAD);
+            for b in v.elements() {
+                self.block(b);
+            }
+        } else if !v.is_null() {
+            self.wrong_type("system");
+        }
+    }
+
+    fn messages(&mut self, v: Option<Val<'_>>, content_key: &str) {
+        let Some(v) = v else { return };
+        if v.is_array() {
+            for m in v.elements() {
+                self.add(MESSAGE_OVERHEAD);
+                if m.is_object() {
+                    let [content, calls] = m.fields([content_key, "tool_calls"]);
+                    self.content(content);
+                    if let Some(calls) = calls {
+                        self.json(calls);
+                    }
+                } else {
+                    self.wrong_type("messages[]");
+                }
+            }
+        } else if !v.is_null() {
+            self.wrong_type("messages");
+        }
+    }
+
+    fn content(&mut self, v: Option<Val<'_>>) {
+        let Some(v) = v else { return };
+        if let Some(raw) = v.string_raw() {
+            self.count_raw(raw);
+        } else if v.is_array() {
+            for b in v.elements() {
+                self.block(b);
+            }
+        } else if v.is_object() {
+            self.block(v);
+        } else if !v.is_null() {
+            self.wrong_type("content");
+        }
+    }
+
+    fn block(&mut self, o: Val<'_>) {
+        if !o.is_object() {
+            if let Some(raw) = o.string_raw() {
+                self.count_raw(raw);
+            } else if !o.is_null() {
+                self.wrong_type("content block");
+            }
+            return;
+        }
+        let [kind, text, image, document, video, tool_use, tool_result, json, reasoning, guard, cache_point, cache_control] =
+            o.fields([
+                "type",
+                "text",
+                "image",
+                "document",
+                "video",
+                "toolUse",
+                "toolResult",
+                "json",
+                "reasoningContent",
+                "guardContent",
+                "cachePoint",
+                "cache_control",
+            ]);
+        if let Some(kind) = kind.and_then(Val::as_str) {
+            match kind.as_ref() {
+                "text" | "input_text" => self.text(text, "text"),
+                "image" => {
+                    self.add(BLOCK_OVERHEAD);
+                    let source = o.get("source");
+                    let data = match source.and_then(|s| s.get("type")) {
+                        Some(t) if t.str_eq("base64") => {
+                            source.and_then(|s| s.get("data")).and_then(Val::as_str)
+                        }
+                        _ => None,
+                    };
+                    self.image_data(data);
+                }
+                "image_url" => {
+                    self.add(BLOCK_OVERHEAD);
+                    let url = o.get("image_url").and_then(|u| u.get("url").or(Some(u)));
+                    let data = url.and_then(Val::as_str).filter(|u| u.starts_with("data:"));
+                    self.image_data(data);
+                }
+                "document" => {
+                    self.add(BLOCK_OVERHEAD);
+                    self.anthropic_document(o);
+                }
+                "tool_use" | "server_tool_use" => {
+                    self.add(BLOCK_OVERHEAD);
+                    let [name, input] = o.fields(["name", "input"]);
+                    self.text(name, "tool_use.name");
+                    if let Some(input) = input {
+                        self.json(input);
+                    }
+                }
+                "tool_result" | "web_search_tool_result" => {
+                    self.add(BLOCK_OVERHEAD);
+                    self.content(o.get("content"));
+                }
+                "thinking" => self.text(o.get("thinking"), "thinking"),
+                "redacted_thinking" => {
+                    if let Some(d) = o.get("data").and_then(Val::as_str) {
+                        self.add(crate::estimate::text::count_bytes(d.len()));
+                    }
+                }
+                _ => self.json(o),
+            }
+            return;
+        }
+        if let Some(t) = text {
+            self.text(Some(t), "text");
+        } else if let Some(img) = image {
+            self.add(BLOCK_OVERHEAD);
+            let data = img
+                .get("source")
+                .and_then(|s| s.get("bytes"))
+                .and_then(Val::as_str);
+            self.image_data(data);
+        } else if let Some(doc) = document.or(video) {
+            self.add(BLOCK_OVERHEAD);
+            self.keyed_document(doc);
+        } else if let Some(tool) = tool_use {
+            self.add(BLOCK_OVERHEAD);
+            let [name, input] = tool.fields(["name", "input"]);
+            self.text(name, "toolUse.name");
+            if let Some(input) = input {
+                self.json(input);
+            }
+        } else if let Some(result) = tool_result {
+            self.add(BLOCK_OVERHEAD);
+            self.content(result.get("content"));
+        } else if let Some(j) = json {
+            self.json(j);
+        } else if let Some(r) = reasoning {
+            let text = r.get("reasoningText").and_then(|t| t.get("text"));
+            self.text(text, "reasoningContent.reasoningText.text");
+        } else if let Some(g) = guard {
+            self.text(
+                g.get("text").and_then(|t| t.get("text")),
+                "guardContent.text",
+            );
+        } else if cache_point.is_none() && cache_control.is_none() {
+            self.json(o);
+        }
+    }
+
+    fn image_data(&mut self, base64: Option<Cow<'_, str>>) {
+        self.images = self.images.saturating_add(1);
+        let dims = base64
+            .as_deref()
+            .and_then(crate::estimate::image::dimensions_base64);
+        let tokens = self.image_cost.tokens(dims);
+        self.add(tokens);
+    }
+
+    fn binary_document(&mut self, base64_len: usize) {
+        let decoded = (base64_len as u64) / 4 * 3;
+        self.add(decoded.div_ceil(DOCUMENT_BYTES_PER_TOKEN));
+    }
+
+    fn anthropic_document(&mut self, o: Val<'_>) {
+        let [title, context, source] = o.fields(["title", "context", "source"]);
+        if let Some(t) = title {
+            self.json(t);
+        }
+        if let Some(c) = context {
+            self.json(c);
+        }
+        let Some(source) = source else {
+            return;
+        };
+        let [kind, data, content] = source.fields(["type", "data", "content"]);
+        match kind.and_then(Val::as_str).as_deref() {
+            Some("text") => self.text(data, "document.source.data"),
+            Some("base64") => match data.and_then(Val::as_str) {
+                Some(d) => self.binary_document(d.len()),
+                None => self.wrong_type("document.source.data"),
+            },
+            Some("content") => self.content(content),
+            _ => self.add(UNKNOWN_DOCUMENT_TOKENS),
+        }
+    }
+
+    fn keyed_document(&mut self, doc: Val<'_>) {
+        let [name, source] = doc.fields(["name", "source"]);
+        if let Some(name) = name {
+            self.json(name);
+        }
+        let [bytes, text, content] = match source {
+            Some(s) => s.fields(["bytes", "text", "content"]),
+            None => [None, None, None],
+        };
+        if let Some(bytes) = bytes {
+            match bytes.as_str() {
+                Some(d) => self.binary_document(d.len()),
+                None => self.wrong_type("document.source.bytes"),
+            }
+        } else if let Some(text) = text {
+            self.text(Some(text), "document.source.text");
+        } else if let Some(content) = content {
+            self.content(Some(content));
+        } else {
+            self.add(UNKNOWN_DOCUMENT_TOKENS);
+        }
+    }
+
+    fn tools(&mut self, v: Option<Val<'_>>) {
+        let Some(v) = v else { return };
+        if v.is_array() {
+            if v.elements().next().is_some() {
+                self.add(TOOLS_PROMPT_OVERHEAD);
+            }
+            for t in v.elements() {
+                self.add(TOOL_OVERHEAD);
+                self.json(t.get("toolSpec").unwrap_or(t));
+            }
+        } else if !v.is_null() {
+            self.wrong_type("tools");
         }
     }
 }

@@ -60,9 +60,19 @@ const JOINER: u64 = 1_000;
 /// ```
 pub fn count_tokens(text: &str) -> u64 {
     let mut counter = Counter::default();
-    for c in text.chars() {
-        counter.push(c);
-    }
+    counter.push_str(text);
+    counter.finish()
+}
+
+/// [`count_tokens`] of the value of a JSON string given as its raw text between the quotes
+/// (escapes as written, already validated): the same count as for the unescaped string,
+/// without building it.
+pub(crate) fn count_json_string(raw: &str) -> u64 {
+    let mut counter = Counter::default();
+    crate::estimate::scan::for_each_piece(raw, |piece| match piece {
+        crate::estimate::scan::Piece::Text(t) => counter.push_str(t),
+        crate::estimate::scan::Piece::Char(c) => counter.push(c),
+    });
     counter.finish()
 }
 
@@ -100,8 +110,10 @@ enum Class {
     Newline,
 }
 
+/// The streaming state of [`count_tokens`]: text can be fed in pieces (for instance the
+/// segments of a JSON string between its escapes) and gives the same count as the whole.
 #[derive(Debug)]
-struct Counter {
+pub(crate) struct Counter {
     total: u64,
     run: Run,
     /// ASCII letters, digits, punctuation chars or whitespace chars in the current run.
@@ -129,6 +141,60 @@ impl Default for Counter {
     }
 }
 
+/// ASCII byte classes, for the byte loop of [`Counter::push_str`].
+const A_LOWER: u8 = 0;
+const A_UPPER: u8 = 1;
+const A_DIGIT: u8 = 2;
+const A_PUNCT: u8 = 3;
+const A_SPACE: u8 = 4;
+const A_NEWLINE: u8 = 5;
+const A_CONTROL: u8 = 6;
+const A_NON_ASCII: u8 = 7;
+
+/// The class of every byte: [`classify`] for ASCII, [`A_NON_ASCII`] for the rest.
+static BYTE_CLASS: [u8; 256] = {
+    let mut t = [A_NON_ASCII; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = match c {
+            b'a'..=b'z' => A_LOWER,
+            b'A'..=b'Z' => A_UPPER,
+            b'0'..=b'9' => A_DIGIT,
+            b'\r' | b'\n' => A_NEWLINE,
+            b'\t' | b' ' | 0x0C => A_SPACE,
+            0..=0x1F | 0x7F => A_CONTROL,
+            _ => A_PUNCT,
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Eight bytes at `i`, little-endian.
+#[inline(always)]
+fn word_at(b: &[u8], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Number of leading bytes of the little-endian word `w` that are ASCII lower-case letters.
+#[inline(always)]
+fn lower_prefix(w: u64) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte is in b'a'..=b'z' when it is below 0x80, at least 0x61 and below 0x7B; each
+    // test sets the byte's high bit without borrowing across bytes because the high bit is
+    // masked off first.
+    let low = w & !HIGH;
+    let ge_a = low + ONES * (0x80 - 0x61);
+    let ge_brace = low + ONES * (0x80 - 0x7B);
+    let ok = ge_a & !ge_brace & !w & HIGH;
+    ((!ok & HIGH).trailing_zeros() / 8) as usize
+}
+
+#[inline]
 fn classify(c: char) -> Class {
     if c.is_ascii() {
         return match c {
@@ -150,6 +216,17 @@ fn classify(c: char) -> Class {
         0xAC00..=0xD7AF | 0x1100..=0x11FF | 0x3130..=0x318F => Class::Letter(HANGUL_MILLI),
         0x200D | 0xFE00..=0xFE0F | 0x20E3 => Class::Symbol(JOINER),
         0x1F000..=0x1FAFF => Class::Emoji,
+        // Common CJK and full-width punctuation, which the fallbacks below would price the
+        // same after slow Unicode property lookups.
+        0x3001..=0x3003
+        | 0x3008..=0x3011
+        | 0xFF01
+        | 0xFF08
+        | 0xFF09
+        | 0xFF0C
+        | 0xFF1A
+        | 0xFF1B
+        | 0xFF1F => Class::Symbol(1_000),
         0x2600..=0x27BF | 0x2B00..=0x2BFF | 0x2300..=0x23FF => Class::Symbol(2_000),
         0xE0000..=0xE007F => Class::Symbol(JOINER),
         _ if c.is_whitespace() => {
@@ -170,9 +247,140 @@ fn classify(c: char) -> Class {
 }
 
 impl Counter {
+    /// Feeds `text`: the same as [`push`](Self::push) for each of its chars, with ASCII
+    /// handled by a byte loop over [`BYTE_CLASS`] that skips through runs of lower-case
+    /// letters eight bytes at a time.
+    pub(crate) fn push_str(&mut self, text: &str) {
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let x = b[i];
+            match BYTE_CLASS[x as usize] {
+                A_LOWER => {
+                    // A lower-case letter enters a word; inside one, lower-case letters
+                    // only lengthen it.
+                    self.enter(Run::Word);
+                    let start = i;
+                    i += 1;
+                    while i + 8 <= b.len() {
+                        let n = lower_prefix(word_at(b, i));
+                        i += n;
+                        if n < 8 {
+                            break;
+                        }
+                    }
+                    while i < b.len() && b[i].is_ascii_lowercase() {
+                        i += 1;
+                    }
+                    self.len += (i - start) as u64;
+                    self.prev_lower = true;
+                }
+                A_UPPER => {
+                    self.enter(Run::Word);
+                    if self.prev_lower {
+                        self.extra += CAMEL_BOUNDARY;
+                    }
+                    self.prev_lower = false;
+                    self.len += 1;
+                    i += 1;
+                }
+                A_DIGIT => {
+                    self.enter(Run::Digits);
+                    let start = i;
+                    i += 1;
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    self.len += (i - start) as u64;
+                }
+                A_PUNCT => {
+                    self.enter(Run::Punct);
+                    self.prev_lower = false;
+                    self.len += 1;
+                    i += 1;
+                }
+                A_SPACE => {
+                    if x == b' '
+                        && self.run == Run::Word
+                        && b.get(i + 1).is_some_and(u8::is_ascii_lowercase)
+                    {
+                        // One space between words costs nothing (see `flush`): end the word
+                        // and start the next, as `push` would over the two runs.
+                        self.flush(Run::Space);
+                        self.newline_tail = false;
+                        self.len = 0;
+                        self.extra = 0;
+                        self.prev_lower = false;
+                        self.punct_after_space = false;
+                        i += 1;
+                        continue;
+                    }
+                    self.enter(Run::Space);
+                    self.len += 1;
+                    i += 1;
+                }
+                A_NEWLINE | A_CONTROL => {
+                    self.push(x as char);
+                    i += 1;
+                }
+                _ => {
+                    let (c, n) = decode_utf8(b, i);
+                    let class = classify(c);
+                    self.push_class(class);
+                    i += n;
+                    if let Class::Letter(CJK_MILLI | KANA_MILLI) = class {
+                        i = self.cjk_run(b, i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Inside a word, takes the CJK ideographs and kana that follow byte `i` (the same as
+    /// [`push`](Self::push) for each: they only add their cost) and returns where they end.
     #[inline]
-    fn push(&mut self, c: char) {
-        let class = classify(c);
+    fn cjk_run(&mut self, b: &[u8], mut i: usize) -> usize {
+        let mut extra = 0;
+        while i + 3 <= b.len() && (0xE3..=0xE9).contains(&b[i]) {
+            let u = ((u32::from(b[i]) & 0x0F) << 12)
+                | ((u32::from(b[i + 1]) & 0x3F) << 6)
+                | (u32::from(b[i + 2]) & 0x3F);
+            extra += match u {
+                0x4E00..=0x9FFF | 0x3400..=0x4DBF => CJK_MILLI,
+                0x3040..=0x30FF => KANA_MILLI,
+                _ => break,
+            };
+            i += 3;
+        }
+        self.extra += extra;
+        i
+    }
+
+    /// The run change of [`push`](Self::push) for a char of `run`, which must not be
+    /// [`Run::Newline`].
+    #[inline(always)]
+    fn enter(&mut self, run: Run) {
+        if run != self.run || (run == Run::Punct && self.newline_tail) {
+            self.flush(run);
+            let after_space = self.run == Run::Space && self.len == 1;
+            self.run = run;
+            self.newline_tail = false;
+            self.len = 0;
+            self.extra = 0;
+            self.prev_lower = false;
+            self.punct_after_space = run == Run::Punct && after_space;
+        }
+    }
+
+    /// Feeds one char.
+    #[inline]
+    pub(crate) fn push(&mut self, c: char) {
+        self.push_class(classify(c));
+    }
+
+    /// Feeds one char of class `class`.
+    #[inline(always)]
+    fn push_class(&mut self, class: Class) {
         let run = match class {
             Class::AsciiLetter(_) | Class::Letter(_) => Run::Word,
             Class::Digit => Run::Digits,
@@ -268,15 +476,106 @@ impl Counter {
         self.total = self.total.saturating_add(cost);
     }
 
-    fn finish(mut self) -> u64 {
+    /// The count so far, rounded up.
+    pub(crate) fn finish(mut self) -> u64 {
         self.flush(Run::None);
         self.total.div_ceil(1_000)
     }
 }
 
+/// The char starting at byte `i` of valid UTF-8 `b`, not ASCII, and its length.
+#[inline]
+fn decode_utf8(b: &[u8], i: usize) -> (char, usize) {
+    let x = u32::from(b[i]);
+    let cont = |k: usize| u32::from(b[i + k] & 0x3F);
+    let (u, n) = if x < 0xE0 {
+        (((x & 0x1F) << 6) | cont(1), 2)
+    } else if x < 0xF0 {
+        (((x & 0x0F) << 12) | (cont(1) << 6) | cont(2), 3)
+    } else {
+        (
+            ((x & 0x07) << 18) | (cont(1) << 12) | (cont(2) << 6) | cont(3),
+            4,
+        )
+    };
+    // `b` is valid UTF-8, so this is a char; the fallback is never taken.
+    (char::from_u32(u).unwrap_or('\u{FFFD}'), n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The char-by-char loop [`count_tokens`] replaced: the reference for its byte loop.
+    fn count_tokens_by_char(text: &str) -> u64 {
+        let mut counter = Counter::default();
+        for c in text.chars() {
+            counter.push(c);
+        }
+        counter.finish()
+    }
+
+    #[test]
+    fn byte_loop_matches_char_loop_on_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+        let mut n = 0;
+        for category in std::fs::read_dir(dir).unwrap() {
+            for file in std::fs::read_dir(category.unwrap().path()).unwrap() {
+                let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+                assert_eq!(count_tokens(&text), count_tokens_by_char(&text));
+                n += 1;
+            }
+        }
+        assert!(n > 20);
+    }
+
+    #[test]
+    fn cjk_punctuation_shortcut_is_exact() {
+        for c in [
+            '\u{3001}', '\u{3002}', '\u{3003}', '\u{FF01}', '\u{FF08}', '\u{FF09}',
+        ]
+        .into_iter()
+        .chain(['\u{FF0C}', '\u{FF1A}', '\u{FF1B}', '\u{FF1F}'])
+        .chain('\u{3008}'..='\u{3011}')
+        {
+            assert!(
+                !c.is_whitespace() && !c.is_alphabetic() && !c.is_numeric(),
+                "{c}"
+            );
+            assert_eq!(c.len_utf8(), 3);
+        }
+    }
+
+    #[test]
+    fn lower_prefix_counts_letters() {
+        let w = |s: &[u8; 8]| u64::from_le_bytes(*s);
+        assert_eq!(lower_prefix(w(b"abcdefgh")), 8);
+        assert_eq!(lower_prefix(w(b"azAzzzzz")), 2);
+        assert_eq!(lower_prefix(w(b"`abcdefg")), 0);
+        assert_eq!(lower_prefix(w(b"abc{defg")), 3);
+        assert_eq!(lower_prefix(w(b"ab\xe1cdefg")), 2);
+        assert_eq!(lower_prefix(w(b"abcdefg\xfa")), 7);
+    }
+
+    proptest! {
+        #[test]
+        fn byte_loop_matches_char_loop(text in "(\\PC|[a-zA-Z0-9 .,;:(){}\n\r\t-]){0,200}") {
+            prop_assert_eq!(count_tokens(&text), count_tokens_by_char(&text));
+        }
+
+        #[test]
+        fn pieces_count_as_the_whole(text in "\\PC{0,120}", cut in 0usize..120) {
+            let mut cut = cut.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let mut counter = Counter::default();
+            counter.push_str(&text[..cut]);
+            counter.push_str(&text[cut..]);
+            prop_assert_eq!(counter.finish(), count_tokens(&text));
+        }
+    }
 
     #[test]
     fn empty_and_simple() {

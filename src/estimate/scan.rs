@@ -1,0 +1,700 @@
+//! Zero-copy JSON access for the estimator: a validating pass, then lookups over raw spans.
+//!
+//! [`validate`] checks in one pass, without allocating, that a body is exactly what
+//! `serde_json::from_slice::<Value>` accepts: UTF-8, the JSON grammar, no control characters
+//! in strings, well-formed escapes (surrogate pairs included), finite numbers and at most
+//! [`MAX_DEPTH`] nested arrays and objects (serde_json's recursion limit). The walk in
+//! [`shapes`](super::shapes) then reads only the fields it needs through [`Val`], a view of
+//! one value's raw text: objects are searched member by member, skipped values cost a scan
+//! for their closing quote or bracket, and string values are handed to the counter as they
+//! are in the body, escapes and all.
+
+use std::borrow::Cow;
+
+/// Deepest nesting of arrays and objects accepted (serde_json's recursion limit of 128
+/// fails on the 128th level).
+pub(crate) const MAX_DEPTH: u32 = 127;
+
+const HIGH: u64 = 0x8080_8080_8080_8080;
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// Why a body is not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    Utf8,
+    Syntax,
+    TooDeep,
+}
+
+impl Invalid {
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Invalid::Utf8 => "not UTF-8",
+            Invalid::Syntax => "not JSON",
+            Invalid::TooDeep => "nested too deeply",
+        }
+    }
+}
+
+/// Checks that `body` is one JSON value serde_json would parse, and returns it as text.
+pub(crate) fn validate(body: &[u8]) -> Result<Val<'_>, Invalid> {
+    let text = std::str::from_utf8(body).map_err(|_| Invalid::Utf8)?;
+    let b = body;
+    let mut i = skip_ws(b, 0);
+    let start = i;
+    // One bit per open container, set for objects; MAX_DEPTH < 128 bits.
+    let mut stack: u128 = 0;
+    let mut depth: u32 = 0;
+    'value: loop {
+        // A value starts at `i` (after whitespace).
+        match b.get(i) {
+            Some(b'{') | Some(b'[') => {
+                let object = b[i] == b'{';
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(Invalid::TooDeep);
+                }
+                stack = (stack << 1) | u128::from(object);
+                i = skip_ws(b, i + 1);
+                let close = if object { b'}' } else { b']' };
+                if b.get(i) == Some(&close) {
+                    depth -= 1;
+                    stack >>= 1;
+                    i += 1;
+                } else {
+                    if object {
+                        i = member_key(b, i)?;
+                    }
+                    continue 'value;
+                }
+            }
+            Some(b'"') => i = string_end(b, i)?,
+            Some(b't') => i = literal(b, i, b"true")?,
+            Some(b'f') => i = literal(b, i, b"false")?,
+            Some(b'n') => i = literal(b, i, b"null")?,
+            Some(b'-' | b'0'..=b'9') => i = number_end(b, i)?,
+            _ => return Err(Invalid::Syntax),
+        }
+        // After a value: a separator or the end of containers.
+        loop {
+            i = skip_ws(b, i);
+            if depth == 0 {
+                break 'value;
+            }
+            let object = stack & 1 == 1;
+            match b.get(i) {
+                Some(b',') => {
+                    i = skip_ws(b, i + 1);
+                    if object {
+                        i = member_key(b, i)?;
+                    }
+                    continue 'value;
+                }
+                Some(b'}') if object => {}
+                Some(b']') if !object => {}
+                _ => return Err(Invalid::Syntax),
+            }
+            depth -= 1;
+            stack >>= 1;
+            i += 1;
+        }
+    }
+    if i != b.len() {
+        return Err(Invalid::Syntax);
+    }
+    let end = trim_end(b, i);
+    Ok(Val {
+        raw: &text[start..end],
+    })
+}
+
+/// A key, its colon and the whitespace up to the member's value.
+fn member_key(b: &[u8], i: usize) -> Result<usize, Invalid> {
+    if b.get(i) != Some(&b'"') {
+        return Err(Invalid::Syntax);
+    }
+    let i = skip_ws(b, string_end(b, i)?);
+    if b.get(i) != Some(&b':') {
+        return Err(Invalid::Syntax);
+    }
+    Ok(skip_ws(b, i + 1))
+}
+
+#[inline]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+fn trim_end(b: &[u8], mut end: usize) -> usize {
+    while end > 0 && matches!(b[end - 1], b' ' | b'\n' | b'\r' | b'\t') {
+        end -= 1;
+    }
+    end
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Result<usize, Invalid> {
+    if b[i..].starts_with(word) {
+        Ok(i + word.len())
+    } else {
+        Err(Invalid::Syntax)
+    }
+}
+
+/// The end of the number at `i`, checking serde_json's grammar and that it is finite.
+fn number_end(b: &[u8], mut i: usize) -> Result<usize, Invalid> {
+    let start = i;
+    let digits = |b: &[u8], mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    if b[i] == b'-' {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(b, i + 1),
+        _ => return Err(Invalid::Syntax),
+    }
+    let mut float = false;
+    if b.get(i) == Some(&b'.') {
+        let j = digits(b, i + 1);
+        if j == i + 1 {
+            return Err(Invalid::Syntax);
+        }
+        i = j;
+        float = true;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        let j = digits(b, i);
+        if j == i {
+            return Err(Invalid::Syntax);
+        }
+        i = j;
+        float = true;
+    }
+    // After `0`, serde_json refuses a further digit (`01`); the caller's separator check
+    // catches it as trailing characters too.
+    if float || i - start > 19 {
+        // Only ASCII was consumed, so this is a char boundary.
+        let s = std::str::from_utf8(&b[start..i]).map_err(|_| Invalid::Syntax)?;
+        let f: f64 = s.parse().map_err(|_| Invalid::Syntax)?;
+        if !f.is_finite() {
+            return Err(Invalid::Syntax);
+        }
+    }
+    Ok(i)
+}
+
+/// True for each byte of `w` that is `"`, `\` or a control character (below 0x20), as the
+/// byte's high bit.
+#[inline(always)]
+fn special(w: u64) -> u64 {
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    // `has_zero` and `has_less` from "Bit Twiddling Hacks", exact for bytes below 0x80;
+    // bytes of 0x80 and above are masked out by `!w`.
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v;
+    (zero(quote) | zero(backslash) | w.wrapping_sub(ONES * 0x20)) & !w & HIGH
+}
+
+/// The end (after the closing quote) of the string whose opening quote is at `i`,
+/// validating its escapes and refusing raw control characters.
+fn string_end(b: &[u8], mut i: usize) -> Result<usize, Invalid> {
+    i += 1;
+    loop {
+        while i + 8 <= b.len() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            let m = special(u64::from_le_bytes(w));
+            if m != 0 {
+                // The lowest flagged byte is exact: borrows only run upwards from a real hit.
+                i += (m.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        let Some(&c) = b.get(i) else {
+            return Err(Invalid::Syntax);
+        };
+        match c {
+            b'"' => return Ok(i + 1),
+            b'\\' => i = escape_end(b, i)?,
+            0..=0x1F => return Err(Invalid::Syntax),
+            _ => i += 1,
+        }
+    }
+}
+
+/// The end of the escape at `i` (a backslash), validated as serde_json does.
+fn escape_end(b: &[u8], i: usize) -> Result<usize, Invalid> {
+    match b.get(i + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
+        Some(b'u') => {
+            let n = hex4(b, i + 2).ok_or(Invalid::Syntax)?;
+            match n {
+                0xDC00..=0xDFFF => Err(Invalid::Syntax),
+                0xD800..=0xDBFF => {
+                    if b.get(i + 6) != Some(&b'\\') || b.get(i + 7) != Some(&b'u') {
+                        return Err(Invalid::Syntax);
+                    }
+                    match hex4(b, i + 8) {
+                        Some(0xDC00..=0xDFFF) => Ok(i + 12),
+                        _ => Err(Invalid::Syntax),
+                    }
+                }
+                _ => Ok(i + 6),
+            }
+        }
+        _ => Err(Invalid::Syntax),
+    }
+}
+
+fn hex4(b: &[u8], i: usize) -> Option<u32> {
+    let digits = b.get(i..i + 4)?;
+    let mut n = 0;
+    for &d in digits {
+        n = n * 16 + char::from(d).to_digit(16)?;
+    }
+    Some(n)
+}
+
+/// The end of the (valid) string starting at `i`, found by its closing quote: the first
+/// quote after an even number of backslashes. Searching for quotes alone stops less often
+/// than stopping at every escape, which text such as source code is full of.
+#[inline]
+fn skip_string(b: &[u8], mut i: usize) -> usize {
+    i += 1;
+    loop {
+        let Some(k) = memchr::memchr(b'"', &b[i..]) else {
+            return b.len();
+        };
+        let quote = i + k;
+        // The opening quote bounds the run of backslashes.
+        let backslashes = b[..quote].iter().rev().take_while(|&&c| c == b'\\').count();
+        if backslashes % 2 == 0 {
+            return quote + 1;
+        }
+        i = quote + 1;
+    }
+}
+
+/// The end of the (valid) value starting at `i`.
+fn skip_value(b: &[u8], i: usize) -> usize {
+    match b[i] {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0u32;
+            let mut i = i;
+            loop {
+                match b[i] {
+                    b'"' => {
+                        i = skip_string(b, i);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let mut i = i;
+            while i < b.len() && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+            {
+                i += 1;
+            }
+            i
+        }
+    }
+}
+
+/// One value of a validated body, as its raw JSON text (no surrounding whitespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Val<'a> {
+    raw: &'a str,
+}
+
+impl<'a> Val<'a> {
+    #[cfg(test)]
+    pub(crate) fn raw(self) -> &'a str {
+        self.raw
+    }
+
+    fn first(self) -> u8 {
+        self.raw.as_bytes()[0]
+    }
+
+    pub(crate) fn is_null(self) -> bool {
+        self.first() == b'n'
+    }
+
+    pub(crate) fn is_object(self) -> bool {
+        self.first() == b'{'
+    }
+
+    pub(crate) fn is_array(self) -> bool {
+        self.first() == b'['
+    }
+
+    /// For a string, its text between the quotes with escapes as written.
+    pub(crate) fn string_raw(self) -> Option<&'a str> {
+        (self.first() == b'"').then(|| &self.raw[1..self.raw.len() - 1])
+    }
+
+    /// For a string, its value (borrowed unless it has escapes).
+    pub(crate) fn as_str(self) -> Option<Cow<'a, str>> {
+        let raw = self.string_raw()?;
+        Some(unescape(raw))
+    }
+
+    /// For a string, whether its value equals `s`.
+    pub(crate) fn str_eq(self, s: &str) -> bool {
+        self.string_raw().is_some_and(|raw| raw_eq(raw, s))
+    }
+
+    /// The elements of an array (none for other values).
+    pub(crate) fn elements(self) -> Elements<'a> {
+        Elements {
+            b: self.raw.as_bytes(),
+            s: self.raw,
+            i: if self.is_array() { 1 } else { self.raw.len() },
+        }
+    }
+
+    /// The members of an object as (raw key, value) (none for other values).
+    pub(crate) fn members(self) -> Members<'a> {
+        Members {
+            elements: Elements {
+                b: self.raw.as_bytes(),
+                s: self.raw,
+                i: if self.is_object() { 1 } else { self.raw.len() },
+            },
+        }
+    }
+
+    /// The value of member `key` of an object; the last one when the key repeats, as in a
+    /// parsed map. `None` for other values.
+    pub(crate) fn get(self, key: &str) -> Option<Val<'a>> {
+        let [v] = self.fields([key]);
+        v
+    }
+
+    /// The values of several members, in one pass over the object.
+    pub(crate) fn fields<const N: usize>(self, keys: [&str; N]) -> [Option<Val<'a>>; N] {
+        let mut out = [None; N];
+        for (k, v) in self.members() {
+            for (slot, key) in out.iter_mut().zip(keys) {
+                if raw_eq(k, key) {
+                    *slot = Some(v);
+                }
+            }
+        }
+        out
+    }
+
+    /// The value as serde_json's `Value` (for small values whose serialization is counted).
+    pub(crate) fn to_value(self) -> serde_json::Value {
+        serde_json::from_str(self.raw).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Iterator over the elements of an array [`Val`].
+pub(crate) struct Elements<'a> {
+    b: &'a [u8],
+    s: &'a str,
+    /// Just after `[` or a comma, or the end.
+    i: usize,
+}
+
+impl<'a> Elements<'a> {
+    fn next_value(&mut self) -> Option<Val<'a>> {
+        let i = skip_ws(self.b, self.i);
+        if i >= self.b.len() || matches!(self.b[i], b']' | b'}') {
+            self.i = self.b.len();
+            return None;
+        }
+        let end = skip_value(self.b, i);
+        let next = skip_ws(self.b, end);
+        // A comma or the closing bracket.
+        self.i = if self.b.get(next) == Some(&b',') {
+            next + 1
+        } else {
+            self.b.len()
+        };
+        Some(Val {
+            raw: &self.s[i..end],
+        })
+    }
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Val<'a>;
+
+    fn next(&mut self) -> Option<Val<'a>> {
+        self.next_value()
+    }
+}
+
+/// Iterator over the members of an object [`Val`]: raw key text (escapes as written) and
+/// value.
+pub(crate) struct Members<'a> {
+    elements: Elements<'a>,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (&'a str, Val<'a>);
+
+    fn next(&mut self) -> Option<(&'a str, Val<'a>)> {
+        let e = &mut self.elements;
+        let i = skip_ws(e.b, e.i);
+        if i >= e.b.len() || e.b[i] != b'"' {
+            e.i = e.b.len();
+            return None;
+        }
+        let key_end = skip_string(e.b, i);
+        let key = &e.s[i + 1..key_end - 1];
+        let colon = skip_ws(e.b, key_end);
+        e.i = colon + 1;
+        let value = e.next_value()?;
+        Some((key, value))
+    }
+}
+
+/// Whether the raw JSON string text `raw` denotes `s`.
+fn raw_eq(raw: &str, s: &str) -> bool {
+    if raw.len() == s.len() && raw == s {
+        return true;
+    }
+    // An escape can only make the raw text longer than what it denotes.
+    raw.len() > s.len() && raw.contains('\\') && unescape(raw) == s
+}
+
+/// The value of the raw JSON string text `raw` (validated), borrowed when it has no escape.
+pub(crate) fn unescape(raw: &str) -> Cow<'_, str> {
+    if !raw.contains('\\') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    for_each_piece(raw, |piece| match piece {
+        Piece::Text(t) => out.push_str(t),
+        Piece::Char(c) => out.push(c),
+    });
+    Cow::Owned(out)
+}
+
+/// A run of unescaped text or one escaped char of a JSON string.
+pub(crate) enum Piece<'a> {
+    Text(&'a str),
+    Char(char),
+}
+
+/// Calls `f` with the pieces of the raw JSON string text `raw` (validated) in order: what
+/// they denote, concatenated, is the string's value.
+pub(crate) fn for_each_piece<'a>(raw: &'a str, mut f: impl FnMut(Piece<'a>)) {
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while let Some(k) = memchr::memchr(b'\\', &b[i..]) {
+        if k > 0 {
+            f(Piece::Text(&raw[i..i + k]));
+        }
+        let e = i + k;
+        let (c, len) = match b.get(e + 1) {
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'n') => ('\n', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'u') => {
+                let n = hex4(b, e + 2).unwrap_or(0xFFFD);
+                if (0xD800..=0xDBFF).contains(&n) {
+                    let low = hex4(b, e + 8).unwrap_or(0xDC00);
+                    let c = 0x10000 + ((n - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
+                    (char::from_u32(c).unwrap_or('\u{FFFD}'), 12)
+                } else {
+                    (char::from_u32(n).unwrap_or('\u{FFFD}'), 6)
+                }
+            }
+            Some(&other) => (char::from(other), 2),
+            None => ('\\', 1),
+        };
+        f(Piece::Char(c));
+        i = (e + len).min(b.len());
+    }
+    if i < b.len() {
+        f(Piece::Text(&raw[i..]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn agrees(body: &[u8]) {
+        let serde = serde_json::from_slice::<serde_json::Value>(body);
+        let ours = validate(body);
+        assert_eq!(
+            ours.is_ok(),
+            serde.is_ok(),
+            "{:?}: ours {ours:?}, serde_json {serde:?}",
+            String::from_utf8_lossy(body)
+        );
+        if let (Ok(v), Ok(value)) = (ours, serde) {
+            assert_eq!(v.to_value(), value);
+        }
+    }
+
+    #[test]
+    fn accepts_what_serde_json_accepts() {
+        for body in [
+            &b""[..],
+            b" ",
+            b"{}",
+            b" { } ",
+            b"[]",
+            b"[1,2,]",
+            b"{\"a\":1,}",
+            b"{\"a\" 1}",
+            b"{1:2}",
+            b"[1 2]",
+            b"01",
+            b"-",
+            b"-0",
+            b"1.",
+            b"1.e5",
+            b"1e",
+            b"1e+",
+            b"1E-7",
+            b"1e400",
+            b"-1e400",
+            b"1e-400",
+            b"123456789012345678901234567890",
+            b"[tru]",
+            b"nul",
+            b"\"\\ud800\"",
+            b"\"\\udc00\"",
+            b"\"\\ud800\\udc00\"",
+            b"\"\\ud800\\u0041\"",
+            b"\"\\ud800x\"",
+            b"\"\\u00e9\\/\\b\"",
+            b"\"\\x\"",
+            b"\"\\u12\"",
+            b"\"a\tb\"",
+            b"\"a\x7fb\"",
+            b"\"\xff\"",
+            b"\"caf\xc3\xa9\"",
+            b"{\"a\":[{\"b\":null}]}x",
+            b"{\"a\":[{\"b\":null}]}\n",
+            b"\"unterminated",
+            b"\"unterminated\\",
+            b"[\"a\",]",
+            b"{\"k\":\"v\",\"k\":\"w\"}",
+        ] {
+            agrees(body);
+        }
+    }
+
+    #[test]
+    fn depth_limit_is_serde_jsons() {
+        for depth in 120..135 {
+            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            agrees(body.as_bytes());
+            let body = format!(
+                "{}1{}",
+                "{\"a\":[".repeat(depth / 2),
+                "]}".repeat(depth / 2)
+            );
+            agrees(body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn lookups() {
+        let v = validate(br#" {"a": [1, "x\"y", {"b": null}], "c\u0064": "e", "a": 2 } "#).unwrap();
+        assert_eq!(v.get("a").unwrap().raw(), "2");
+        assert_eq!(v.get("cd").unwrap().as_str().unwrap(), "e");
+        assert!(v.get("b").is_none());
+        let [a, cd] = v.fields(["a", "cd"]);
+        assert_eq!((a.unwrap().raw(), cd.unwrap().raw()), ("2", "\"e\""));
+        let first = v.members().next().unwrap().1;
+        let items: Vec<&str> = first.elements().map(Val::raw).collect();
+        assert_eq!(items, ["1", r#""x\"y""#, r#"{"b": null}"#]);
+        assert_eq!(first.elements().nth(1).unwrap().as_str().unwrap(), "x\"y");
+        assert_eq!(validate(b"[]").unwrap().elements().count(), 0);
+        assert_eq!(validate(b"{ }").unwrap().members().count(), 0);
+    }
+
+    fn json_text() -> impl Strategy<Value = String> {
+        // Raw JSON-ish text from a small alphabet, so that many samples are near-valid.
+        prop::collection::vec(
+            prop::sample::select(vec![
+                "{",
+                "}",
+                "[",
+                "]",
+                ",",
+                ":",
+                " ",
+                "\"",
+                "\"a\"",
+                "\"k\":",
+                "1",
+                "-",
+                "0",
+                ".5",
+                "e9",
+                "true",
+                "null",
+                "\\",
+                "\\u00e9",
+                "\\ud83d\\ude00",
+                "\\ud800",
+                "é",
+                "\n",
+                "\t",
+                "x",
+            ]),
+            0..40,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn validation_agrees_with_serde_json(text in json_text()) {
+            agrees(text.as_bytes());
+        }
+
+        #[test]
+        fn validation_agrees_on_bytes(body in prop::collection::vec(any::<u8>(), 0..64)) {
+            agrees(&body);
+        }
+
+        #[test]
+        fn strings_round_trip(s in "\\PC{0,60}|[\\u{0}-\\u{7f}]{0,60}") {
+            let json = serde_json::to_string(&s).unwrap();
+            let v = validate(json.as_bytes()).unwrap();
+            prop_assert_eq!(v.as_str().unwrap(), s.as_str());
+            let escaped: String = s.chars().map(|c| format!("\\u{:04x}", c as u32 & 0xFFFF)).collect();
+            if s.chars().all(|c| (c as u32) < 0xD800) {
+                let json = format!("\"{escaped}\"");
+                prop_assert_eq!(validate(json.as_bytes()).unwrap().as_str().unwrap(), s.as_str());
+            }
+        }
+    }
+}
