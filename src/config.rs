@@ -401,7 +401,7 @@ impl ThrottleConfig {
 /// | `retry_budget` | 500 units, 5 per retry | see [`RetryBudget`] |
 /// | `max_wait` | 120 s | longest wait in the gate's queue per attempt |
 /// | `body_limit` | 25,000,000 bytes | largest request body |
-/// | `throttle_recovery` | the key's quota period | how long the gate takes after an upstream throttle to return to the rate that was throttled |
+/// | `throttle_recovery` | 1.5 × the key's quota period | how long the gate takes after an upstream throttle to return to the rate that was throttled |
 /// | `headroom` | 100 ms | refill time each bucket keeps unused, for upstream counting a request a little after the gate admitted it |
 /// | `estimator` | [`HeuristicEstimator`] | the [`TokenEstimator`] |
 ///
@@ -523,8 +523,8 @@ impl ThrottleConfigBuilder {
 
     /// After an upstream throttle the gate of that key cuts its rates to 70 % and climbs
     /// back on a cubic curve, reaching the throttled rate after this long and probing above
-    /// it afterwards (see the `gate` module, "Slowing down"); unset, one period of the key's
-    /// quota. Zero turns the slowdown off (the buckets are still emptied on a throttle); a
+    /// it afterwards (see the `gate` module, "Slowing down"); unset, one and a half periods
+    /// of the key's quota. Zero turns the slowdown off (the buckets are still emptied on a throttle); a
     /// [`Quota::discover`] needs it, so zero with one fails to build.
     pub fn throttle_recovery(mut self, recovery: Duration) -> Self {
         self.throttle_recovery = Some(recovery);

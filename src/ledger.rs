@@ -68,7 +68,7 @@ impl Ledger {
         if let Some(k) = keys.get(key) {
             return k.clone();
         }
-        let recovery = self.recovery.unwrap_or(quota.period);
+        let recovery = self.recovery.unwrap_or(quota.period.mul_f64(1.5));
         let ledger = Arc::new(KeyLedger::new(key.clone(), quota, recovery, self.headroom));
         keys.insert(key.clone(), ledger.clone());
         ledger
@@ -145,11 +145,13 @@ enum Phase {
 /// The rate multiplier of one key: CUBIC-like, as the AWS SDK's adaptive client, but
 /// scale-free (the curve is relative to `last_max`) and in units of the quota period.
 ///
-/// On a throttle: `last_max = m`, `m = β × m` (β = 0.7). Afterwards
+/// On a throttle: `last_max = min(m, measured)`, `m = β × last_max` (β = 0.7), `measured`
+/// the multiplier tokens were drawn at over the last period (as the AWS SDK takes the
+/// measured send rate). Afterwards
 /// `m(t) = last_max × (1 + (1 − β) × (t / K − 1)³)`, `t` the busy time since the cut, so
 /// `m(0) = β × last_max`, `m(K) = last_max` and the curve then probes above it (`m(2K) =
 /// 1.3 × last_max`); i.e. `C = (1 − β) × last_max / K³`. `K` is `throttle_recovery`, one
-/// quota period unless set. Clamped to `[FLOOR, cap]`.
+/// and a half quota periods unless set. Clamped to `[FLOOR, cap]`.
 #[derive(Clone, Debug)]
 struct Controller {
     scale: f64,
@@ -203,14 +205,18 @@ impl Controller {
         }
     }
 
-    /// Cuts the rate for a throttle of a request admitted at `admitted_at`; false when the
-    /// throttle is stale or adaptation is off.
-    fn cut(&mut self, now: Instant, admitted_at: Instant) -> bool {
+    /// Cuts the rate for a throttle of a request admitted at `admitted_at`, `measured` the
+    /// multiplier the key actually drew at over the last period; false when the throttle is
+    /// stale or adaptation is off.
+    fn cut(&mut self, now: Instant, admitted_at: Instant, measured: f64) -> bool {
         if self.recovery == 0.0 || self.last_cut.is_some_and(|c| admitted_at <= c) {
             return false;
         }
-        let last_max = self.scale;
-        self.scale = (BETA * last_max).max(FLOOR);
+        // As the AWS SDK: the rate that was throttled is what was really sent, when that was
+        // less than the rate allowed (upstream's burst room hides an excess for a while).
+        let m = self.scale.min(measured.max(FLOOR));
+        let last_max = m;
+        self.scale = (BETA * m).max(FLOOR);
         self.phase = Phase::Cubic {
             last_max,
             clock: 0.0,
@@ -230,11 +236,29 @@ struct Meter {
     /// End of the current step; the multiplier is constant until then.
     step_end: Instant,
     step: Duration,
+    /// Net tokens drawn (taken less given back) per step over the last period, the current
+    /// step at `slot`.
+    drawn: Vec<f64>,
+    slot: usize,
 }
 
 impl Meter {
     fn buckets(&mut self) -> impl Iterator<Item = &mut Bucket> {
         std::iter::once(&mut self.tokens).chain(self.requests.as_mut())
+    }
+
+    fn record(&mut self, tokens: f64) {
+        self.drawn[self.slot] += tokens;
+    }
+
+    fn next_slot(&mut self) {
+        self.slot = (self.slot + 1) % self.drawn.len();
+        self.drawn[self.slot] = 0.0;
+    }
+
+    /// The multiplier at which tokens were drawn over the last period.
+    fn measured(&self) -> f64 {
+        self.drawn.iter().sum::<f64>() / self.tokens.capacity
     }
 
     /// Refills up to `now`, stepping the controller at each step boundary on the way.
@@ -246,7 +270,17 @@ impl Meter {
             let s = self.ctl.scale;
             self.buckets().for_each(|b| b.fill(secs, s));
             self.updated = now;
-            self.step_end = now + self.step;
+            // The draw history moves along the step grid; after a whole period idle it is
+            // empty, and the grid starts again from now.
+            let period = self.step * self.drawn.len() as u32;
+            if now >= self.step_end + period {
+                self.drawn.iter_mut().for_each(|d| *d = 0.0);
+                self.step_end = now + self.step;
+            }
+            while self.step_end <= now {
+                self.step_end += self.step;
+                self.next_slot();
+            }
             return;
         }
         while self.updated < now {
@@ -262,6 +296,7 @@ impl Meter {
                 self.buckets()
                     .for_each(|b| b.level = b.level.min(b.capacity(s)));
                 self.step_end += self.step;
+                self.next_slot();
             }
         }
     }
@@ -331,6 +366,7 @@ impl KeyState {
 
     fn take(&mut self, tokens: u64) {
         self.meter.tokens.level -= tokens as f64;
+        self.meter.record(tokens as f64);
         if let Some(r) = &mut self.meter.requests {
             r.level -= 1.0;
         }
@@ -377,6 +413,8 @@ impl KeyLedger {
                     updated: now,
                     step_end: now + step,
                     step,
+                    drawn: vec![0.0; STEPS_PER_PERIOD as usize],
+                    slot: 0,
                 },
                 queue: VecDeque::new(),
                 wakers: HashMap::new(),
@@ -428,7 +466,8 @@ impl KeyLedger {
             .meter
             .buckets()
             .for_each(|b| b.level = b.level.min(0.0));
-        if state.meter.ctl.cut(now, admitted_at) {
+        let measured = state.meter.measured();
+        if state.meter.ctl.cut(now, admitted_at, measured) {
             // A new step grid from the cut, so the curve's steps line up with it.
             state.meter.step_end = now + state.meter.step;
             tracing::debug!(
@@ -596,6 +635,7 @@ impl Reservation {
         state.refill(Instant::now());
         let cap = state.meter.tokens.capacity(state.meter.ctl.scale);
         state.meter.tokens.level = (state.meter.tokens.level + diff).min(cap);
+        state.meter.record(-diff);
         if diff > 0.0 {
             state.wake_head();
         }
@@ -725,14 +765,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_throttle_empties_the_buckets_and_cuts_the_rate_once_per_cut() {
         let l = ledger(None, 6_000);
-        let admitted = Instant::now();
+        let t0 = Instant::now();
+        // A period's quota drawn: the rate that was throttled is the whole quota.
+        let _r = admitted(l.admit(6_000, far()));
         tokio::time::advance(Duration::from_millis(10)).await;
-        l.throttled(admitted);
+        l.throttled(t0);
         let (level, scale, _) = l.snapshot();
         assert_eq!((level, scale), (0.0, 0.7));
         // Refusals of requests admitted before the cut do not cut again ...
         tokio::time::advance(Duration::from_secs(1)).await;
-        l.throttled(admitted);
+        l.throttled(t0);
         let (level, scale, _) = l.snapshot();
         assert_eq!(level, 0.0, "but they empty the bucket");
         // (the rate has begun to climb back)
@@ -763,7 +805,7 @@ mod tests {
     fn the_curve_returns_to_the_throttled_rate_after_k_then_probes_above_it() {
         let t0 = Instant::now();
         let mut c = Controller::new(false, period(), period());
-        assert!(c.cut(t0, t0 - Duration::from_secs(1)));
+        assert!(c.cut(t0, t0 - Duration::from_secs(1), 10.0));
         assert_eq!(c.scale, 0.7);
         // Idle steps do not move the curve.
         (0..100).for_each(|_| c.step(0.6, false));
@@ -781,7 +823,7 @@ mod tests {
         // Slow start: doubles per half period of busy time.
         (0..50).for_each(|_| d.step(0.6, true));
         assert!((d.scale - 2.0).abs() < 1e-9, "{}", d.scale);
-        assert!(d.cut(t0, t0 - Duration::from_secs(1)));
+        assert!(d.cut(t0, t0 - Duration::from_secs(1), 10.0));
         assert!((d.scale - 1.4).abs() < 1e-9);
         (0..200).for_each(|_| d.step(0.6, true));
         assert!((d.scale - 2.6).abs() < 1e-9, "{}", d.scale);
@@ -797,6 +839,8 @@ mod tests {
             updated: now,
             step_end: now + step,
             step,
+            drawn: vec![0.0; STEPS_PER_PERIOD as usize],
+            slot: 0,
         }
     }
 
@@ -806,7 +850,7 @@ mod tests {
             let start = Instant::now();
             let mut a = meter(discover);
             a.tokens.level = -3_000.0;
-            a.ctl.cut(start, start - Duration::from_secs(1));
+            a.ctl.cut(start, start - Duration::from_secs(1), 10.0);
             let mut b = a.clone();
             let end = start + Duration::from_secs(150);
             // Irregular small increments against one jump.
@@ -823,7 +867,7 @@ mod tests {
             // And it is the sum of rate × time over the steps: replay the steps by hand.
             let mut c = meter(discover);
             c.tokens.level = -3_000.0;
-            c.ctl.cut(start, start - Duration::from_secs(1));
+            c.ctl.cut(start, start - Duration::from_secs(1), 10.0);
             let mut level = -3_000.0;
             for _ in 0..250 {
                 let s = c.ctl.scale;
@@ -844,7 +888,7 @@ mod tests {
         let start = Instant::now();
         let mut m = meter(false);
         m.tokens.level = 0.0;
-        m.ctl.cut(start, start - Duration::from_secs(1));
+        m.ctl.cut(start, start - Duration::from_secs(1), 10.0);
         let wait = m.time_to_fit(5_000);
         // Slower than at full rate, faster than at the cut rate.
         assert!(

@@ -94,9 +94,12 @@
 //! tokens and requests alike, follow a CUBIC-like curve as the AWS SDK's adaptive client
 //! does, but in tokens as well as requests and relative to the quota period:
 //!
-//! - on a throttle the rate multiplier `m` is cut: `last_max = m`, `m = 0.7 × m`;
+//! - on a throttle the rate multiplier `m` is cut: `last_max = min(m, measured)`,
+//!   `m = 0.7 × last_max`, where `measured` is the rate tokens were really drawn at over
+//!   the last period (upstream's burst room can hide an excess for a while, so the allowed
+//!   rate at the moment of the throttle overstates what upstream sustains);
 //! - afterwards `m(t) = last_max × (1 + 0.3 × (t / K − 1)³)`: back at `last_max` after
-//!   `K = throttle_recovery` (one period of the key's quota unless set), flat around it,
+//!   `K = throttle_recovery` (1.5 periods of the key's quota unless set), flat around it,
 //!   then probing above it (1.3 × `last_max` at `2K`), i.e. `C = 0.3 × last_max / K³`;
 //! - `t` counts only time in which the key is busy (a request waits, or a bucket is below
 //!   half full), so an idle key does not drift up to a rate nobody tried;
