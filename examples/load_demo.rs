@@ -4,7 +4,12 @@
 //! ```text
 //! cargo run --release --example load_demo --features emulator
 //! cargo run --release --example load_demo --features emulator -- --stacks layer-http,retry --requests 600 --callers 128
+//! cargo run --release --example load_demo --all-features -- --scenario unknown-quota --stacks sdk-adaptive,layer-http,layer-sdk
 //! ```
+//!
+//! `--scenario` sets what the layer stacks are told about the quotas: `known` (the default:
+//! the emulator's numbers), `unknown-quota` (nothing: `Quota::discover()`, found from
+//! throttles) or `double-quota` (twice the real numbers).
 //!
 //! Each stack gets a fresh emulator with the same quotas, seed and workload: chat requests
 //! and large RAG prompts for three models, sent by `--callers` concurrent callers. Quotas
@@ -70,7 +75,10 @@ const ALL_STACKS: [&str; 6] = [
     "layer-sdk",
 ];
 
+const SCENARIOS: [&str; 3] = ["known", "unknown-quota", "double-quota"];
+
 struct Options {
+    scenario: String,
     callers: usize,
     requests: usize,
     period: Duration,
@@ -82,6 +90,7 @@ struct Options {
 impl Options {
     fn parse() -> Self {
         let mut o = Options {
+            scenario: "known".into(),
             callers: 64,
             requests: 360,
             period: Duration::from_secs(6),
@@ -107,9 +116,17 @@ impl Options {
                 }
                 "--seed" => o.seed = value().parse().unwrap_or_else(|_| fail("--seed N")),
                 "--stacks" => o.stacks = value().split(',').map(str::to_string).collect(),
+                "--scenario" => o.scenario = value(),
                 "--out" => o.out = value(),
                 _ => fail(&format!("unknown flag {flag}")),
             }
+        }
+        if !SCENARIOS.contains(&o.scenario.as_str()) {
+            fail(&format!(
+                "unknown scenario {}; scenarios: {}",
+                o.scenario,
+                SCENARIOS.join(",")
+            ));
         }
         for s in &o.stacks {
             if !ALL_STACKS.contains(&s.as_str()) {
@@ -126,7 +143,7 @@ impl Options {
 fn fail(msg: &str) -> ! {
     eprintln!("{msg}");
     eprintln!(
-        "usage: load_demo [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg]",
+        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg]",
         ALL_STACKS.join(",")
     );
     std::process::exit(2)
@@ -255,8 +272,13 @@ fn stack(name: &str, base: &str, opts: &Options) -> Stack {
     let config = || {
         let mut b = ThrottleConfig::builder();
         for (model, rpm, tpm) in MODELS {
-            let quota = Quota::new(rpm.map(|r| r as u32), tpm).with_period(opts.period);
-            b = b.model_quota(model, quota);
+            let rpm = rpm.map(|r| r as u32);
+            let quota = match opts.scenario.as_str() {
+                "unknown-quota" => Quota::discover(),
+                "double-quota" => Quota::new(rpm.map(|r| 2 * r), 2 * tpm),
+                _ => Quota::new(rpm, tpm),
+            };
+            b = b.model_quota(model, quota.with_period(opts.period));
         }
         b.max_wait(Duration::from_secs(600))
             .build()
@@ -550,11 +572,12 @@ async fn main() {
     let opts = Options::parse();
     let jobs = workload(opts.requests, opts.seed);
     println!(
-        "{} requests ({} callers) over {} models, quotas per {:.1} s; stacks: {}",
+        "{} requests ({} callers) over {} models, quotas per {:.1} s, scenario {}; stacks: {}",
         jobs.len(),
         opts.callers,
         MODELS.len(),
         opts.period.as_secs_f64(),
+        opts.scenario,
         opts.stacks.join(", ")
     );
     let mut results = Vec::new();

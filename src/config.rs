@@ -18,13 +18,20 @@ pub const BEDROCK_MAX_BODY_BYTES: usize = 25_000_000;
 /// RPM is optional because Bedrock's newer quota tables list only tokens per minute; leave it
 /// out with `None` or [`Quota::tokens_per_minute`].
 ///
+/// A configured quota is a ceiling: when upstream throttles below it (the account's real
+/// quota is lower, or another application spends from it) the gate finds the real capacity
+/// and keeps to it (see the `gate` module docs, "Slowing down"). When the number is not
+/// known at all, [`Quota::discover`] starts from a guess and finds it.
+///
 /// ```
 /// use bedrock_throttle::Quota;
 ///
 /// let claude_3_5 = Quota::new(50, 400_000); // 50 RPM, 400,000 TPM
 /// let sonnet_4 = Quota::tokens_per_minute(200_000); // TPM only
 /// let custom = Quota::new(None, 1_000_000).with_burndown(5.0);
+/// let unknown = Quota::discover(); // found from upstream throttles
 /// assert_eq!(claude_3_5.requests(), Some(50));
+/// assert!(unknown.discovers() && !sonnet_4.discovers());
 /// assert_eq!(sonnet_4.requests(), None);
 /// assert_eq!(custom.burndown(), Some(5.0));
 /// ```
@@ -34,7 +41,14 @@ pub struct Quota {
     tokens: u64,
     period: Duration,
     burndown: Option<f64>,
+    discover: bool,
 }
+
+/// The tokens per minute a [`Quota::discover`] starts from: the smallest default Bedrock
+/// quota seen on new accounts (a cross-Region Claude 3.7 Sonnet, 20,000 TPM). Slow start
+/// doubles it every half period while the callers use it all, so it passes 400,000 TPM
+/// in about two and a half minutes of load.
+pub const DISCOVER_START_TPM: u64 = 20_000;
 
 impl Quota {
     /// `rpm` requests (or `None` for no request limit) and `tpm` tokens per minute.
@@ -44,6 +58,38 @@ impl Quota {
             tokens: tpm,
             period: Duration::from_secs(60),
             burndown: None,
+            discover: false,
+        }
+    }
+
+    /// No number at all: the gate finds the token rate from upstream throttles, starting at
+    /// [`DISCOVER_START_TPM`] tokens per minute, with no request limit.
+    ///
+    /// Until the first throttle the rate doubles every half period while the callers use
+    /// what it gives (slow start); from then on it follows the same curve as a configured
+    /// quota after a throttle, without a ceiling. The bucket holds one period at the
+    /// current rate, and a request larger than that is admitted from a full bucket (its
+    /// excess is debt), so [`ThrottleError::NeverFits`](crate::ThrottleError) never fires
+    /// for a discovered quota. Request-count throttles ("Too many requests") slow the token
+    /// rate too, so against an RPM limit it settles at the token rate that limit allows.
+    ///
+    /// ```
+    /// use bedrock_throttle::{Quota, ThrottleConfig};
+    ///
+    /// let cfg = ThrottleConfig::builder().quota(Quota::discover()).build()?;
+    /// # let _ = cfg;
+    /// # Ok::<(), bedrock_throttle::ConfigError>(())
+    /// ```
+    pub fn discover() -> Self {
+        Self::discover_from(DISCOVER_START_TPM)
+    }
+
+    /// Like [`Quota::discover`], starting from `tpm` tokens per minute (per period when
+    /// [`with_period`](Self::with_period) is set).
+    pub fn discover_from(tpm: u64) -> Self {
+        Self {
+            discover: true,
+            ..Self::new(None, tpm)
         }
     }
 
@@ -86,6 +132,12 @@ impl Quota {
     /// The burndown set on this quota, if any.
     pub fn burndown(&self) -> Option<f64> {
         self.burndown
+    }
+
+    /// Whether the token rate is discovered ([`Quota::discover`]); then
+    /// [`tokens`](Self::tokens) is only where discovery starts.
+    pub fn discovers(&self) -> bool {
+        self.discover
     }
 
     fn validate(&self, what: &str) -> Result<(), ConfigError> {
@@ -219,6 +271,8 @@ pub(crate) struct ResolvedQuota {
     pub(crate) tokens: u64,
     pub(crate) period: Duration,
     pub(crate) burndown: f64,
+    /// `tokens` is a starting guess, not a ceiling.
+    pub(crate) discover: bool,
 }
 
 impl Settings {
@@ -238,6 +292,7 @@ impl Settings {
             tokens: quota.tokens,
             period: quota.period,
             burndown: self.burndown_for(model, quota),
+            discover: quota.discover,
         })
     }
 
@@ -306,6 +361,30 @@ impl ThrottleConfig {
     pub fn builder() -> ThrottleConfigBuilder {
         ThrottleConfigBuilder::default()
     }
+
+    /// The rates the gate admits `key` at now, as a quota per the configured period
+    /// (rounded): the configured numbers until upstream throttles, less after, and for a
+    /// [`Quota::discover`] the capacity found so far. `None` until the key's first request.
+    ///
+    /// ```
+    /// use bedrock_throttle::{Quota, QuotaKey, ThrottleConfig};
+    ///
+    /// let cfg = ThrottleConfig::builder().quota(Quota::new(50, 400_000)).build()?;
+    /// assert_eq!(cfg.effective_quota(&QuotaKey::new(Some("m"), None)), None);
+    /// # Ok::<(), bedrock_throttle::ConfigError>(())
+    /// ```
+    pub fn effective_quota(&self, key: &QuotaKey) -> Option<Quota> {
+        let configured = self.shared.settings.quota_for(key)?;
+        let ledger = self.shared.ledger.get(key)?;
+        let (tokens, requests) = ledger.rates();
+        Some(Quota {
+            requests: requests.map(|r| r.round().max(1.0) as u32),
+            tokens: tokens.round().max(1.0) as u64,
+            period: configured.period,
+            burndown: Some(configured.burndown),
+            discover: configured.discover,
+        })
+    }
 }
 
 /// Builds a [`ThrottleConfig`].
@@ -322,7 +401,7 @@ impl ThrottleConfig {
 /// | `retry_budget` | 500 units, 5 per retry | see [`RetryBudget`] |
 /// | `max_wait` | 120 s | longest wait in the gate's queue per attempt |
 /// | `body_limit` | 25,000,000 bytes | largest request body |
-/// | `throttle_recovery` | the key's quota period | how long the gate takes to return to full rate after an upstream throttle |
+/// | `throttle_recovery` | 1.5 × the key's quota period | how long the gate takes after an upstream throttle to return to the rate that was throttled |
 /// | `headroom` | 100 ms | refill time each bucket keeps unused, for upstream counting a request a little after the gate admitted it |
 /// | `estimator` | [`HeuristicEstimator`] | the [`TokenEstimator`] |
 ///
@@ -442,9 +521,11 @@ impl ThrottleConfigBuilder {
         self
     }
 
-    /// After an upstream throttle the gate of that key cuts its rates to 70 % and returns
-    /// to full rate linearly over this long (see the `gate` module); unset, over one period
-    /// of the key's quota. Zero turns the slowdown off.
+    /// After an upstream throttle the gate of that key cuts its rates to 70 % and climbs
+    /// back on a cubic curve, reaching the throttled rate after this long and probing above
+    /// it afterwards (see the `gate` module, "Slowing down"); unset, one and a half periods
+    /// of the key's quota. Zero turns the slowdown off (the buckets are still emptied on a throttle); a
+    /// [`Quota::discover`] needs it, so zero with one fails to build.
     pub fn throttle_recovery(mut self, recovery: Duration) -> Self {
         self.throttle_recovery = Some(recovery);
         self
@@ -478,6 +559,17 @@ impl ThrottleConfigBuilder {
         }
         if let Some(q) = &self.default_quota {
             q.validate("the default quota")?;
+        }
+        if self.throttle_recovery == Some(Duration::ZERO)
+            && self
+                .default_quota
+                .iter()
+                .chain(self.model_quotas.iter().map(|(_, q)| q))
+                .any(Quota::discovers)
+        {
+            return Err(ConfigError::new(
+                "throttle_recovery is zero, which turns slowing down off, but a discovered quota (Quota::discover) finds its rate only by slowing down on throttles",
+            ));
         }
         let mut model_quotas = HashMap::new();
         for (model, quota) in self.model_quotas {
@@ -602,6 +694,10 @@ mod tests {
             .retry_budget(RetryBudget::new(1, 5)))
         .contains("retry budget"));
         assert!(err(ThrottleConfig::builder().model_quota("", q)).contains("empty model id"));
+        assert!(err(ThrottleConfig::builder()
+            .quota(Quota::discover())
+            .throttle_recovery(Duration::ZERO))
+        .contains("discovered quota"));
     }
 
     #[test]

@@ -3,10 +3,15 @@
 //!
 //! governor's GCRA cannot refund tokens, and a dual limit must check both buckets before it
 //! takes from either, so both buckets are kept here, side by side, under one lock per key.
-//! Each bucket holds one period's quota when full and refills continuously at quota/period
-//! (scaled down for a while after an upstream throttle). A token bucket may go below zero
-//! when a settled charge exceeds its reservation; admissions then wait for the debt to
-//! refill.
+//! Each bucket holds one period's worth of its current rate when full and refills
+//! continuously at that rate. A token bucket may go below zero when a settled charge exceeds
+//! its reservation; admissions then wait for the debt to refill.
+//!
+//! The current rate is the quota's rate times a multiplier that a [`Controller`] moves: down
+//! on upstream throttles, back up on a cubic curve afterwards (see the `gate` module docs,
+//! "Slowing down"). The multiplier is re-evaluated on a fixed grid of steps (a hundredth of
+//! the period) and held constant in between, so the refill is an exact sum of constant-rate
+//! segments, the same however often the ledger is looked at, also under paused time.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -22,11 +27,23 @@ use tokio::time::{Instant, Sleep};
 
 use crate::{config::ResolvedQuota, QuotaKey, ThrottleError};
 
-/// Rate multiplier right after an upstream throttle, and its floor after repeated ones.
-const THROTTLE_CUT: f64 = 0.7;
-const THROTTLE_FLOOR: f64 = 0.1;
-/// Throttles closer together than this count as one (a burst of in-flight refusals).
-const THROTTLE_DEBOUNCE: Duration = Duration::from_secs(1);
+/// Multiplicative decrease on an upstream throttle (the AWS SDK's β).
+const BETA: f64 = 0.7;
+/// The lowest multiplier, as a share of the configured quota (or the discovery guess).
+const FLOOR: f64 = 0.01;
+/// The highest multiplier of a discovered quota, as a multiple of its starting guess.
+const DISCOVER_CAP: f64 = 10_000.0;
+/// The multiplier is re-evaluated this many times per quota period.
+const STEPS_PER_PERIOD: u32 = 100;
+/// A discovered quota that has never been throttled doubles its rate every this many
+/// periods while the key is busy (slow start).
+const SLOW_START_DOUBLING: f64 = 0.5;
+/// A bucket below this share of its capacity counts as busy: the curve only advances while
+/// the callers use what the rate gives.
+const BUSY_LEVEL: f64 = 0.5;
+/// Forward simulation of a waiter's wake-up time stops after this many steps and assumes
+/// the rate of the last one.
+const MAX_SIM_STEPS: usize = 100_000;
 
 /// Quota state of every key.
 #[derive(Debug)]
@@ -51,10 +68,15 @@ impl Ledger {
         if let Some(k) = keys.get(key) {
             return k.clone();
         }
-        let recovery = self.recovery.unwrap_or(quota.period);
+        let recovery = self.recovery.unwrap_or(quota.period.mul_f64(1.5));
         let ledger = Arc::new(KeyLedger::new(key.clone(), quota, recovery, self.headroom));
         keys.insert(key.clone(), ledger.clone());
         ledger
+    }
+
+    /// The ledger of `key`, if it has been used.
+    pub(crate) fn get(&self, key: &QuotaKey) -> Option<Arc<KeyLedger>> {
+        lock(&self.keys).get(key).cloned()
     }
 }
 
@@ -71,87 +93,261 @@ pub(crate) struct KeyLedger {
     state: Mutex<KeyState>,
 }
 
-#[derive(Debug)]
+/// A bucket whose capacity and refill rate are its quota's times the controller's
+/// multiplier.
+#[derive(Clone, Debug)]
 struct Bucket {
+    /// Capacity and refill per second at multiplier 1.
     capacity: f64,
     per_sec: f64,
     level: f64,
-    /// Refill kept unused on top of each cost (see `ThrottleConfigBuilder::headroom`).
+    /// Refill time kept unused on top of each cost (see `ThrottleConfigBuilder::headroom`).
     headroom: f64,
 }
 
 impl Bucket {
     fn full(per_period: f64, period: Duration, headroom: Duration) -> Self {
-        let per_sec = per_period / period.as_secs_f64();
         Self {
             capacity: per_period,
-            per_sec,
+            per_sec: per_period / period.as_secs_f64(),
             level: per_period,
-            headroom: per_sec * headroom.as_secs_f64(),
+            headroom: headroom.as_secs_f64(),
         }
     }
 
-    /// The level at which `cost` may be taken: cost plus headroom, never above capacity.
-    fn need(&self, cost: f64) -> f64 {
-        (cost + self.headroom).min(self.capacity)
+    fn capacity(&self, scale: f64) -> f64 {
+        self.capacity * scale
     }
 
-    /// Time for the level to reach `need` at `per_sec × scale`.
-    fn time_to(&self, need: f64, scale: f64) -> Duration {
-        let deficit = need - self.level;
-        if deficit <= 0.0 {
-            return Duration::ZERO;
+    /// The level at which `cost` may be taken: cost plus headroom, never above capacity
+    /// (so a request larger than the current capacity is admitted from a full bucket).
+    fn need(&self, cost: f64, scale: f64) -> f64 {
+        (cost + self.per_sec * scale * self.headroom).min(self.capacity(scale))
+    }
+
+    fn fill(&mut self, secs: f64, scale: f64) {
+        self.level = (self.level + self.per_sec * scale * secs).min(self.capacity(scale));
+    }
+}
+
+/// Where the rate curve is.
+#[derive(Clone, Debug, PartialEq)]
+enum Phase {
+    /// At the cap (the configured quota) and not throttled since.
+    Full,
+    /// A discovered quota never throttled yet: doubling every `SLOW_START_DOUBLING`
+    /// periods of busy time.
+    SlowStart,
+    /// After a throttle that hit at multiplier `last_max`; `clock` counts busy seconds since.
+    Cubic { last_max: f64, clock: f64 },
+}
+
+/// The rate multiplier of one key: CUBIC-like, as the AWS SDK's adaptive client, but
+/// scale-free (the curve is relative to `last_max`) and in units of the quota period.
+///
+/// On a throttle: `last_max = min(m, measured)`, `m = β × last_max` (β = 0.7), `measured`
+/// the multiplier tokens were drawn at over the last period (as the AWS SDK takes the
+/// measured send rate). Afterwards
+/// `m(t) = last_max × (1 + (1 − β) × (t / K − 1)³)`, `t` the busy time since the cut, so
+/// `m(0) = β × last_max`, `m(K) = last_max` and the curve then probes above it (`m(2K) =
+/// 1.3 × last_max`); i.e. `C = (1 − β) × last_max / K³`. `K` is `throttle_recovery`, one
+/// and a half quota periods unless set. Clamped to `[FLOOR, cap]`.
+#[derive(Clone, Debug)]
+struct Controller {
+    scale: f64,
+    cap: f64,
+    phase: Phase,
+    /// K in seconds; zero turns adaptation off.
+    recovery: f64,
+    period: f64,
+    /// When the last cut happened: throttles of requests admitted before it were caused by
+    /// the rate it already corrected, so they do not cut again.
+    last_cut: Option<Instant>,
+}
+
+impl Controller {
+    fn new(discover: bool, recovery: Duration, period: Duration) -> Self {
+        Self {
+            scale: 1.0,
+            cap: if discover { DISCOVER_CAP } else { 1.0 },
+            phase: if discover {
+                Phase::SlowStart
+            } else {
+                Phase::Full
+            },
+            recovery: recovery.as_secs_f64(),
+            period: period.as_secs_f64(),
+            last_cut: None,
         }
-        // Round up to the next microsecond so a wake-up at that instant finds the room.
-        let secs = deficit / (self.per_sec * scale);
-        Duration::from_secs_f64((secs * 1e6).ceil() / 1e6 + 1e-6)
     }
-}
 
-/// The rate multiplier after upstream throttles: cut to 70 % (of the current multiplier,
-/// floor 10 %), then back to 100 % linearly over `recovery`.
-#[derive(Debug)]
-struct RateScale {
-    recovery: Duration,
-    cut: Option<(Instant, f64)>,
-}
-
-impl RateScale {
-    fn at(&self, t: Instant) -> f64 {
-        match self.cut {
-            None => 1.0,
-            Some((at, s0)) => {
-                let f = t.saturating_duration_since(at).as_secs_f64() / self.recovery.as_secs_f64();
-                (s0 + (1.0 - s0) * f).min(1.0)
+    /// Moves the curve on by one step of `dt` seconds.
+    fn step(&mut self, dt: f64, busy: bool) {
+        match &mut self.phase {
+            Phase::Full => {}
+            Phase::SlowStart => {
+                if busy {
+                    let doubling = SLOW_START_DOUBLING * self.period;
+                    self.scale = (self.scale * (dt / doubling).exp2()).min(self.cap);
+                }
+            }
+            Phase::Cubic { last_max, clock } => {
+                if busy {
+                    *clock += dt;
+                }
+                let x = *clock / self.recovery - 1.0;
+                let m = *last_max * (1.0 + (1.0 - BETA) * x * x * x);
+                self.scale = m.clamp(FLOOR, self.cap);
+                if x > 0.0 && self.scale >= self.cap {
+                    self.phase = Phase::Full;
+                }
             }
         }
     }
 
-    /// Seconds of full-rate refill between `a` and `b` (∫ scale dt).
-    fn integral(&self, a: Instant, b: Instant) -> f64 {
-        let Some((at, _)) = self.cut else {
-            return b.saturating_duration_since(a).as_secs_f64();
+    /// Cuts the rate for a throttle of a request admitted at `admitted_at`, `measured` the
+    /// multiplier the key actually drew at over the last period; false when the throttle is
+    /// stale or adaptation is off.
+    fn cut(&mut self, now: Instant, admitted_at: Instant, measured: f64) -> bool {
+        if self.recovery == 0.0 || self.last_cut.is_some_and(|c| admitted_at <= c) {
+            return false;
+        }
+        // As the AWS SDK: the rate that was throttled is what was really sent, when that was
+        // less than the rate allowed (upstream's burst room hides an excess for a while).
+        let m = self.scale.min(measured.max(FLOOR));
+        let last_max = m;
+        self.scale = (BETA * m).max(FLOOR);
+        self.phase = Phase::Cubic {
+            last_max,
+            clock: 0.0,
         };
-        let full = at + self.recovery;
-        let mut total = 0.0;
-        if a < full {
-            let end = b.min(full);
-            total +=
-                (self.at(a) + self.at(end)) / 2.0 * end.saturating_duration_since(a).as_secs_f64();
+        self.last_cut = Some(now);
+        true
+    }
+}
+
+/// The buckets of one key and the controller that sets their rate.
+#[derive(Clone, Debug)]
+struct Meter {
+    tokens: Bucket,
+    requests: Option<Bucket>,
+    ctl: Controller,
+    updated: Instant,
+    /// End of the current step; the multiplier is constant until then.
+    step_end: Instant,
+    step: Duration,
+    /// Net tokens drawn (taken less given back) per step over the last period, the current
+    /// step at `slot`.
+    drawn: Vec<f64>,
+    slot: usize,
+}
+
+impl Meter {
+    fn buckets(&mut self) -> impl Iterator<Item = &mut Bucket> {
+        std::iter::once(&mut self.tokens).chain(self.requests.as_mut())
+    }
+
+    fn record(&mut self, tokens: f64) {
+        self.drawn[self.slot] += tokens;
+    }
+
+    fn next_slot(&mut self) {
+        self.slot = (self.slot + 1) % self.drawn.len();
+        self.drawn[self.slot] = 0.0;
+    }
+
+    /// The multiplier at which tokens were drawn over the last period.
+    fn measured(&self) -> f64 {
+        self.drawn.iter().sum::<f64>() / self.tokens.capacity
+    }
+
+    /// Refills up to `now`, stepping the controller at each step boundary on the way.
+    /// `queued`: someone waited all along (the queue only changes at a refill).
+    fn advance(&mut self, now: Instant, queued: bool) {
+        if self.ctl.phase == Phase::Full && now > self.updated {
+            // Constant rate: one segment, and the step grid moves along.
+            let secs = (now - self.updated).as_secs_f64();
+            let s = self.ctl.scale;
+            self.buckets().for_each(|b| b.fill(secs, s));
+            self.updated = now;
+            // The draw history moves along the step grid; after a whole period idle it is
+            // empty, and the grid starts again from now.
+            let period = self.step * self.drawn.len() as u32;
+            if now >= self.step_end + period {
+                self.drawn.iter_mut().for_each(|d| *d = 0.0);
+                self.step_end = now + self.step;
+            }
+            while self.step_end <= now {
+                self.step_end += self.step;
+                self.next_slot();
+            }
+            return;
         }
-        if b > full {
-            total += b.saturating_duration_since(a.max(full)).as_secs_f64();
+        while self.updated < now {
+            let end = now.min(self.step_end);
+            let secs = (end - self.updated).as_secs_f64();
+            let s = self.ctl.scale;
+            self.buckets().for_each(|b| b.fill(secs, s));
+            self.updated = end;
+            if end == self.step_end {
+                let busy = queued || self.buckets().any(|b| b.level < BUSY_LEVEL * b.capacity(s));
+                self.ctl.step(self.step.as_secs_f64(), busy);
+                let s = self.ctl.scale;
+                self.buckets()
+                    .for_each(|b| b.level = b.level.min(b.capacity(s)));
+                self.step_end += self.step;
+                self.next_slot();
+            }
         }
-        total
+    }
+
+    fn fits(&self, tokens: u64) -> bool {
+        let s = self.ctl.scale;
+        self.tokens.level >= self.tokens.need(tokens as f64, s)
+            && self
+                .requests
+                .as_ref()
+                .is_none_or(|r| r.level >= r.need(1.0, s))
+    }
+
+    /// Seconds at the current multiplier until both buckets hold what `tokens` needs.
+    fn wait_at_current_rate(&self, tokens: u64) -> f64 {
+        let s = self.ctl.scale;
+        let t = |b: &Bucket, cost: f64| ((b.need(cost, s) - b.level) / (b.per_sec * s)).max(0.0);
+        let r = self.requests.as_ref().map_or(0.0, |r| t(r, 1.0));
+        t(&self.tokens, tokens as f64).max(r)
+    }
+
+    /// How long from `self.updated` until `tokens` fits, following the rate curve forward
+    /// as a waiting key would.
+    fn time_to_fit(&self, tokens: u64) -> Duration {
+        let start = self.updated;
+        let mut m = self.clone();
+        let mut wait = m.wait_at_current_rate(tokens);
+        if wait == 0.0 {
+            return Duration::ZERO;
+        }
+        for _ in 0..MAX_SIM_STEPS {
+            if m.ctl.phase == Phase::Full || m.updated + Duration::from_secs_f64(wait) <= m.step_end
+            {
+                break;
+            }
+            let end = m.step_end;
+            m.advance(end, true);
+            wait = m.wait_at_current_rate(tokens);
+            if wait == 0.0 {
+                break;
+            }
+        }
+        let secs = (m.updated - start).as_secs_f64() + wait;
+        // Round up to the next microsecond so a wake-up at that instant finds the room.
+        Duration::from_secs_f64((secs * 1e6).ceil() / 1e6 + 1e-6)
     }
 }
 
 #[derive(Debug)]
 struct KeyState {
-    tokens: Bucket,
-    requests: Option<Bucket>,
-    scale: RateScale,
-    updated: Instant,
+    meter: Meter,
     /// Waiter ids in arrival order; the head is the only one that may be admitted.
     queue: VecDeque<u64>,
     wakers: HashMap<u64, Waker>,
@@ -160,36 +356,24 @@ struct KeyState {
 
 impl KeyState {
     fn refill(&mut self, now: Instant) {
-        let secs = self.scale.integral(self.updated, now);
-        self.updated = self.updated.max(now);
-        for b in std::iter::once(&mut self.tokens).chain(self.requests.as_mut()) {
-            b.level = (b.level + b.per_sec * secs).min(b.capacity);
-        }
+        let queued = !self.queue.is_empty();
+        self.meter.advance(now, queued);
     }
 
     fn fits(&self, tokens: u64) -> bool {
-        self.tokens.level >= self.tokens.need(tokens as f64)
-            && self
-                .requests
-                .as_ref()
-                .is_none_or(|r| r.level >= r.need(1.0))
+        self.meter.fits(tokens)
     }
 
     fn take(&mut self, tokens: u64) {
-        self.tokens.level -= tokens as f64;
-        if let Some(r) = &mut self.requests {
+        self.meter.tokens.level -= tokens as f64;
+        self.meter.record(tokens as f64);
+        if let Some(r) = &mut self.meter.requests {
             r.level -= 1.0;
         }
     }
 
-    fn time_to_fit(&self, tokens: u64, now: Instant) -> Duration {
-        let scale = self.scale.at(now);
-        let t = self.tokens.time_to(self.tokens.need(tokens as f64), scale);
-        let r = self
-            .requests
-            .as_ref()
-            .map_or(Duration::ZERO, |r| r.time_to(r.need(1.0), scale));
-        t.max(r)
+    fn time_to_fit(&self, tokens: u64) -> Duration {
+        self.meter.time_to_fit(tokens)
     }
 
     fn wake_head(&mut self) {
@@ -202,6 +386,7 @@ impl KeyState {
 
     /// Removes waiter `id`; wakes the next head if `id` was the head.
     fn leave(&mut self, id: u64) {
+        self.refill(Instant::now());
         self.wakers.remove(&id);
         if self.queue.front() == Some(&id) {
             self.queue.pop_front();
@@ -214,25 +399,29 @@ impl KeyState {
 
 impl KeyLedger {
     fn new(key: QuotaKey, quota: ResolvedQuota, recovery: Duration, headroom: Duration) -> Self {
+        let now = Instant::now();
+        let step = (quota.period / STEPS_PER_PERIOD).max(Duration::from_micros(1));
         Self {
             key,
             state: Mutex::new(KeyState {
-                tokens: Bucket::full(quota.tokens as f64, quota.period, headroom),
-                requests: quota
-                    .requests
-                    .map(|r| Bucket::full(f64::from(r), quota.period, headroom)),
-                scale: RateScale {
-                    recovery,
-                    cut: None,
+                meter: Meter {
+                    tokens: Bucket::full(quota.tokens as f64, quota.period, headroom),
+                    requests: quota
+                        .requests
+                        .map(|r| Bucket::full(f64::from(r), quota.period, headroom)),
+                    ctl: Controller::new(quota.discover, recovery, quota.period),
+                    updated: now,
+                    step_end: now + step,
+                    step,
+                    drawn: vec![0.0; STEPS_PER_PERIOD as usize],
+                    slot: 0,
                 },
-                updated: Instant::now(),
                 queue: VecDeque::new(),
                 wakers: HashMap::new(),
                 next_id: 0,
             }),
         }
     }
-
     pub(crate) fn key(&self) -> &QuotaKey {
         &self.key
     }
@@ -246,7 +435,7 @@ impl KeyLedger {
             state.refill(now);
             if state.fits(tokens) {
                 state.take(tokens);
-                return Admission::Admitted(Reservation::new(self.clone(), tokens));
+                return Admission::Admitted(Reservation::new(self.clone(), tokens, now));
             }
         }
         let id = state.next_id;
@@ -266,28 +455,39 @@ impl KeyLedger {
         })
     }
 
-    /// Upstream refused a request for lack of quota: whatever room this ledger thought it
-    /// had is gone, and the rates are cut (at most once per second).
-    pub(crate) fn throttled(&self) {
+    /// Upstream refused a request admitted at `admitted_at` for lack of quota: whatever
+    /// room this ledger thought it had is gone, and the rates are cut unless the request was
+    /// admitted before the last cut (its refusal is news of the rate already corrected).
+    fn throttled(&self, admitted_at: Instant) {
         let now = Instant::now();
         let mut state = lock(&self.state);
         state.refill(now);
-        let state = &mut *state;
-        for b in std::iter::once(&mut state.tokens).chain(state.requests.as_mut()) {
-            b.level = b.level.min(0.0);
+        state
+            .meter
+            .buckets()
+            .for_each(|b| b.level = b.level.min(0.0));
+        let measured = state.meter.measured();
+        if state.meter.ctl.cut(now, admitted_at, measured) {
+            // A new step grid from the cut, so the curve's steps line up with it.
+            state.meter.step_end = now + state.meter.step;
+            tracing::debug!(
+                quota_key = %self.key,
+                rate_scale = state.meter.ctl.scale,
+                "upstream throttled: slowing down"
+            );
         }
-        if state.scale.recovery.is_zero() {
-            return;
-        }
-        let recent = state
-            .scale
-            .cut
-            .is_some_and(|(at, _)| now.saturating_duration_since(at) < THROTTLE_DEBOUNCE);
-        if !recent {
-            let s = (state.scale.at(now) * THROTTLE_CUT).max(THROTTLE_FLOOR);
-            state.scale.cut = Some((now, s));
-            tracing::debug!(quota_key = %self.key, rate_scale = s, "upstream throttled: slowing down");
-        }
+    }
+
+    /// The current rates per period: tokens, and requests when limited.
+    pub(crate) fn rates(&self) -> (f64, Option<f64>) {
+        let mut state = lock(&self.state);
+        state.refill(Instant::now());
+        let m = &state.meter;
+        let s = m.ctl.scale;
+        (
+            m.tokens.capacity(s),
+            m.requests.as_ref().map(|r| r.capacity(s)),
+        )
     }
 
     /// The current token level and rate multiplier (for tests and diagnostics).
@@ -296,7 +496,11 @@ impl KeyLedger {
         let now = Instant::now();
         let mut state = lock(&self.state);
         state.refill(now);
-        (state.tokens.level, state.scale.at(now), state.queue.len())
+        (
+            state.meter.tokens.level,
+            state.meter.ctl.scale,
+            state.queue.len(),
+        )
     }
 }
 
@@ -361,9 +565,9 @@ impl Future for Acquire {
                         waited = ?now.saturating_duration_since(this.ticket.queued_at),
                         "admitted after waiting"
                     );
-                    return Poll::Ready(Ok(Reservation::new(ledger, this.ticket.tokens)));
+                    return Poll::Ready(Ok(Reservation::new(ledger, this.ticket.tokens, now)));
                 }
-                wake_at = wake_at.min(now + state.time_to_fit(this.ticket.tokens, now));
+                wake_at = wake_at.min(now + state.time_to_fit(this.ticket.tokens));
             }
             if now >= *this.deadline {
                 state.leave(id);
@@ -400,11 +604,16 @@ impl Future for Acquire {
 pub(crate) struct Reservation {
     ledger: Arc<KeyLedger>,
     tokens: u64,
+    admitted_at: Instant,
 }
 
 impl Reservation {
-    fn new(ledger: Arc<KeyLedger>, tokens: u64) -> Self {
-        Self { ledger, tokens }
+    fn new(ledger: Arc<KeyLedger>, tokens: u64, admitted_at: Instant) -> Self {
+        Self {
+            ledger,
+            tokens,
+            admitted_at,
+        }
     }
 
     pub(crate) fn ledger(&self) -> &Arc<KeyLedger> {
@@ -424,10 +633,25 @@ impl Reservation {
         }
         let mut state = lock(&self.ledger.state);
         state.refill(Instant::now());
-        state.tokens.level = (state.tokens.level + diff).min(state.tokens.capacity);
+        let cap = state.meter.tokens.capacity(state.meter.ctl.scale);
+        state.meter.tokens.level = (state.meter.tokens.level + diff).min(cap);
+        state.meter.record(-diff);
         if diff > 0.0 {
             state.wake_head();
         }
+    }
+
+    /// Upstream refused this request for lack of quota. `refund`: it refused before running
+    /// (a 429), so the whole reservation comes back at once; otherwise (a throttle inside a
+    /// stream) it stays charged. Either way the key slows down (see
+    /// [`KeyLedger::throttled`]).
+    pub(crate) fn throttled(self, refund: bool) {
+        let ledger = self.ledger.clone();
+        let admitted_at = self.admitted_at;
+        if refund {
+            self.settle(0);
+        }
+        ledger.throttled(admitted_at);
     }
 }
 
@@ -445,6 +669,7 @@ mod tests {
                 tokens: tpm,
                 period: Duration::from_secs(60),
                 burndown: 1.0,
+                discover: false,
             },
             Duration::from_secs(60),
             Duration::ZERO,
@@ -538,45 +763,167 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_throttle_empties_the_buckets_and_slows_refill_for_a_while() {
+    async fn a_throttle_empties_the_buckets_and_cuts_the_rate_once_per_cut() {
         let l = ledger(None, 6_000);
-        l.throttled();
+        let t0 = Instant::now();
+        // A period's quota drawn: the rate that was throttled is the whole quota.
+        let _r = admitted(l.admit(6_000, far()));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        l.throttled(t0);
         let (level, scale, _) = l.snapshot();
         assert_eq!((level, scale), (0.0, 0.7));
-        // Throttles within a second count once.
-        l.throttled();
-        assert_eq!(l.snapshot().1, 0.7);
-        // Half-way through recovery: scale 0.85; refilled ∫ = 30 s × (0.7 + 0.85) / 2.
-        tokio::time::advance(Duration::from_secs(30)).await;
+        // Refusals of requests admitted before the cut do not cut again ...
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.throttled(t0);
         let (level, scale, _) = l.snapshot();
-        assert!((scale - 0.85).abs() < 1e-9);
-        assert!((level - 100.0 * 30.0 * 0.775).abs() < 1e-6, "{level}");
-        tokio::time::advance(Duration::from_secs(40)).await;
-        assert_eq!(l.snapshot().1, 1.0);
-        // A second throttle cuts from the current scale, never below the floor.
-        for _ in 0..20 {
-            l.throttled();
-            tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(level, 0.0, "but they empty the bucket");
+        // (the rate has begun to climb back)
+        assert!(scale > 0.7 && scale < 0.71, "{scale}");
+        // ... a refusal of one admitted after it does.
+        let later = Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        l.throttled(later);
+        assert!(
+            (l.snapshot().1 - 0.7 * scale).abs() < 1e-3,
+            "{}",
+            l.snapshot().1
+        );
+        // Never below the floor, however many.
+        for _ in 0..40 {
+            let t = Instant::now();
+            tokio::time::advance(Duration::from_millis(1)).await;
+            l.throttled(t);
         }
-        assert!(l.snapshot().1 >= THROTTLE_FLOOR);
+        assert!((l.snapshot().1 - FLOOR).abs() < 1e-3);
+    }
+
+    fn period() -> Duration {
+        Duration::from_secs(60)
     }
 
     #[test]
-    fn rate_scale_integral_matches_a_numeric_sum() {
+    fn the_curve_returns_to_the_throttled_rate_after_k_then_probes_above_it() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(false, period(), period());
+        assert!(c.cut(t0, t0 - Duration::from_secs(1), 10.0));
+        assert_eq!(c.scale, 0.7);
+        // Idle steps do not move the curve.
+        (0..100).for_each(|_| c.step(0.6, false));
+        assert_eq!(c.scale, 0.7);
+        // Half-way: 1 + 0.3 × (−0.5)³.
+        (0..50).for_each(|_| c.step(0.6, true));
+        assert!((c.scale - 0.9625).abs() < 1e-9, "{}", c.scale);
+        // At K the throttled rate, then the cap (the configured quota) holds.
+        (0..60).for_each(|_| c.step(0.6, true));
+        assert_eq!(c.scale, 1.0);
+        assert_eq!(c.phase, Phase::Full);
+
+        // Without a ceiling (discovery) it probes above: 1.3 × last_max at 2K.
+        let mut d = Controller::new(true, period(), period());
+        // Slow start: doubles per half period of busy time.
+        (0..50).for_each(|_| d.step(0.6, true));
+        assert!((d.scale - 2.0).abs() < 1e-9, "{}", d.scale);
+        assert!(d.cut(t0, t0 - Duration::from_secs(1), 10.0));
+        assert!((d.scale - 1.4).abs() < 1e-9);
+        (0..200).for_each(|_| d.step(0.6, true));
+        assert!((d.scale - 2.6).abs() < 1e-9, "{}", d.scale);
+    }
+
+    fn meter(discover: bool) -> Meter {
+        let now = Instant::now();
+        let step = period() / STEPS_PER_PERIOD;
+        Meter {
+            tokens: Bucket::full(6_000.0, period(), Duration::from_millis(100)),
+            requests: Some(Bucket::full(60.0, period(), Duration::from_millis(100))),
+            ctl: Controller::new(discover, period(), period()),
+            updated: now,
+            step_end: now + step,
+            step,
+            drawn: vec![0.0; STEPS_PER_PERIOD as usize],
+            slot: 0,
+        }
+    }
+
+    #[test]
+    fn refill_is_the_same_however_often_it_is_looked_at() {
+        for discover in [false, true] {
+            let start = Instant::now();
+            let mut a = meter(discover);
+            a.tokens.level = -3_000.0;
+            a.ctl.cut(start, start - Duration::from_secs(1), 10.0);
+            let mut b = a.clone();
+            let end = start + Duration::from_secs(150);
+            // Irregular small increments against one jump.
+            let mut t = start;
+            let mut i = 0u64;
+            while t < end {
+                t = (t + Duration::from_micros(1 + (i * 7_919) % 900_000)).min(end);
+                a.advance(t, true);
+                i += 1;
+            }
+            b.advance(end, true);
+            assert!((a.tokens.level - b.tokens.level).abs() < 1e-6, "{discover}");
+            assert_eq!(a.ctl.scale, b.ctl.scale);
+            // And it is the sum of rate × time over the steps: replay the steps by hand.
+            let mut c = meter(discover);
+            c.tokens.level = -3_000.0;
+            c.ctl.cut(start, start - Duration::from_secs(1), 10.0);
+            let mut level = -3_000.0;
+            for _ in 0..250 {
+                let s = c.ctl.scale;
+                level = (level + 100.0 * s * 0.6).min(6_000.0 * s);
+                c.ctl.step(0.6, true);
+                level = f64::min(level, 6_000.0 * c.ctl.scale);
+            }
+            assert!(
+                (level - b.tokens.level).abs() < 1e-6,
+                "{level} {}",
+                b.tokens.level
+            );
+        }
+    }
+
+    #[test]
+    fn the_wake_up_time_follows_the_rising_rate() {
         let start = Instant::now();
-        let s = RateScale {
-            recovery: Duration::from_secs(10),
-            cut: Some((start, 0.5)),
-        };
-        let (a, b) = (
-            start + Duration::from_secs(2),
-            start + Duration::from_secs(15),
+        let mut m = meter(false);
+        m.tokens.level = 0.0;
+        m.ctl.cut(start, start - Duration::from_secs(1), 10.0);
+        let wait = m.time_to_fit(5_000);
+        // Slower than at full rate, faster than at the cut rate.
+        assert!(
+            wait > Duration::from_secs(50) && wait < Duration::from_secs(5_000 / 70),
+            "{wait:?}"
         );
-        let n = 130_000;
-        let dt = (b - a).as_secs_f64() / n as f64;
-        let sum: f64 = (0..n)
-            .map(|i| s.at(a + Duration::from_secs_f64(dt * (i as f64 + 0.5))) * dt)
-            .sum();
-        assert!((s.integral(a, b) - sum).abs() < 1e-6);
+        let mut early = m.clone();
+        early.advance(start + wait - Duration::from_millis(1), true);
+        assert!(!early.fits(5_000));
+        m.advance(start + wait, true);
+        assert!(m.fits(5_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_discovered_quota_admits_a_request_larger_than_its_guess_from_a_full_bucket() {
+        let l = Arc::new(KeyLedger::new(
+            QuotaKey::new(Some("m"), None),
+            ResolvedQuota {
+                requests: None,
+                tokens: 1_000,
+                period: period(),
+                burndown: 1.0,
+                discover: true,
+            },
+            period(),
+            Duration::ZERO,
+        ));
+        let r = admitted(l.admit(5_000, far()));
+        assert_eq!(l.snapshot().0, -4_000.0);
+        drop(r);
+        // The debt refills (and, busy, the guess grows), then the next one is admitted.
+        let mut next = task::spawn(queued(l.admit(5_000, far())));
+        assert_pending!(next.poll());
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_ready_ok!(next.poll());
+        assert!(l.rates().0 > 1_000.0);
     }
 }

@@ -94,7 +94,7 @@ pub struct ReadmeDoctests;
 pub use self::{
     config::{
         default_burndown, Quota, RetryBudget, ThrottleConfig, ThrottleConfigBuilder,
-        BEDROCK_MAX_BODY_BYTES,
+        BEDROCK_MAX_BODY_BYTES, DISCOVER_START_TPM,
     },
     error::{BoxError, ConfigError, ThrottleError},
     key::QuotaKey,

@@ -83,9 +83,7 @@ impl Charge {
     /// what was generated, and the throttle empties the key's buckets anyway), and the key
     /// slows down.
     pub(super) fn throttled(self) {
-        let ledger = self.reservation.ledger().clone();
-        drop(self.reservation);
-        ledger.throttled();
+        self.reservation.throttled(false);
     }
 }
 
@@ -361,11 +359,8 @@ fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
         return json.then_some(charge);
     }
     match status {
-        StatusCode::TOO_MANY_REQUESTS => {
-            let ledger = charge.reservation.ledger().clone();
-            charge.refund();
-            ledger.throttled();
-        }
+        // Refused before running: the reservation comes back at once, and the key slows.
+        StatusCode::TOO_MANY_REQUESTS => charge.reservation.throttled(true),
         StatusCode::BAD_REQUEST
         | StatusCode::FORBIDDEN
         | StatusCode::NOT_FOUND

@@ -80,7 +80,9 @@
 //! # Waiting
 //! Requests of one key queue in arrival order and only the head may be admitted, so a large
 //! request is never overtaken forever by small ones. A request whose tokens exceed the key's
-//! whole token quota fails at once ([`ThrottleError::NeverFits`](crate::ThrottleError)); one
+//! whole configured token quota fails at once
+//! ([`ThrottleError::NeverFits`](crate::ThrottleError); never for a
+//! [`Quota::discover`](crate::Quota::discover), which admits it from a full bucket); one
 //! that waits longer than `max_wait` fails with `MaxWaitExceeded`; neither is sent. Dropping
 //! the response future while waiting gives the queue place back. A waiting request holds the
 //! inner service that was made ready for it (as tower's `Oneshot` does), so a concurrency
@@ -88,10 +90,30 @@
 //!
 //! # Slowing down
 //! An upstream 429 means the quota was smaller than the ledger thought (another client
-//! spends from it, or the configured number is too high). The key's buckets are emptied and
-//! its refill rates are cut to 70 % (of the current rate, at most once a second, never below
-//! 10 %), then return linearly to the configured rate over `throttle_recovery` (one period
-//! of the key's quota unless set).
+//! spends from it, the configured number is too high, or it is the guess of a
+//! [`Quota::discover`](crate::Quota::discover)). The throttled attempt's reservation comes back at once (Bedrock refused before
+//! running), the key's buckets are emptied (upstream had no room), and its refill rates,
+//! tokens and requests alike, follow a CUBIC-like curve as the AWS SDK's adaptive client
+//! does, but in tokens as well as requests and relative to the quota period:
+//!
+//! - on a throttle the rate multiplier `m` is cut: `last_max = min(m, measured)`,
+//!   `m = 0.7 × last_max`, where `measured` is the rate tokens were really drawn at over
+//!   the last period (upstream's burst room can hide an excess for a while, so the allowed
+//!   rate at the moment of the throttle overstates what upstream sustains);
+//! - afterwards `m(t) = last_max × (1 + 0.3 × (t / K − 1)³)`: back at `last_max` after
+//!   `K = throttle_recovery` (1.5 periods of the key's quota unless set), flat around it,
+//!   then probing above it (1.3 × `last_max` at `2K`), i.e. `C = 0.3 × last_max / K³`;
+//! - `t` counts only time in which the key is busy (a request waits, or a bucket is below
+//!   half full), so an idle key does not drift up to a rate nobody tried;
+//! - a configured quota is the ceiling (`m ≤ 1`); the floor is 1 % of the quota;
+//! - a throttle of a request admitted before the last cut does not cut again: it reports
+//!   the rate already corrected (the burst of in-flight refusals counts once).
+//!
+//! A bucket holds one period at the current rate. The rate is re-evaluated every hundredth
+//! of a period and constant in between, so the refill stays an exact sum, also in
+//! `tokio::time::pause` tests. A [`Quota::discover`](crate::Quota::discover) starts from a
+//! guess and doubles it every half period while busy until the first throttle (slow
+//! start), then follows the same curve with no ceiling.
 //!
 //! # Headroom
 //! Upstream counts a request when it arrives, a little after the gate admitted it, and its

@@ -105,7 +105,8 @@ where
             return ResponseFuture::calling(inner.call(request), None);
         };
         let tokens = input.saturating_add((output_limit as f64 * quota.burndown).ceil() as u64);
-        if tokens > quota.tokens {
+        // A discovered quota's number is only a guess: a larger request waits for a full bucket.
+        if !quota.discover && tokens > quota.tokens {
             return ResponseFuture::failed(ThrottleError::NeverFits {
                 key,
                 tokens,

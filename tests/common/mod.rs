@@ -48,6 +48,33 @@ pub struct MockStats {
     pub billed_per_minute: Vec<u64>,
     /// Net quota drawn by the minute: reservations taken less what settlement gave back.
     pub drawn_per_minute: Vec<i64>,
+    /// Admitted and throttled attempts by the minute in which they arrived.
+    pub admitted_per_minute: Vec<u64>,
+    pub throttled_per_minute: Vec<u64>,
+    /// Seconds since the mock was made of each of this client's throttles.
+    pub throttled_at: Vec<f64>,
+    /// The same for requests marked as another client's (see [`OTHER_CLIENT`]), which
+    /// are counted here and not above.
+    pub other: OtherStats,
+}
+
+/// What an unprotected other client got from the shared quota, by the minute.
+#[derive(Debug, Default, Clone)]
+pub struct OtherStats {
+    pub admitted: u64,
+    pub throttled: u64,
+    pub billed_per_minute: Vec<u64>,
+    pub throttled_per_minute: Vec<u64>,
+}
+
+/// A header that marks a request as another application's, spending from the same quota.
+pub const OTHER_CLIENT: &str = "x-test-other-client";
+
+fn bump(v: &mut Vec<u64>, minute: usize, n: u64) {
+    if v.len() <= minute {
+        v.resize(minute + 1, 0);
+    }
+    v[minute] += n;
 }
 
 #[derive(Debug)]
@@ -75,6 +102,10 @@ impl State {
             drawn.resize(minute + 1, 0);
         }
         drawn[minute] += tokens;
+    }
+
+    fn minute(&self) -> usize {
+        ((Instant::now() - self.started).as_secs() / 60) as usize
     }
 
     fn refill(&mut self) {
@@ -123,6 +154,7 @@ impl MockBedrock {
     }
 
     async fn handle(self, req: Request<Full<Bytes>>) -> Response<Full<Bytes>> {
+        let other = req.headers().contains_key(OTHER_CLIENT);
         let model = req
             .uri()
             .path()
@@ -156,7 +188,16 @@ impl MockBedrock {
             s.refill();
             let requests_ok = s.requests.as_ref().is_none_or(|r| r.level >= 1.0);
             if !requests_ok || s.tokens.level < reserved {
-                s.stats.throttled += 1;
+                let minute = s.minute();
+                if other {
+                    s.stats.other.throttled += 1;
+                    bump(&mut s.stats.other.throttled_per_minute, minute, 1);
+                } else {
+                    s.stats.throttled += 1;
+                    bump(&mut s.stats.throttled_per_minute, minute, 1);
+                    let at = (Instant::now() - s.started).as_secs_f64();
+                    s.stats.throttled_at.push(at);
+                }
                 let message = if requests_ok {
                     "Too many tokens, please wait before trying again."
                 } else {
@@ -169,7 +210,13 @@ impl MockBedrock {
             if let Some(r) = &mut s.requests {
                 r.level -= 1.0;
             }
-            s.stats.admitted += 1;
+            let minute = s.minute();
+            if other {
+                s.stats.other.admitted += 1;
+            } else {
+                s.stats.admitted += 1;
+                bump(&mut s.stats.admitted_per_minute, minute, 1);
+            }
             s.served += 1;
             // Deterministic output length between a tenth and all of max_tokens.
             let n = s.served.wrapping_mul(2_654_435_761) % 1000;
@@ -189,12 +236,13 @@ impl MockBedrock {
             s.refill();
             s.tokens.level = (s.tokens.level + reserved - charge).min(s.tokens.capacity);
             s.record_drawn(-((reserved - charge) as i64));
-            let minute = ((Instant::now() - s.started).as_secs() / 60) as usize;
-            let billed = &mut s.stats.billed_per_minute;
-            if billed.len() <= minute {
-                billed.resize(minute + 1, 0);
-            }
-            billed[minute] += charge as u64;
+            let minute = s.minute();
+            let billed = if other {
+                &mut s.stats.other.billed_per_minute
+            } else {
+                &mut s.stats.billed_per_minute
+            };
+            bump(billed, minute, charge as u64);
         }
         Response::builder()
             .header("content-type", "application/json")
