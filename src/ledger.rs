@@ -148,7 +148,8 @@ enum Phase {
 /// On a throttle: `last_max = min(m, measured)`, `m = β × last_max` (β = 0.7), `measured`
 /// the multiplier tokens were drawn at over the last period (as the AWS SDK takes the
 /// measured send rate). Afterwards
-/// `m(t) = last_max × (1 + (1 − β) × (t / K − 1)³)`, `t` the busy time since the cut, so
+/// `m(t) = last_max × (1 + (1 − β) × (t / K − 1)³)`, `t` the time since the cut (for a
+/// discovered quota, only the busy time), so
 /// `m(0) = β × last_max`, `m(K) = last_max` and the curve then probes above it (`m(2K) =
 /// 1.3 × last_max`); i.e. `C = (1 − β) × last_max / K³`. `K` is `throttle_recovery`, one
 /// and a half quota periods unless set. Clamped to `[FLOOR, cap]`.
@@ -192,7 +193,10 @@ impl Controller {
                 }
             }
             Phase::Cubic { last_max, clock } => {
-                if busy {
+                // Under a configured quota the curve climbs with time, as the AWS SDK's,
+                // idle or not: it can never pass the quota the user vouched for. A
+                // discovered rate has no such cap, so it climbs only while it is tested.
+                if busy || self.cap <= 1.0 {
                     *clock += dt;
                 }
                 let x = *clock / self.recovery - 1.0;
@@ -206,15 +210,18 @@ impl Controller {
     }
 
     /// Cuts the rate for a throttle of a request admitted at `admitted_at`, `measured` the
-    /// multiplier the key actually drew at over the last period; false when the throttle is
-    /// stale or adaptation is off.
-    fn cut(&mut self, now: Instant, admitted_at: Instant, measured: f64) -> bool {
+    /// multiplier the key actually drew at over the last period when the gate was holding
+    /// requests back (else `None`); false when the throttle is stale or adaptation is off.
+    fn cut(&mut self, now: Instant, admitted_at: Instant, measured: Option<f64>) -> bool {
         if self.recovery == 0.0 || self.last_cut.is_some_and(|c| admitted_at <= c) {
             return false;
         }
         // As the AWS SDK: the rate that was throttled is what was really sent, when that was
         // less than the rate allowed (upstream's burst room hides an excess for a while).
-        let m = self.scale.min(measured.max(FLOOR));
+        // A throttle under light load says nothing of the rate the gate would have drawn at
+        // its limit: cut from the limit itself, or one stray 429 would pin the key near the
+        // floor.
+        let m = measured.map_or(self.scale, |x| self.scale.min(x.max(FLOOR)));
         let last_max = m;
         self.scale = (BETA * m).max(FLOOR);
         self.phase = Phase::Cubic {
@@ -462,11 +469,12 @@ impl KeyLedger {
         let now = Instant::now();
         let mut state = lock(&self.state);
         state.refill(now);
+        // Only while requests queue is the rate drawn the rate the gate allowed.
+        let measured = (!state.queue.is_empty()).then(|| state.meter.measured());
         state
             .meter
             .buckets()
             .for_each(|b| b.level = b.level.min(0.0));
-        let measured = state.meter.measured();
         if state.meter.ctl.cut(now, admitted_at, measured) {
             // A new step grid from the cut, so the curve's steps line up with it.
             state.meter.step_end = now + state.meter.step;
@@ -805,13 +813,11 @@ mod tests {
     fn the_curve_returns_to_the_throttled_rate_after_k_then_probes_above_it() {
         let t0 = Instant::now();
         let mut c = Controller::new(false, period(), period());
-        assert!(c.cut(t0, t0 - Duration::from_secs(1), 10.0));
+        assert!(c.cut(t0, t0 - Duration::from_secs(1), Some(10.0)));
         assert_eq!(c.scale, 0.7);
-        // Idle steps do not move the curve.
-        (0..100).for_each(|_| c.step(0.6, false));
-        assert_eq!(c.scale, 0.7);
-        // Half-way: 1 + 0.3 × (−0.5)³.
-        (0..50).for_each(|_| c.step(0.6, true));
+        // Under a configured quota idle time counts as well. Half-way: 1 + 0.3 × (−0.5)³.
+        (0..25).for_each(|_| c.step(0.6, false));
+        (0..25).for_each(|_| c.step(0.6, true));
         assert!((c.scale - 0.9625).abs() < 1e-9, "{}", c.scale);
         // At K the throttled rate, then the cap (the configured quota) holds.
         (0..60).for_each(|_| c.step(0.6, true));
@@ -823,7 +829,10 @@ mod tests {
         // Slow start: doubles per half period of busy time.
         (0..50).for_each(|_| d.step(0.6, true));
         assert!((d.scale - 2.0).abs() < 1e-9, "{}", d.scale);
-        assert!(d.cut(t0, t0 - Duration::from_secs(1), 10.0));
+        assert!(d.cut(t0, t0 - Duration::from_secs(1), Some(10.0)));
+        assert!((d.scale - 1.4).abs() < 1e-9);
+        // A discovered rate climbs only while it is tested: idle steps do not move it.
+        (0..100).for_each(|_| d.step(0.6, false));
         assert!((d.scale - 1.4).abs() < 1e-9);
         (0..200).for_each(|_| d.step(0.6, true));
         assert!((d.scale - 2.6).abs() < 1e-9, "{}", d.scale);
@@ -850,7 +859,7 @@ mod tests {
             let start = Instant::now();
             let mut a = meter(discover);
             a.tokens.level = -3_000.0;
-            a.ctl.cut(start, start - Duration::from_secs(1), 10.0);
+            a.ctl.cut(start, start - Duration::from_secs(1), Some(10.0));
             let mut b = a.clone();
             let end = start + Duration::from_secs(150);
             // Irregular small increments against one jump.
@@ -867,7 +876,7 @@ mod tests {
             // And it is the sum of rate × time over the steps: replay the steps by hand.
             let mut c = meter(discover);
             c.tokens.level = -3_000.0;
-            c.ctl.cut(start, start - Duration::from_secs(1), 10.0);
+            c.ctl.cut(start, start - Duration::from_secs(1), Some(10.0));
             let mut level = -3_000.0;
             for _ in 0..250 {
                 let s = c.ctl.scale;
@@ -888,7 +897,7 @@ mod tests {
         let start = Instant::now();
         let mut m = meter(false);
         m.tokens.level = 0.0;
-        m.ctl.cut(start, start - Duration::from_secs(1), 10.0);
+        m.ctl.cut(start, start - Duration::from_secs(1), Some(10.0));
         let wait = m.time_to_fit(5_000);
         // Slower than at full rate, faster than at the cut rate.
         assert!(

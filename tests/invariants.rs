@@ -404,7 +404,10 @@ proptest! {
             // and the rate has recovered from throttles, a request of the whole quota is
             // admitted at once.
             let debt: i64 = up.log().events.iter().filter(|e| e.requests == 0 && e.tokens > 0).map(|e| e.tokens).sum();
-            let periods = 3 + debt as u64 / TPM;
+            // The slowest recovery is from the rate floor (1 % of the quota): the curve
+            // m(t) = m0 (1 + 0.3 (t/K − 1)³) with K = 1.5 periods is back at 1 after
+            // K (1 + cbrt((1/0.01 − 1) / 0.3)) ≈ 11.9 periods.
+            let periods = 13 + debt as u64 / TPM;
             tokio::time::sleep(PERIOD * periods as u32 + Duration::from_secs(1)).await;
             let before = up.log().events.len();
             let probe = send(&mut client, &up, u64::MAX, TPM, 0).await;
