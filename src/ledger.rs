@@ -14,7 +14,7 @@
 //! segments, the same however often the ledger is looked at, also under paused time.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap},
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
@@ -356,7 +356,9 @@ impl Meter {
 struct KeyState {
     meter: Meter,
     /// Waiter ids in arrival order; the head is the only one that may be admitted.
-    queue: VecDeque<u64>,
+    /// Waiter ids; ids grow with arrival, so the first is the head (FIFO), and a waiter
+    /// that leaves from the middle is removed in O(log n).
+    queue: BTreeSet<u64>,
     wakers: HashMap<u64, Waker>,
     next_id: u64,
 }
@@ -384,7 +386,7 @@ impl KeyState {
     }
 
     fn wake_head(&mut self) {
-        if let Some(head) = self.queue.front() {
+        if let Some(head) = self.queue.first() {
             if let Some(w) = self.wakers.get(head) {
                 w.wake_by_ref();
             }
@@ -395,11 +397,11 @@ impl KeyState {
     fn leave(&mut self, id: u64) {
         self.refill(Instant::now());
         self.wakers.remove(&id);
-        if self.queue.front() == Some(&id) {
-            self.queue.pop_front();
+        if self.queue.first() == Some(&id) {
+            self.queue.pop_first();
             self.wake_head();
-        } else if let Some(pos) = self.queue.iter().position(|&w| w == id) {
-            self.queue.remove(pos);
+        } else {
+            self.queue.remove(&id);
         }
     }
 }
@@ -423,7 +425,7 @@ impl KeyLedger {
                     drawn: vec![0.0; STEPS_PER_PERIOD as usize],
                     slot: 0,
                 },
-                queue: VecDeque::new(),
+                queue: BTreeSet::new(),
                 wakers: HashMap::new(),
                 next_id: 0,
             }),
@@ -447,7 +449,7 @@ impl KeyLedger {
         }
         let id = state.next_id;
         state.next_id += 1;
-        state.queue.push_back(id);
+        state.queue.insert(id);
         drop(state);
         Admission::Queued(Acquire {
             ticket: Ticket {
@@ -561,7 +563,7 @@ impl Future for Acquire {
             let mut state = lock(&ledger.state);
             let id = this.ticket.id;
             let mut wake_at = *this.deadline;
-            if state.queue.front() == Some(&id) {
+            if state.queue.first() == Some(&id) {
                 state.refill(now);
                 if state.fits(this.ticket.tokens) {
                     state.take(this.ticket.tokens);
