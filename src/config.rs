@@ -3,7 +3,10 @@
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use crate::{
-    estimate::{default_output_limit, Calibration, HeuristicEstimator, TokenEstimator},
+    estimate::{
+        default_output_limit, limits::UNKNOWN_MODEL_OUTPUT_LIMIT, Calibration, HeuristicEstimator,
+        TokenEstimator,
+    },
     ledger::Ledger,
     retry::RetryBudgetState,
     ConfigError, QuotaKey,
@@ -642,9 +645,10 @@ impl ThrottleConfigBuilder {
     }
 }
 
-// `default_output_limit` is re-exported from here for the gate's fallback estimate.
+/// The output limit the gate assumes for a request nobody estimated: the model's default,
+/// or the table's value for an unknown model.
 pub(crate) fn fallback_output_limit(model: Option<&str>) -> u64 {
-    model.map_or(4_096, default_output_limit)
+    model.map_or(UNKNOWN_MODEL_OUTPUT_LIMIT, default_output_limit)
 }
 
 #[cfg(test)]

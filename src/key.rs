@@ -96,15 +96,8 @@ pub(crate) fn parse_path(path: &str) -> (Option<String>, Operation) {
     let Some((raw_id, op)) = rest.rsplit_once('/') else {
         return (None, Operation::Other);
     };
-    let operation = match op {
-        "invoke" => Operation::Invoke,
-        "invoke-with-response-stream" => Operation::InvokeStream,
-        "converse" => Operation::Converse,
-        "converse-stream" => Operation::ConverseStream,
-        "count-tokens" => Operation::CountTokens,
-        _ => return (None, Operation::Other),
-    };
-    if raw_id.is_empty() {
+    let operation = Operation::from_path_segment(op);
+    if operation == Operation::Other || raw_id.is_empty() {
         return (None, Operation::Other);
     }
     let id = percent_decode_str(raw_id).decode_utf8_lossy().into_owned();

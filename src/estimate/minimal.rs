@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{default_output_limit, BodyEstimate, EstimateMethod, RequestInfo, TokenEstimator};
+use super::{BodyEstimate, EstimateMethod, RequestInfo, TokenEstimator};
 
 /// Counts a quarter token per body byte (rounded up) and reads the output limit from the
 /// body's max-tokens field of any Bedrock request shape, else the model's default.
@@ -31,10 +31,8 @@ impl TokenEstimator for BodyLengthEstimator {
         let from_body = serde_json::from_slice::<Value>(request.body)
             .ok()
             .and_then(|v| output_limit_field(&v));
-        let output_limit = from_body.unwrap_or_else(|| match request.model {
-            Some(m) => default_output_limit(m),
-            None => 4_096,
-        });
+        let output_limit =
+            from_body.unwrap_or_else(|| crate::config::fallback_output_limit(request.model));
         BodyEstimate {
             input_tokens,
             output_limit,
