@@ -9,6 +9,7 @@ use crate::{
     },
     ledger::Ledger,
     retry::RetryBudgetState,
+    tenant::{Overload, Tenant, TenantPolicy, TenantSettings},
     ConfigError, QuotaKey,
 };
 
@@ -265,6 +266,7 @@ pub(crate) struct Settings {
     pub(crate) body_limit: usize,
     pub(crate) throttle_recovery: Option<Duration>,
     pub(crate) headroom: Duration,
+    pub(crate) tenants: TenantSettings,
 }
 
 /// A quota resolved for one key, with its burndown.
@@ -321,6 +323,8 @@ pub(crate) struct Shared {
     pub(crate) retry_budget: Option<RetryBudgetState>,
     pub(crate) estimator: Arc<dyn TokenEstimator>,
     pub(crate) calibration: Calibration,
+    /// Places for waiting requests under [`Overload::Backpressure`].
+    pub(crate) waiting_places: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl fmt::Debug for Shared {
@@ -407,6 +411,10 @@ impl ThrottleConfig {
 /// | `throttle_recovery` | 1.5 × the key's quota period | how long the gate takes after an upstream throttle to return to the rate that was throttled |
 /// | `headroom` | 100 ms | refill time each bucket keeps unused, for upstream counting a request a little after the gate admitted it |
 /// | `estimator` | [`HeuristicEstimator`] | the [`TokenEstimator`] |
+/// | `tenant_header` | none | request header naming the [`Tenant`] when the extensions do not |
+/// | `tenant`, `default_tenant` | weight 1, no cap | [`TenantPolicy`] of a tenant, of all others |
+/// | `max_queued` | unbounded | waiting requests per key before [`Overload`] applies |
+/// | `overload` | [`Overload::Shed`] | shed at once, or back-pressure through `poll_ready` |
 ///
 /// With the defaults a throttled request retries for about 70 s of backoff at most, longer
 /// than Bedrock's one-minute quota window (the AWS SDK's 3 attempts give up in about 1.5 s).
@@ -426,6 +434,8 @@ pub struct ThrottleConfigBuilder {
     throttle_recovery: Option<Duration>,
     headroom: Duration,
     estimator: Option<Arc<dyn TokenEstimator>>,
+    tenants: TenantSettings,
+    tenant_header: Option<String>,
 }
 
 impl Default for ThrottleConfigBuilder {
@@ -444,6 +454,8 @@ impl Default for ThrottleConfigBuilder {
             throttle_recovery: None,
             headroom: Duration::from_millis(100),
             estimator: None,
+            tenants: TenantSettings::default(),
+            tenant_header: None,
         }
     }
 }
@@ -553,6 +565,42 @@ impl ThrottleConfigBuilder {
         self
     }
 
+    /// The request header that names a request's [`Tenant`] when its extensions carry none
+    /// (see [`tenant`](crate::tenant)).
+    pub fn tenant_header(mut self, name: impl Into<String>) -> Self {
+        self.tenant_header = Some(name.into());
+        self
+    }
+
+    /// The weight and cap of one tenant (see [`tenant`](crate::tenant)).
+    pub fn tenant(mut self, tenant: impl Into<Tenant>, policy: TenantPolicy) -> Self {
+        self.tenants.policies.insert(tenant.into(), policy);
+        self
+    }
+
+    /// The policy of every tenant without its own, and of requests without a tenant;
+    /// weight 1 and no cap unless set.
+    pub fn default_tenant(mut self, policy: TenantPolicy) -> Self {
+        self.tenants.default_policy = policy;
+        self
+    }
+
+    /// Bounds the requests waiting in a key's queue: once `max` wait, what happens to the
+    /// next is the [`overload`](Self::overload) policy. Unbounded unless set (`max_wait`
+    /// still bounds how long each waits).
+    pub fn max_queued(mut self, max: usize) -> Self {
+        self.tenants.max_queued = Some(max);
+        self
+    }
+
+    /// What happens when [`max_queued`](Self::max_queued) requests wait: shed the request
+    /// with [`ThrottleError::Overloaded`](crate::ThrottleError::Overloaded) (the default),
+    /// or report not ready from `poll_ready`.
+    pub fn overload(mut self, overload: Overload) -> Self {
+        self.tenants.overload = overload;
+        self
+    }
+
     /// Checks the configuration and creates the budget it governs.
     pub fn build(self) -> Result<ThrottleConfig, ConfigError> {
         if self.default_quota.is_none() && self.model_quotas.is_empty() {
@@ -616,7 +664,23 @@ impl ThrottleConfigBuilder {
                 )));
             }
         }
+        let mut tenants = self.tenants;
+        if let Some(name) = self.tenant_header {
+            tenants.header = Some(http::HeaderName::try_from(name.as_str()).map_err(|_| {
+                ConfigError::new(format!(
+                    "the tenant header {name:?} is not a valid header name"
+                ))
+            })?);
+        }
+        tenants.validate()?;
+        let waiting_places = match (tenants.overload, tenants.max_queued) {
+            (Overload::Backpressure, Some(max)) => Some(Arc::new(tokio::sync::Semaphore::new(
+                max.min(tokio::sync::Semaphore::MAX_PERMITS),
+            ))),
+            _ => None,
+        };
         let settings = Settings {
+            tenants,
             default_quota: self.default_quota,
             model_quotas,
             burndowns: self.burndowns,
@@ -640,6 +704,7 @@ impl ThrottleConfigBuilder {
                     .estimator
                     .unwrap_or_else(|| Arc::new(HeuristicEstimator::default())),
                 calibration: Calibration::new(),
+                waiting_places,
             }),
         })
     }

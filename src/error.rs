@@ -54,6 +54,18 @@ pub enum ThrottleError {
         /// How long it waited.
         waited: Duration,
     },
+    /// The key's queue already held `max_queued` waiting requests, so this one was shed
+    /// at once (see `ThrottleConfigBuilder::max_queued`); nothing was sent upstream. Send it
+    /// again after `retry_after`, the time the queue ahead takes to drain at the current
+    /// rate, or slow down.
+    Overloaded {
+        /// The quota key whose queue was full.
+        key: QuotaKey,
+        /// Requests waiting when this one arrived.
+        queued: usize,
+        /// How long the waiting requests take to be admitted at the key's current rate.
+        retry_after: Duration,
+    },
     /// Upstream failed (a connection error or the inner service's error) on every attempt
     /// the retry policy allowed. `source` is the last failure.
     Upstream {
@@ -80,6 +92,14 @@ impl fmt::Display for ThrottleError {
             Self::MaxWaitExceeded { key, waited } => write!(
                 f,
                 "no room in the quota of {key} after waiting {waited:?}; nothing was sent (retry later or raise max_wait)"
+            ),
+            Self::Overloaded {
+                key,
+                queued,
+                retry_after,
+            } => write!(
+                f,
+                "the queue of {key} is full ({queued} requests waiting); nothing was sent (retry after {retry_after:?})"
             ),
             Self::Upstream { attempts, source } => {
                 write!(f, "upstream failed after {attempts} attempt(s): {source}")

@@ -13,8 +13,10 @@
 //! the period) and held constant in between, so the refill is an exact sum of constant-rate
 //! segments, the same however often the ledger is looked at, also under paused time.
 
+mod queue;
+
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
@@ -25,7 +27,12 @@ use std::{
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::{config::ResolvedQuota, QuotaKey, ThrottleError};
+use self::queue::WaitQueue;
+use crate::{
+    config::ResolvedQuota,
+    tenant::{Priority, Tenant},
+    QuotaKey, ThrottleError,
+};
 
 /// Multiplicative decrease on an upstream throttle (the AWS SDK's β).
 const BETA: f64 = 0.7;
@@ -49,6 +56,8 @@ const MAX_SIM_STEPS: usize = 100_000;
 #[derive(Debug)]
 pub(crate) struct Ledger {
     keys: Mutex<HashMap<QuotaKey, Arc<KeyLedger>>>,
+    /// Per key and capped tenant, the tenant's cap (see [`crate::tenant`]).
+    caps: Mutex<HashMap<(QuotaKey, Tenant), Arc<KeyLedger>>>,
     recovery: Option<Duration>,
     headroom: Duration,
 }
@@ -57,6 +66,7 @@ impl Ledger {
     pub(crate) fn new(recovery: Option<Duration>, headroom: Duration) -> Self {
         Self {
             keys: Mutex::new(HashMap::new()),
+            caps: Mutex::new(HashMap::new()),
             recovery,
             headroom,
         }
@@ -71,6 +81,36 @@ impl Ledger {
         let recovery = self.recovery.unwrap_or(quota.period.mul_f64(1.5));
         let ledger = Arc::new(KeyLedger::new(key.clone(), quota, recovery, self.headroom));
         keys.insert(key.clone(), ledger.clone());
+        ledger
+    }
+
+    /// The cap ledger of `tenant` on `key`: `share` of `quota`, fixed (no adaptation).
+    pub(crate) fn cap(
+        &self,
+        key: &QuotaKey,
+        tenant: &Tenant,
+        quota: ResolvedQuota,
+        share: f64,
+    ) -> Arc<KeyLedger> {
+        let mut caps = lock(&self.caps);
+        if let Some(k) = caps.get(&(key.clone(), tenant.clone())) {
+            return k.clone();
+        }
+        let capped = ResolvedQuota {
+            requests: quota
+                .requests
+                .map(|r| ((f64::from(r) * share).ceil() as u32).max(1)),
+            tokens: ((quota.tokens as f64 * share).ceil() as u64).max(1),
+            discover: false,
+            ..quota
+        };
+        let ledger = Arc::new(KeyLedger::new(
+            key.clone(),
+            capped,
+            Duration::ZERO,
+            self.headroom,
+        ));
+        caps.insert((key.clone(), tenant.clone()), ledger.clone());
         ledger
     }
 
@@ -308,6 +348,17 @@ impl Meter {
         }
     }
 
+    /// A request's share of the quota period at multiplier 1: its tokens' or its one
+    /// request's, whichever is larger.
+    fn cost(&self, tokens: u64) -> f64 {
+        let t = tokens as f64 / self.tokens.capacity.max(1.0);
+        let r = self
+            .requests
+            .as_ref()
+            .map_or(0.0, |r| 1.0 / r.capacity.max(1.0));
+        t.max(r)
+    }
+
     fn fits(&self, tokens: u64) -> bool {
         let s = self.ctl.scale;
         self.tokens.level >= self.tokens.need(tokens as f64, s)
@@ -355,10 +406,9 @@ impl Meter {
 #[derive(Debug)]
 struct KeyState {
     meter: Meter,
-    /// Waiter ids in arrival order; the head is the only one that may be admitted.
-    /// Waiter ids; ids grow with arrival, so the first is the head (FIFO), and a waiter
-    /// that leaves from the middle is removed in O(log n).
-    queue: BTreeSet<u64>,
+    /// Waiter ids in service order (see [`queue`]); the first is the only one that may be
+    /// admitted, and a waiter that leaves from the middle is removed in O(log n).
+    queue: WaitQueue,
     wakers: HashMap<u64, Waker>,
     next_id: u64,
 }
@@ -387,21 +437,29 @@ impl KeyState {
 
     fn wake_head(&mut self) {
         if let Some(head) = self.queue.first() {
-            if let Some(w) = self.wakers.get(head) {
+            if let Some(w) = self.wakers.get(&head) {
                 w.wake_by_ref();
             }
         }
     }
 
-    /// Removes waiter `id`; wakes the next head if `id` was the head.
-    fn leave(&mut self, id: u64) {
+    /// Removes waiter `id`, which was `admitted` (then it was the head) or gave up; wakes
+    /// the next head if `id` was the head. Only an admission counts as service in the fair
+    /// order: a tenant whose requests time out is not charged for them.
+    fn leave(&mut self, id: u64, admitted: bool) {
         self.refill(Instant::now());
         self.wakers.remove(&id);
-        if self.queue.first() == Some(&id) {
+        let head = self.queue.first();
+        if admitted {
+            debug_assert_eq!(head, Some(id), "only the head is admitted");
             self.queue.pop_first();
-            self.wake_head();
         } else {
-            self.queue.remove(&id);
+            self.queue.remove(id);
+        }
+        // Leaving from the middle can change the head too: a tenant then puts another
+        // request forward at the same tag.
+        if self.queue.first() != head {
+            self.wake_head();
         }
     }
 }
@@ -425,7 +483,7 @@ impl KeyLedger {
                     drawn: vec![0.0; STEPS_PER_PERIOD as usize],
                     slot: 0,
                 },
-                queue: BTreeSet::new(),
+                queue: WaitQueue::default(),
                 wakers: HashMap::new(),
                 next_id: 0,
             }),
@@ -437,7 +495,20 @@ impl KeyLedger {
 
     /// Admits at once if nobody is queued and both limits have room; else queues a waiter
     /// that gives up at `deadline`.
+    #[cfg(test)]
     pub(crate) fn admit(self: &Arc<Self>, tokens: u64, deadline: Instant) -> Admission {
+        self.admit_as(tokens, deadline, &Waiter::default(), None)
+    }
+
+    /// As `admit`, for `waiter`'s tenant and priority; with `max_queued` waiters already
+    /// queued the request is shed instead.
+    pub(crate) fn admit_as(
+        self: &Arc<Self>,
+        tokens: u64,
+        deadline: Instant,
+        waiter: &Waiter,
+        max_queued: Option<usize>,
+    ) -> Admission {
         let now = Instant::now();
         let mut state = lock(&self.state);
         if state.queue.is_empty() {
@@ -447,9 +518,22 @@ impl KeyLedger {
                 return Admission::Admitted(Reservation::new(self.clone(), tokens, now));
             }
         }
+        if max_queued.is_some_and(|max| state.queue.len() >= max) {
+            state.refill(now);
+            let period = state.meter.step * STEPS_PER_PERIOD;
+            let drain = state.queue.queued_periods() / state.meter.ctl.scale.max(FLOOR);
+            return Admission::Shed {
+                queued: state.queue.len(),
+                retry_after: period.mul_f64(drain.min(1e6)),
+            };
+        }
         let id = state.next_id;
         state.next_id += 1;
-        state.queue.insert(id);
+        let cost = state.meter.cost(tokens);
+        let weight = waiter.weight;
+        state
+            .queue
+            .push(id, waiter.tenant.clone(), weight, waiter.priority, cost);
         drop(state);
         Admission::Queued(Acquire {
             ticket: Ticket {
@@ -519,6 +603,29 @@ impl KeyLedger {
 pub(crate) enum Admission {
     Admitted(Reservation),
     Queued(Acquire),
+    /// The queue is full; draining it takes about `retry_after`.
+    Shed {
+        queued: usize,
+        retry_after: Duration,
+    },
+}
+
+/// Who asks for room: the tenant, its weight and the request's priority.
+#[derive(Clone, Debug)]
+pub(crate) struct Waiter {
+    pub(crate) tenant: Option<Tenant>,
+    pub(crate) weight: f64,
+    pub(crate) priority: Priority,
+}
+
+impl Default for Waiter {
+    fn default() -> Self {
+        Self {
+            tenant: None,
+            weight: 1.0,
+            priority: Priority::Interactive,
+        }
+    }
 }
 
 /// A queue place; leaving it (admitted, timed out or dropped) lets the next waiter on.
@@ -534,7 +641,7 @@ struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.done {
-            lock(&self.ledger.state).leave(self.id);
+            lock(&self.ledger.state).leave(self.id, false);
         }
     }
 }
@@ -563,11 +670,11 @@ impl Future for Acquire {
             let mut state = lock(&ledger.state);
             let id = this.ticket.id;
             let mut wake_at = *this.deadline;
-            if state.queue.first() == Some(&id) {
+            if state.queue.first() == Some(id) {
                 state.refill(now);
                 if state.fits(this.ticket.tokens) {
                     state.take(this.ticket.tokens);
-                    state.leave(id);
+                    state.leave(id, true);
                     this.ticket.done = true;
                     drop(state);
                     tracing::trace!(
@@ -580,7 +687,7 @@ impl Future for Acquire {
                 wake_at = wake_at.min(now + state.time_to_fit(this.ticket.tokens));
             }
             if now >= *this.deadline {
-                state.leave(id);
+                state.leave(id, false);
                 this.ticket.done = true;
                 return Poll::Ready(Err(ThrottleError::MaxWaitExceeded {
                     key: ledger.key.clone(),
@@ -693,14 +800,14 @@ mod tests {
     fn admitted(a: Admission) -> Reservation {
         match a {
             Admission::Admitted(r) => r,
-            Admission::Queued(_) => panic!("queued"),
+            other => panic!("not admitted: {other:?}"),
         }
     }
 
     fn queued(a: Admission) -> Acquire {
         match a {
             Admission::Queued(q) => q,
-            Admission::Admitted(_) => panic!("admitted"),
+            other => panic!("not queued: {other:?}"),
         }
     }
 

@@ -85,6 +85,7 @@ pub mod emulator;
 pub mod estimate;
 pub mod gate;
 pub mod retry;
+pub mod tenant;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
@@ -99,4 +100,5 @@ pub use self::{
     error::{BoxError, ConfigError, ThrottleError},
     key::QuotaKey,
     layer::BedrockThrottleLayer,
+    tenant::{Overload, Priority, Tenant, TenantPolicy},
 };

@@ -14,6 +14,7 @@ use http::{
 };
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tower_service::Service;
 
 use super::{
@@ -23,7 +24,7 @@ use super::{
 };
 use crate::{
     config::Shared,
-    ledger::{Acquire, Reservation},
+    ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
     usage, BoxError, QuotaKey, ThrottleError,
 };
 
@@ -42,16 +43,21 @@ pub(crate) struct Learn {
     pub(super) raw_input: u64,
 }
 
-/// A reservation and the terms of its settlement.
+/// A reservation (and the tenant cap's, if any) and the terms of its settlement.
 #[derive(Debug)]
 pub(crate) struct Charge {
     reservation: Reservation,
+    cap: Option<Reservation>,
     terms: Terms,
 }
 
 impl Charge {
-    pub(super) fn new(reservation: Reservation, terms: Terms) -> Self {
-        Self { reservation, terms }
+    fn new(reservation: Reservation, cap: Option<Reservation>, terms: Terms) -> Self {
+        Self {
+            reservation,
+            cap,
+            terms,
+        }
     }
 
     pub(super) fn settle_usage(self, usage: usage::Usage) {
@@ -73,10 +79,25 @@ impl Charge {
             "settled"
         );
         self.reservation.settle(actual);
+        if let Some(cap) = self.cap {
+            cap.settle(actual);
+        }
     }
 
     fn refund(self) {
         self.reservation.settle(0);
+        if let Some(cap) = self.cap {
+            cap.settle(0);
+        }
+    }
+
+    /// Upstream refused the request before running it (a 429): everything comes back at
+    /// once, and the key slows down.
+    fn refused(self) {
+        self.reservation.throttled(true);
+        if let Some(cap) = self.cap {
+            cap.settle(0);
+        }
     }
 
     /// Upstream throttled after it had started: the reservation is kept (Bedrock charges
@@ -232,13 +253,124 @@ fn is_event_stream<B>(response: &Response<B>) -> bool {
 }
 
 /// A request waiting for admission, with the ready service that will send it.
-struct Parked<S, B> {
+pub(crate) struct Parked<S, B> {
     service: S,
     request: Request<B>,
     terms: Terms,
+    /// While the request waits under its tenant's cap: the key's admission that follows.
+    next: Option<KeyStage>,
+    cap: CapHold,
+    /// Its place among the waiting requests under `Overload::Backpressure`.
+    place: Option<OwnedSemaphorePermit>,
 }
 
 impl<S, B> Unpin for Parked<S, B> {}
+
+impl<S, B> Parked<S, B> {
+    pub(super) fn new(
+        service: S,
+        request: Request<B>,
+        terms: Terms,
+        next: Option<KeyStage>,
+        place: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Self {
+            service,
+            request,
+            terms,
+            next,
+            cap: CapHold(None),
+            place,
+        }
+    }
+
+    /// Admitted by the key: the service, the request and the charge to settle.
+    fn admit(
+        mut self,
+        reservation: Reservation,
+        cap: Option<Reservation>,
+    ) -> (S, Request<B>, Charge) {
+        let cap = cap.or_else(|| self.cap.0.take());
+        let Parked {
+            service,
+            request,
+            terms,
+            ..
+        } = self;
+        (service, request, Charge::new(reservation, cap, terms))
+    }
+}
+
+/// A tenant cap's reservation held while the request waits for its key: given back if the
+/// request never gets there (it timed out, was shed or dropped).
+struct CapHold(Option<Reservation>);
+
+impl Drop for CapHold {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.settle(0);
+        }
+    }
+}
+
+/// The key's admission of a request, after its tenant's cap admitted it (or at once when
+/// the tenant has none).
+#[derive(Debug)]
+pub(crate) struct KeyStage {
+    pub(super) ledger: Arc<KeyLedger>,
+    pub(super) tokens: u64,
+    pub(super) deadline: Instant,
+    pub(super) waiter: Waiter,
+    pub(super) max_queued: Option<usize>,
+}
+
+impl KeyStage {
+    /// Asks the key for room: the parked request is called at once, waits or is shed.
+    pub(super) fn enter<S, B>(
+        self,
+        cap: Option<Reservation>,
+        mut parked: Parked<S, B>,
+    ) -> Entered<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        match self
+            .ledger
+            .admit_as(self.tokens, self.deadline, &self.waiter, self.max_queued)
+        {
+            Admission::Admitted(reservation) => {
+                parked.place = None;
+                let (mut service, request, charge) = parked.admit(reservation, cap);
+                Entered::Calling(service.call(request), charge)
+            }
+            Admission::Queued(acquire) => {
+                parked.cap.0 = cap;
+                Entered::Waiting(acquire, parked)
+            }
+            Admission::Shed {
+                queued,
+                retry_after,
+            } => {
+                parked.cap.0 = cap; // given back as `parked` goes
+                Entered::Failed(ThrottleError::Overloaded {
+                    key: self.ledger.key().clone(),
+                    queued,
+                    retry_after,
+                })
+            }
+        }
+    }
+}
+
+/// Where a request stands after asking its key for room.
+// Built once per request and moved straight into the response future: boxing the large
+// variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Entered<S: Service<Request<B>>, B> {
+    Calling(S::Future, Charge),
+    Waiting(Acquire, Parked<S, B>),
+    Failed(ThrottleError),
+}
 
 impl<S, B, ResB> ResponseFuture<S, B, ResB>
 where
@@ -254,16 +386,20 @@ where
         }
     }
 
-    pub(super) fn waiting(acquire: Acquire, service: S, request: Request<B>, terms: Terms) -> Self {
+    pub(super) fn waiting(acquire: Acquire, parked: Parked<S, B>) -> Self {
         Self {
             state: State::Waiting { acquire },
-            parked: Some(Parked {
-                service,
-                request,
-                terms,
-            }),
+            parked: Some(parked),
             charge: None,
             error: None,
+        }
+    }
+
+    pub(super) fn entered(entered: Entered<S, B>) -> Self {
+        match entered {
+            Entered::Calling(future, charge) => Self::calling(future, Some(charge)),
+            Entered::Waiting(acquire, parked) => Self::waiting(acquire, parked),
+            Entered::Failed(error) => Self::failed(error),
         }
     }
 
@@ -291,12 +427,27 @@ where
             match this.state.as_mut().project() {
                 StateProj::Waiting { acquire } => {
                     let reservation = ready!(acquire.poll(cx))?;
-                    let Parked {
-                        mut service,
-                        request,
-                        terms,
-                    } = this.parked.take().expect("parked request");
-                    *this.charge = Some(Charge::new(reservation, terms));
+                    let mut parked = this.parked.take().expect("parked request");
+                    if let Some(stage) = parked.next.take() {
+                        // Admitted under the tenant's cap: now the key.
+                        match stage.enter(Some(reservation), parked) {
+                            Entered::Calling(future, charge) => {
+                                *this.charge = Some(charge);
+                                this.state.set(State::Calling { future });
+                            }
+                            Entered::Waiting(acquire, parked) => {
+                                *this.parked = Some(parked);
+                                this.state.set(State::Waiting { acquire });
+                            }
+                            Entered::Failed(error) => {
+                                this.state.set(State::Failed);
+                                return Poll::Ready(Err(error.into()));
+                            }
+                        }
+                        continue;
+                    }
+                    let (mut service, request, charge) = parked.admit(reservation, None);
+                    *this.charge = Some(charge);
                     let future = service.call(request);
                     this.state.set(State::Calling { future });
                 }
@@ -360,7 +511,7 @@ fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
     }
     match status {
         // Refused before running: the reservation comes back at once, and the key slows.
-        StatusCode::TOO_MANY_REQUESTS => charge.reservation.throttled(true),
+        StatusCode::TOO_MANY_REQUESTS => charge.refused(),
         StatusCode::BAD_REQUEST
         | StatusCode::FORBIDDEN
         | StatusCode::NOT_FOUND

@@ -1,29 +1,46 @@
 use std::{
     sync::Arc,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use http::{header::CONTENT_LENGTH, Request, Response};
-use tokio::time::Instant;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
+use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::{
-    future::{Charge, Learn, Terms},
+    future::{KeyStage, Learn, Parked, Terms},
     ResponseFuture, SettlingBody,
 };
 use crate::{
     config::{fallback_output_limit, Shared},
     estimate::{EstimateMethod, Operation, TokenEstimate},
-    ledger::Admission,
+    ledger::{Admission, Waiter},
     BoxError, QuotaKey, ThrottleConfig, ThrottleError,
 };
 
 /// Admits each request against its key's request and token budgets. See the
 /// [module docs](super).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Gate<S> {
     inner: S,
     shared: Arc<Shared>,
+    /// Under `Overload::Backpressure`: the places of waiting requests, and the one
+    /// `poll_ready` took for the next request.
+    places: Option<PollSemaphore>,
+    place: Option<OwnedSemaphorePermit>,
+}
+
+impl<S: Clone> Clone for Gate<S> {
+    fn clone(&self) -> Self {
+        // A clone has to be made ready on its own: the place stays with this one.
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            places: self.places.clone(),
+            place: None,
+        }
+    }
 }
 
 impl<S> Gate<S> {
@@ -33,7 +50,13 @@ impl<S> Gate<S> {
     }
 
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+        let places = shared.waiting_places.clone().map(PollSemaphore::new);
+        Self {
+            inner,
+            shared,
+            places,
+            place: None,
+        }
     }
 
     /// The inner service.
@@ -63,6 +86,12 @@ where
     type Future = ResponseFuture<S, ReqB, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.place.is_none() {
+            if let Some(places) = &mut self.places {
+                // The semaphore is never closed.
+                self.place = ready!(places.poll_acquire(cx));
+            }
+        }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
@@ -121,14 +150,38 @@ where
                 raw_input,
             }),
         };
-        let ledger = self.shared.ledger.key(&key, quota);
-        let deadline = Instant::now() + self.shared.settings.max_wait;
-        match ledger.admit(tokens, deadline) {
-            Admission::Admitted(reservation) => {
-                let charge = Charge::new(reservation, terms);
-                ResponseFuture::calling(inner.call(request), Some(charge))
+        let tenants = &self.shared.settings.tenants;
+        let (tenant, priority) = tenants.classify(request.extensions(), request.headers());
+        let policy = tenants.policy(tenant.as_ref());
+        let stage = KeyStage {
+            ledger: self.shared.ledger.key(&key, quota),
+            tokens,
+            deadline: Instant::now() + self.shared.settings.max_wait,
+            waiter: Waiter {
+                tenant,
+                weight: policy.weight_value(),
+                priority,
+            },
+            max_queued: tenants.max_queued,
+        };
+        let place = self.place.take();
+        // A capped tenant first waits for room under its cap, in its own FIFO order.
+        let cap = match (&stage.waiter.tenant, policy.cap()) {
+            (Some(t), Some(share)) => {
+                let cap = self.shared.ledger.cap(&key, t, quota, share);
+                match cap.admit_as(tokens, stage.deadline, &Waiter::default(), None) {
+                    Admission::Admitted(r) => Some(r),
+                    Admission::Queued(acquire) => {
+                        return ResponseFuture::waiting(
+                            acquire,
+                            Parked::new(inner, request, terms, Some(stage), place),
+                        )
+                    }
+                    Admission::Shed { .. } => unreachable!("a cap queue is unbounded"),
+                }
             }
-            Admission::Queued(acquire) => ResponseFuture::waiting(acquire, inner, request, terms),
-        }
+            _ => None,
+        };
+        ResponseFuture::entered(stage.enter(cap, Parked::new(inner, request, terms, None, place)))
     }
 }

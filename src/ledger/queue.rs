@@ -1,0 +1,347 @@
+//! The waiters of one key in service order: start-time fair queueing across tenants,
+//! interactive before batch within a tenant.
+//!
+//! Each tenant with waiters has one candidate, its *head*, tagged with a virtual start time
+//! `S = max(V, F)`: `V` the start tag of the last admitted request of the key, `F` the
+//! tenant's finish tag, which grows by `cost / weight` with each of its admissions (`cost`
+//! the request's share of the key's quota period, in tokens or in requests, whichever is
+//! larger). The key serves the head with the smallest tag, ties in arrival order. So a
+//! tenant that has waited nothing starts at `V` (right behind the request being served), a
+//! busy tenant's tags run ahead of `V` at the pace of its weight, and a tenant with no
+//! waiters lends its share to the others until it comes back. With one tenant this is plain
+//! FIFO.
+//!
+//! Within a tenant, interactive requests go before batch ones, except that while batch
+//! requests wait, every [`BATCH_EVERY`]th admission of the tenant goes to its oldest batch
+//! request: batch gets at least one admission in `BATCH_EVERY` and is never starved.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::tenant::{Priority, Tenant};
+
+/// While batch requests wait, one admission in this many of a tenant goes to batch.
+pub(crate) const BATCH_EVERY: u32 = 4;
+
+/// A non-negative virtual time, ordered by its bits (which order like the value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Tag(u64);
+
+impl Tag {
+    fn new(t: f64) -> Self {
+        Self(t.max(0.0).to_bits())
+    }
+
+    fn value(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct TenantQueue {
+    weight: f64,
+    /// Finish tag of the tenant's last admission.
+    finish: f64,
+    /// Waiter id → cost, ids growing with arrival.
+    interactive: BTreeMap<u64, f64>,
+    batch: BTreeMap<u64, f64>,
+    /// Admissions of interactive requests since the last batch one, while batch waited.
+    since_batch: u32,
+    /// The candidate and its start tag, while the tenant has waiters.
+    head: Option<(Tag, u64)>,
+}
+
+impl TenantQueue {
+    fn is_empty(&self) -> bool {
+        self.interactive.is_empty() && self.batch.is_empty()
+    }
+
+    /// The waiter the tenant puts forward next.
+    fn pick(&self) -> Option<u64> {
+        let i = self.interactive.keys().next();
+        let b = self.batch.keys().next();
+        match (i, b) {
+            (Some(&i), Some(&b)) => Some(if self.since_batch + 1 >= BATCH_EVERY {
+                b
+            } else {
+                i
+            }),
+            (i, b) => i.or(b).copied(),
+        }
+    }
+}
+
+/// Where a waiter is.
+#[derive(Debug)]
+struct Place {
+    tenant: Option<Tenant>,
+    priority: Priority,
+    cost: f64,
+}
+
+/// The waiters of one key. See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct WaitQueue {
+    tenants: HashMap<Option<Tenant>, TenantQueue>,
+    /// The heads of the tenants with waiters: (start tag, waiter id).
+    heads: BTreeSet<(Tag, u64)>,
+    places: HashMap<u64, Place>,
+    /// Start tag of the last admission.
+    virtual_time: f64,
+    /// Sum of the waiters' costs, in quota periods.
+    queued_cost: f64,
+}
+
+impl WaitQueue {
+    pub(crate) fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.places.is_empty()
+    }
+
+    /// The waiter to admit next.
+    pub(crate) fn first(&self) -> Option<u64> {
+        self.heads.first().map(|&(_, id)| id)
+    }
+
+    /// The waiters' total cost, in quota periods: roughly how long the queue takes to drain.
+    pub(crate) fn queued_periods(&self) -> f64 {
+        self.queued_cost.max(0.0)
+    }
+
+    /// Adds waiter `id` (ids must grow with arrival) of `tenant` at `weight`; `cost` is its
+    /// share of the key's quota period.
+    pub(crate) fn push(
+        &mut self,
+        id: u64,
+        tenant: Option<Tenant>,
+        weight: f64,
+        priority: Priority,
+        cost: f64,
+    ) {
+        if self.tenants.len() > 2 * self.heads.len() + 64 {
+            self.trim();
+        }
+        let v = self.virtual_time;
+        let t = self.tenants.entry(tenant.clone()).or_default();
+        t.weight = weight;
+        match priority {
+            Priority::Interactive => t.interactive.insert(id, cost),
+            Priority::Batch => t.batch.insert(id, cost),
+        };
+        self.places.insert(
+            id,
+            Place {
+                tenant: tenant.clone(),
+                priority,
+                cost,
+            },
+        );
+        self.queued_cost += cost;
+        // A new waiter may change whom the tenant puts forward; the start tag stays.
+        let start = t.head.map_or_else(|| Tag::new(v.max(t.finish)), |(s, _)| s);
+        self.reseat(&tenant, start);
+    }
+
+    /// Admits the head; returns its id.
+    pub(crate) fn pop_first(&mut self) -> Option<u64> {
+        let id = self.first()?;
+        self.remove_waiter(id, true);
+        Some(id)
+    }
+
+    /// Removes waiter `id`, admitted or not; true if it was there.
+    pub(crate) fn remove(&mut self, id: u64) -> bool {
+        self.remove_waiter(id, false)
+    }
+
+    fn remove_waiter(&mut self, id: u64, admitted: bool) -> bool {
+        let Some(place) = self.places.remove(&id) else {
+            return false;
+        };
+        self.queued_cost -= place.cost;
+        if self.places.is_empty() {
+            self.queued_cost = 0.0;
+        }
+        let t = self
+            .tenants
+            .get_mut(&place.tenant)
+            .expect("a waiter's tenant has a queue");
+        let had_batch = !t.batch.is_empty();
+        match place.priority {
+            Priority::Interactive => t.interactive.remove(&id),
+            Priority::Batch => t.batch.remove(&id),
+        };
+        let Some((start, head)) = t.head else {
+            unreachable!("a tenant with waiters has a head")
+        };
+        if head != id {
+            return true; // left from the middle: the tenant's head and tag stay
+        }
+        self.heads.remove(&(start, head));
+        t.head = None;
+        let mut next_start = start;
+        if admitted {
+            self.virtual_time = self.virtual_time.max(start.value());
+            t.finish = start.value() + place.cost / t.weight;
+            next_start = Tag::new(self.virtual_time.max(t.finish));
+            match place.priority {
+                Priority::Batch => t.since_batch = 0,
+                Priority::Interactive if had_batch => t.since_batch += 1,
+                Priority::Interactive => {}
+            }
+        }
+        if t.is_empty() {
+            // Idle from now on: the tenant's share goes to the others until it returns.
+            if t.finish <= self.virtual_time {
+                self.tenants.remove(&place.tenant);
+            }
+        } else {
+            self.reseat(&place.tenant, next_start);
+        }
+        true
+    }
+
+    /// Puts `tenant`'s pick forward at `start`.
+    fn reseat(&mut self, tenant: &Option<Tenant>, start: Tag) {
+        let t = self.tenants.get_mut(tenant).expect("tenant queue");
+        if let Some(old) = t.head.take() {
+            self.heads.remove(&old);
+        }
+        if let Some(id) = t.pick() {
+            t.head = Some((start, id));
+            self.heads.insert((start, id));
+        }
+    }
+
+    /// The cost of waiter `id`, in quota periods.
+    #[cfg(test)]
+    pub(crate) fn cost(&self, id: u64) -> f64 {
+        self.places.get(&id).map_or(0.0, |p| p.cost)
+    }
+
+    /// Forgets idle tenants whose finish tags are behind the virtual time (they would start
+    /// at `V` anyway).
+    fn trim(&mut self) {
+        let v = self.virtual_time;
+        self.tenants.retain(|_, t| !t.is_empty() || t.finish > v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(name: &str) -> Option<Tenant> {
+        Some(Tenant::new(name))
+    }
+
+    fn drain(q: &mut WaitQueue) -> Vec<u64> {
+        std::iter::from_fn(|| q.pop_first()).collect()
+    }
+
+    #[test]
+    fn one_tenant_is_fifo() {
+        let mut q = WaitQueue::default();
+        for id in 0..5 {
+            q.push(id, None, 1.0, Priority::Interactive, 0.1);
+        }
+        q.remove(2);
+        assert_eq!(drain(&mut q), vec![0, 1, 3, 4]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn equal_weights_alternate_and_a_late_tenant_is_served_next() {
+        let mut q = WaitQueue::default();
+        for id in 0..6 {
+            q.push(id, tenant("busy"), 1.0, Priority::Interactive, 0.1);
+        }
+        assert_eq!(q.pop_first(), Some(0));
+        assert_eq!(q.pop_first(), Some(1));
+        // The quiet tenant arrives behind five busy waiters and goes next.
+        q.push(100, tenant("quiet"), 1.0, Priority::Interactive, 0.1);
+        q.push(101, tenant("quiet"), 1.0, Priority::Interactive, 0.1);
+        assert_eq!(q.pop_first(), Some(100));
+        assert_eq!(drain(&mut q), vec![2, 101, 3, 4, 5]);
+    }
+
+    #[test]
+    fn weights_share_admissions_in_proportion() {
+        let mut q = WaitQueue::default();
+        let mut id = 0;
+        for _ in 0..300 {
+            q.push(id, tenant("a"), 3.0, Priority::Interactive, 0.01);
+            q.push(id + 1, tenant("b"), 1.0, Priority::Interactive, 0.01);
+            id += 2;
+        }
+        let first: Vec<u64> = (0..200).filter_map(|_| q.pop_first()).collect();
+        let a = first.iter().filter(|id| *id % 2 == 0).count();
+        // Three to one, give or take the order of equal tags at the cut.
+        assert!((149..=151).contains(&a), "{a}");
+    }
+
+    #[test]
+    fn cost_counts_not_just_requests() {
+        let mut q = WaitQueue::default();
+        // a sends requests ten times as large as b's: b gets ten admissions per a's one.
+        let mut id = 0;
+        for _ in 0..50 {
+            q.push(id, tenant("a"), 1.0, Priority::Interactive, 0.1);
+            id += 1;
+        }
+        for _ in 0..50 {
+            q.push(id, tenant("b"), 1.0, Priority::Interactive, 0.01);
+            id += 1;
+        }
+        let first: Vec<u64> = (0..22).filter_map(|_| q.pop_first()).collect();
+        let a = first.iter().filter(|id| **id < 50).count();
+        assert_eq!(a, 2);
+    }
+
+    #[test]
+    fn interactive_goes_first_but_batch_gets_one_in_batch_every() {
+        let mut q = WaitQueue::default();
+        for id in 0..4 {
+            q.push(id, None, 1.0, Priority::Batch, 0.1);
+        }
+        for id in 10..20 {
+            q.push(id, None, 1.0, Priority::Interactive, 0.1);
+        }
+        let order = drain(&mut q);
+        assert_eq!(&order[..5], &[10, 11, 12, 0, 13]);
+        // Every window of BATCH_EVERY admissions holds a batch one while batch waits.
+        let last_batch = order.iter().rposition(|id| *id < 10).unwrap();
+        for w in order[..=last_batch].windows(BATCH_EVERY as usize) {
+            assert!(w.iter().any(|id| *id < 10), "{order:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_interactive_request_goes_before_a_waiting_batch_head() {
+        let mut q = WaitQueue::default();
+        q.push(0, None, 1.0, Priority::Batch, 0.1);
+        assert_eq!(q.first(), Some(0));
+        q.push(1, None, 1.0, Priority::Interactive, 0.1);
+        assert_eq!(q.first(), Some(1));
+        assert_eq!(drain(&mut q), vec![1, 0]);
+    }
+
+    #[test]
+    fn leaving_keeps_costs_and_tags_consistent() {
+        let mut q = WaitQueue::default();
+        q.push(0, tenant("a"), 1.0, Priority::Interactive, 0.25);
+        q.push(1, tenant("a"), 1.0, Priority::Batch, 0.5);
+        q.push(2, tenant("b"), 1.0, Priority::Interactive, 0.25);
+        assert!((q.queued_periods() - 1.0).abs() < 1e-9);
+        assert!((q.cost(1) - 0.5).abs() < 1e-9);
+        assert!(q.remove(0));
+        assert!(!q.remove(0));
+        assert_eq!(q.len(), 2);
+        assert_eq!(drain(&mut q), vec![1, 2]);
+        assert_eq!(q.queued_periods(), 0.0);
+        q.trim();
+        assert!(q.tenants.len() <= 2);
+    }
+}
