@@ -1,5 +1,5 @@
 //! The dual-limit gate: admit a request only when both the request budget and the token
-//! budget of its quota key have room; wait in FIFO order otherwise; settle with actual usage.
+//! budget of its quota key have room; wait in fair order otherwise; settle with actual usage.
 //!
 //! ```
 //! use bedrock_throttle::{estimate::TokenEstimate, gate::GateLayer, Quota, ThrottleConfig};
@@ -78,8 +78,9 @@
 //! most 1 MiB while waiting for the first frame.
 //!
 //! # Waiting
-//! Requests of one key queue in arrival order and only the head may be admitted, so a large
-//! request is never overtaken forever by small ones. A request whose tokens exceed the key's
+//! Requests of one key queue in arrival order (in weighted fair order across
+//! [tenants](crate::tenant), interactive before batch within one) and only the head may be
+//! admitted, so a large request is never overtaken forever by small ones. A request whose tokens exceed the key's
 //! whole configured token quota fails at once
 //! ([`ThrottleError::NeverFits`](crate::ThrottleError); never for a
 //! [`Quota::discover`](crate::Quota::discover), which admits it from a full bucket); one
@@ -87,6 +88,14 @@
 //! the response future while waiting gives the queue place back. A waiting request holds the
 //! inner service that was made ready for it (as tower's `Oneshot` does), so a concurrency
 //! limit below the gate counts waiting requests too.
+//!
+//! With [`max_queued`](crate::ThrottleConfigBuilder::max_queued) the queue of a key is
+//! bounded: a request that finds it full fails at once with
+//! [`ThrottleError::Overloaded`](crate::ThrottleError), carrying how long the queue ahead
+//! takes to drain at the current rate, and is never sent; or, under
+//! [`Overload::Backpressure`](crate::Overload), `poll_ready` is not ready while the bound's
+//! worth of the budget's requests wait, so callers are held back before they hand over a
+//! request (a request made ready takes one of the places, and gives it back when admitted).
 //!
 //! # Slowing down
 //! An upstream 429 means the quota was smaller than the ledger thought (another client
