@@ -37,7 +37,8 @@ use std::{
 };
 
 use bedrock_throttle::{
-    estimate::TokenEstimate, gate::GateLayer, BoxError, Quota, ThrottleConfig, ThrottleError,
+    estimate::TokenEstimate, gate::GateLayer, BoxError, Priority, Quota, Tenant, TenantPolicy,
+    ThrottleConfig, ThrottleError,
 };
 use bytes::Bytes;
 use common::throttle;
@@ -73,8 +74,14 @@ enum Reply {
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// A request reserving `input + output` tokens (some more than the quota).
-    Send { input: u64, output: u64 },
+    /// A request reserving `input + output` tokens (some more than the quota), of tenant
+    /// `tenant` (see [`TENANTS`]), batch or interactive.
+    Send {
+        input: u64,
+        output: u64,
+        tenant: usize,
+        batch: bool,
+    },
     /// Drops the response future of one caller (waiting, in flight or done).
     Cancel(usize),
     /// Answers one request the upstream holds.
@@ -184,21 +191,42 @@ impl Service<Request<Full<Bytes>>> for Recorder {
     }
 }
 
+/// No tenant (the default one), a tenant of weight 2, and one capped at half the quota.
+const TENANTS: [Option<&str>; 3] = [None, Some("heavy"), Some("capped")];
+
 fn config() -> ThrottleConfig {
     ThrottleConfig::builder()
         .quota(Quota::new(RPM, TPM).with_burndown(1.0))
         .max_wait(MAX_WAIT)
+        .tenant("heavy", TenantPolicy::weight(2.0))
+        .tenant("capped", TenantPolicy::weight(1.0).with_cap(0.5))
         .build()
         .unwrap()
 }
 
 fn request(id: u64, input: u64, output: u64) -> Request<Full<Bytes>> {
+    tenant_request(id, input, output, 0, false)
+}
+
+fn tenant_request(
+    id: u64,
+    input: u64,
+    output: u64,
+    tenant: usize,
+    batch: bool,
+) -> Request<Full<Bytes>> {
     let mut req = Request::post("/model/test-model/invoke")
         .header("x-id", id)
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
     req.extensions_mut()
         .insert(TokenEstimate::new(input, output));
+    if let Some(t) = TENANTS[tenant % TENANTS.len()] {
+        req.extensions_mut().insert(Tenant::new(t));
+    }
+    if batch {
+        req.extensions_mut().insert(Priority::Batch);
+    }
     req
 }
 
@@ -222,10 +250,21 @@ async fn send(
     input: u64,
     output: u64,
 ) -> JoinHandle<End> {
+    send_as(client, up, tenant_request(id, input, output, 0, false)).await
+}
+
+async fn send_as(
+    client: &mut Client,
+    up: &Recorder,
+    request: Request<Full<Bytes>>,
+) -> JoinHandle<End> {
+    let id: u64 = request.headers()["x-id"].to_str().unwrap().parse().unwrap();
+    let estimate = request.extensions().get::<TokenEstimate>().unwrap();
+    let (input, output) = (estimate.input_tokens(), estimate.output_limit());
     std::future::poll_fn(|cx| client.poll_ready(cx))
         .await
         .unwrap();
-    let future = client.call(request(id, input, output));
+    let future = client.call(request);
     let up = up.clone();
     let reserved = (input + output) as i64;
     let handle = tokio::spawn(async move {
@@ -328,7 +367,8 @@ fn reply() -> impl Strategy<Value = Reply> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         // Up to 12,000 tokens: about one in six is larger than the 10,000 quota.
-        5 => (0..6_000u64, 0..6_000u64).prop_map(|(input, output)| Op::Send { input, output }),
+        5 => (0..6_000u64, 0..6_000u64, 0..TENANTS.len(), any::<bool>())
+            .prop_map(|(input, output, tenant, batch)| Op::Send { input, output, tenant, batch }),
         1 => any::<usize>().prop_map(Op::Cancel),
         4 => (any::<usize>(), reply()).prop_map(|(i, r)| Op::Answer(i, r)),
         3 => (0..40_000u64).prop_map(|ms| Op::Step(Duration::from_millis(ms))),
@@ -348,8 +388,9 @@ proptest! {
             let mut next_id = 0;
             for op in &ops {
                 match *op {
-                    Op::Send { input, output } => {
-                        let h = send(&mut client, &up, next_id, input, output).await;
+                    Op::Send { input, output, tenant, batch } => {
+                        let request = tenant_request(next_id, input, output, tenant, batch);
+                        let h = send_as(&mut client, &up, request).await;
                         callers.push((h, input + output));
                         next_id += 1;
                     }
@@ -413,6 +454,17 @@ proptest! {
             let probe = send(&mut client, &up, u64::MAX, TPM, 0).await;
             prop_assert_eq!(up.log().events.len(), before + 1, "the whole quota is admitted at once");
             // (Requests of cancelled callers may still be held; nobody hears their answer.)
+            while up.held() > 0 {
+                up.answer(0, Reply::Headers { input: 1, output: 1 });
+            }
+            settle_tasks().await;
+            prop_assert!(probe.is_finished());
+            // Nor did the capped tenant's cap leak: after a period, its whole cap at once.
+            tokio::time::sleep(PERIOD + Duration::from_secs(1)).await;
+            let before = up.log().events.len();
+            let capped = tenant_request(u64::MAX - 1, TPM / 2, 0, 2, false);
+            let probe = send_as(&mut client, &up, capped).await;
+            prop_assert_eq!(up.log().events.len(), before + 1, "the whole cap is admitted at once");
             while up.held() > 0 {
                 up.answer(0, Reply::Headers { input: 1, output: 1 });
             }
