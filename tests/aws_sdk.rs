@@ -3,63 +3,29 @@
 
 #![cfg(all(feature = "aws-sdk", feature = "emulator"))]
 
+mod sdk;
+
 use std::time::Duration;
 
 use aws_sdk_bedrockruntime::{
-    config::{retry::RetryConfig, BehaviorVersion, Credentials, Region},
-    primitives::Blob,
-    types::{
-        ContentBlock, ConversationRole, ConverseStreamOutput, InferenceConfiguration, Message,
-    },
+    config::retry::RetryConfig,
+    types::{ConverseStreamOutput, InferenceConfiguration},
     Client,
 };
-use aws_smithy_runtime_api::client::{
-    http::HttpClient,
-    result::{ConnectorError, SdkError},
-};
+use aws_smithy_runtime_api::client::result::{ConnectorError, SdkError};
 use bedrock_throttle::{
     aws::ThrottledHttpClient,
     emulator::{EmulatedQuota, Emulator, EmulatorHandle, Faults, LatencyModel, OutputLength},
-    BedrockThrottleLayer, BoxError, Quota, ThrottleConfig, ThrottleConfigBuilder, ThrottleError,
+    BedrockThrottleLayer, BoxError, Quota, ThrottleError,
 };
 use bytes::Bytes;
 use http_body_util::Full;
+use sdk::{anthropic_body, config, message, sdk_client, throttled, MODEL};
 use tokio::time::{timeout, Instant};
 use tower::{service_fn, Layer, ServiceExt};
 
-/// Burndown 1, so quota tokens are plain tokens.
-const MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 /// Every test must end well within this.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn sdk_client(url: &str, http: impl HttpClient + 'static, retry: RetryConfig) -> Client {
-    let conf = aws_sdk_bedrockruntime::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(url)
-        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
-        .http_client(http)
-        .retry_config(retry)
-        .build();
-    Client::from_conf(conf)
-}
-
-/// An SDK client throttled by `cfg`, with the SDK's own retry off as recommended.
-fn throttled(emu: &EmulatorHandle, cfg: &ThrottleConfig) -> Client {
-    let inner = aws_smithy_http_client::Builder::new().build_http();
-    sdk_client(
-        &emu.endpoint_url(),
-        ThrottledHttpClient::new(inner, cfg.clone()),
-        RetryConfig::disabled(),
-    )
-}
-
-fn config(quota: Quota) -> ThrottleConfigBuilder {
-    ThrottleConfig::builder()
-        .model_quota(MODEL, quota)
-        .base_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200))
-}
 
 async fn emulator(quota: EmulatedQuota, latency: LatencyModel, faults: Faults) -> EmulatorHandle {
     Emulator::builder()
@@ -81,25 +47,6 @@ fn quota(tpm: u64, period: Duration) -> EmulatedQuota {
         tpd: None,
         period,
     }
-}
-
-fn anthropic_body(prompt: &str, max_tokens: u64) -> Blob {
-    Blob::new(
-        serde_json::json!({
-            "anthropic_version": "bedrock-2023-05-31",
-            "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": prompt}],
-        })
-        .to_string(),
-    )
-}
-
-fn message(text: &str) -> Message {
-    Message::builder()
-        .role(ConversationRole::User)
-        .content(ContentBlock::Text(text.into()))
-        .build()
-        .unwrap()
 }
 
 async fn invoke(client: &Client, prompt: &str, max_tokens: u64) -> Result<(), BoxError> {

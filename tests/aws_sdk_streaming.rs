@@ -5,51 +5,26 @@
 
 #![cfg(all(feature = "aws-sdk", feature = "emulator"))]
 
+mod sdk;
+
 use std::time::Duration;
 
 use aws_sdk_bedrockruntime::{
-    config::{retry::RetryConfig, BehaviorVersion, Credentials, Region},
     error::ProvideErrorMetadata,
-    primitives::Blob,
-    types::{
-        ContentBlock, ConversationRole, ConverseStreamOutput, InferenceConfiguration, Message,
-    },
+    types::{ConverseStreamOutput, InferenceConfiguration},
     Client,
 };
 use bedrock_throttle::{
-    aws::ThrottledHttpClient,
     emulator::{EmulatedQuota, Emulator, EmulatorHandle, Faults, LatencyModel, OutputLength},
-    BoxError, Quota, ThrottleConfig, ThrottleConfigBuilder, ThrottleError,
+    BoxError, Quota, ThrottleError,
 };
+use sdk::{anthropic_body, config, message, throttled, MODEL};
 use tokio::time::{timeout, Instant};
 
-/// Burndown 1, so quota tokens are plain tokens.
-const MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 /// Every test must end well within this.
 const DEADLINE: Duration = Duration::from_secs(15);
 /// The emulator's message for a token throttle.
 const TOO_MANY_TOKENS: &str = "Too many tokens, please wait before trying again.";
-
-/// An SDK client throttled by `cfg`, with the SDK's own retry off as recommended.
-fn throttled(emu: &EmulatorHandle, cfg: &ThrottleConfig) -> Client {
-    let inner = aws_smithy_http_client::Builder::new().build_http();
-    let conf = aws_sdk_bedrockruntime::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(emu.endpoint_url())
-        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
-        .http_client(ThrottledHttpClient::new(inner, cfg.clone()))
-        .retry_config(RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
-}
-
-fn config(quota: Quota) -> ThrottleConfigBuilder {
-    ThrottleConfig::builder()
-        .model_quota(MODEL, quota)
-        .base_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200))
-}
 
 /// 20 output tokens per answer, 4 characters a token, the first event after 20 ms.
 async fn emulator(faults: Faults, seed: u64) -> EmulatorHandle {
@@ -71,25 +46,6 @@ async fn emulator(faults: Faults, seed: u64) -> EmulatorHandle {
         .seed(seed)
         .spawn()
         .await
-        .unwrap()
-}
-
-fn anthropic_body(prompt: &str, max_tokens: u64) -> Blob {
-    Blob::new(
-        serde_json::json!({
-            "anthropic_version": "bedrock-2023-05-31",
-            "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": prompt}],
-        })
-        .to_string(),
-    )
-}
-
-fn message(text: &str) -> Message {
-    Message::builder()
-        .role(ConversationRole::User)
-        .content(ContentBlock::Text(text.into()))
-        .build()
         .unwrap()
 }
 

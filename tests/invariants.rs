@@ -204,10 +204,6 @@ fn config() -> ThrottleConfig {
         .unwrap()
 }
 
-fn request(id: u64, input: u64, output: u64) -> Request<Full<Bytes>> {
-    tenant_request(id, input, output, 0, false)
-}
-
 fn tenant_request(
     id: u64,
     input: u64,
