@@ -17,7 +17,8 @@
 //! the stacks that know about quotas are told the same period.
 //!
 //! At the end it prints a table (completed, failed, upstream throttles, goodput as a share
-//! of the ideal, p50 and p99 latency) and writes an SVG plot of the quota tokens billed per
+//! of the ideal up to the last upstream admission and up to the last response, p50 and p99
+//! latency) and writes an SVG plot of the quota tokens billed per
 //! second against the quota, one line per stack.
 
 use std::{
@@ -349,7 +350,12 @@ struct StackResult {
     failed: usize,
     attempts: u64,
     throttles: u64,
+    /// The ideal time to admit the billed work, over the time the stack took to have it
+    /// admitted.
     goodput: f64,
+    /// The ideal time plus the shortest request's latency, over the time until the last
+    /// response.
+    goodput_to_last_response: f64,
     p50: Duration,
     p99: Duration,
     wall: Duration,
@@ -432,18 +438,21 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
     // period's worth is free: buckets start full), plus the shortest a request can take,
     // since the last one is billed only when it ends.
     let shortest = FIRST_TOKEN + PER_OUTPUT_TOKEN * MIN_OUTPUT as u32;
-    let mut ideal = Duration::ZERO;
+    let mut ideal_admission = Duration::ZERO;
     for (model, rpm, tpm) in MODELS {
         let m = stats.model(model);
         let per_sec = |n: u64| n as f64 / opts.period.as_secs_f64();
         let by_tokens = (m.tokens_billed.saturating_sub(tpm)) as f64 / per_sec(tpm);
         let by_requests = rpm.map_or(0.0, |r| m.settled.saturating_sub(r) as f64 / per_sec(r));
-        ideal = ideal.max(Duration::from_secs_f64(by_tokens.max(by_requests)) + shortest);
+        ideal_admission = ideal_admission.max(Duration::from_secs_f64(by_tokens.max(by_requests)));
         if std::env::var_os("LOAD_DEMO_DEBUG").is_some() {
             eprintln!("{model}: billed {} settled {} by_tokens {by_tokens:.1} by_requests {by_requests:.1} throttled {}/{}", m.tokens_billed, m.settled, m.throttled_rpm, m.throttled_tpm);
         }
     }
+    let ideal = ideal_admission + shortest;
     let total = stats.total();
+    // When the last billed work passed the quota.
+    let admitted_by = total.last_admitted.map_or(wall, |t| t - start);
     let mut latencies: Vec<Duration> = done.iter().filter(|d| d.0).map(|d| d.1).collect();
     latencies.sort();
     let pct = |p: f64| {
@@ -459,7 +468,8 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
         // Every request that reached the emulator, throttled ones included.
         attempts: total.requests,
         throttles: total.throttled_rpm + total.throttled_tpm + total.throttled_tpd,
-        goodput: ideal.as_secs_f64() / wall.as_secs_f64(),
+        goodput: ideal_admission.as_secs_f64() / admitted_by.as_secs_f64().max(1e-9),
+        goodput_to_last_response: ideal.as_secs_f64() / wall.as_secs_f64(),
         p50: pct(0.5),
         p99: pct(0.99),
         wall,
@@ -477,13 +487,13 @@ fn table(results: &[StackResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| stack | completed | failed | attempts | upstream throttles | throttles / attempts | goodput | p50 | p99 | wall |"
+        "| stack | completed | failed | attempts | upstream throttles | throttles / attempts | goodput | goodput to last response | p50 | p99 | wall |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.1} % | {:.1} % | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} % | {:.1} % | {:.1} % | {} | {} | {} |",
             r.name,
             r.completed,
             r.failed,
@@ -491,6 +501,7 @@ fn table(results: &[StackResult]) -> String {
             r.throttles,
             100.0 * r.throttles as f64 / r.attempts.max(1) as f64,
             100.0 * r.goodput,
+            100.0 * r.goodput_to_last_response,
             fmt_duration(r.p50),
             fmt_duration(r.p99),
             fmt_duration(r.wall),
@@ -588,8 +599,11 @@ async fn main() {
     print!("{}", table(&results));
     println!();
     println!(
-        "goodput: the least time in which any client could push the same billed work through the quotas \
-         (plus the shortest request's latency), over the time this stack took."
+        "goodput: the least time in which any client could push the same billed work through the quotas, \
+         over the time this stack took to have its last request admitted upstream.\n\
+         goodput to last response: the same ideal plus the shortest request's latency, over the time until \
+         the stack's last response (so it also counts the model latency of the last requests, which no \
+         client controls)."
     );
     std::fs::write(&opts.out, svg(&results)).expect("write plot");
     println!("plot: {}", opts.out);

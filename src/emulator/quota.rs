@@ -55,6 +55,9 @@ pub struct ModelStats {
     pub output_tokens: u64,
     /// The largest number of requests in flight at once.
     pub max_in_flight: u64,
+    /// When the quota check last admitted a request: the moment the last billed work
+    /// passed the quota.
+    pub last_admitted: Option<Instant>,
 }
 
 /// A snapshot of the emulator's statistics, per quota key.
@@ -73,7 +76,8 @@ impl EmulatorStats {
         self.models.get(model_id).cloned().unwrap_or_default()
     }
 
-    /// All models added together (`max_in_flight` is the largest of any one model).
+    /// All models added together (`max_in_flight` is the largest of any one model,
+    /// `last_admitted` the latest).
     pub fn total(&self) -> ModelStats {
         let mut t = ModelStats::default();
         for m in self.models.values() {
@@ -96,6 +100,7 @@ impl EmulatorStats {
             t.input_tokens += m.input_tokens;
             t.output_tokens += m.output_tokens;
             t.max_in_flight = t.max_in_flight.max(m.max_in_flight);
+            t.last_admitted = t.last_admitted.max(m.last_admitted);
         }
         t
     }
@@ -290,6 +295,7 @@ impl Ledger {
         state.reserved += tokens;
         state.in_flight += 1;
         state.stats.admitted += 1;
+        state.stats.last_admitted = Some(Instant::now());
         state.stats.max_in_flight = state.stats.max_in_flight.max(state.in_flight);
         Ok(Reservation {
             ledger: Arc::clone(self),
