@@ -103,6 +103,14 @@ impl RequestTemplate {
         }
     }
 
+    /// The quota key the request is charged to: the estimate's, else read from the head.
+    pub(crate) fn quota_key(&self) -> crate::QuotaKey {
+        self.extensions
+            .get::<crate::estimate::TokenEstimate>()
+            .and_then(|e| e.key().cloned())
+            .unwrap_or_else(|| crate::QuotaKey::from_head(&self.uri, &self.headers).0)
+    }
+
     /// A request with a copy of the head and `body`.
     pub(crate) fn build<B: From<Bytes>>(&self, body: Bytes) -> http::Request<B> {
         let mut request = http::Request::new(B::from(body));

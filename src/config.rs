@@ -9,6 +9,7 @@ use crate::{
     },
     ledger::Ledger,
     retry::RetryBudgetState,
+    telemetry::Telemetry,
     ConfigError, QuotaKey,
 };
 
@@ -321,6 +322,7 @@ pub(crate) struct Shared {
     pub(crate) retry_budget: Option<RetryBudgetState>,
     pub(crate) estimator: Arc<dyn TokenEstimator>,
     pub(crate) calibration: Calibration,
+    pub(crate) telemetry: Telemetry,
 }
 
 impl fmt::Debug for Shared {
@@ -387,6 +389,12 @@ impl ThrottleConfig {
             burndown: Some(configured.burndown),
             discover: configured.discover,
         })
+    }
+
+    /// A snapshot of every quota key used so far: its configured and current quota, queue,
+    /// counters and calibration. See [`ThrottleStats`](crate::ThrottleStats).
+    pub fn stats(&self) -> crate::ThrottleStats {
+        crate::stats::collect(self)
     }
 }
 
@@ -640,6 +648,7 @@ impl ThrottleConfigBuilder {
                     .estimator
                     .unwrap_or_else(|| Arc::new(HeuristicEstimator::default())),
                 calibration: Calibration::new(),
+                telemetry: Telemetry::default(),
             }),
         })
     }

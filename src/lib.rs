@@ -74,6 +74,8 @@ mod error;
 mod key;
 mod layer;
 mod ledger;
+mod stats;
+mod telemetry;
 mod usage;
 
 #[cfg(feature = "aws-sdk")]
@@ -99,4 +101,5 @@ pub use self::{
     error::{BoxError, ConfigError, ThrottleError},
     key::QuotaKey,
     layer::BedrockThrottleLayer,
+    stats::{KeyStats, ThrottleStats},
 };

@@ -24,6 +24,7 @@ use super::{
 use crate::{
     config::Shared,
     ledger::{Acquire, Reservation},
+    telemetry::{ChargeTrace, QueueGuard, Trace},
     usage, BoxError, QuotaKey, ThrottleError,
 };
 
@@ -32,6 +33,7 @@ use crate::{
 pub(crate) struct Terms {
     pub(super) burndown: f64,
     pub(super) learn: Option<Learn>,
+    pub(super) trace: ChargeTrace,
 }
 
 /// The estimator's raw input count for a model, to compare with the reported one.
@@ -66,12 +68,18 @@ impl Charge {
             }
         }
         let actual = usage.charge(self.terms.burndown);
+        let actual_input =
+            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens;
         tracing::trace!(
+            parent: &self.terms.trace.span,
             quota_key = %self.reservation.ledger().key(),
             reserved = self.reservation.tokens(),
             actual,
+            input_estimated = self.terms.trace.input_estimate,
+            input_actual = actual_input,
             "settled"
         );
+        self.terms.trace.settled(actual, actual_input);
         self.reservation.settle(actual);
     }
 
@@ -83,6 +91,8 @@ impl Charge {
     /// what was generated, and the throttle empties the key's buckets anyway), and the key
     /// slows down.
     pub(super) fn throttled(self) {
+        self.terms.trace.throttled(true);
+        let _span = self.terms.trace.span.enter();
         self.reservation.throttled(false);
     }
 }
@@ -105,6 +115,7 @@ pin_project! {
         parked: Option<Parked<S, B>>,
         charge: Option<Charge>,
         error: Option<ThrottleError>,
+        trace: Trace,
     }
 }
 
@@ -236,6 +247,7 @@ struct Parked<S, B> {
     service: S,
     request: Request<B>,
     terms: Terms,
+    queued: QueueGuard,
 }
 
 impl<S, B> Unpin for Parked<S, B> {}
@@ -245,34 +257,45 @@ where
     S: Service<Request<B>>,
     ResB: Body,
 {
-    pub(super) fn calling(future: S::Future, charge: Option<Charge>) -> Self {
+    pub(super) fn calling(future: S::Future, charge: Option<Charge>, trace: Trace) -> Self {
         Self {
             state: State::Calling { future },
             parked: None,
             charge,
             error: None,
+            trace,
         }
     }
 
-    pub(super) fn waiting(acquire: Acquire, service: S, request: Request<B>, terms: Terms) -> Self {
+    pub(super) fn waiting(
+        acquire: Acquire,
+        service: S,
+        request: Request<B>,
+        terms: Terms,
+        queued: QueueGuard,
+        trace: Trace,
+    ) -> Self {
         Self {
             state: State::Waiting { acquire },
             parked: Some(Parked {
                 service,
                 request,
                 terms,
+                queued,
             }),
             charge: None,
             error: None,
+            trace,
         }
     }
 
-    pub(super) fn failed(error: ThrottleError) -> Self {
+    pub(super) fn failed(error: ThrottleError, trace: Trace) -> Self {
         Self {
             state: State::Failed,
             parked: None,
             charge: None,
             error: Some(error),
+            trace,
         }
     }
 }
@@ -287,21 +310,41 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _span = this.trace.entered();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Waiting { acquire } => {
-                    let reservation = ready!(acquire.poll(cx))?;
+                    let reservation = match ready!(acquire.poll(cx)) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let e = e.into();
+                            this.trace.error(&e);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
                     let Parked {
                         mut service,
                         request,
                         terms,
+                        queued,
                     } = this.parked.take().expect("parked request");
+                    let wait = queued.waited();
+                    drop(queued);
+                    this.trace.waited(wait);
+                    terms.trace.key.admitted(reservation.tokens(), wait);
                     *this.charge = Some(Charge::new(reservation, terms));
                     let future = service.call(request);
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let response = match ready!(future.poll(cx)) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let e = e.into();
+                            this.trace.error(&e);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
                     if is_event_stream(&response) {
                         if let Some(charge) = this.charge.take() {
                             let (parts, body) = response.into_parts();
@@ -321,6 +364,7 @@ where
                             continue;
                         }
                     }
+                    this.trace.response(response.status());
                     let settle_from_body =
                         this.charge.take().and_then(|c| settle_head(c, &response));
                     return Poll::Ready(Ok(
@@ -331,11 +375,14 @@ where
                     ready!(prefetch.as_mut().expect("prefetching").poll(cx));
                     let prefetch = prefetch.take().expect("prefetching");
                     this.state.set(State::Failed); // polling again panics, as for any future
-                    return Poll::Ready(Ok(prefetch.finish()));
+                    let response = prefetch.finish();
+                    this.trace.response(response.status());
+                    return Poll::Ready(Ok(response));
                 }
                 StateProj::Failed => {
-                    let error = this.error.take().expect("polled after completion");
-                    return Poll::Ready(Err(error.into()));
+                    let error = this.error.take().expect("polled after completion").into();
+                    this.trace.error(&error);
+                    return Poll::Ready(Err(error));
                 }
             }
         }
@@ -360,7 +407,10 @@ fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
     }
     match status {
         // Refused before running: the reservation comes back at once, and the key slows.
-        StatusCode::TOO_MANY_REQUESTS => charge.reservation.throttled(true),
+        StatusCode::TOO_MANY_REQUESTS => {
+            charge.terms.trace.throttled(false);
+            charge.reservation.throttled(true);
+        }
         StatusCode::BAD_REQUEST
         | StatusCode::FORBIDDEN
         | StatusCode::NOT_FOUND

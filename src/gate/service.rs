@@ -1,6 +1,7 @@
 use std::{
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use http::{header::CONTENT_LENGTH, Request, Response};
@@ -15,6 +16,7 @@ use crate::{
     config::{fallback_output_limit, Shared},
     estimate::{EstimateMethod, Operation, TokenEstimate},
     ledger::Admission,
+    telemetry::{ChargeTrace, Trace},
     BoxError, QuotaKey, ThrottleConfig, ThrottleError,
 };
 
@@ -66,7 +68,8 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        let trace = Trace::attach(&mut request);
         let (key, operation, input, output_limit, raw_input) =
             match request.extensions().get::<TokenEstimate>() {
                 Some(e) => {
@@ -101,18 +104,24 @@ where
         // a clone would need readiness of its own, which a concurrency limit below could
         // not give while the ready ones sit idle.
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        trace.describe(&key, input, output_limit, None);
         let Some(quota) = quota else {
-            return ResponseFuture::calling(inner.call(request), None);
+            return ResponseFuture::calling(inner.call(request), None, trace);
         };
         let tokens = input.saturating_add((output_limit as f64 * quota.burndown).ceil() as u64);
+        trace.reserved(tokens);
         // A discovered quota's number is only a guess: a larger request waits for a full bucket.
         if !quota.discover && tokens > quota.tokens {
-            return ResponseFuture::failed(ThrottleError::NeverFits {
-                key,
-                tokens,
-                quota_tokens: quota.tokens,
-            });
+            return ResponseFuture::failed(
+                ThrottleError::NeverFits {
+                    key,
+                    tokens,
+                    quota_tokens: quota.tokens,
+                },
+                trace,
+            );
         }
+        let telemetry = self.shared.telemetry.key(&key);
         let terms = Terms {
             burndown: quota.burndown,
             learn: raw_input.map(|raw_input| Learn {
@@ -120,15 +129,26 @@ where
                 model: key.clone(),
                 raw_input,
             }),
+            trace: ChargeTrace {
+                span: trace.span.clone(),
+                key: telemetry.clone(),
+                input_estimate: Some(input),
+            },
         };
         let ledger = self.shared.ledger.key(&key, quota);
         let deadline = Instant::now() + self.shared.settings.max_wait;
         match ledger.admit(tokens, deadline) {
             Admission::Admitted(reservation) => {
+                telemetry.admitted(tokens, Duration::ZERO);
+                telemetry.rates(ledger.rates(), quota.period);
                 let charge = Charge::new(reservation, terms);
-                ResponseFuture::calling(inner.call(request), Some(charge))
+                ResponseFuture::calling(inner.call(request), Some(charge), trace)
             }
-            Admission::Queued(acquire) => ResponseFuture::waiting(acquire, inner, request, terms),
+            Admission::Queued(acquire) => {
+                tracing::debug!(quota_key = %key, tokens, "no room: queued");
+                let queued = telemetry.queued();
+                ResponseFuture::waiting(acquire, inner, request, terms, queued, trace)
+            }
         }
     }
 }
