@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
     },
     time::Duration,
 };
@@ -19,7 +19,7 @@ use metrics::{Counter, Gauge, Histogram, SharedString};
 use tokio::time::Instant;
 use tracing::{field::Empty, Span};
 
-use crate::{estimate::EstimateMethod, BoxError, QuotaKey, ThrottleError};
+use crate::{estimate::EstimateMethod, ledger::KeyLedger, BoxError, QuotaKey, ThrottleError};
 
 /// Names of the metrics, all labelled `model` and `region` (see the README's table).
 pub(crate) mod names {
@@ -240,7 +240,9 @@ struct Handles {
     wait: Histogram,
     queue: Gauge,
     tpm: Gauge,
-    rpm: Gauge,
+    /// Registered only for a key with a request quota.
+    rpm: OnceLock<Gauge>,
+    labels: Vec<(&'static str, SharedString)>,
 }
 
 /// One key's counters: plain atomics for [`stats`](crate::ThrottleConfig::stats), mirrored
@@ -288,7 +290,8 @@ impl KeyTelemetry {
             wait: metrics::histogram!(names::WAIT_SECONDS, &l()),
             queue: metrics::gauge!(names::QUEUE_DEPTH, &l()),
             tpm: metrics::gauge!(names::EFFECTIVE_TPM, &l()),
-            rpm: metrics::gauge!(names::EFFECTIVE_RPM, &l()),
+            rpm: OnceLock::new(),
+            labels: l(),
         };
         Self {
             key,
@@ -319,7 +322,9 @@ impl KeyTelemetry {
         let per_minute = 60.0 / period.as_secs_f64();
         self.m.tpm.set(rates.0 * per_minute);
         if let Some(r) = rates.1 {
-            self.m.rpm.set(r * per_minute);
+            let rpm =
+                (self.m.rpm).get_or_init(|| metrics::gauge!(names::EFFECTIVE_RPM, &self.m.labels));
+            rpm.set(r * per_minute);
         }
     }
 
@@ -389,9 +394,16 @@ pub(crate) struct ChargeTrace {
     pub(crate) span: Span,
     pub(crate) key: Arc<KeyTelemetry>,
     pub(crate) input_estimate: Option<u64>,
+    /// The period of the key's quota, to turn its rates into per-minute gauges.
+    pub(crate) period: Duration,
 }
 
 impl ChargeTrace {
+    /// Sets the effective-rate gauges from the key's ledger.
+    pub(crate) fn rates(&self, ledger: &KeyLedger) {
+        self.key.rates(ledger.rates(), self.period);
+    }
+
     /// Settled from reported usage: `charge` quota tokens, `actual_input` input tokens.
     pub(crate) fn settled(&self, charge: u64, actual_input: u64) {
         self.span.record("settled_tokens", charge);
@@ -408,6 +420,189 @@ impl ChargeTrace {
             quota_key = %self.key.key,
             in_stream,
             "upstream throttled"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashMap,
+        sync::atomic::{AtomicU32, Ordering},
+    };
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tower::{service_fn, Layer, ServiceExt};
+
+    use super::names;
+    use crate::{estimate::TokenEstimate, BedrockThrottleLayer, Quota, QuotaKey, ThrottleConfig};
+
+    fn request() -> http::Request<Full<Bytes>> {
+        let mut req = http::Request::post(
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/meta.llama3-70b-instruct-v1%3A0/invoke",
+        )
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+        req.extensions_mut().insert(TokenEstimate::new(300, 100));
+        req
+    }
+
+    /// One request meets an upstream 429, is retried, waits in the emptied bucket and
+    /// succeeds; every metric of its key says so, with its labels, and agrees with stats().
+    #[test]
+    fn metrics_follow_a_throttled_retried_and_waiting_request() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let cfg = ThrottleConfig::builder()
+            .quota(Quota::tokens_per_minute(1_000))
+            .headroom(std::time::Duration::ZERO)
+            .build()
+            .unwrap();
+        let calls = std::sync::Arc::new(AtomicU32::new(0));
+        let upstream = {
+            let calls = calls.clone();
+            service_fn(move |_req: http::Request<Full<Bytes>>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let resp = if n == 0 {
+                        http::Response::builder()
+                            .status(429)
+                            .header("x-amzn-errortype", "ThrottlingException")
+                            .body(Full::new(Bytes::new()))
+                    } else {
+                        http::Response::builder()
+                            .header("x-amzn-bedrock-input-token-count", "250")
+                            .header("x-amzn-bedrock-output-token-count", "50")
+                            .body(Full::new(Bytes::new()))
+                    };
+                    Ok::<_, std::convert::Infallible>(resp.unwrap())
+                }
+            })
+        };
+        metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let svc = BedrockThrottleLayer::new(cfg.clone()).layer(upstream);
+                let resp = svc.oneshot(request()).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+            })
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        let mut values = HashMap::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let labels: Vec<_> = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            assert_eq!(
+                labels,
+                [
+                    (
+                        "model".to_owned(),
+                        "meta.llama3-70b-instruct-v1:0".to_owned()
+                    ),
+                    ("region".to_owned(), "us-east-1".to_owned()),
+                ]
+            );
+            values.insert(key.key().name().to_owned(), value);
+        }
+        let counter = |name: &str| match &values[name] {
+            DebugValue::Counter(n) => *n,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(counter(names::ADMITTED), 2);
+        assert_eq!(
+            counter(names::WAITED),
+            1,
+            "the retry waited for the emptied bucket"
+        );
+        assert_eq!(counter(names::THROTTLED), 1);
+        assert_eq!(counter(names::RETRIED), 1);
+        assert_eq!(counter(names::TOKENS_RESERVED), 800);
+        assert_eq!(counter(names::TOKENS_SETTLED), 300);
+        assert_eq!(counter(names::INPUT_ESTIMATED), 300);
+        assert_eq!(counter(names::INPUT_ACTUAL), 250);
+        match &values[names::WAIT_SECONDS] {
+            DebugValue::Histogram(waits) => {
+                assert_eq!(waits.len(), 2);
+                assert_eq!(waits[0].into_inner(), 0.0);
+                assert!(waits[1].into_inner() > 0.0, "{waits:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &values[names::QUEUE_DEPTH] {
+            DebugValue::Gauge(depth) => assert_eq!(depth.into_inner(), 0.0),
+            other => panic!("{other:?}"),
+        }
+        match &values[names::EFFECTIVE_TPM] {
+            DebugValue::Gauge(tpm) => {
+                let tpm = tpm.into_inner();
+                assert!(
+                    tpm > 0.0 && tpm < 1_000.0,
+                    "slowed after the throttle: {tpm}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !values.contains_key(names::EFFECTIVE_RPM),
+            "no request quota, no request rate"
+        );
+
+        let stats = cfg.stats();
+        let k = stats
+            .key(&QuotaKey::new(
+                Some("meta.llama3-70b-instruct-v1:0"),
+                Some("us-east-1"),
+            ))
+            .unwrap();
+        assert_eq!(
+            (k.admitted, k.waited, k.throttled, k.retried, k.queue_depth),
+            (2, 1, 1, 1, 0)
+        );
+        assert_eq!((k.tokens_reserved, k.tokens_settled), (800, 300));
+        assert_eq!(
+            (k.input_tokens_estimated, k.input_tokens_actual),
+            (300, 250)
+        );
+        assert_eq!(
+            k.quota,
+            Some(Quota::tokens_per_minute(1_000).with_burndown(1.0))
+        );
+        assert!(k.effective.unwrap().tokens() < 1_000);
+    }
+
+    /// A waiter that gives up leaves the queue-depth gauge and the stats as they were.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiter_leaves_the_queue() {
+        let cfg = ThrottleConfig::builder()
+            .quota(Quota::tokens_per_minute(500))
+            .build()
+            .unwrap();
+        let upstream = service_fn(|_req: http::Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+        });
+        let svc = BedrockThrottleLayer::new(cfg.clone()).layer(upstream);
+        svc.clone().oneshot(request()).await.unwrap(); // 400 of 500 taken, kept whole
+        let mut waiting = tokio_test::task::spawn(svc.oneshot(request()));
+        assert!(waiting.poll().is_pending());
+        let key = QuotaKey::new(Some("meta.llama3-70b-instruct-v1:0"), Some("us-east-1"));
+        assert_eq!(cfg.stats().key(&key).unwrap().queue_depth, 1);
+        drop(waiting);
+        let k = cfg.stats().key(&key).unwrap().clone();
+        assert_eq!((k.queue_depth, k.waited, k.admitted), (0, 1, 1));
+        assert_eq!(
+            k.tokens_settled, 0,
+            "no usage reported: kept whole, not settled"
         );
     }
 }

@@ -93,7 +93,9 @@ impl Charge {
     pub(super) fn throttled(self) {
         self.terms.trace.throttled(true);
         let _span = self.terms.trace.span.enter();
+        let ledger = self.reservation.ledger().clone();
         self.reservation.throttled(false);
+        self.terms.trace.rates(&ledger);
     }
 }
 
@@ -332,6 +334,7 @@ where
                     drop(queued);
                     this.trace.waited(wait);
                     terms.trace.key.admitted(reservation.tokens(), wait);
+                    terms.trace.rates(reservation.ledger());
                     *this.charge = Some(Charge::new(reservation, terms));
                     let future = service.call(request);
                     this.state.set(State::Calling { future });
@@ -409,7 +412,9 @@ fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
         // Refused before running: the reservation comes back at once, and the key slows.
         StatusCode::TOO_MANY_REQUESTS => {
             charge.terms.trace.throttled(false);
+            let ledger = charge.reservation.ledger().clone();
             charge.reservation.throttled(true);
+            charge.terms.trace.rates(&ledger);
         }
         StatusCode::BAD_REQUEST
         | StatusCode::FORBIDDEN

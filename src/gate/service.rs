@@ -133,6 +133,7 @@ where
                 span: trace.span.clone(),
                 key: telemetry.clone(),
                 input_estimate: Some(input),
+                period: quota.period,
             },
         };
         let ledger = self.shared.ledger.key(&key, quota);
@@ -140,7 +141,7 @@ where
         match ledger.admit(tokens, deadline) {
             Admission::Admitted(reservation) => {
                 telemetry.admitted(tokens, Duration::ZERO);
-                telemetry.rates(ledger.rates(), quota.period);
+                terms.trace.rates(&ledger);
                 let charge = Charge::new(reservation, terms);
                 ResponseFuture::calling(inner.call(request), Some(charge), trace)
             }
