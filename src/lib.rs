@@ -56,6 +56,11 @@
 //! puts the same stack under an `aws-sdk-bedrockruntime` client:
 //! `Config::builder().http_client(ThrottledHttpClient::new(inner, cfg))`.
 //!
+//! Each request gets a `tracing` span (`bedrock_request`) with its quota key, estimate, wait,
+//! attempts, settlement and outcome, and the layers count what they do per quota key
+//! through the `metrics` facade and in [`ThrottleConfig::stats`]; never a body or a header.
+//! The README's "Observability" lists the fields and metric names.
+//!
 //! Time comes from tokio's clock, so `#[tokio::test(start_paused = true)]` runs an hour of
 //! quota traffic through the layer in milliseconds.
 

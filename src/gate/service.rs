@@ -70,6 +70,10 @@ where
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         let trace = Trace::attach(&mut request);
+        let method = request
+            .extensions()
+            .get::<TokenEstimate>()
+            .map(TokenEstimate::method);
         let (key, operation, input, output_limit, raw_input) =
             match request.extensions().get::<TokenEstimate>() {
                 Some(e) => {
@@ -104,7 +108,7 @@ where
         // a clone would need readiness of its own, which a concurrency limit below could
         // not give while the ready ones sit idle.
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        trace.describe(&key, input, output_limit, None);
+        trace.describe(&key, input, output_limit, method);
         let Some(quota) = quota else {
             return ResponseFuture::calling(inner.call(request), None, trace);
         };
