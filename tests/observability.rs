@@ -253,6 +253,30 @@ async fn hyper_client_to_the_emulator_success_throttle_retry_stream_and_errors()
         err.downcast_ref::<ThrottleError>(),
         Some(ThrottleError::BodyTooLarge { .. })
     ));
+    // No room within max_wait: the second request waits and gives up.
+    let busy = ThrottleConfig::builder()
+        .model_quota(MODEL, Quota::tokens_per_minute(200))
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let mut busy = BedrockThrottleLayer::new(busy).layer(client.clone());
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    send(
+        &mut busy,
+        request(&base, "invoke", anthropic("first", json!(100))),
+    )
+    .await
+    .unwrap();
+    let err = send(
+        &mut busy,
+        request(&base, "invoke", anthropic("second", json!(100))),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        err.downcast_ref::<ThrottleError>(),
+        Some(ThrottleError::MaxWaitExceeded { .. })
+    ));
     // Connection errors on every attempt.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -293,6 +317,8 @@ async fn hyper_client_to_the_emulator_success_throttle_retry_stream_and_errors()
         "outcome=\"success\"",
         "outcome=\"error_response\"",
         "outcome=\"never_fits\"",
+        "outcome=\"max_wait_exceeded\"",
+        "no room: queued",
         "outcome=\"body_too_large\"",
         "outcome=\"upstream_error\"",
         "estimate=Heuristic",
