@@ -83,13 +83,24 @@ where
 }
 
 /// A copy of a request without its body, from which each attempt is rebuilt.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct RequestTemplate {
     method: http::Method,
     uri: http::Uri,
     version: http::Version,
     headers: http::HeaderMap,
     extensions: http::Extensions,
+}
+
+/// Header values carry credentials and signatures: only their names are shown.
+impl std::fmt::Debug for RequestTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestTemplate")
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RequestTemplate {
@@ -101,6 +112,14 @@ impl RequestTemplate {
             headers: parts.headers,
             extensions: parts.extensions,
         }
+    }
+
+    /// The quota key the request is charged to: the estimate's, else read from the head.
+    pub(crate) fn quota_key(&self) -> crate::QuotaKey {
+        self.extensions
+            .get::<crate::estimate::TokenEstimate>()
+            .and_then(|e| e.key().cloned())
+            .unwrap_or_else(|| crate::QuotaKey::from_head(&self.uri, &self.headers).0)
     }
 
     /// A request with a copy of the head and `body`.
@@ -123,5 +142,26 @@ impl RequestTemplate {
         *request.headers_mut() = self.headers;
         *request.extensions_mut() = self.extensions;
         request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_template_debug_shows_no_header_value() {
+        let (parts, ()) = http::Request::post("/model/m/invoke")
+            .header("authorization", "AWS4-HMAC-SHA256 Signature=s3cr3t")
+            .header("x-amz-security-token", "t0k3n")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let shown = format!("{:?}", RequestTemplate::new(parts));
+        assert!(shown.contains("authorization") && shown.contains("/model/m/invoke"));
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("t0k3n"),
+            "{shown}"
+        );
     }
 }

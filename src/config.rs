@@ -9,6 +9,7 @@ use crate::{
     },
     ledger::Ledger,
     retry::RetryBudgetState,
+    telemetry::Telemetry,
     tenant::{Overload, Tenant, TenantPolicy, TenantSettings},
     ConfigError, QuotaKey,
 };
@@ -325,6 +326,7 @@ pub(crate) struct Shared {
     pub(crate) calibration: Calibration,
     /// Places for waiting requests under [`Overload::Backpressure`].
     pub(crate) waiting_places: Option<Arc<tokio::sync::Semaphore>>,
+    pub(crate) telemetry: Telemetry,
 }
 
 impl fmt::Debug for Shared {
@@ -391,6 +393,12 @@ impl ThrottleConfig {
             burndown: Some(configured.burndown),
             discover: configured.discover,
         })
+    }
+
+    /// A snapshot of every quota key used so far: its configured and current quota, queue,
+    /// counters and calibration. See [`ThrottleStats`](crate::ThrottleStats).
+    pub fn stats(&self) -> crate::ThrottleStats {
+        crate::stats::collect(self)
     }
 }
 
@@ -705,6 +713,7 @@ impl ThrottleConfigBuilder {
                     .unwrap_or_else(|| Arc::new(HeuristicEstimator::default())),
                 calibration: Calibration::new(),
                 waiting_places,
+                telemetry: Telemetry::default(),
             }),
         })
     }

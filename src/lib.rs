@@ -56,6 +56,11 @@
 //! puts the same stack under an `aws-sdk-bedrockruntime` client:
 //! `Config::builder().http_client(ThrottledHttpClient::new(inner, cfg))`.
 //!
+//! Each request gets a `tracing` span (`bedrock_request`) with its quota key, estimate, wait,
+//! attempts, settlement and outcome, and the layers count what they do per quota key
+//! through the `metrics` facade and in [`ThrottleConfig::stats`]; never a body or a header.
+//! The README's "Observability" lists the fields and metric names.
+//!
 //! Time comes from tokio's clock, so `#[tokio::test(start_paused = true)]` runs an hour of
 //! quota traffic through the layer in milliseconds.
 
@@ -74,6 +79,8 @@ mod error;
 mod key;
 mod layer;
 mod ledger;
+mod stats;
+mod telemetry;
 mod usage;
 
 #[cfg(feature = "aws-sdk")]
@@ -100,5 +107,6 @@ pub use self::{
     error::{BoxError, ConfigError, ThrottleError},
     key::QuotaKey,
     layer::BedrockThrottleLayer,
+    stats::{KeyStats, ThrottleStats},
     tenant::{Overload, Priority, Tenant, TenantPolicy},
 };

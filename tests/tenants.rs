@@ -367,7 +367,7 @@ async fn batch_is_slowed_but_never_starved() {
 async fn the_queue_bound_holds_under_ten_thousand_callers_and_shed_requests_never_go_upstream() {
     let upstream = Upstream::default();
     let cfg = config().max_queued(100).build().unwrap();
-    let client = client(cfg, &upstream);
+    let client = client(cfg.clone(), &upstream);
     let waiting = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..10_000)
@@ -412,6 +412,12 @@ async fn the_queue_bound_holds_under_ten_thousand_callers_and_shed_requests_neve
     assert_eq!(ok, 200);
     assert_eq!(shed, 9_800);
     assert_eq!(upstream.calls.load(Ordering::Relaxed), ok);
+    // The stats and the metrics count them.
+    let stats = cfg.stats();
+    assert_eq!(stats.keys.len(), 1);
+    assert_eq!(stats.keys[0].shed, 9_800);
+    assert_eq!(stats.keys[0].admitted, 200);
+    assert_eq!(stats.keys[0].queue_depth, 0);
     // The hint is the time the 100 waiters take at 100 requests per minute.
     assert!(
         hints

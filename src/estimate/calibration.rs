@@ -114,11 +114,18 @@ impl Calibration {
         let sample = sample
             .clamp(entry.ratio / MAX_STEP, entry.ratio * MAX_STEP)
             .clamp(MIN_RATIO, MAX_RATIO);
+        let previous = entry.ratio;
         entry.observations = entry.observations.saturating_add(1);
         let weight = (1.0 / entry.observations as f64).max(ALPHA);
         entry.ratio = (entry.ratio + weight * (sample - entry.ratio)).clamp(MIN_RATIO, MAX_RATIO);
         entry.deviation += weight * ((sample - entry.ratio).abs() - entry.deviation);
-        tracing::debug!(model, sample, ratio = entry.ratio, "calibration updated");
+        tracing::debug!(
+            model,
+            sample,
+            previous,
+            ratio = entry.ratio,
+            "calibration updated"
+        );
     }
 
     /// The model's entry, if it has learned anything.

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{RequestInfo, TokenEstimate};
-use crate::{body::CollectBody, config::Shared, BoxError, QuotaKey};
+use crate::{body::CollectBody, config::Shared, telemetry::Trace, BoxError, QuotaKey};
 
 pin_project! {
     /// Response future of [`Estimate`](super::Estimate): reads the body, then calls the
@@ -25,6 +25,7 @@ pin_project! {
         #[pin]
         state: State<S::Future, B>,
         pending: Option<Pending<S, B>>,
+        trace: Trace,
     }
 }
 
@@ -48,14 +49,20 @@ where
     S: Service<Request<B>>,
     B: Body,
 {
-    pub(super) fn calling(future: S::Future) -> Self {
+    pub(super) fn calling(future: S::Future, trace: Trace) -> Self {
         Self {
             state: State::Calling { future },
             pending: None,
+            trace,
         }
     }
 
-    pub(super) fn collecting(request: Request<B>, service: S, shared: Arc<Shared>) -> Self {
+    pub(super) fn collecting(
+        request: Request<B>,
+        service: S,
+        shared: Arc<Shared>,
+        trace: Trace,
+    ) -> Self {
         let (parts, body) = request.into_parts();
         Self {
             state: State::Collecting {
@@ -67,6 +74,7 @@ where
                 shared,
                 _body: std::marker::PhantomData,
             }),
+            trace,
         }
     }
 }
@@ -82,10 +90,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _span = this.trace.entered();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Collecting { collect } => {
-                    let bytes = ready!(collect.poll(cx))?;
+                    let bytes = match ready!(collect.poll(cx)) {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            let e = e.into();
+                            this.trace.error(&e);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
                     let Pending {
                         mut service,
                         mut parts,
@@ -110,6 +126,12 @@ where
                         method = ?estimate.method,
                         "estimated request"
                     );
+                    (this.trace).describe(
+                        &key,
+                        calibrated,
+                        estimate.output_limit,
+                        Some(estimate.method),
+                    );
                     parts.extensions.insert(TokenEstimate::from_body(
                         key, operation, estimate, calibrated,
                     ));
@@ -117,6 +139,7 @@ where
                     let future = service.call(request);
                     this.state.set(State::Calling { future });
                 }
+                // The layers below record the outcome.
                 StateProj::Calling { future } => return future.poll(cx).map_err(Into::into),
             }
         }

@@ -9,7 +9,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::{ResponseFuture, TokenEstimate};
-use crate::{config::Shared, BoxError, QuotaKey, ThrottleConfig};
+use crate::{config::Shared, telemetry::Trace, BoxError, QuotaKey, ThrottleConfig};
 
 /// Reads each request body once and attaches a [`TokenEstimate`] to the request. See the
 /// [module docs](super).
@@ -61,6 +61,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let trace = Trace::attach(&mut request);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         if let Some(estimate) = request.extensions().get::<TokenEstimate>() {
@@ -74,8 +75,8 @@ where
                 estimate.key = Some(key);
                 estimate.operation = operation;
             }
-            return ResponseFuture::calling(inner.call(request));
+            return ResponseFuture::calling(inner.call(request), trace);
         }
-        ResponseFuture::collecting(request, inner, self.shared.clone())
+        ResponseFuture::collecting(request, inner, self.shared.clone(), trace)
     }
 }

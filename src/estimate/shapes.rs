@@ -362,7 +362,11 @@ pub fn output_field(value: Option<&Value>, name: &str) -> OutputField {
             }
         }
         Some(Value::String(s)) => {
-            tracing::debug!(field = name, value = %s, "output limit given as a string");
+            tracing::debug!(
+                field = name,
+                len = s.len(),
+                "output limit given as a string"
+            );
             s.trim().parse::<u64>().ok()
         }
         Some(_) => None,
@@ -374,9 +378,22 @@ pub fn output_field(value: Option<&Value>, name: &str) -> OutputField {
         }
         Some(n) => OutputField::Value(n),
         None => {
-            tracing::debug!(field = name, value = ?value, "unusable output limit ignored");
+            // The value is request content: say only what kind it is.
+            let kind = value.map_or("absent", json_kind);
+            tracing::debug!(field = name, kind, "unusable output limit ignored");
             OutputField::Invalid
         }
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
     }
 }
 

@@ -4,6 +4,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use bytes::Buf;
@@ -25,6 +26,7 @@ use super::{
 use crate::{
     config::Shared,
     ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
+    telemetry::{ChargeTrace, QueueGuard, Trace},
     usage, BoxError, QuotaKey, ThrottleError,
 };
 
@@ -33,6 +35,7 @@ use crate::{
 pub(crate) struct Terms {
     pub(super) burndown: f64,
     pub(super) learn: Option<Learn>,
+    pub(super) trace: ChargeTrace,
 }
 
 /// The estimator's raw input count for a model, to compare with the reported one.
@@ -72,12 +75,18 @@ impl Charge {
             }
         }
         let actual = usage.charge(self.terms.burndown);
+        let actual_input =
+            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens;
         tracing::trace!(
+            parent: &self.terms.trace.span,
             quota_key = %self.reservation.ledger().key(),
             reserved = self.reservation.tokens(),
             actual,
+            input_estimated = self.terms.trace.input_estimate,
+            input_actual = actual_input,
             "settled"
         );
+        self.terms.trace.settled(actual, actual_input);
         self.reservation.settle(actual);
         if let Some(cap) = self.cap {
             cap.settle(actual);
@@ -94,17 +103,24 @@ impl Charge {
     /// Upstream refused the request before running it (a 429): everything comes back at
     /// once, and the key slows down.
     fn refused(self) {
+        self.terms.trace.throttled(false);
+        let ledger = self.reservation.ledger().clone();
         self.reservation.throttled(true);
         if let Some(cap) = self.cap {
             cap.settle(0);
         }
+        self.terms.trace.rates(&ledger);
     }
 
     /// Upstream throttled after it had started: the reservation is kept (Bedrock charges
     /// what was generated, and the throttle empties the key's buckets anyway), and the key
     /// slows down.
     pub(super) fn throttled(self) {
+        self.terms.trace.throttled(true);
+        let _span = self.terms.trace.span.enter();
+        let ledger = self.reservation.ledger().clone();
         self.reservation.throttled(false);
+        self.terms.trace.rates(&ledger);
     }
 }
 
@@ -126,6 +142,7 @@ pin_project! {
         parked: Option<Parked<S, B>>,
         charge: Option<Charge>,
         error: Option<ThrottleError>,
+        trace: Trace,
     }
 }
 
@@ -262,6 +279,8 @@ pub(crate) struct Parked<S, B> {
     cap: CapHold,
     /// Its place among the waiting requests under `Overload::Backpressure`.
     place: Option<OwnedSemaphorePermit>,
+    /// Counts the request in its key's queue depth while it waits, and times the wait.
+    pub(super) queued: Option<QueueGuard>,
 }
 
 impl<S, B> Unpin for Parked<S, B> {}
@@ -281,23 +300,28 @@ impl<S, B> Parked<S, B> {
             next,
             cap: CapHold(None),
             place,
+            queued: None,
         }
     }
 
-    /// Admitted by the key: the service, the request and the charge to settle.
+    /// Admitted by the key: the service, the request, the charge to settle and how long it
+    /// waited.
     fn admit(
         mut self,
         reservation: Reservation,
         cap: Option<Reservation>,
-    ) -> (S, Request<B>, Charge) {
+    ) -> (S, Request<B>, Charge, Duration) {
         let cap = cap.or_else(|| self.cap.0.take());
+        let wait = self.queued.take().map_or(Duration::ZERO, |q| q.waited());
+        self.terms.trace.key.admitted(reservation.tokens(), wait);
+        self.terms.trace.rates(reservation.ledger());
         let Parked {
             service,
             request,
             terms,
             ..
         } = self;
-        (service, request, Charge::new(reservation, cap, terms))
+        (service, request, Charge::new(reservation, cap, terms), wait)
     }
 }
 
@@ -340,11 +364,15 @@ impl KeyStage {
         {
             Admission::Admitted(reservation) => {
                 parked.place = None;
-                let (mut service, request, charge) = parked.admit(reservation, cap);
-                Entered::Calling(service.call(request), charge)
+                let (mut service, request, charge, wait) = parked.admit(reservation, cap);
+                Entered::Calling(service.call(request), charge, wait)
             }
             Admission::Queued(acquire) => {
                 parked.cap.0 = cap;
+                if parked.queued.is_none() {
+                    tracing::debug!(quota_key = %self.ledger.key(), tokens = self.tokens, "no room: queued");
+                    parked.queued = Some(parked.terms.trace.key.queued());
+                }
                 Entered::Waiting(acquire, parked)
             }
             Admission::Shed {
@@ -352,6 +380,7 @@ impl KeyStage {
                 retry_after,
             } => {
                 parked.cap.0 = cap; // given back as `parked` goes
+                parked.terms.trace.key.shed();
                 Entered::Failed(ThrottleError::Overloaded {
                     key: self.ledger.key().clone(),
                     queued,
@@ -367,7 +396,8 @@ impl KeyStage {
 // variant would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Entered<S: Service<Request<B>>, B> {
-    Calling(S::Future, Charge),
+    /// Admitted: the call, its charge, and how long it waited.
+    Calling(S::Future, Charge, Duration),
     Waiting(Acquire, Parked<S, B>),
     Failed(ThrottleError),
 }
@@ -377,38 +407,41 @@ where
     S: Service<Request<B>>,
     ResB: Body,
 {
-    pub(super) fn calling(future: S::Future, charge: Option<Charge>) -> Self {
+    pub(super) fn calling(future: S::Future, charge: Option<Charge>, trace: Trace) -> Self {
         Self {
             state: State::Calling { future },
             parked: None,
             charge,
             error: None,
+            trace,
         }
     }
 
-    pub(super) fn waiting(acquire: Acquire, parked: Parked<S, B>) -> Self {
+    pub(super) fn waiting(acquire: Acquire, parked: Parked<S, B>, trace: Trace) -> Self {
         Self {
             state: State::Waiting { acquire },
             parked: Some(parked),
             charge: None,
             error: None,
+            trace,
         }
     }
 
-    pub(super) fn entered(entered: Entered<S, B>) -> Self {
+    pub(super) fn entered(entered: Entered<S, B>, trace: Trace) -> Self {
         match entered {
-            Entered::Calling(future, charge) => Self::calling(future, Some(charge)),
-            Entered::Waiting(acquire, parked) => Self::waiting(acquire, parked),
-            Entered::Failed(error) => Self::failed(error),
+            Entered::Calling(future, charge, _) => Self::calling(future, Some(charge), trace),
+            Entered::Waiting(acquire, parked) => Self::waiting(acquire, parked, trace),
+            Entered::Failed(error) => Self::failed(error, trace),
         }
     }
 
-    pub(super) fn failed(error: ThrottleError) -> Self {
+    pub(super) fn failed(error: ThrottleError, trace: Trace) -> Self {
         Self {
             state: State::Failed,
             parked: None,
             charge: None,
             error: Some(error),
+            trace,
         }
     }
 }
@@ -423,36 +456,55 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _span = this.trace.entered();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Waiting { acquire } => {
-                    let reservation = ready!(acquire.poll(cx))?;
-                    let mut parked = this.parked.take().expect("parked request");
-                    if let Some(stage) = parked.next.take() {
-                        // Admitted under the tenant's cap: now the key.
-                        match stage.enter(Some(reservation), parked) {
-                            Entered::Calling(future, charge) => {
-                                *this.charge = Some(charge);
-                                this.state.set(State::Calling { future });
-                            }
-                            Entered::Waiting(acquire, parked) => {
-                                *this.parked = Some(parked);
-                                this.state.set(State::Waiting { acquire });
-                            }
-                            Entered::Failed(error) => {
-                                this.state.set(State::Failed);
-                                return Poll::Ready(Err(error.into()));
-                            }
+                    let reservation = match ready!(acquire.poll(cx)) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let e = e.into();
+                            this.trace.error(&e);
+                            return Poll::Ready(Err(e));
                         }
-                        continue;
+                    };
+                    let mut parked = this.parked.take().expect("parked request");
+                    let entered = match parked.next.take() {
+                        // Admitted under the tenant's cap: now the key.
+                        Some(stage) => stage.enter(Some(reservation), parked),
+                        None => {
+                            let (mut service, request, charge, wait) =
+                                parked.admit(reservation, None);
+                            Entered::Calling(service.call(request), charge, wait)
+                        }
+                    };
+                    match entered {
+                        Entered::Calling(future, charge, wait) => {
+                            this.trace.waited(wait);
+                            *this.charge = Some(charge);
+                            this.state.set(State::Calling { future });
+                        }
+                        Entered::Waiting(acquire, parked) => {
+                            *this.parked = Some(parked);
+                            this.state.set(State::Waiting { acquire });
+                        }
+                        Entered::Failed(error) => {
+                            this.state.set(State::Failed);
+                            let e = error.into();
+                            this.trace.error(&e);
+                            return Poll::Ready(Err(e));
+                        }
                     }
-                    let (mut service, request, charge) = parked.admit(reservation, None);
-                    *this.charge = Some(charge);
-                    let future = service.call(request);
-                    this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let response = match ready!(future.poll(cx)) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let e = e.into();
+                            this.trace.error(&e);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
                     if is_event_stream(&response) {
                         if let Some(charge) = this.charge.take() {
                             let (parts, body) = response.into_parts();
@@ -472,6 +524,7 @@ where
                             continue;
                         }
                     }
+                    this.trace.response(response.status());
                     let settle_from_body =
                         this.charge.take().and_then(|c| settle_head(c, &response));
                     return Poll::Ready(Ok(
@@ -482,11 +535,14 @@ where
                     ready!(prefetch.as_mut().expect("prefetching").poll(cx));
                     let prefetch = prefetch.take().expect("prefetching");
                     this.state.set(State::Failed); // polling again panics, as for any future
-                    return Poll::Ready(Ok(prefetch.finish()));
+                    let response = prefetch.finish();
+                    this.trace.response(response.status());
+                    return Poll::Ready(Ok(response));
                 }
                 StateProj::Failed => {
-                    let error = this.error.take().expect("polled after completion");
-                    return Poll::Ready(Err(error.into()));
+                    let error = this.error.take().expect("polled after completion").into();
+                    this.trace.error(&error);
+                    return Poll::Ready(Err(error));
                 }
             }
         }

@@ -16,6 +16,7 @@ use crate::{
     config::{fallback_output_limit, Shared},
     estimate::{EstimateMethod, Operation, TokenEstimate},
     ledger::{Admission, Waiter},
+    telemetry::{ChargeTrace, Trace},
     BoxError, QuotaKey, ThrottleConfig, ThrottleError,
 };
 
@@ -95,7 +96,12 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        let trace = Trace::attach(&mut request);
+        let method = request
+            .extensions()
+            .get::<TokenEstimate>()
+            .map(TokenEstimate::method);
         let (key, operation, input, output_limit, raw_input) =
             match request.extensions().get::<TokenEstimate>() {
                 Some(e) => {
@@ -130,18 +136,24 @@ where
         // a clone would need readiness of its own, which a concurrency limit below could
         // not give while the ready ones sit idle.
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        trace.describe(&key, input, output_limit, method);
         let Some(quota) = quota else {
-            return ResponseFuture::calling(inner.call(request), None);
+            return ResponseFuture::calling(inner.call(request), None, trace);
         };
         let tokens = input.saturating_add((output_limit as f64 * quota.burndown).ceil() as u64);
+        trace.reserved(tokens);
         // A discovered quota's number is only a guess: a larger request waits for a full bucket.
         if !quota.discover && tokens > quota.tokens {
-            return ResponseFuture::failed(ThrottleError::NeverFits {
-                key,
-                tokens,
-                quota_tokens: quota.tokens,
-            });
+            return ResponseFuture::failed(
+                ThrottleError::NeverFits {
+                    key,
+                    tokens,
+                    quota_tokens: quota.tokens,
+                },
+                trace,
+            );
         }
+        let telemetry = self.shared.telemetry.key(&key);
         let terms = Terms {
             burndown: quota.burndown,
             learn: raw_input.map(|raw_input| Learn {
@@ -149,10 +161,17 @@ where
                 model: key.clone(),
                 raw_input,
             }),
+            trace: ChargeTrace {
+                span: trace.span.clone(),
+                key: telemetry.clone(),
+                input_estimate: Some(input),
+                period: quota.period,
+            },
         };
         let tenants = &self.shared.settings.tenants;
         let (tenant, priority) = tenants.classify(request.extensions(), request.headers());
         let policy = tenants.policy(tenant.as_ref());
+        trace.tenant(tenant.as_ref(), priority);
         let stage = KeyStage {
             ledger: self.shared.ledger.key(&key, quota),
             tokens,
@@ -172,16 +191,17 @@ where
                 match cap.admit_as(tokens, stage.deadline, &Waiter::default(), None) {
                     Admission::Admitted(r) => Some(r),
                     Admission::Queued(acquire) => {
-                        return ResponseFuture::waiting(
-                            acquire,
-                            Parked::new(inner, request, terms, Some(stage), place),
-                        )
+                        tracing::debug!(quota_key = %key, tokens, "no room under the tenant's cap: queued");
+                        let mut parked = Parked::new(inner, request, terms, Some(stage), place);
+                        parked.queued = Some(telemetry.queued());
+                        return ResponseFuture::waiting(acquire, parked, trace);
                     }
                     Admission::Shed { .. } => unreachable!("a cap queue is unbounded"),
                 }
             }
             _ => None,
         };
-        ResponseFuture::entered(stage.enter(cap, Parked::new(inner, request, terms, None, place)))
+        let parked = Parked::new(inner, request, terms, None, place);
+        ResponseFuture::entered(stage.enter(cap, parked), trace)
     }
 }

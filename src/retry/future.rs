@@ -19,6 +19,7 @@ use super::{
 use crate::{
     body::{CollectBody, RequestTemplate},
     config::Shared,
+    telemetry::Trace,
     BoxError, ThrottleError,
 };
 
@@ -36,6 +37,7 @@ pin_project! {
         body: Bytes,
         attempts: u32,
         shared: Arc<Shared>,
+        trace: Trace,
     }
 }
 
@@ -54,7 +56,7 @@ where
     S: Service<Request<B>>,
     B: Body,
 {
-    pub(super) fn new(request: Request<B>, service: S, shared: Arc<Shared>) -> Self {
+    pub(super) fn new(request: Request<B>, service: S, shared: Arc<Shared>, trace: Trace) -> Self {
         let (parts, body) = request.into_parts();
         Self {
             state: State::Collecting {
@@ -65,6 +67,7 @@ where
             body: Bytes::new(),
             attempts: 0,
             shared,
+            trace,
         }
     }
 }
@@ -80,11 +83,19 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _span = this.trace.entered();
         let settings = &this.shared.settings.retry;
         loop {
             match this.state.as_mut().project() {
                 StateProj::Collecting { collect } => {
-                    *this.body = ready!(collect.poll(cx))?;
+                    *this.body = match ready!(collect.poll(cx)) {
+                        Ok(body) => body,
+                        Err(e) => {
+                            let e = e.into();
+                            this.trace.error(&e);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
                     // The service was made ready by `Retry::poll_ready`.
                     let future = call(
                         this.service,
@@ -96,7 +107,11 @@ where
                     this.state.set(State::Calling { future });
                 }
                 StateProj::PollReady => {
-                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        let e = e.into();
+                        this.trace.error(&e);
+                        return Poll::Ready(Err(e));
+                    }
                     let future = call(
                         this.service,
                         this.template,
@@ -120,6 +135,7 @@ where
                             if retryable && can_retry() {
                                 let wait = delay(settings, attempts, Some(response.headers()));
                                 tracing::debug!(status = %response.status(), attempts, ?wait, "retrying");
+                                retried(this.shared, this.template);
                                 this.state.set(State::Sleeping {
                                     sleep: tokio::time::sleep(wait),
                                 });
@@ -131,26 +147,34 @@ where
                                 }
                             }
                             response.extensions_mut().insert(Attempts(attempts));
+                            this.trace.span.record("attempts", attempts);
+                            this.trace.response(response.status());
                             return Poll::Ready(Ok(response));
                         }
                         Err(error) => {
                             let error: BoxError = error.into();
                             if error.is::<ThrottleError>() {
+                                this.trace.span.record("attempts", attempts);
+                                this.trace.error(&error);
                                 return Poll::Ready(Err(error)); // our own verdict: final
                             }
                             if can_retry() {
                                 let wait = delay(settings, attempts, None);
                                 tracing::debug!(%error, attempts, ?wait, "retrying after an error");
+                                retried(this.shared, this.template);
                                 this.state.set(State::Sleeping {
                                     sleep: tokio::time::sleep(wait),
                                 });
                                 continue;
                             }
-                            return Poll::Ready(Err(ThrottleError::Upstream {
+                            let error = ThrottleError::Upstream {
                                 attempts,
                                 source: error,
                             }
-                            .into()));
+                            .into();
+                            this.trace.span.record("attempts", attempts);
+                            this.trace.error(&error);
+                            return Poll::Ready(Err(error));
                         }
                     }
                 }
@@ -160,6 +184,13 @@ where
                 }
             }
         }
+    }
+}
+
+/// Counts a retry against the request's quota key.
+fn retried(shared: &Shared, template: &Option<RequestTemplate>) {
+    if let Some(t) = template {
+        shared.telemetry.key(&t.quota_key()).retried();
     }
 }
 

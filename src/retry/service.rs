@@ -9,7 +9,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::ResponseFuture;
-use crate::{config::Shared, BoxError, ThrottleConfig};
+use crate::{config::Shared, telemetry::Trace, BoxError, ThrottleConfig};
 
 /// Retries throttled and transient failures with full-jitter backoff. See the
 /// [module docs](super).
@@ -60,9 +60,10 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let trace = Trace::attach_retry(&mut request);
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(request, inner, self.shared.clone())
+        ResponseFuture::new(request, inner, self.shared.clone(), trace)
     }
 }

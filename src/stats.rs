@@ -1,0 +1,142 @@
+//! [`ThrottleStats`]: a snapshot of every quota key, from
+//! [`ThrottleConfig::stats`](crate::ThrottleConfig::stats).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::{Quota, QuotaKey, ThrottleConfig};
+
+/// A snapshot of the throttle, one entry per quota key used so far, from
+/// [`ThrottleConfig::stats`].
+///
+/// The counters count since the configuration was built, over every layer and AWS SDK
+/// client built from it or its clones. They are the same numbers the `metrics` facade
+/// reports (see the README's "Observability"), readable without a recorder.
+///
+/// ```
+/// use bedrock_throttle::{estimate::TokenEstimate, BedrockThrottleLayer, Quota, ThrottleConfig};
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), bedrock_throttle::BoxError> {
+/// let cfg = ThrottleConfig::builder().quota(Quota::new(50, 400_000)).build()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(BedrockThrottleLayer::new(cfg.clone()))
+///     .service(service_fn(|_req: http::Request<Full<Bytes>>| async {
+///         Ok::<_, std::convert::Infallible>(
+///             http::Response::builder()
+///                 .header("x-amzn-bedrock-input-token-count", "1000")
+///                 .header("x-amzn-bedrock-output-token-count", "100")
+///                 .body(Full::new(Bytes::new()))
+///                 .unwrap(),
+///         )
+///     }));
+/// let mut req = http::Request::post("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke")
+///     .body(Full::new(Bytes::from_static(b"{}")))?;
+/// req.extensions_mut().insert(TokenEstimate::new(900, 1_000));
+/// svc.oneshot(req).await?;
+///
+/// let stats = cfg.stats();
+/// let key = &stats.keys[0];
+/// assert_eq!(key.key.model(), Some("anthropic.claude-3-5-sonnet-20240620-v1:0"));
+/// assert_eq!(key.admitted, 1);
+/// assert_eq!(key.tokens_reserved, 1_900); // 900 in + 1,000 out × burndown 1
+/// assert_eq!(key.tokens_settled, 1_100); // what the response reported
+/// assert_eq!(key.quota.unwrap().tokens(), 400_000);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ThrottleStats {
+    /// One entry per quota key, sorted by key (model, then Region).
+    pub keys: Vec<KeyStats>,
+}
+
+impl ThrottleStats {
+    /// The entry of `key`, if it has been used.
+    pub fn key(&self, key: &QuotaKey) -> Option<&KeyStats> {
+        self.keys.iter().find(|k| &k.key == key)
+    }
+}
+
+/// The state and counters of one quota key; part of [`ThrottleStats`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct KeyStats {
+    /// The quota key (model or inference profile, and Region).
+    pub key: QuotaKey,
+    /// The configured quota of the key; `None` when no quota applies (the key is retried
+    /// but not gated).
+    pub quota: Option<Quota>,
+    /// The rates the gate admits at now (as
+    /// [`ThrottleConfig::effective_quota`]): below `quota` after upstream throttles, the
+    /// capacity found so far for a [`Quota::discover`]. `None` when not gated.
+    pub effective: Option<Quota>,
+    /// Attempts waiting in the key's queue now.
+    pub queue_depth: u64,
+    /// Attempts the gate admitted (each retry is an attempt).
+    pub admitted: u64,
+    /// Attempts that had to queue for room (admitted later, or failed with
+    /// `MaxWaitExceeded`, or dropped while waiting).
+    pub waited: u64,
+    /// Attempts upstream refused for lack of quota: 429 responses and `throttlingException`
+    /// frames inside event streams.
+    pub throttled: u64,
+    /// Retries the retry layer scheduled for requests of this key.
+    pub retried: u64,
+    /// Attempts shed because the key's queue was full (`ThrottleError::Overloaded`); none
+    /// of them was sent upstream.
+    pub shed: u64,
+    /// Quota tokens reserved at admission (`input + output limit × burndown`), summed.
+    pub tokens_reserved: u64,
+    /// Quota tokens charged by the reservations settled from reported usage, summed.
+    /// Reservations kept whole (no usage reported) are in `tokens_reserved` only.
+    pub tokens_settled: u64,
+    /// Estimated input tokens of the requests whose usage was reported.
+    pub input_tokens_estimated: u64,
+    /// Input tokens upstream reported for the same requests (cache reads and writes
+    /// included); compare with `input_tokens_estimated`.
+    pub input_tokens_actual: u64,
+    /// The model's learned calibration ratio, actual / estimated input
+    /// ([`Calibration::ratio`](crate::estimate::Calibration::ratio)); `None` for a key
+    /// without a model.
+    pub calibration_ratio: Option<f64>,
+}
+
+pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
+    let shared = &cfg.shared;
+    let mut keys: Vec<KeyStats> = shared
+        .telemetry
+        .all()
+        .into_iter()
+        .map(|t| {
+            let quota = shared.settings.quota_for(&t.key).map(|q| {
+                let base = if q.discover {
+                    Quota::discover_from(q.tokens)
+                } else {
+                    Quota::new(q.requests, q.tokens)
+                };
+                base.with_period(q.period).with_burndown(q.burndown)
+            });
+            KeyStats {
+                quota,
+                effective: cfg.effective_quota(&t.key),
+                queue_depth: t.queued.load(Relaxed),
+                admitted: t.admitted.load(Relaxed),
+                waited: t.waited.load(Relaxed),
+                throttled: t.throttled.load(Relaxed),
+                retried: t.retried.load(Relaxed),
+                shed: t.shed.load(Relaxed),
+                tokens_reserved: t.tokens_reserved.load(Relaxed),
+                tokens_settled: t.tokens_settled.load(Relaxed),
+                input_tokens_estimated: t.input_estimated.load(Relaxed),
+                input_tokens_actual: t.input_actual.load(Relaxed),
+                calibration_ratio: t.key.model().map(|m| shared.calibration.ratio(m)),
+                key: t.key.clone(),
+            }
+        })
+        .collect();
+    keys.sort_by(|a, b| (a.key.model(), a.key.region()).cmp(&(b.key.model(), b.key.region())));
+    ThrottleStats { keys }
+}

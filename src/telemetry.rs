@@ -1,0 +1,641 @@
+//! What the layers report: one `tracing` span per request, `metrics` per quota key, and the
+//! counters behind [`ThrottleConfig::stats`](crate::ThrottleConfig::stats).
+//!
+//! Nothing here ever sees a request or response body or a header: the span and the events
+//! carry only the quota key, token counts, durations, attempt counts, statuses and outcome
+//! names.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, OnceLock, PoisonError,
+    },
+    time::Duration,
+};
+
+use http::{Request, StatusCode};
+use metrics::{Counter, Gauge, Histogram, SharedString};
+use tokio::time::Instant;
+use tracing::{field::Empty, Span};
+
+use crate::{
+    estimate::EstimateMethod,
+    ledger::KeyLedger,
+    tenant::{Priority, Tenant},
+    BoxError, QuotaKey, ThrottleError,
+};
+
+/// Names of the metrics, all labelled `model` and `region` (see the README's table).
+pub(crate) mod names {
+    pub(crate) const ADMITTED: &str = "bedrock_throttle_admitted_total";
+    pub(crate) const WAITED: &str = "bedrock_throttle_waited_total";
+    pub(crate) const THROTTLED: &str = "bedrock_throttle_upstream_throttled_total";
+    pub(crate) const RETRIED: &str = "bedrock_throttle_retried_total";
+    pub(crate) const SHED: &str = "bedrock_throttle_shed_total";
+    pub(crate) const TOKENS_RESERVED: &str = "bedrock_throttle_tokens_reserved_total";
+    pub(crate) const TOKENS_SETTLED: &str = "bedrock_throttle_tokens_settled_total";
+    pub(crate) const INPUT_ESTIMATED: &str = "bedrock_throttle_input_tokens_estimated_total";
+    pub(crate) const INPUT_ACTUAL: &str = "bedrock_throttle_input_tokens_actual_total";
+    pub(crate) const WAIT_SECONDS: &str = "bedrock_throttle_wait_seconds";
+    pub(crate) const QUEUE_DEPTH: &str = "bedrock_throttle_queue_depth";
+    pub(crate) const EFFECTIVE_TPM: &str = "bedrock_throttle_effective_tokens_per_minute";
+    pub(crate) const EFFECTIVE_RPM: &str = "bedrock_throttle_effective_requests_per_minute";
+}
+
+/// The span of one request, in the request's extensions so every layer finds it.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestTrace {
+    span: Span,
+    shared: Arc<TraceState>,
+    /// A retry layer is above: it records the outcome, not the gate.
+    retry_above: bool,
+}
+
+/// What the layers of one request accumulate across attempts.
+#[derive(Debug, Default)]
+struct TraceState {
+    /// Time waited in the gate over all attempts, in microseconds.
+    waited_us: AtomicU64,
+    /// The quota key and estimate have been recorded (once per request).
+    described: AtomicBool,
+    /// The reservation has been recorded.
+    reserved: AtomicBool,
+    /// The tenant and priority have been recorded.
+    tenant: AtomicBool,
+}
+
+/// A layer's hold on the request span. The layer that made it (the outermost) enters it
+/// while polled; the layer that knows the final result records the outcome.
+///
+/// Each field is recorded once: `tracing-subscriber`'s `fmt` layer appends every
+/// `record` to the span's fields, so a field recorded per attempt would repeat.
+#[derive(Debug)]
+pub(crate) struct Trace {
+    pub(crate) span: Span,
+    shared: Arc<TraceState>,
+    owned: bool,
+    retry_above: bool,
+}
+
+impl Trace {
+    /// The span of `request`: the one an outer layer attached, or a new one attached now.
+    pub(crate) fn attach<B>(request: &mut Request<B>) -> Self {
+        if let Some(t) = request.extensions().get::<RequestTrace>() {
+            return Self {
+                span: t.span.clone(),
+                shared: t.shared.clone(),
+                owned: false,
+                retry_above: t.retry_above,
+            };
+        }
+        let span = tracing::debug_span!(
+            target: "bedrock_throttle",
+            "bedrock_request",
+            quota_key = Empty,
+            tenant = Empty,
+            priority = Empty,
+            input_tokens = Empty,
+            output_limit = Empty,
+            estimate = Empty,
+            reserved_tokens = Empty,
+            wait_ms = Empty,
+            attempts = Empty,
+            settled_tokens = Empty,
+            status = Empty,
+            outcome = Empty,
+        );
+        let shared = Arc::new(TraceState::default());
+        request.extensions_mut().insert(RequestTrace {
+            span: span.clone(),
+            shared: shared.clone(),
+            retry_above: false,
+        });
+        Self {
+            span,
+            shared,
+            owned: true,
+            retry_above: false,
+        }
+    }
+
+    /// The retry layer's hold: the layers below leave the outcome to it.
+    pub(crate) fn attach_retry<B>(request: &mut Request<B>) -> Self {
+        let trace = Self::attach(request);
+        if let Some(t) = request.extensions_mut().get_mut::<RequestTrace>() {
+            t.retry_above = true;
+        }
+        trace
+    }
+
+    /// The span to enter while polling: only the layer that made it enters it (the inner
+    /// layers are polled inside).
+    pub(crate) fn entered(&self) -> Option<tracing::span::Entered<'_>> {
+        self.owned.then(|| self.span.enter())
+    }
+
+    /// Records the quota key and the estimate, the first time any layer knows them.
+    pub(crate) fn describe(
+        &self,
+        key: &QuotaKey,
+        input: u64,
+        output_limit: u64,
+        method: Option<EstimateMethod>,
+    ) {
+        if self.shared.described.swap(true, Relaxed) {
+            return;
+        }
+        self.span.record("quota_key", tracing::field::display(key));
+        self.span.record("input_tokens", input);
+        self.span.record("output_limit", output_limit);
+        if let Some(m) = method {
+            self.span.record("estimate", tracing::field::debug(m));
+        }
+    }
+
+    /// Records the request's tenant (when it has one) and priority, at the first attempt.
+    pub(crate) fn tenant(&self, tenant: Option<&Tenant>, priority: Priority) {
+        if self.shared.tenant.swap(true, Relaxed) {
+            return;
+        }
+        if let Some(t) = tenant {
+            self.span.record("tenant", t.as_str());
+        }
+        self.span
+            .record("priority", tracing::field::debug(priority));
+    }
+
+    /// Records the tokens the gate reserves, at the first attempt.
+    pub(crate) fn reserved(&self, tokens: u64) {
+        if !self.shared.reserved.swap(true, Relaxed) {
+            self.span.record("reserved_tokens", tokens);
+        }
+    }
+
+    /// Adds one attempt's wait in the gate's queue to the request's total.
+    pub(crate) fn waited(&self, wait: Duration) {
+        let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        self.shared.waited_us.fetch_add(us, Relaxed);
+    }
+
+    /// Whether this layer records the outcome: the gate does only without a retry layer
+    /// above it.
+    pub(crate) fn is_final(&self) -> bool {
+        !self.retry_above
+    }
+
+    fn finish(&self, outcome: &'static str) {
+        let waited = self.shared.waited_us.load(Relaxed);
+        self.span.record("wait_ms", waited / 1_000);
+        self.span.record("outcome", outcome);
+    }
+
+    /// The request's final response head.
+    pub(crate) fn response(&self, status: StatusCode) {
+        if !self.is_final() {
+            return;
+        }
+        self.span.record("status", status.as_u16());
+        let outcome = if status.is_success() {
+            "success"
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            "throttled"
+        } else {
+            "error_response"
+        };
+        self.finish(outcome);
+    }
+
+    /// The request's final error.
+    pub(crate) fn error(&self, error: &BoxError) {
+        if !self.is_final() {
+            return;
+        }
+        let outcome = match error.downcast_ref::<ThrottleError>() {
+            Some(ThrottleError::BodyTooLarge { .. }) => "body_too_large",
+            Some(ThrottleError::Body(_)) => "body_error",
+            Some(ThrottleError::NeverFits { .. }) => "never_fits",
+            Some(ThrottleError::MaxWaitExceeded { .. }) => "max_wait_exceeded",
+            Some(ThrottleError::Overloaded { .. }) => "overloaded",
+            Some(ThrottleError::Upstream { .. }) => "upstream_error",
+            None => "inner_error",
+        };
+        self.finish(outcome);
+    }
+}
+
+/// The per-key counters and metric handles, shared by every layer of one configuration.
+#[derive(Debug, Default)]
+pub(crate) struct Telemetry {
+    keys: Mutex<HashMap<QuotaKey, Arc<KeyTelemetry>>>,
+}
+
+impl Telemetry {
+    /// The counters of `key`, created (and its metrics registered) on first use.
+    pub(crate) fn key(&self, key: &QuotaKey) -> Arc<KeyTelemetry> {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(k) = keys.get(key) {
+            return k.clone();
+        }
+        let k = Arc::new(KeyTelemetry::new(key.clone()));
+        keys.insert(key.clone(), k.clone());
+        k
+    }
+
+    /// Every key seen so far.
+    pub(crate) fn all(&self) -> Vec<Arc<KeyTelemetry>> {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.values().cloned().collect()
+    }
+}
+
+/// Metric handles of one key, registered once with the recorder installed at that time.
+#[derive(Debug)]
+struct Handles {
+    admitted: Counter,
+    waited: Counter,
+    throttled: Counter,
+    retried: Counter,
+    shed: Counter,
+    tokens_reserved: Counter,
+    tokens_settled: Counter,
+    input_estimated: Counter,
+    input_actual: Counter,
+    wait: Histogram,
+    queue: Gauge,
+    tpm: Gauge,
+    /// Registered only for a key with a request quota.
+    rpm: OnceLock<Gauge>,
+    labels: Vec<(&'static str, SharedString)>,
+}
+
+/// One key's counters: plain atomics for [`stats`](crate::ThrottleConfig::stats), mirrored
+/// to the `metrics` recorder.
+#[derive(Debug)]
+pub(crate) struct KeyTelemetry {
+    pub(crate) key: QuotaKey,
+    pub(crate) admitted: AtomicU64,
+    pub(crate) waited: AtomicU64,
+    pub(crate) throttled: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) shed: AtomicU64,
+    pub(crate) tokens_reserved: AtomicU64,
+    pub(crate) tokens_settled: AtomicU64,
+    pub(crate) input_estimated: AtomicU64,
+    pub(crate) input_actual: AtomicU64,
+    pub(crate) queued: AtomicU64,
+    m: Handles,
+}
+
+fn label(v: Option<&str>) -> SharedString {
+    SharedString::from(v.unwrap_or("").to_owned())
+}
+
+impl KeyTelemetry {
+    fn new(key: QuotaKey) -> Self {
+        let labels = [
+            ("model", label(key.model())),
+            ("region", label(key.region())),
+        ];
+        let l = || {
+            labels
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect::<Vec<_>>()
+        };
+        let m = Handles {
+            admitted: metrics::counter!(names::ADMITTED, &l()),
+            waited: metrics::counter!(names::WAITED, &l()),
+            throttled: metrics::counter!(names::THROTTLED, &l()),
+            retried: metrics::counter!(names::RETRIED, &l()),
+            shed: metrics::counter!(names::SHED, &l()),
+            tokens_reserved: metrics::counter!(names::TOKENS_RESERVED, &l()),
+            tokens_settled: metrics::counter!(names::TOKENS_SETTLED, &l()),
+            input_estimated: metrics::counter!(names::INPUT_ESTIMATED, &l()),
+            input_actual: metrics::counter!(names::INPUT_ACTUAL, &l()),
+            wait: metrics::histogram!(names::WAIT_SECONDS, &l()),
+            queue: metrics::gauge!(names::QUEUE_DEPTH, &l()),
+            tpm: metrics::gauge!(names::EFFECTIVE_TPM, &l()),
+            rpm: OnceLock::new(),
+            labels: l(),
+        };
+        Self {
+            key,
+            admitted: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            tokens_reserved: AtomicU64::new(0),
+            tokens_settled: AtomicU64::new(0),
+            input_estimated: AtomicU64::new(0),
+            input_actual: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            m,
+        }
+    }
+
+    /// An attempt was admitted with `tokens` reserved after waiting `wait`.
+    pub(crate) fn admitted(&self, tokens: u64, wait: Duration) {
+        self.admitted.fetch_add(1, Relaxed);
+        self.tokens_reserved.fetch_add(tokens, Relaxed);
+        self.m.admitted.increment(1);
+        self.m.tokens_reserved.increment(tokens);
+        self.m.wait.record(wait.as_secs_f64());
+    }
+
+    /// The current rates per period of the key's quota, as per-minute gauges.
+    pub(crate) fn rates(&self, rates: (f64, Option<f64>), period: Duration) {
+        let per_minute = 60.0 / period.as_secs_f64();
+        self.m.tpm.set(rates.0 * per_minute);
+        if let Some(r) = rates.1 {
+            let rpm =
+                (self.m.rpm).get_or_init(|| metrics::gauge!(names::EFFECTIVE_RPM, &self.m.labels));
+            rpm.set(r * per_minute);
+        }
+    }
+
+    /// An attempt joined the key's queue; the guard leaves it.
+    pub(crate) fn queued(self: &Arc<Self>) -> QueueGuard {
+        self.waited.fetch_add(1, Relaxed);
+        self.queued.fetch_add(1, Relaxed);
+        self.m.waited.increment(1);
+        self.m.queue.increment(1.0);
+        QueueGuard {
+            key: self.clone(),
+            since: Instant::now(),
+        }
+    }
+
+    /// Upstream refused an attempt for lack of quota.
+    pub(crate) fn throttled(&self) {
+        self.throttled.fetch_add(1, Relaxed);
+        self.m.throttled.increment(1);
+    }
+
+    /// The retry layer scheduled another attempt.
+    pub(crate) fn retried(&self) {
+        self.retried.fetch_add(1, Relaxed);
+        self.m.retried.increment(1);
+    }
+
+    /// An attempt was shed: the key's queue was full.
+    pub(crate) fn shed(&self) {
+        self.shed.fetch_add(1, Relaxed);
+        self.m.shed.increment(1);
+    }
+
+    /// A reservation settled to `charge` quota tokens from reported usage;
+    /// `input` = (estimated, actual) input tokens when both are known.
+    pub(crate) fn settled(&self, charge: u64, input: Option<(u64, u64)>) {
+        self.tokens_settled.fetch_add(charge, Relaxed);
+        self.m.tokens_settled.increment(charge);
+        if let Some((estimated, actual)) = input {
+            self.input_estimated.fetch_add(estimated, Relaxed);
+            self.input_actual.fetch_add(actual, Relaxed);
+            self.m.input_estimated.increment(estimated);
+            self.m.input_actual.increment(actual);
+        }
+    }
+}
+
+/// A place in a key's queue, counted in the queue-depth gauge until dropped.
+#[derive(Debug)]
+pub(crate) struct QueueGuard {
+    key: Arc<KeyTelemetry>,
+    since: Instant,
+}
+
+impl QueueGuard {
+    /// How long the attempt has waited.
+    pub(crate) fn waited(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.since)
+    }
+}
+
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        self.key.queued.fetch_sub(1, Relaxed);
+        self.key.m.queue.decrement(1.0);
+    }
+}
+
+/// What a reservation reports when it settles: the request span, the key's counters and
+/// the estimated input.
+#[derive(Debug)]
+pub(crate) struct ChargeTrace {
+    pub(crate) span: Span,
+    pub(crate) key: Arc<KeyTelemetry>,
+    pub(crate) input_estimate: Option<u64>,
+    /// The period of the key's quota, to turn its rates into per-minute gauges.
+    pub(crate) period: Duration,
+}
+
+impl ChargeTrace {
+    /// Sets the effective-rate gauges from the key's ledger.
+    pub(crate) fn rates(&self, ledger: &KeyLedger) {
+        self.key.rates(ledger.rates(), self.period);
+    }
+
+    /// Settled from reported usage: `charge` quota tokens, `actual_input` input tokens.
+    pub(crate) fn settled(&self, charge: u64, actual_input: u64) {
+        self.span.record("settled_tokens", charge);
+        self.key
+            .settled(charge, self.input_estimate.map(|e| (e, actual_input)));
+    }
+
+    /// Upstream throttled: with a 429 before running (`in_stream` false) or with a
+    /// `throttlingException` inside a stream that had started.
+    pub(crate) fn throttled(&self, in_stream: bool) {
+        self.key.throttled();
+        tracing::debug!(
+            parent: &self.span,
+            quota_key = %self.key.key,
+            in_stream,
+            "upstream throttled"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashMap,
+        sync::atomic::{AtomicU32, Ordering},
+    };
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tower::{service_fn, Layer, ServiceExt};
+
+    use super::names;
+    use crate::{estimate::TokenEstimate, BedrockThrottleLayer, Quota, QuotaKey, ThrottleConfig};
+
+    fn request() -> http::Request<Full<Bytes>> {
+        let mut req = http::Request::post(
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/meta.llama3-70b-instruct-v1%3A0/invoke",
+        )
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+        req.extensions_mut().insert(TokenEstimate::new(300, 100));
+        req
+    }
+
+    /// One request meets an upstream 429, is retried, waits in the emptied bucket and
+    /// succeeds; every metric of its key says so, with its labels, and agrees with stats().
+    #[test]
+    fn metrics_follow_a_throttled_retried_and_waiting_request() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let cfg = ThrottleConfig::builder()
+            .quota(Quota::tokens_per_minute(1_000))
+            .headroom(std::time::Duration::ZERO)
+            .build()
+            .unwrap();
+        let calls = std::sync::Arc::new(AtomicU32::new(0));
+        let upstream = {
+            let calls = calls.clone();
+            service_fn(move |_req: http::Request<Full<Bytes>>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let resp = if n == 0 {
+                        http::Response::builder()
+                            .status(429)
+                            .header("x-amzn-errortype", "ThrottlingException")
+                            .body(Full::new(Bytes::new()))
+                    } else {
+                        http::Response::builder()
+                            .header("x-amzn-bedrock-input-token-count", "250")
+                            .header("x-amzn-bedrock-output-token-count", "50")
+                            .body(Full::new(Bytes::new()))
+                    };
+                    Ok::<_, std::convert::Infallible>(resp.unwrap())
+                }
+            })
+        };
+        metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let svc = BedrockThrottleLayer::new(cfg.clone()).layer(upstream);
+                let resp = svc.oneshot(request()).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+            })
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        let mut values = HashMap::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let labels: Vec<_> = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            assert_eq!(
+                labels,
+                [
+                    (
+                        "model".to_owned(),
+                        "meta.llama3-70b-instruct-v1:0".to_owned()
+                    ),
+                    ("region".to_owned(), "us-east-1".to_owned()),
+                ]
+            );
+            values.insert(key.key().name().to_owned(), value);
+        }
+        let counter = |name: &str| match &values[name] {
+            DebugValue::Counter(n) => *n,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(counter(names::ADMITTED), 2);
+        assert_eq!(
+            counter(names::WAITED),
+            1,
+            "the retry waited for the emptied bucket"
+        );
+        assert_eq!(counter(names::THROTTLED), 1);
+        assert_eq!(counter(names::RETRIED), 1);
+        assert_eq!(counter(names::TOKENS_RESERVED), 800);
+        assert_eq!(counter(names::TOKENS_SETTLED), 300);
+        assert_eq!(counter(names::INPUT_ESTIMATED), 300);
+        assert_eq!(counter(names::INPUT_ACTUAL), 250);
+        match &values[names::WAIT_SECONDS] {
+            DebugValue::Histogram(waits) => {
+                assert_eq!(waits.len(), 2);
+                assert_eq!(waits[0].into_inner(), 0.0);
+                assert!(waits[1].into_inner() > 0.0, "{waits:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &values[names::QUEUE_DEPTH] {
+            DebugValue::Gauge(depth) => assert_eq!(depth.into_inner(), 0.0),
+            other => panic!("{other:?}"),
+        }
+        match &values[names::EFFECTIVE_TPM] {
+            DebugValue::Gauge(tpm) => {
+                let tpm = tpm.into_inner();
+                assert!(
+                    tpm > 0.0 && tpm < 1_000.0,
+                    "slowed after the throttle: {tpm}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !values.contains_key(names::EFFECTIVE_RPM),
+            "no request quota, no request rate"
+        );
+
+        let stats = cfg.stats();
+        let k = stats
+            .key(&QuotaKey::new(
+                Some("meta.llama3-70b-instruct-v1:0"),
+                Some("us-east-1"),
+            ))
+            .unwrap();
+        assert_eq!(
+            (k.admitted, k.waited, k.throttled, k.retried, k.queue_depth),
+            (2, 1, 1, 1, 0)
+        );
+        assert_eq!((k.tokens_reserved, k.tokens_settled), (800, 300));
+        assert_eq!(
+            (k.input_tokens_estimated, k.input_tokens_actual),
+            (300, 250)
+        );
+        assert_eq!(
+            k.quota,
+            Some(Quota::tokens_per_minute(1_000).with_burndown(1.0))
+        );
+        assert!(k.effective.unwrap().tokens() < 1_000);
+    }
+
+    /// A waiter that gives up leaves the queue-depth gauge and the stats as they were.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiter_leaves_the_queue() {
+        let cfg = ThrottleConfig::builder()
+            .quota(Quota::tokens_per_minute(500))
+            .build()
+            .unwrap();
+        let upstream = service_fn(|_req: http::Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+        });
+        let svc = BedrockThrottleLayer::new(cfg.clone()).layer(upstream);
+        svc.clone().oneshot(request()).await.unwrap(); // 400 of 500 taken, kept whole
+        let mut waiting = tokio_test::task::spawn(svc.oneshot(request()));
+        assert!(waiting.poll().is_pending());
+        let key = QuotaKey::new(Some("meta.llama3-70b-instruct-v1:0"), Some("us-east-1"));
+        assert_eq!(cfg.stats().key(&key).unwrap().queue_depth, 1);
+        drop(waiting);
+        let k = cfg.stats().key(&key).unwrap().clone();
+        assert_eq!((k.queue_depth, k.waited, k.admitted), (0, 1, 1));
+        assert_eq!(
+            k.tokens_settled, 0,
+            "no usage reported: kept whole, not settled"
+        );
+    }
+}
