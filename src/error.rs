@@ -54,6 +54,15 @@ pub enum ThrottleError {
         /// How long it waited.
         waited: Duration,
     },
+    /// The shared quota ledger (see `ThrottleConfigBuilder::ledger`) could not be reached
+    /// and the outage policy is `OutagePolicy::FailClosed`; nothing was sent upstream.
+    /// Retry later: the gate reconnects by itself.
+    LedgerUnavailable {
+        /// The quota key the request was charged to.
+        key: QuotaKey,
+        /// Why the ledger could not answer.
+        source: BoxError,
+    },
     /// Upstream failed (a connection error or the inner service's error) on every attempt
     /// the retry policy allowed. `source` is the last failure.
     Upstream {
@@ -81,6 +90,10 @@ impl fmt::Display for ThrottleError {
                 f,
                 "no room in the quota of {key} after waiting {waited:?}; nothing was sent (retry later or raise max_wait)"
             ),
+            Self::LedgerUnavailable { key, source } => write!(
+                f,
+                "the shared quota ledger for {key} is unavailable and the outage policy fails closed; nothing was sent (retry later): {source}"
+            ),
             Self::Upstream { attempts, source } => {
                 write!(f, "upstream failed after {attempts} attempt(s): {source}")
             }
@@ -91,7 +104,9 @@ impl fmt::Display for ThrottleError {
 impl std::error::Error for ThrottleError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Body(e) | Self::Upstream { source: e, .. } => Some(&**e),
+            Self::Body(e)
+            | Self::Upstream { source: e, .. }
+            | Self::LedgerUnavailable { source: e, .. } => Some(&**e),
             _ => None,
         }
     }

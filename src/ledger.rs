@@ -27,6 +27,19 @@ use tokio::time::{Instant, Sleep};
 
 use crate::{config::ResolvedQuota, QuotaKey, ThrottleError};
 
+#[cfg(feature = "redis")]
+mod redis;
+mod shared;
+
+#[cfg(feature = "redis")]
+pub use self::redis::RedisLedger;
+pub(crate) use self::shared::Budget;
+pub use self::shared::{
+    Ask, Grant, Hold, Ledger as SharedLedger, LedgerError, LedgerFuture, Limits, LocalLedger,
+    OutagePolicy,
+};
+use self::shared::{Asking, Remote};
+
 /// Multiplicative decrease on an upstream throttle (the AWS SDK's β).
 const BETA: f64 = 0.7;
 /// The lowest multiplier, as a share of the configured quota (or the discovery guess).
@@ -51,6 +64,8 @@ pub(crate) struct Ledger {
     keys: Mutex<HashMap<QuotaKey, Arc<KeyLedger>>>,
     recovery: Option<Duration>,
     headroom: Duration,
+    /// A budget shared with other processes, asked after the key's own buckets.
+    budget: Option<Arc<Budget>>,
 }
 
 impl Ledger {
@@ -59,7 +74,13 @@ impl Ledger {
             keys: Mutex::new(HashMap::new()),
             recovery,
             headroom,
+            budget: None,
         }
+    }
+
+    pub(crate) fn with_budget(mut self, budget: Option<Budget>) -> Self {
+        self.budget = budget.map(Arc::new);
+        self
     }
 
     /// The ledger of `key`, created with `quota` on first use.
@@ -69,7 +90,12 @@ impl Ledger {
             return k.clone();
         }
         let recovery = self.recovery.unwrap_or(quota.period.mul_f64(1.5));
-        let ledger = Arc::new(KeyLedger::new(key.clone(), quota, recovery, self.headroom));
+        let mut ledger = KeyLedger::new(key.clone(), quota, recovery, self.headroom);
+        ledger.shared = self
+            .budget
+            .clone()
+            .map(|b| (b, shared::limits(quota, self.headroom)));
+        let ledger = Arc::new(ledger);
         keys.insert(key.clone(), ledger.clone());
         ledger
     }
@@ -91,6 +117,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct KeyLedger {
     key: QuotaKey,
     state: Mutex<KeyState>,
+    /// The shared budget and this key's limits in it.
+    shared: Option<(Arc<Budget>, Limits)>,
 }
 
 /// A bucket whose capacity and refill rate are its quota's times the controller's
@@ -429,6 +457,7 @@ impl KeyLedger {
                 wakers: HashMap::new(),
                 next_id: 0,
             }),
+            shared: None,
         }
     }
     pub(crate) fn key(&self) -> &QuotaKey {
@@ -440,7 +469,8 @@ impl KeyLedger {
     pub(crate) fn admit(self: &Arc<Self>, tokens: u64, deadline: Instant) -> Admission {
         let now = Instant::now();
         let mut state = lock(&self.state);
-        if state.queue.is_empty() {
+        // With a shared budget every admission asks it, from the queue.
+        if state.queue.is_empty() && self.shared.is_none() {
             state.refill(now);
             if state.fits(tokens) {
                 state.take(tokens);
@@ -461,6 +491,8 @@ impl KeyLedger {
             },
             sleep: tokio::time::sleep_until(deadline),
             deadline,
+            asking: None,
+            retry_at: None,
         })
     }
 
@@ -547,6 +579,9 @@ pin_project! {
         #[pin]
         sleep: Sleep,
         deadline: Instant,
+        // With a shared budget: the question in flight, and when to ask again.
+        asking: Option<Asking>,
+        retry_at: Option<Instant>,
     }
 }
 
@@ -556,6 +591,16 @@ impl Future for Acquire {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         assert!(!this.ticket.done, "Acquire polled after completion");
+        if this.ticket.ledger.shared.is_some() {
+            return shared::poll_acquire(
+                this.ticket,
+                this.sleep,
+                *this.deadline,
+                this.asking,
+                this.retry_at,
+                cx,
+            );
+        }
         let ledger = this.ticket.ledger.clone();
         // A timer that is already due is polled again at once; a few rounds always settle it.
         for _ in 0..8 {
@@ -615,6 +660,8 @@ pub(crate) struct Reservation {
     ledger: Arc<KeyLedger>,
     tokens: u64,
     admitted_at: Instant,
+    /// The hold in the shared budget, settled along with the key's own buckets.
+    remote: Option<Remote>,
 }
 
 impl Reservation {
@@ -623,6 +670,7 @@ impl Reservation {
             ledger,
             tokens,
             admitted_at,
+            remote: None,
         }
     }
 
@@ -636,7 +684,10 @@ impl Reservation {
 
     /// Charges `actual` tokens instead of the reservation: the difference goes back (or,
     /// when `actual` is larger, is taken as debt).
-    pub(crate) fn settle(self, actual: u64) {
+    pub(crate) fn settle(mut self, actual: u64) {
+        if let Some(remote) = self.remote.take() {
+            remote.settle(actual);
+        }
         let diff = self.tokens as f64 - actual as f64;
         if diff == 0.0 {
             return;

@@ -91,6 +91,9 @@ pub mod retry;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::ledger::RedisLedger;
 pub use self::{
     config::{
         default_burndown, Quota, RetryBudget, ThrottleConfig, ThrottleConfigBuilder,
@@ -99,4 +102,8 @@ pub use self::{
     error::{BoxError, ConfigError, ThrottleError},
     key::QuotaKey,
     layer::BedrockThrottleLayer,
+    ledger::{
+        Ask, Grant, Hold, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
+        SharedLedger as Ledger,
+    },
 };
