@@ -452,9 +452,10 @@ pub(super) fn limits(q: ResolvedQuota, headroom: Duration) -> Limits {
     }
 }
 
-/// A question to the shared budget in flight.
+/// A question to the shared budget in flight. Behind a mutex only so that the gate's
+/// response future stays `Sync`; it is polled through `&mut`, never locked.
 pub(super) struct Asking {
-    future: LedgerFuture<Grant>,
+    future: Mutex<LedgerFuture<Grant>>,
 }
 
 impl fmt::Debug for Asking {
@@ -527,7 +528,8 @@ pub(super) fn poll_acquire(
         let now = Instant::now();
         let mut next = None;
         if let Some(a) = asking.as_mut() {
-            if let Poll::Ready(result) = a.future.as_mut().poll(cx) {
+            let future = a.future.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Poll::Ready(result) = future.as_mut().poll(cx) {
                 *asking = None;
                 next = Some(match result {
                     Ok(Grant::Reserved(hold)) => {
@@ -565,7 +567,7 @@ pub(super) fn poll_acquire(
                     } else {
                         let ask = budget.ask(key, tokens, limits);
                         *asking = Some(Asking {
-                            future: budget.ledger.reserve(ask),
+                            future: Mutex::new(budget.ledger.reserve(ask)),
                         });
                         continue;
                     }
