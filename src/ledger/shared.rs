@@ -47,6 +47,30 @@ pub type LedgerFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> +
 /// the full quota: they only hold a process back after an upstream throttle (see
 /// "Slowing down" in the [`gate`](crate::gate) docs), which therefore slows only the
 /// process that received it.
+///
+/// Two configurations, each with its own settings, spending from one budget in process:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use bedrock_throttle::{LocalLedger, Quota, ThrottleConfig};
+///
+/// let budget = Arc::new(LocalLedger::new());
+/// let interactive = ThrottleConfig::builder()
+///     .quota(Quota::new(50, 400_000))
+///     .max_wait(Duration::from_secs(5))
+///     .ledger(budget.clone())
+///     .build()?;
+/// let batch = ThrottleConfig::builder()
+///     .quota(Quota::new(50, 400_000))
+///     .max_wait(Duration::from_secs(600))
+///     .ledger(budget)
+///     .build()?;
+/// # let _ = (interactive, batch);
+/// # Ok::<(), bedrock_throttle::ConfigError>(())
+/// ```
+///
+/// Across processes, use [`RedisLedger`](crate::RedisLedger) (its docs have the example).
 pub trait Ledger: fmt::Debug + Send + Sync + 'static {
     /// Reserves one request and `ask.tokens` tokens of `ask.key` if both fit now and no
     /// client that began waiting earlier is still waiting; otherwise answers when to ask
@@ -57,6 +81,16 @@ pub trait Ledger: fmt::Debug + Send + Sync + 'static {
     /// back, or is taken as debt when `actual` is larger. A hold that has expired or is
     /// unknown (the ledger lost its state) is left alone: its charge stands.
     fn settle(&self, hold: Hold, actual: u64) -> LedgerFuture<()>;
+}
+
+impl<L: Ledger> Ledger for Arc<L> {
+    fn reserve(&self, ask: Ask) -> LedgerFuture<Grant> {
+        (**self).reserve(ask)
+    }
+
+    fn settle(&self, hold: Hold, actual: u64) -> LedgerFuture<()> {
+        (**self).settle(hold, actual)
+    }
 }
 
 /// The limits of one quota key, as the gate resolved them.
