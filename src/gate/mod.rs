@@ -88,6 +88,10 @@
 //! inner service that was made ready for it (as tower's `Oneshot` does), so a concurrency
 //! limit below the gate counts waiting requests too.
 //!
+//! With a shared [`Ledger`](crate::Ledger) (one quota for many processes, e.g.
+//! [`RedisLedger`](crate::RedisLedger)) the queue stays in the process; its head asks the
+//! ledger for room and waits as long as the ledger answers; see the trait's docs.
+//!
 //! # Slowing down
 //! An upstream 429 means the quota was smaller than the ledger thought (another client
 //! spends from it, the configured number is too high, or it is the guess of a
