@@ -334,6 +334,14 @@ async fn the_keys_of_a_model_share_one_hash_tag_and_expire() {
 // ---------------------------------------------------------------------------------------
 // Clients over HTTP against the emulator, in real time.
 
+/// The runs against the emulator measure in real time: one at a time, so they do not
+/// compete for the CPU with each other.
+static REAL_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    REAL_TIME.lock().await
+}
+
 /// The quota period: short, so a run takes seconds.
 const PERIOD: Duration = Duration::from_secs(5);
 const RPM: u64 = 60;
@@ -492,6 +500,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_clients_share_one_quota_without_throttles() {
+    let _one = one_at_a_time().await;
     let (url, _server) = redis_url();
     let emu = emulator().await;
     let p = prefix();
@@ -555,6 +564,7 @@ async fn four_clients_share_one_quota_without_throttles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_clients_without_the_shared_ledger_are_throttled() {
+    let _one = one_at_a_time().await;
     // The control: the same clients, each with its own in-process budget only.
     let emu = emulator().await;
     let clients: Vec<_> = (0..4)
@@ -589,6 +599,7 @@ async fn four_clients_without_the_shared_ledger_are_throttled() {
 
 /// Runs two clients with `policy`, kills Redis after 4 s and restarts it 3 s later.
 async fn outage(policy: OutagePolicy) -> (Vec<Outcome>, Instant, Instant, RedisServer) {
+    let _one = one_at_a_time().await;
     let mut server = RedisServer::start();
     let url = server.url();
     let emu = emulator().await;
