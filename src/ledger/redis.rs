@@ -115,7 +115,8 @@ return 1
 ///
 /// # In Redis
 /// Each quota key has three Redis keys under one hash tag, `{<prefix>:<model>:<region>}`,
-/// so the scripts run on Redis Cluster too: a hash with both buckets' levels and the time
+/// so each script touches one slot as Redis Cluster requires (the ledger itself connects
+/// to a single server; it has no cluster client): a hash with both buckets' levels and the time
 /// of their last refill (`…:b`), a sorted set of outstanding holds by expiry (`…:h`), and
 /// a sorted set of waiting clients by the time they began waiting (`…:q`). Two Lua
 /// scripts do all the work, each in one round trip: reserve (both limits at once) and
