@@ -245,6 +245,31 @@ async fn an_expired_hold_keeps_its_charge() {
 }
 
 #[tokio::test]
+async fn after_lost_state_an_old_hold_gives_nothing_back() {
+    // What a Redis restart without persistence does to a key: its state is gone.
+    let (url, _server) = redis_url();
+    let p = prefix();
+    let l = RedisLedger::open(&url).unwrap().prefix(p.clone());
+    let old = held(reserve(&l, ask(1, 0, 36_000)).await);
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{p}:*"))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let _: i64 = redis::cmd("DEL").arg(&keys).query(&mut c).unwrap();
+    // The bucket starts full again (at most one period more than upstream allows) ...
+    held(reserve(&l, ask(1, 1, 36_000)).await);
+    // ... and the hold made before is not refunded on top of it.
+    l.settle(old, 0).await.unwrap();
+    let wait = fits_in(reserve(&l, ask(1, 2, 10_000)).await);
+    about(wait, Duration::from_secs(1_000), Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn clients_take_turns_in_the_order_they_began_waiting() {
     let (url, _server) = redis_url();
     let l = RedisLedger::open(&url).unwrap().prefix(prefix());
