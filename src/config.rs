@@ -7,7 +7,7 @@ use crate::{
         default_output_limit, limits::UNKNOWN_MODEL_OUTPUT_LIMIT, Calibration, HeuristicEstimator,
         TokenEstimator,
     },
-    ledger::Ledger,
+    ledger::{Budget, Ledger, OutagePolicy, SharedLedger},
     retry::RetryBudgetState,
     telemetry::Telemetry,
     tenant::{Overload, Tenant, TenantPolicy, TenantSettings},
@@ -423,6 +423,8 @@ impl ThrottleConfig {
 /// | `tenant`, `default_tenant` | weight 1, no cap | [`TenantPolicy`] of a tenant, of all others |
 /// | `max_queued` | unbounded | waiting requests per key before [`Overload`] applies |
 /// | `overload` | [`Overload::Shed`] | shed at once, or back-pressure through `poll_ready` |
+/// | `ledger` | none | a [`Ledger`](crate::Ledger) shared with other processes, e.g. [`RedisLedger`](crate::RedisLedger) |
+/// | `outage` | [`OutagePolicy::FailClosed`] | what the gate does while the shared ledger is unreachable |
 ///
 /// With the defaults a throttled request retries for about 70 s of backoff at most, longer
 /// than Bedrock's one-minute quota window (the AWS SDK's 3 attempts give up in about 1.5 s).
@@ -444,6 +446,8 @@ pub struct ThrottleConfigBuilder {
     estimator: Option<Arc<dyn TokenEstimator>>,
     tenants: TenantSettings,
     tenant_header: Option<String>,
+    shared_ledger: Option<Arc<dyn SharedLedger>>,
+    outage: OutagePolicy,
 }
 
 impl Default for ThrottleConfigBuilder {
@@ -464,6 +468,8 @@ impl Default for ThrottleConfigBuilder {
             estimator: None,
             tenants: TenantSettings::default(),
             tenant_header: None,
+            shared_ledger: None,
+            outage: OutagePolicy::FailClosed,
         }
     }
 }
@@ -609,6 +615,22 @@ impl ThrottleConfigBuilder {
         self
     }
 
+    /// Spends from `ledger`, shared with every process that uses the same one, as well as
+    /// from this configuration's own buckets (a per-process ceiling at the full quota). See
+    /// [`Ledger`](crate::Ledger) and [`RedisLedger`](crate::RedisLedger) (feature `redis`).
+    /// A shared ledger cannot be combined with [`Quota::discover`].
+    pub fn ledger(mut self, ledger: impl SharedLedger) -> Self {
+        self.shared_ledger = Some(Arc::new(ledger));
+        self
+    }
+
+    /// What the gate does while its shared [`ledger`](Self::ledger) cannot be reached
+    /// (default: [`OutagePolicy::FailClosed`]).
+    pub fn outage(mut self, policy: OutagePolicy) -> Self {
+        self.outage = policy;
+        self
+    }
+
     /// Checks the configuration and creates the budget it governs.
     pub fn build(self) -> Result<ThrottleConfig, ConfigError> {
         if self.default_quota.is_none() && self.model_quotas.is_empty() {
@@ -628,6 +650,24 @@ impl ThrottleConfigBuilder {
         {
             return Err(ConfigError::new(
                 "throttle_recovery is zero, which turns slowing down off, but a discovered quota (Quota::discover) finds its rate only by slowing down on throttles",
+            ));
+        }
+        if let OutagePolicy::FailOpen { share } = self.outage {
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(ConfigError::new(format!(
+                    "the fail-open share is {share}; it must be in (0, 1]"
+                )));
+            }
+        }
+        if self.shared_ledger.is_some()
+            && self
+                .default_quota
+                .iter()
+                .chain(self.model_quotas.iter().map(|(_, q)| q))
+                .any(Quota::discovers)
+        {
+            return Err(ConfigError::new(
+                "a shared ledger needs configured quotas: a discovered quota (Quota::discover) is found per process",
             ));
         }
         let mut model_quotas = HashMap::new();
@@ -706,7 +746,8 @@ impl ThrottleConfigBuilder {
         Ok(ThrottleConfig {
             shared: Arc::new(Shared {
                 retry_budget: self.budget.map(RetryBudgetState::new),
-                ledger: Ledger::new(settings.throttle_recovery, settings.headroom),
+                ledger: Ledger::new(settings.throttle_recovery, settings.headroom)
+                    .with_budget(self.shared_ledger.map(|l| Budget::new(l, self.outage))),
                 settings,
                 estimator: self
                     .estimator

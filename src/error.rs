@@ -66,6 +66,15 @@ pub enum ThrottleError {
         /// How long the waiting requests take to be admitted at the key's current rate.
         retry_after: Duration,
     },
+    /// The shared quota ledger (see `ThrottleConfigBuilder::ledger`) could not be reached
+    /// and the outage policy is `OutagePolicy::FailClosed`; nothing was sent upstream.
+    /// Retry later: the gate reconnects by itself.
+    LedgerUnavailable {
+        /// The quota key the request was charged to.
+        key: QuotaKey,
+        /// Why the ledger could not answer.
+        source: BoxError,
+    },
     /// Upstream failed (a connection error or the inner service's error) on every attempt
     /// the retry policy allowed. `source` is the last failure.
     Upstream {
@@ -101,6 +110,10 @@ impl fmt::Display for ThrottleError {
                 f,
                 "the queue of {key} is full ({queued} requests waiting); nothing was sent (retry after {retry_after:?})"
             ),
+            Self::LedgerUnavailable { key, source } => write!(
+                f,
+                "the shared quota ledger for {key} is unavailable and the outage policy fails closed; nothing was sent (retry later): {source}"
+            ),
             Self::Upstream { attempts, source } => {
                 write!(f, "upstream failed after {attempts} attempt(s): {source}")
             }
@@ -111,7 +124,9 @@ impl fmt::Display for ThrottleError {
 impl std::error::Error for ThrottleError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Body(e) | Self::Upstream { source: e, .. } => Some(&**e),
+            Self::Body(e)
+            | Self::Upstream { source: e, .. }
+            | Self::LedgerUnavailable { source: e, .. } => Some(&**e),
             _ => None,
         }
     }

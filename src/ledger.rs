@@ -34,6 +34,19 @@ use crate::{
     QuotaKey, ThrottleError,
 };
 
+#[cfg(feature = "redis")]
+mod redis;
+mod shared;
+
+#[cfg(feature = "redis")]
+pub use self::redis::RedisLedger;
+pub(crate) use self::shared::Budget;
+pub use self::shared::{
+    Ask, Grant, Hold, Ledger as SharedLedger, LedgerError, LedgerFuture, Limits, LocalLedger,
+    OutagePolicy,
+};
+use self::shared::{Asking, Remote};
+
 /// Multiplicative decrease on an upstream throttle (the AWS SDK's β).
 const BETA: f64 = 0.7;
 /// The lowest multiplier, as a share of the configured quota (or the discovery guess).
@@ -60,6 +73,8 @@ pub(crate) struct Ledger {
     caps: Mutex<HashMap<(QuotaKey, Tenant), Arc<KeyLedger>>>,
     recovery: Option<Duration>,
     headroom: Duration,
+    /// A budget shared with other processes, asked after the key's own buckets.
+    budget: Option<Arc<Budget>>,
 }
 
 impl Ledger {
@@ -69,7 +84,13 @@ impl Ledger {
             caps: Mutex::new(HashMap::new()),
             recovery,
             headroom,
+            budget: None,
         }
+    }
+
+    pub(crate) fn with_budget(mut self, budget: Option<Budget>) -> Self {
+        self.budget = budget.map(Arc::new);
+        self
     }
 
     /// The ledger of `key`, created with `quota` on first use.
@@ -79,7 +100,12 @@ impl Ledger {
             return k.clone();
         }
         let recovery = self.recovery.unwrap_or(quota.period.mul_f64(1.5));
-        let ledger = Arc::new(KeyLedger::new(key.clone(), quota, recovery, self.headroom));
+        let mut ledger = KeyLedger::new(key.clone(), quota, recovery, self.headroom);
+        ledger.shared = self
+            .budget
+            .clone()
+            .map(|b| (b, shared::limits(quota, self.headroom)));
+        let ledger = Arc::new(ledger);
         keys.insert(key.clone(), ledger.clone());
         ledger
     }
@@ -131,6 +157,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct KeyLedger {
     key: QuotaKey,
     state: Mutex<KeyState>,
+    /// The shared budget and this key's limits in it.
+    shared: Option<(Arc<Budget>, Limits)>,
 }
 
 /// A bucket whose capacity and refill rate are its quota's times the controller's
@@ -450,10 +478,11 @@ impl KeyState {
         self.refill(Instant::now());
         self.wakers.remove(&id);
         let head = self.queue.first();
-        if admitted {
-            debug_assert_eq!(head, Some(id), "only the head is admitted");
+        if admitted && head == Some(id) {
             self.queue.pop_first();
         } else {
+            // Given up; or admitted by a shared ledger that answered after a newly arrived
+            // request took the head, which is then not booked to the tenant's share.
             self.queue.remove(id);
         }
         // Leaving from the middle can change the head too: a tenant then puts another
@@ -487,6 +516,7 @@ impl KeyLedger {
                 wakers: HashMap::new(),
                 next_id: 0,
             }),
+            shared: None,
         }
     }
     pub(crate) fn key(&self) -> &QuotaKey {
@@ -511,7 +541,8 @@ impl KeyLedger {
     ) -> Admission {
         let now = Instant::now();
         let mut state = lock(&self.state);
-        if state.queue.is_empty() {
+        // With a shared budget every admission asks it, from the queue.
+        if state.queue.is_empty() && self.shared.is_none() {
             state.refill(now);
             if state.fits(tokens) {
                 state.take(tokens);
@@ -545,6 +576,8 @@ impl KeyLedger {
             },
             sleep: tokio::time::sleep_until(deadline),
             deadline,
+            asking: None,
+            retry_at: None,
         })
     }
 
@@ -654,6 +687,9 @@ pin_project! {
         #[pin]
         sleep: Sleep,
         deadline: Instant,
+        // With a shared budget: the question in flight, and when to ask again.
+        asking: Option<Asking>,
+        retry_at: Option<Instant>,
     }
 }
 
@@ -663,6 +699,16 @@ impl Future for Acquire {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         assert!(!this.ticket.done, "Acquire polled after completion");
+        if this.ticket.ledger.shared.is_some() {
+            return shared::poll_acquire(
+                this.ticket,
+                this.sleep,
+                *this.deadline,
+                this.asking,
+                this.retry_at,
+                cx,
+            );
+        }
         let ledger = this.ticket.ledger.clone();
         // A timer that is already due is polled again at once; a few rounds always settle it.
         for _ in 0..8 {
@@ -722,6 +768,8 @@ pub(crate) struct Reservation {
     ledger: Arc<KeyLedger>,
     tokens: u64,
     admitted_at: Instant,
+    /// The hold in the shared budget, settled along with the key's own buckets.
+    remote: Option<Remote>,
 }
 
 impl Reservation {
@@ -730,6 +778,7 @@ impl Reservation {
             ledger,
             tokens,
             admitted_at,
+            remote: None,
         }
     }
 
@@ -743,7 +792,10 @@ impl Reservation {
 
     /// Charges `actual` tokens instead of the reservation: the difference goes back (or,
     /// when `actual` is larger, is taken as debt).
-    pub(crate) fn settle(self, actual: u64) {
+    pub(crate) fn settle(mut self, actual: u64) {
+        if let Some(remote) = self.remote.take() {
+            remote.settle(actual);
+        }
         let diff = self.tokens as f64 - actual as f64;
         if diff == 0.0 {
             return;

@@ -99,6 +99,9 @@ pub mod tenant;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::ledger::RedisLedger;
 pub use self::{
     config::{
         default_burndown, Quota, RetryBudget, ThrottleConfig, ThrottleConfigBuilder,
@@ -107,6 +110,10 @@ pub use self::{
     error::{BoxError, ConfigError, ThrottleError},
     key::QuotaKey,
     layer::BedrockThrottleLayer,
+    ledger::{
+        Ask, Grant, Hold, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
+        SharedLedger as Ledger,
+    },
     stats::{KeyStats, ThrottleStats},
     tenant::{Overload, Priority, Tenant, TenantPolicy},
 };

@@ -217,6 +217,7 @@ impl Trace {
             Some(ThrottleError::NeverFits { .. }) => "never_fits",
             Some(ThrottleError::MaxWaitExceeded { .. }) => "max_wait_exceeded",
             Some(ThrottleError::Overloaded { .. }) => "overloaded",
+            Some(ThrottleError::LedgerUnavailable { .. }) => "ledger_unavailable",
             Some(ThrottleError::Upstream { .. }) => "upstream_error",
             None => "inner_error",
         };

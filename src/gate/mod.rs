@@ -97,6 +97,10 @@
 //! worth of the budget's requests wait, so callers are held back before they hand over a
 //! request (a request made ready takes one of the places, and gives it back when admitted).
 //!
+//! With a shared [`Ledger`](crate::Ledger) (one quota for many processes, e.g.
+//! [`RedisLedger`](crate::RedisLedger)) the queue stays in the process; its head asks the
+//! ledger for room and waits as long as the ledger answers; see the trait's docs.
+//!
 //! # Slowing down
 //! An upstream 429 means the quota was smaller than the ledger thought (another client
 //! spends from it, the configured number is too high, or it is the guess of a
