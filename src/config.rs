@@ -321,6 +321,7 @@ pub(crate) struct Shared {
     pub(crate) retry_budget: Option<RetryBudgetState>,
     pub(crate) estimator: Arc<dyn TokenEstimator>,
     pub(crate) calibration: Calibration,
+    pub(crate) diagnosis: crate::diagnosis::Recorder,
 }
 
 impl fmt::Debug for Shared {
@@ -640,6 +641,7 @@ impl ThrottleConfigBuilder {
                     .estimator
                     .unwrap_or_else(|| Arc::new(HeuristicEstimator::default())),
                 calibration: Calibration::new(),
+                diagnosis: crate::diagnosis::Recorder::new(),
             }),
         })
     }

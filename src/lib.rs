@@ -70,6 +70,7 @@
 
 mod body;
 mod config;
+pub mod diagnosis;
 mod error;
 mod key;
 mod layer;
@@ -96,6 +97,7 @@ pub use self::{
         default_burndown, Quota, RetryBudget, ThrottleConfig, ThrottleConfigBuilder,
         BEDROCK_MAX_BODY_BYTES, DISCOVER_START_TPM,
     },
+    diagnosis::ThrottleKind,
     error::{BoxError, ConfigError, ThrottleError},
     key::QuotaKey,
     layer::BedrockThrottleLayer,

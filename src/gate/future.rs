@@ -19,18 +19,24 @@ use tower_service::Service;
 use super::{
     body::StreamSettle,
     stream::{FrameReader, StreamException},
+    throttle_read::ThrottleRead,
     SettlingBody,
 };
 use crate::{
     config::Shared,
+    diagnosis::KeyRecord,
     ledger::{Acquire, Reservation},
-    usage, BoxError, QuotaKey, ThrottleError,
+    usage, BoxError, QuotaKey, ThrottleError, ThrottleKind,
 };
 
 /// How reported usage turns into a charge, and what the estimator may learn from it.
 #[derive(Debug)]
 pub(crate) struct Terms {
     pub(super) burndown: f64,
+    /// Output quota tokens reserved: the output limit times the burndown.
+    pub(super) reserved_output: u64,
+    /// Where demand, grant and throttles of the key are counted.
+    pub(super) record: Arc<KeyRecord>,
     pub(super) learn: Option<Learn>,
 }
 
@@ -51,6 +57,7 @@ pub(crate) struct Charge {
 
 impl Charge {
     pub(super) fn new(reservation: Reservation, terms: Terms) -> Self {
+        terms.record.granted(reservation.tokens());
         Self { reservation, terms }
     }
 
@@ -65,6 +72,10 @@ impl Charge {
                     .observe(model, l.raw_input, actual_input);
             }
         }
+        let used_output = (usage.output_tokens as f64 * self.terms.burndown).ceil() as u64;
+        self.terms
+            .record
+            .output(self.terms.reserved_output, used_output);
         let actual = usage.charge(self.terms.burndown);
         tracing::trace!(
             quota_key = %self.reservation.ledger().key(),
@@ -82,8 +93,16 @@ impl Charge {
     /// Upstream throttled after it had started: the reservation is kept (Bedrock charges
     /// what was generated, and the throttle empties the key's buckets anyway), and the key
     /// slows down.
-    pub(super) fn throttled(self) {
-        self.reservation.throttled(false);
+    pub(super) fn throttled(self, kind: ThrottleKind) {
+        self.terms.record.throttled(kind);
+        self.reservation.throttled(false, kind);
+    }
+
+    /// Upstream refused before running (a 429): the reservation comes back at once, and
+    /// the budget `kind` names slows down.
+    pub(super) fn refused(self, kind: ThrottleKind) {
+        self.terms.record.throttled(kind);
+        self.reservation.throttled(true, kind);
     }
 }
 
@@ -101,7 +120,7 @@ pin_project! {
         ResB: Body,
     {
         #[pin]
-        state: State<S::Future, Prefetch<ResB>>,
+        state: State<S::Future, Prefetch<ResB>, ThrottleRead<ResB>>,
         parked: Option<Parked<S, B>>,
         charge: Option<Charge>,
         error: Option<ThrottleError>,
@@ -110,10 +129,12 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, P> {
+    enum State<F, P, T> {
         Waiting { #[pin] acquire: Acquire },
         Calling { #[pin] future: F },
         Prefetching { prefetch: Option<P> },
+        // A 429 whose body is read to tell which limit it hit.
+        ReadingThrottle { read: Option<T> },
         Failed,
     }
 }
@@ -173,12 +194,20 @@ impl<R: Body> Prefetch<R> {
                 parts
                     .headers
                     .insert("x-amzn-errortype", HeaderValue::from_static(error_type));
+                let charge = self.settle.charge;
+                let kind = ThrottleKind::from_message(&exception.message);
                 parts.extensions.insert(FirstFrameException {
                     message: exception.message,
                 });
-                let response = Response::from_parts(parts, ());
-                let charge = self.settle.charge;
-                let _ = settle_head(charge, &response);
+                let response = if status == StatusCode::TOO_MANY_REQUESTS {
+                    parts.extensions.insert(kind);
+                    charge.refused(kind);
+                    Response::from_parts(parts, ())
+                } else {
+                    let response = Response::from_parts(parts, ());
+                    let _ = settle_head(charge, &response);
+                    response
+                };
                 let body = SettlingBody::prefetched(self.body, self.frames, true, None);
                 return response.map(|()| body);
             }
@@ -321,6 +350,13 @@ where
                             continue;
                         }
                     }
+                    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                        if let Some(charge) = this.charge.take() {
+                            let read = ThrottleRead::new(response, charge);
+                            this.state.set(State::ReadingThrottle { read: Some(read) });
+                            continue;
+                        }
+                    }
                     let settle_from_body =
                         this.charge.take().and_then(|c| settle_head(c, &response));
                     return Poll::Ready(Ok(
@@ -332,6 +368,12 @@ where
                     let prefetch = prefetch.take().expect("prefetching");
                     this.state.set(State::Failed); // polling again panics, as for any future
                     return Poll::Ready(Ok(prefetch.finish()));
+                }
+                StateProj::ReadingThrottle { read } => {
+                    ready!(read.as_mut().expect("reading a throttle").poll(cx));
+                    let read = read.take().expect("reading a throttle");
+                    this.state.set(State::Failed);
+                    return Poll::Ready(Ok(read.finish()));
                 }
                 StateProj::Failed => {
                     let error = this.error.take().expect("polled after completion");
@@ -359,8 +401,9 @@ fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
         return json.then_some(charge);
     }
     match status {
-        // Refused before running: the reservation comes back at once, and the key slows.
-        StatusCode::TOO_MANY_REQUESTS => charge.reservation.throttled(true),
+        // Refused before running, its body unread: the reservation comes back at once, and
+        // both budgets slow. (The response future reads a 429's body to tell which.)
+        StatusCode::TOO_MANY_REQUESTS => charge.refused(ThrottleKind::Unknown),
         StatusCode::BAD_REQUEST
         | StatusCode::FORBIDDEN
         | StatusCode::NOT_FOUND
