@@ -267,8 +267,8 @@ fn row(key: QuotaKey, quota: Quota, effective: Option<Quota>, s: Summary) -> Mod
 
     let mut reasoning = match binding {
         BindingLimit::DailyTokens => format!(
-            "the daily token quota ran out ({} throttles): ask for more tokens per day; raising the per-minute rates would not help",
-            throttles.daily_tokens
+            "the daily token quota ran out{}: ask for more tokens per day; raising the per-minute rates would not help",
+            throttled(throttles.daily_tokens, "Too many tokens per day")
         ),
         BindingLimit::Tokens => format!(
             "TPM binds: demand peaked at {} TPM (p95 {}) against {} TPM{}; ask for {} TPM",
@@ -301,6 +301,16 @@ fn row(key: QuotaKey, quota: Quota, effective: Option<Quota>, s: Summary) -> Mod
         }
         _ => {}
     }
+    let below = match binding {
+        BindingLimit::Tokens => t_ratio < 1.0 && throttles.tokens > 0,
+        BindingLimit::Requests => r_ratio.is_none_or(|r| r < 1.0) && throttles.requests > 0,
+        _ => false,
+    };
+    if below {
+        reasoning.push_str(
+            "; upstream refused below the configured quota, so the account's applied quota is lower: check it",
+        );
+    }
     if s.reserved_output_tokens > 0 && matches!(binding, BindingLimit::Tokens) {
         let wasted = s.wasted_output_tokens as f64 / s.reserved_output_tokens as f64;
         if wasted >= 0.5 {
@@ -332,7 +342,8 @@ fn throttled(n: u64, what: &str) -> String {
     if n == 0 {
         String::new()
     } else {
-        format!(", {n} \"{what}\" throttles")
+        let s = if n == 1 { "" } else { "s" };
+        format!(", {n} \"{what}\" throttle{s}")
     }
 }
 
