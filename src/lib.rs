@@ -86,6 +86,9 @@ pub mod emulator;
 pub mod estimate;
 pub mod gate;
 pub mod retry;
+#[cfg(feature = "service-quotas")]
+#[cfg_attr(docsrs, doc(cfg(feature = "service-quotas")))]
+pub mod service_quotas;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
