@@ -8,6 +8,7 @@ use std::time::Duration;
 use bedrock_throttle::{
     diagnosis::BindingLimit,
     emulator::{EmulatedQuota, Emulator, EmulatorHandle, Faults, LatencyModel, OutputLength},
+    retry::Attempts,
     BedrockThrottleLayer, Quota, QuotaKey, ThrottleConfig, ThrottleKind,
 };
 use bytes::Bytes;
@@ -138,6 +139,19 @@ async fn each_class_of_throttle_drives_its_own_budget() {
     assert_eq!(kind, Some(ThrottleKind::DailyTokens));
     let q = cfg.effective_quota(&key(DAILY_MODEL)).unwrap();
     assert_eq!((q.requests(), q.tokens()), (Some(10), 1_000_000));
+    // With retries on, a daily throttle is not retried: the day's quota is gone.
+    let retrying = ThrottleConfig::builder()
+        .model_quota(DAILY_MODEL, Quota::new(10, 1_000_000))
+        .build()
+        .unwrap();
+    let resp = ServiceBuilder::new()
+        .layer(BedrockThrottleLayer::new(retrying))
+        .service(client())
+        .oneshot(invoke(&url, DAILY_MODEL, "invoke", 400, 600))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.extensions().get::<Attempts>(), Some(&Attempts(1)));
 
     let report = cfg.capacity_report();
     println!("{report}");
