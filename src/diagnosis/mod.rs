@@ -1,7 +1,8 @@
 //! Which limit binds, and what to ask AWS for: throttle classes, demand against grant per
 //! quota key, and the capacity report.
 //!
-//! The gate records, per quota key and per minute over the last hour:
+//! The gate records, per quota key and per minute over the last hour (per quota period over
+//! the last sixty, for a quota with another [`period`](crate::Quota::with_period)):
 //!
 //! - **demand**: the requests and quota tokens callers asked for, counted when each attempt
 //!   arrives at the gate, so time spent waiting in the queue does not hide it (a caller

@@ -1,4 +1,5 @@
-//! Per-minute demand, grant and throttle counts of each quota key over a sliding hour.
+//! Demand, grant and throttle counts of each quota key per quota period (a minute, unless
+//! the quota counts over another period) over the last sixty periods.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,9 +12,8 @@ use tokio::time::Instant;
 use super::{report::RateStats, ThrottleKind};
 use crate::QuotaKey;
 
-/// Minutes kept: the sliding hour and the minute in progress.
+/// Periods kept: the last sixty (an hour of minutes) and the one in progress.
 const SLOTS: u64 = 61;
-const MINUTE: Duration = Duration::from_secs(60);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -34,11 +34,11 @@ impl Recorder {
         }
     }
 
-    /// The record of `key`, created on first use.
-    pub(crate) fn key(&self, key: &QuotaKey) -> Arc<KeyRecord> {
+    /// The record of `key`, created on first use with slots of one quota `period`.
+    pub(crate) fn key(&self, key: &QuotaKey, period: Duration) -> Arc<KeyRecord> {
         lock(&self.keys)
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(KeyRecord::new(self.start)))
+            .or_insert_with(|| Arc::new(KeyRecord::new(self.start, period)))
             .clone()
     }
 
@@ -97,6 +97,7 @@ impl Window {
 #[derive(Debug)]
 pub(crate) struct KeyRecord {
     start: Instant,
+    period: Duration,
     window: Mutex<Window>,
 }
 
@@ -112,16 +113,18 @@ pub(crate) struct Summary {
 }
 
 impl KeyRecord {
-    fn new(start: Instant) -> Self {
+    fn new(start: Instant, period: Duration) -> Self {
         Self {
             start,
+            period: period.max(Duration::from_millis(1)),
             window: Mutex::new(Window::default()),
         }
     }
 
+    /// The number of the period in progress.
     fn minute(&self) -> u64 {
         let elapsed = Instant::now().saturating_duration_since(self.start);
-        elapsed.as_secs() / MINUTE.as_secs()
+        (elapsed.as_nanos() / self.period.as_nanos()) as u64
     }
 
     /// An attempt arrived asking for `tokens` quota tokens.
@@ -155,7 +158,7 @@ impl KeyRecord {
         w.wasted_output_tokens += reserved.saturating_sub(used);
     }
 
-    /// Peak and p95 per minute over the whole minutes of the last hour (the minute in
+    /// Peak and p95 per period over the whole periods of the last sixty (the period in
     /// progress only while there is no whole one).
     pub(crate) fn summary(&self) -> Summary {
         let now = self.minute();
@@ -191,9 +194,11 @@ impl KeyRecord {
 mod tests {
     use super::*;
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     #[tokio::test(start_paused = true)]
     async fn whole_minutes_of_the_last_hour_give_peak_and_p95() {
-        let r = KeyRecord::new(Instant::now());
+        let r = KeyRecord::new(Instant::now(), MINUTE);
         // Minute m: m + 1 requests of 100 tokens, half of them admitted.
         for m in 0..80u64 {
             for i in 0..=m {
@@ -225,7 +230,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_first_minute_counts_while_it_is_the_only_one() {
-        let r = KeyRecord::new(Instant::now());
+        let r = KeyRecord::new(Instant::now(), MINUTE);
         r.demand(5);
         let s = r.summary();
         assert_eq!((s.minutes, s.demand.peak_tokens), (1, 5));

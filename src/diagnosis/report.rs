@@ -11,9 +11,11 @@ pub const REQUEST_MARGIN: f64 = 1.2;
 /// Demand at this share of a quota counts as reaching it.
 const NEAR: f64 = 0.8;
 
-/// Peak and 95th percentile of one per-minute series over the whole minutes of the last
-/// hour (the minute in progress only while it is the only one), for requests and quota
-/// tokens (input plus `max_tokens` × burndown, what Bedrock reserves at admission).
+/// Peak and 95th percentile per minute over the whole quota periods of the last sixty (an
+/// hour of minutes; the period in progress only while it is the only one), for requests and
+/// quota tokens (input plus `max_tokens` × burndown, what Bedrock reserves at admission).
+/// A quota with another [`period`](Quota::with_period) is counted per period and scaled to
+/// a minute.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateStats {
@@ -127,7 +129,8 @@ pub struct ModelCapacity {
     pub effective: Option<Quota>,
     /// The limit that holds the key back.
     pub binding: BindingLimit,
-    /// How many minutes the demand and grant figures cover (at most 60).
+    /// How many quota periods (minutes, unless the quota sets another period) the demand
+    /// and grant figures cover (at most 60).
     pub minutes: u64,
     /// What callers asked for per minute, counted as they arrived at the gate.
     pub demand: RateStats,
@@ -219,7 +222,17 @@ fn ask(peak: u64, p95: u64) -> u64 {
     round_up((p95 as f64 * REQUEST_MARGIN).max(peak as f64))
 }
 
-fn row(key: QuotaKey, quota: Quota, effective: Option<Quota>, s: Summary) -> ModelCapacity {
+fn row(key: QuotaKey, quota: Quota, effective: Option<Quota>, mut s: Summary) -> ModelCapacity {
+    // Counted per quota period; reported per minute, as AWS grants quotas.
+    let scale = |x: u64| per_minute(x as f64, quota.period()).round() as u64;
+    for r in [&mut s.demand, &mut s.granted] {
+        *r = RateStats {
+            peak_requests: scale(r.peak_requests),
+            p95_requests: scale(r.p95_requests),
+            peak_tokens: scale(r.peak_tokens),
+            p95_tokens: scale(r.p95_tokens),
+        };
+    }
     let throttles = ThrottleCounts::from_array(s.throttles);
     // The token quota: as configured, or as found when discovered.
     let tpm_quota = if quota.discovers() {
@@ -371,7 +384,7 @@ impl fmt::Display for CapacityReport {
             "peak RPM",
             "peak TPM",
             "p95 TPM",
-            "granted TPM",
+            "peak granted TPM",
             "throttles rpm/tpm/day/?",
             "wasted output",
             "ask RPM",

@@ -106,7 +106,7 @@ where
         };
         let reserved_output = (output_limit as f64 * quota.burndown).ceil() as u64;
         let tokens = input.saturating_add(reserved_output);
-        let record = self.shared.diagnosis.key(&key);
+        let record = self.shared.diagnosis.key(&key, quota.period);
         record.demand(tokens);
         // A discovered quota's number is only a guess: a larger request waits for a full bucket.
         if !quota.discover && tokens > quota.tokens {
