@@ -272,3 +272,58 @@ async fn the_report_asks_for_the_tpm_the_demand_needs_and_leaves_rpm_alone() {
     assert_eq!(row.wasted_output_tokens, 0);
     emu.shutdown().await;
 }
+
+/// Through the AWS SDK wrapper, a 429 the gate read still reaches the SDK whole: it
+/// surfaces as the SDK's `ThrottlingException` with Bedrock's message.
+#[cfg(feature = "aws-sdk")]
+#[tokio::test]
+async fn the_sdk_still_reads_the_throttle_the_gate_classified() {
+    use aws_sdk_bedrockruntime::{
+        config::{retry::RetryConfig, BehaviorVersion, Credentials, Region},
+        error::ProvideErrorMetadata,
+        primitives::Blob,
+    };
+    use bedrock_throttle::aws::ThrottledHttpClient;
+
+    let emu = emulator(Faults::NONE).await;
+    let cfg = ThrottleConfig::builder()
+        .model_quota(RPM_MODEL, Quota::new(10, 1_000_000))
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    let conf = aws_sdk_bedrockruntime::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(emu.endpoint_url())
+        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+        .http_client(ThrottledHttpClient::new(
+            aws_smithy_http_client::Builder::new().build_http(),
+            cfg.clone(),
+        ))
+        .retry_config(RetryConfig::disabled())
+        .build();
+    let client = aws_sdk_bedrockruntime::Client::from_conf(conf);
+    let body = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let mut last = None;
+    // 2 RPM upstream.
+    for _ in 0..3 {
+        last = Some(
+            client
+                .invoke_model()
+                .model_id(RPM_MODEL)
+                .body(Blob::new(body.to_string()))
+                .send()
+                .await,
+        );
+    }
+    let err = last.unwrap().unwrap_err().into_service_error();
+    assert!(err.is_throttling_exception(), "{err:?}");
+    assert_eq!(
+        err.message(),
+        Some("Too many requests, please wait before trying again.")
+    );
+    let q = cfg.effective_quota(&key(RPM_MODEL)).unwrap();
+    assert_eq!((q.requests(), q.tokens()), (Some(7), 1_000_000));
+    emu.shutdown().await;
+}

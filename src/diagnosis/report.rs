@@ -235,17 +235,24 @@ fn row(key: QuotaKey, quota: Quota, effective: Option<Quota>, mut s: Summary) ->
     }
     let throttles = ThrottleCounts::from_array(s.throttles);
     // The token quota: as configured, or as found when discovered.
-    let tpm_quota = if quota.discovers() {
-        effective.map_or(quota.tokens(), |e| e.tokens())
+    let discover = quota.discovers();
+    let pm = |x: f64| per_minute(x, quota.period()).round() as u64;
+    // A discovered rate is known only once upstream refused for it; before, it is a probe.
+    let tpm = if !discover {
+        Some(pm(quota.tokens() as f64))
+    } else if throttles.tokens + throttles.unknown > 0 {
+        effective.map(|e| pm(e.tokens() as f64))
     } else {
-        quota.tokens()
+        None
     };
-    let tpm = per_minute(tpm_quota as f64, quota.period()).round() as u64;
-    let rpm_quota = quota
-        .requests()
-        .or_else(|| effective.and_then(|e| e.requests()));
-    let rpm = rpm_quota.map(|r| per_minute(f64::from(r), quota.period()).round() as u64);
-    let t_ratio = s.demand.peak_tokens as f64 / tpm.max(1) as f64;
+    let rpm = match quota.requests() {
+        Some(r) => Some(pm(f64::from(r))),
+        None if throttles.requests > 0 => effective
+            .and_then(|e| e.requests())
+            .map(|r| pm(f64::from(r))),
+        None => None,
+    };
+    let t_ratio = tpm.map(|t| s.demand.peak_tokens as f64 / t.max(1) as f64);
     let r_ratio = rpm.map(|r| s.demand.peak_requests as f64 / r.max(1) as f64);
 
     let binding = if throttles.daily_tokens > 0 {
@@ -255,28 +262,37 @@ fn row(key: QuotaKey, quota: Quota, effective: Option<Quota>, mut s: Summary) ->
     } else if throttles.tokens > 0 {
         BindingLimit::Tokens
     } else {
-        match r_ratio {
-            Some(r) if r > t_ratio && r >= NEAR => BindingLimit::Requests,
-            _ if t_ratio >= NEAR => BindingLimit::Tokens,
+        match (r_ratio, t_ratio) {
+            (Some(r), t) if r > t.unwrap_or(0.0) && r >= NEAR => BindingLimit::Requests,
+            (_, Some(t)) if t >= NEAR => BindingLimit::Tokens,
             _ => BindingLimit::None,
         }
     };
 
-    let tokens_short = binding == BindingLimit::Tokens || t_ratio >= NEAR;
-    let recommended_tpm = if tokens_short {
-        ask(s.demand.peak_tokens, s.demand.p95_tokens).max(tpm)
-    } else {
-        tpm
+    // The request asks for the demand; a configured quota is kept as the least, a
+    // discovered rate (which swings around what upstream allows) is not.
+    let floor = |x: Option<u64>| if discover { 0 } else { x.unwrap_or(0) };
+    let ask_tokens = ask(s.demand.peak_tokens, s.demand.p95_tokens);
+    let tokens_short = binding == BindingLimit::Tokens || t_ratio.is_some_and(|t| t >= NEAR);
+    let recommended_tpm = match tpm {
+        Some(_) if tokens_short => ask_tokens.max(floor(tpm)),
+        Some(t) => t,
+        None => ask_tokens,
     };
     let requests_short = binding == BindingLimit::Requests || r_ratio.is_some_and(|r| r >= NEAR);
     let recommended_rpm = match rpm {
         Some(r) if requests_short => {
-            Some(ask(s.demand.peak_requests, s.demand.p95_requests).max(r))
+            Some(
+                ask(s.demand.peak_requests, s.demand.p95_requests)
+                    .max(if quota.requests().is_some() { r } else { 0 }),
+            )
         }
-        Some(r) => Some(r),
         None if throttles.requests > 0 => Some(ask(s.demand.peak_requests, s.demand.p95_requests)),
-        None => None,
+        other => other,
     };
+    let tpm_text = tpm.map_or("a TPM quota not found yet".to_owned(), |t| {
+        format!("{} TPM", num(t))
+    });
 
     let mut reasoning = match binding {
         BindingLimit::DailyTokens => format!(
@@ -284,10 +300,10 @@ fn row(key: QuotaKey, quota: Quota, effective: Option<Quota>, mut s: Summary) ->
             throttled(throttles.daily_tokens, "Too many tokens per day")
         ),
         BindingLimit::Tokens => format!(
-            "TPM binds: demand peaked at {} TPM (p95 {}) against {} TPM{}; ask for {} TPM",
+            "TPM binds: demand peaked at {} TPM (p95 {}) against {}{}; ask for {} TPM",
             num(s.demand.peak_tokens),
             num(s.demand.p95_tokens),
-            num(tpm),
+            tpm_text,
             throttled(throttles.tokens, "Too many tokens"),
             num(recommended_tpm),
         ),
@@ -295,15 +311,17 @@ fn row(key: QuotaKey, quota: Quota, effective: Option<Quota>, mut s: Summary) ->
             "RPM binds: demand peaked at {} RPM (p95 {}) against {}{}; ask for {} RPM",
             num(s.demand.peak_requests),
             num(s.demand.p95_requests),
-            rpm.map_or("no configured RPM".to_owned(), |r| format!("{} RPM", num(r))),
+            rpm.map_or("no known RPM".to_owned(), |r| format!("{} RPM", num(r))),
             throttled(throttles.requests, "Too many requests"),
             recommended_rpm.map_or("-".to_owned(), num),
         ),
         BindingLimit::None => format!(
-            "nothing binds: demand peaked at {} RPM and {} TPM ({:.0} % of the TPM quota); no increase needed",
+            "nothing binds: demand peaked at {} RPM and {} TPM ({}); no increase needed",
             num(s.demand.peak_requests),
             num(s.demand.peak_tokens),
-            100.0 * t_ratio,
+            t_ratio.map_or("no token throttle yet, so the TPM quota is not known: the ask is the demand".to_owned(), |t| {
+                format!("{:.0} % of the TPM quota", 100.0 * t)
+            }),
         ),
     };
     match binding {
@@ -314,11 +332,16 @@ fn row(key: QuotaKey, quota: Quota, effective: Option<Quota>, mut s: Summary) ->
         }
         _ => {}
     }
-    let below = match binding {
-        BindingLimit::Tokens => t_ratio < 1.0 && throttles.tokens > 0,
-        BindingLimit::Requests => r_ratio.is_none_or(|r| r < 1.0) && throttles.requests > 0,
-        _ => false,
-    };
+    let below = !discover
+        && match binding {
+            BindingLimit::Tokens => t_ratio.is_some_and(|t| t < 1.0) && throttles.tokens > 0,
+            BindingLimit::Requests => {
+                quota.requests().is_some()
+                    && r_ratio.is_some_and(|r| r < 1.0)
+                    && throttles.requests > 0
+            }
+            _ => false,
+        };
     if below {
         reasoning.push_str(
             "; upstream refused below the configured quota, so the account's applied quota is lower: check it",
@@ -507,7 +530,7 @@ mod tests {
         assert_eq!(r.binding, BindingLimit::DailyTokens);
         // No RPM configured, but upstream refused for requests: it has one.
         let r = row(
-            k,
+            k.clone(),
             Quota::tokens_per_minute(400_000),
             None,
             summary(70, 100_000, [4, 0, 0, 0]),
@@ -515,6 +538,12 @@ mod tests {
         assert_eq!(r.binding, BindingLimit::Requests);
         assert_eq!(r.recommended_rpm, Some(84));
         let report = CapacityReport { rows: vec![r] };
+        // A discovered quota never throttled for tokens: its rate is a probe, not a quota.
+        let probe = Quota::discover_from(50_000_000);
+        let r = row(k, probe, Some(probe), summary(10, 90_000, [0; 4]));
+        assert_eq!(r.binding, BindingLimit::None);
+        assert_eq!(r.recommended_tpm, 110_000);
+        assert!(r.reasoning.contains("not known"), "{}", r.reasoning);
         let text = report.to_string();
         assert!(text.contains("RPM binds"), "{text}");
         assert!(text.lines().next().unwrap().starts_with("model"), "{text}");
