@@ -326,6 +326,9 @@ fn row(key: QuotaKey, quota: Quota, effective: Option<Quota>, mut s: Summary) ->
     };
     match binding {
         BindingLimit::Tokens if !requests_short => reasoning.push_str(", RPM as it is"),
+        BindingLimit::Requests if tpm.is_none() => {
+            reasoning.push_str(", TPM not found yet (its ask is the demand)")
+        }
         BindingLimit::Requests if !tokens_short => reasoning.push_str(", TPM as it is"),
         BindingLimit::Tokens | BindingLimit::Requests => {
             reasoning.push_str(", and demand reaches the other quota too: raise both")
