@@ -18,8 +18,11 @@
 //!
 //! At the end it prints a table (completed, failed, upstream throttles, goodput as a share
 //! of the ideal up to the last upstream admission and up to the last response, p50 and p99
-//! latency) and writes an SVG plot of the quota tokens billed per
-//! second against the quota, one line per stack.
+//! latency) and writes an SVG plot of the quota tokens billed per second against the quota,
+//! one line per stack, then the capacity report of each layer stack
+//! (`ThrottleConfig::capacity_report`): per model, the limit that binds and what a
+//! quota-increase request should ask for. Its rates are per minute, so with the 6 s period
+//! they are ten times the per-period quotas above.
 
 use std::{
     collections::VecDeque,
@@ -35,6 +38,7 @@ use aws_sdk_bedrockruntime::{
 use aws_smithy_runtime_api::client::http::HttpClient;
 use bedrock_throttle::{
     aws::ThrottledHttpClient,
+    diagnosis::CapacityReport,
     emulator::{EmulatedQuota, Emulator, EmulatorHandle, LatencyModel, OutputLength},
     retry::RetryLayer,
     BedrockThrottleLayer, BoxError, Quota, ThrottleConfig,
@@ -267,7 +271,8 @@ where
 }
 
 /// The client stack named `name`, pointed at the emulator at `base`.
-fn stack(name: &str, base: &str, opts: &Options) -> Stack {
+/// The stack, and the configuration of the layer stacks (for their capacity report).
+fn stack(name: &str, base: &str, opts: &Options) -> (Stack, Option<ThrottleConfig>) {
     let sdk_http = || aws_smithy_http_client::Builder::new().build_http();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let config = || {
@@ -285,7 +290,8 @@ fn stack(name: &str, base: &str, opts: &Options) -> Stack {
             .build()
             .expect("valid config")
     };
-    match name {
+    let layer_config = config();
+    let stack = match name {
         "none" => Stack::Http(
             ServiceBuilder::new()
                 .map_response(boxed)
@@ -303,7 +309,7 @@ fn stack(name: &str, base: &str, opts: &Options) -> Stack {
         "layer-http" => Stack::Http(
             ServiceBuilder::new()
                 .map_response(boxed)
-                .layer(BedrockThrottleLayer::new(config()))
+                .layer(BedrockThrottleLayer::new(layer_config.clone()))
                 .service(client)
                 .boxed_clone(),
         ),
@@ -311,11 +317,13 @@ fn stack(name: &str, base: &str, opts: &Options) -> Stack {
         "sdk-adaptive" => sdk(base, sdk_http(), RetryConfig::adaptive()),
         "layer-sdk" => sdk(
             base,
-            ThrottledHttpClient::new(sdk_http(), config()),
+            ThrottledHttpClient::new(sdk_http(), layer_config.clone()),
             RetryConfig::disabled(),
         ),
         _ => unreachable!("checked in Options::parse"),
-    }
+    };
+    let layered = name.starts_with("layer-");
+    (stack, layered.then_some(layer_config))
 }
 
 async fn emulator(opts: &Options) -> EmulatorHandle {
@@ -361,12 +369,14 @@ struct StackResult {
     wall: Duration,
     /// (seconds since start, quota tokens billed per second as a share of the quota rate)
     series: Vec<(f64, f64)>,
+    /// The layer stacks' capacity report.
+    report: Option<CapacityReport>,
 }
 
 async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
     let emu = emulator(opts).await;
     let base = emu.endpoint_url();
-    let svc = stack(name, &base, opts);
+    let (svc, layer_config) = stack(name, &base, opts);
     // One queue per model, each served by its share of the callers: the models' traffic is
     // independent, as it is in a real application, so no model's queue starves another's.
     let queues: Vec<_> = MODELS
@@ -474,6 +484,7 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
         p99: pct(0.99),
         wall,
         series,
+        report: layer_config.map(|c| c.capacity_report()),
     };
     emu.shutdown().await;
     result
@@ -607,4 +618,11 @@ async fn main() {
     );
     std::fs::write(&opts.out, svg(&results)).expect("write plot");
     println!("plot: {}", opts.out);
+    for r in &results {
+        if let Some(report) = &r.report {
+            println!();
+            println!("capacity report of {} (per minute):", r.name);
+            print!("{report}");
+        }
+    }
 }

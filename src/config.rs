@@ -21,7 +21,8 @@ pub const BEDROCK_MAX_BODY_BYTES: usize = 25_000_000;
 /// model and Region.
 ///
 /// RPM is optional because Bedrock's newer quota tables list only tokens per minute; leave it
-/// out with `None` or [`Quota::tokens_per_minute`].
+/// out with `None` or [`Quota::tokens_per_minute`]. Should upstream still refuse with "Too
+/// many requests", the gate finds a request limit from those throttles.
 ///
 /// A configured quota is a ceiling: when upstream throttles below it (the account's real
 /// quota is lower, or another application spends from it) the gate finds the real capacity
@@ -68,15 +69,17 @@ impl Quota {
     }
 
     /// No number at all: the gate finds the token rate from upstream throttles, starting at
-    /// [`DISCOVER_START_TPM`] tokens per minute, with no request limit.
+    /// [`DISCOVER_START_TPM`] tokens per minute, with no request limit until upstream says
+    /// "Too many requests".
     ///
     /// Until the first throttle the rate doubles every half period while the callers use
     /// what it gives (slow start); from then on it follows the same curve as a configured
     /// quota after a throttle, without a ceiling. The bucket holds one period at the
     /// current rate, and a request larger than that is admitted from a full bucket (its
     /// excess is debt), so [`ThrottleError::NeverFits`](crate::ThrottleError) never fires
-    /// for a discovered quota. Request-count throttles ("Too many requests") slow the token
-    /// rate too, so against an RPM limit it settles at the token rate that limit allows.
+    /// for a discovered quota. The first request-count throttle ("Too many requests") gives
+    /// the key a request limit, starting at the request rate that was throttled and
+    /// discovered the same way from there; the token rate is left alone.
     ///
     /// ```
     /// use bedrock_throttle::{Quota, ThrottleConfig};
@@ -327,6 +330,7 @@ pub(crate) struct Shared {
     /// Places for waiting requests under [`Overload::Backpressure`].
     pub(crate) waiting_places: Option<Arc<tokio::sync::Semaphore>>,
     pub(crate) telemetry: Telemetry,
+    pub(crate) diagnosis: crate::diagnosis::Recorder,
 }
 
 impl fmt::Debug for Shared {
@@ -755,6 +759,7 @@ impl ThrottleConfigBuilder {
                 calibration: Calibration::new(),
                 waiting_places,
                 telemetry: Telemetry::default(),
+                diagnosis: crate::diagnosis::Recorder::new(),
             }),
         })
     }

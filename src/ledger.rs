@@ -7,9 +7,11 @@
 //! continuously at that rate. A token bucket may go below zero when a settled charge exceeds
 //! its reservation; admissions then wait for the debt to refill.
 //!
-//! The current rate is the quota's rate times a multiplier that a [`Controller`] moves: down
-//! on upstream throttles, back up on a cubic curve afterwards (see the `gate` module docs,
-//! "Slowing down"). The multiplier is re-evaluated on a fixed grid of steps (a hundredth of
+//! The current rate of each bucket is its quota's rate times a multiplier that a
+//! [`Controller`] of its own moves: down on the upstream throttles that name its limit
+//! ("Too many tokens" the token bucket, "Too many requests" the request bucket, an
+//! unrecognised throttle both), back up on a cubic curve afterwards (see the `gate` module
+//! docs, "Slowing down"). The multiplier is re-evaluated on a fixed grid of steps (a hundredth of
 //! the period) and held constant in between, so the refill is an exact sum of constant-rate
 //! segments, the same however often the ledger is looked at, also under paused time.
 
@@ -31,7 +33,7 @@ use self::queue::WaitQueue;
 use crate::{
     config::ResolvedQuota,
     tenant::{Priority, Tenant},
-    QuotaKey, ThrottleError,
+    QuotaKey, ThrottleError, ThrottleKind,
 };
 
 #[cfg(feature = "redis")]
@@ -250,6 +252,10 @@ impl Controller {
         }
     }
 
+    fn recovery_duration(&self) -> Duration {
+        Duration::from_secs_f64(self.recovery)
+    }
+
     /// Moves the curve on by one step of `dt` seconds.
     fn step(&mut self, dt: f64, busy: bool) {
         match &mut self.phase {
@@ -301,12 +307,19 @@ impl Controller {
     }
 }
 
-/// The buckets of one key and the controller that sets their rate.
+/// The buckets of one key and the controllers that set their rates.
 #[derive(Clone, Debug)]
 struct Meter {
     tokens: Bucket,
     requests: Option<Bucket>,
+    /// The token bucket's multiplier.
     ctl: Controller,
+    /// The request bucket's multiplier (at 1 and `Full` while there is no request bucket).
+    req_ctl: Controller,
+    /// Requests taken per step over the last period, as `drawn` for tokens.
+    drawn_requests: Vec<f64>,
+    /// When the key was first used: the draw history covers no more than the time since.
+    started: Instant,
     updated: Instant,
     /// End of the current step; the multiplier is constant until then.
     step_end: Instant,
@@ -318,8 +331,35 @@ struct Meter {
 }
 
 impl Meter {
-    fn buckets(&mut self) -> impl Iterator<Item = &mut Bucket> {
-        std::iter::once(&mut self.tokens).chain(self.requests.as_mut())
+    /// Refills every bucket for `secs` at its own multiplier.
+    fn fill(&mut self, secs: f64) {
+        self.tokens.fill(secs, self.ctl.scale);
+        if let Some(r) = &mut self.requests {
+            r.fill(secs, self.req_ctl.scale);
+        }
+    }
+
+    /// Caps every bucket at its capacity under its current multiplier.
+    fn clamp(&mut self) {
+        let cap = self.tokens.capacity(self.ctl.scale);
+        self.tokens.level = self.tokens.level.min(cap);
+        if let Some(r) = &mut self.requests {
+            r.level = r.level.min(r.capacity(self.req_ctl.scale));
+        }
+    }
+
+    /// Whether a bucket is below its busy level.
+    fn busy(&self) -> bool {
+        self.tokens.level < BUSY_LEVEL * self.tokens.capacity(self.ctl.scale)
+            || self
+                .requests
+                .as_ref()
+                .is_some_and(|r| r.level < BUSY_LEVEL * r.capacity(self.req_ctl.scale))
+    }
+
+    /// Both multipliers at their cap: the rates are constant.
+    fn full(&self) -> bool {
+        self.ctl.phase == Phase::Full && self.req_ctl.phase == Phase::Full
     }
 
     fn record(&mut self, tokens: f64) {
@@ -329,6 +369,23 @@ impl Meter {
     fn next_slot(&mut self) {
         self.slot = (self.slot + 1) % self.drawn.len();
         self.drawn[self.slot] = 0.0;
+        self.drawn_requests[self.slot] = 0.0;
+    }
+
+    /// The multiplier at which requests were drawn over the last period.
+    fn measured_requests(&self) -> Option<f64> {
+        let r = self.requests.as_ref()?;
+        Some(self.drawn_requests.iter().sum::<f64>() / r.capacity)
+    }
+
+    /// Requests per period drawn over the last period (or since the key was first used,
+    /// scaled up to a period, when that is shorter).
+    fn request_rate(&self, now: Instant) -> f64 {
+        let period = self.step.as_secs_f64() * self.drawn.len() as f64;
+        let covered = (now - self.started)
+            .as_secs_f64()
+            .clamp(self.step.as_secs_f64(), period);
+        self.drawn_requests.iter().sum::<f64>() * period / covered
     }
 
     /// The multiplier at which tokens were drawn over the last period.
@@ -339,17 +396,17 @@ impl Meter {
     /// Refills up to `now`, stepping the controller at each step boundary on the way.
     /// `queued`: someone waited all along (the queue only changes at a refill).
     fn advance(&mut self, now: Instant, queued: bool) {
-        if self.ctl.phase == Phase::Full && now > self.updated {
+        if self.full() && now > self.updated {
             // Constant rate: one segment, and the step grid moves along.
             let secs = (now - self.updated).as_secs_f64();
-            let s = self.ctl.scale;
-            self.buckets().for_each(|b| b.fill(secs, s));
+            self.fill(secs);
             self.updated = now;
             // The draw history moves along the step grid; after a whole period idle it is
             // empty, and the grid starts again from now.
             let period = self.step * self.drawn.len() as u32;
             if now >= self.step_end + period {
                 self.drawn.iter_mut().for_each(|d| *d = 0.0);
+                self.drawn_requests.iter_mut().for_each(|d| *d = 0.0);
                 self.step_end = now + self.step;
             }
             while self.step_end <= now {
@@ -361,15 +418,13 @@ impl Meter {
         while self.updated < now {
             let end = now.min(self.step_end);
             let secs = (end - self.updated).as_secs_f64();
-            let s = self.ctl.scale;
-            self.buckets().for_each(|b| b.fill(secs, s));
+            self.fill(secs);
             self.updated = end;
             if end == self.step_end {
-                let busy = queued || self.buckets().any(|b| b.level < BUSY_LEVEL * b.capacity(s));
+                let busy = queued || self.busy();
                 self.ctl.step(self.step.as_secs_f64(), busy);
-                let s = self.ctl.scale;
-                self.buckets()
-                    .for_each(|b| b.level = b.level.min(b.capacity(s)));
+                self.req_ctl.step(self.step.as_secs_f64(), busy);
+                self.clamp();
                 self.step_end += self.step;
                 self.next_slot();
             }
@@ -388,20 +443,24 @@ impl Meter {
     }
 
     fn fits(&self, tokens: u64) -> bool {
-        let s = self.ctl.scale;
-        self.tokens.level >= self.tokens.need(tokens as f64, s)
+        let rs = self.req_ctl.scale;
+        self.tokens.level >= self.tokens.need(tokens as f64, self.ctl.scale)
             && self
                 .requests
                 .as_ref()
-                .is_none_or(|r| r.level >= r.need(1.0, s))
+                .is_none_or(|r| r.level >= r.need(1.0, rs))
     }
 
-    /// Seconds at the current multiplier until both buckets hold what `tokens` needs.
+    /// Seconds at the current multipliers until both buckets hold what `tokens` needs.
     fn wait_at_current_rate(&self, tokens: u64) -> f64 {
-        let s = self.ctl.scale;
-        let t = |b: &Bucket, cost: f64| ((b.need(cost, s) - b.level) / (b.per_sec * s)).max(0.0);
-        let r = self.requests.as_ref().map_or(0.0, |r| t(r, 1.0));
-        t(&self.tokens, tokens as f64).max(r)
+        let t = |b: &Bucket, cost: f64, s: f64| {
+            ((b.need(cost, s) - b.level) / (b.per_sec * s)).max(0.0)
+        };
+        let r = self
+            .requests
+            .as_ref()
+            .map_or(0.0, |r| t(r, 1.0, self.req_ctl.scale));
+        t(&self.tokens, tokens as f64, self.ctl.scale).max(r)
     }
 
     /// How long from `self.updated` until `tokens` fits, following the rate curve forward
@@ -414,8 +473,7 @@ impl Meter {
             return Duration::ZERO;
         }
         for _ in 0..MAX_SIM_STEPS {
-            if m.ctl.phase == Phase::Full || m.updated + Duration::from_secs_f64(wait) <= m.step_end
-            {
+            if m.full() || m.updated + Duration::from_secs_f64(wait) <= m.step_end {
                 break;
             }
             let end = m.step_end;
@@ -457,6 +515,8 @@ impl KeyState {
         if let Some(r) = &mut self.meter.requests {
             r.level -= 1.0;
         }
+        let slot = self.meter.slot;
+        self.meter.drawn_requests[slot] += 1.0;
     }
 
     fn time_to_fit(&self, tokens: u64) -> Duration {
@@ -506,6 +566,9 @@ impl KeyLedger {
                         .requests
                         .map(|r| Bucket::full(f64::from(r), quota.period, headroom)),
                     ctl: Controller::new(quota.discover, recovery, quota.period),
+                    req_ctl: Controller::new(false, recovery, quota.period),
+                    drawn_requests: vec![0.0; STEPS_PER_PERIOD as usize],
+                    started: now,
                     updated: now,
                     step_end: now + step,
                     step,
@@ -581,25 +644,70 @@ impl KeyLedger {
         })
     }
 
-    /// Upstream refused a request admitted at `admitted_at` for lack of quota: whatever
-    /// room this ledger thought it had is gone, and the rates are cut unless the request was
-    /// admitted before the last cut (its refusal is news of the rate already corrected).
-    fn throttled(&self, admitted_at: Instant) {
+    /// Upstream refused a request admitted at `admitted_at` for lack of quota, naming the
+    /// limit it hit (`kind`). Whatever room this ledger thought it had in that limit is
+    /// gone, and its rate is cut unless the request was admitted before that rate's last cut
+    /// (its refusal is news of the rate already corrected):
+    ///
+    /// - [`ThrottleKind::Tokens`]: the token bucket;
+    /// - [`ThrottleKind::Requests`]: the request bucket. A key without one (a quota with no
+    ///   RPM, or [`Quota::discover`](crate::Quota::discover)) gets one now, starting at the
+    ///   request rate that was throttled and discovered from there on, as a discovered
+    ///   token rate is;
+    /// - [`ThrottleKind::Unknown`]: both buckets, as before the classes were told apart;
+    /// - [`ThrottleKind::DailyTokens`]: nothing; a per-minute rate cannot fix a daily
+    ///   quota, and cutting it would only slow the key down after the day turns.
+    pub(crate) fn throttled(&self, admitted_at: Instant, kind: ThrottleKind) {
         let now = Instant::now();
         let mut state = lock(&self.state);
         state.refill(now);
         // Only while requests queue is the rate drawn the rate the gate allowed.
-        let measured = (!state.queue.is_empty()).then(|| state.meter.measured());
-        state
-            .meter
-            .buckets()
-            .for_each(|b| b.level = b.level.min(0.0));
-        if state.meter.ctl.cut(now, admitted_at, measured) {
+        let queued = !state.queue.is_empty();
+        let m = &mut state.meter;
+        let (cut_tokens, cut_requests) = match kind {
+            ThrottleKind::Tokens => (true, false),
+            ThrottleKind::Requests => (false, true),
+            ThrottleKind::DailyTokens => (false, false),
+            _ => (true, m.requests.is_some()),
+        };
+        let mut cut = false;
+        if cut_tokens {
+            let measured = queued.then(|| m.measured());
+            m.tokens.level = m.tokens.level.min(0.0);
+            cut |= m.ctl.cut(now, admitted_at, measured);
+        }
+        if cut_requests {
+            if m.requests.is_none() {
+                if m.ctl.recovery == 0.0 {
+                    // Adaptation is off: no limit of its own to find.
+                    return;
+                }
+                // The rate that was throttled, at least one request per period.
+                let rate = m.request_rate(now).max(1.0);
+                let period = m.step * STEPS_PER_PERIOD;
+                let mut bucket =
+                    Bucket::full(rate, period, Duration::from_secs_f64(m.tokens.headroom));
+                bucket.level = 0.0;
+                m.requests = Some(bucket);
+                m.req_ctl = Controller::new(true, m.ctl.recovery_duration(), period);
+                // Measured at the throttle: the rate drawn was the bucket's whole rate.
+                cut |= m.req_ctl.cut(now, admitted_at, Some(1.0));
+            } else {
+                let measured = if queued { m.measured_requests() } else { None };
+                if let Some(r) = &mut m.requests {
+                    r.level = r.level.min(0.0);
+                }
+                cut |= m.req_ctl.cut(now, admitted_at, measured);
+            }
+        }
+        if cut {
             // A new step grid from the cut, so the curve's steps line up with it.
-            state.meter.step_end = now + state.meter.step;
+            m.step_end = now + m.step;
             tracing::debug!(
                 quota_key = %self.key,
-                rate_scale = state.meter.ctl.scale,
+                ?kind,
+                token_rate_scale = m.ctl.scale,
+                request_rate_scale = m.req_ctl.scale,
                 "upstream throttled: slowing down"
             );
         }
@@ -610,10 +718,9 @@ impl KeyLedger {
         let mut state = lock(&self.state);
         state.refill(Instant::now());
         let m = &state.meter;
-        let s = m.ctl.scale;
         (
-            m.tokens.capacity(s),
-            m.requests.as_ref().map(|r| r.capacity(s)),
+            m.tokens.capacity(m.ctl.scale),
+            m.requests.as_ref().map(|r| r.capacity(m.req_ctl.scale)),
         )
     }
 
@@ -814,13 +921,13 @@ impl Reservation {
     /// (a 429), so the whole reservation comes back at once; otherwise (a throttle inside a
     /// stream) it stays charged. Either way the key slows down (see
     /// [`KeyLedger::throttled`]).
-    pub(crate) fn throttled(self, refund: bool) {
+    pub(crate) fn throttled(self, refund: bool, kind: ThrottleKind) {
         let ledger = self.ledger.clone();
         let admitted_at = self.admitted_at;
         if refund {
             self.settle(0);
         }
-        ledger.throttled(admitted_at);
+        ledger.throttled(admitted_at, kind);
     }
 }
 
@@ -938,12 +1045,12 @@ mod tests {
         // A period's quota drawn: the rate that was throttled is the whole quota.
         let _r = admitted(l.admit(6_000, far()));
         tokio::time::advance(Duration::from_millis(10)).await;
-        l.throttled(t0);
+        l.throttled(t0, ThrottleKind::Unknown);
         let (level, scale, _) = l.snapshot();
         assert_eq!((level, scale), (0.0, 0.7));
         // Refusals of requests admitted before the cut do not cut again ...
         tokio::time::advance(Duration::from_secs(1)).await;
-        l.throttled(t0);
+        l.throttled(t0, ThrottleKind::Unknown);
         let (level, scale, _) = l.snapshot();
         assert_eq!(level, 0.0, "but they empty the bucket");
         // (the rate has begun to climb back)
@@ -951,7 +1058,7 @@ mod tests {
         // ... a refusal of one admitted after it does.
         let later = Instant::now();
         tokio::time::advance(Duration::from_millis(1)).await;
-        l.throttled(later);
+        l.throttled(later, ThrottleKind::Unknown);
         assert!(
             (l.snapshot().1 - 0.7 * scale).abs() < 1e-3,
             "{}",
@@ -961,9 +1068,93 @@ mod tests {
         for _ in 0..40 {
             let t = Instant::now();
             tokio::time::advance(Duration::from_millis(1)).await;
-            l.throttled(t);
+            l.throttled(t, ThrottleKind::Unknown);
         }
         assert!((l.snapshot().1 - FLOOR).abs() < 1e-3);
+    }
+
+    /// The current rates per period: (tokens, requests).
+    fn rates(l: &KeyLedger) -> (f64, Option<f64>) {
+        l.rates()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_class_of_throttle_cuts_the_budget_it_names() {
+        let t = || Instant::now();
+        // "Too many tokens": the token rate only.
+        let l = ledger(Some(60), 6_000);
+        let at = t();
+        let _r = admitted(l.admit(100, far()));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        l.throttled(at, ThrottleKind::Tokens);
+        let (tokens, requests) = rates(&l);
+        assert!((tokens - 4_200.0).abs() < 1e-6, "{tokens}");
+        assert_eq!(requests, Some(60.0));
+        assert!(l.snapshot().0 <= 0.0, "the token bucket is emptied");
+
+        // "Too many requests": the request rate only, and the request bucket is emptied.
+        let l = ledger(Some(60), 6_000);
+        let at = t();
+        let _r = admitted(l.admit(100, far()));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        l.throttled(at, ThrottleKind::Requests);
+        let (tokens, requests) = rates(&l);
+        assert_eq!(tokens, 6_000.0);
+        assert!((requests.unwrap() - 42.0).abs() < 1e-6, "{requests:?}");
+        assert!(l.snapshot().0 > 5_000.0, "the token bucket keeps its room");
+        // The next request waits for the request bucket.
+        assert!(matches!(l.admit(1, far()), Admission::Queued(_)));
+
+        // Unknown: both.
+        let l = ledger(Some(60), 6_000);
+        let at = t();
+        let _r = admitted(l.admit(100, far()));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        l.throttled(at, ThrottleKind::Unknown);
+        let (tokens, requests) = rates(&l);
+        assert!((tokens - 4_200.0).abs() < 1e-6, "{tokens}");
+        assert!((requests.unwrap() - 42.0).abs() < 1e-6, "{requests:?}");
+
+        // Daily: neither rate moves, nothing is emptied.
+        let l = ledger(Some(60), 6_000);
+        let at = t();
+        let _r = admitted(l.admit(100, far()));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        l.throttled(at, ThrottleKind::DailyTokens);
+        assert_eq!(rates(&l), (6_000.0, Some(60.0)));
+        assert!(l.snapshot().0 > 5_800.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_throttle_without_a_request_quota_starts_one_at_the_rate_that_was_throttled()
+    {
+        // No RPM configured; 30 requests in the first 30 s, then "Too many requests".
+        let l = ledger(None, 1_000_000);
+        let mut last = Instant::now();
+        for _ in 0..30 {
+            last = Instant::now();
+            drop(admitted(l.admit(10, far())));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(rates(&l).1, None);
+        l.throttled(last, ThrottleKind::Requests);
+        let (tokens, requests) = rates(&l);
+        assert_eq!(tokens, 1_000_000.0, "the token rate is not cut");
+        // 30 requests in 30 s is 60 per minute; cut to 70 %.
+        assert!((requests.unwrap() - 42.0).abs() < 1e-6, "{requests:?}");
+        let mut next = task::spawn(queued(l.admit(10, far())));
+        assert_pending!(next.poll());
+        // One request refills in 60 / 42 s at the cut rate (plus the curve's climb).
+        tokio::time::advance(Duration::from_millis(1_430)).await;
+        assert_ready_ok!(next.poll());
+        // Discovered: it climbs back past the throttled rate while it is used.
+        for _ in 0..600 {
+            if let Admission::Admitted(r) = l.admit(10, far()) {
+                drop(r);
+            }
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        assert!(rates(&l).1.unwrap() > 60.0, "{:?}", rates(&l));
     }
 
     fn period() -> Duration {
@@ -1006,6 +1197,9 @@ mod tests {
             tokens: Bucket::full(6_000.0, period(), Duration::from_millis(100)),
             requests: Some(Bucket::full(60.0, period(), Duration::from_millis(100))),
             ctl: Controller::new(discover, period(), period()),
+            req_ctl: Controller::new(false, period(), period()),
+            drawn_requests: vec![0.0; STEPS_PER_PERIOD as usize],
+            started: now,
             updated: now,
             step_end: now + step,
             step,

@@ -75,6 +75,7 @@
 
 mod body;
 mod config;
+pub mod diagnosis;
 mod error;
 mod key;
 mod layer;
@@ -92,6 +93,9 @@ pub mod emulator;
 pub mod estimate;
 pub mod gate;
 pub mod retry;
+#[cfg(feature = "service-quotas")]
+#[cfg_attr(docsrs, doc(cfg(feature = "service-quotas")))]
+pub mod service_quotas;
 pub mod tenant;
 
 /// The README's examples, compiled and run as doctests.
@@ -107,6 +111,7 @@ pub use self::{
         default_burndown, Quota, RetryBudget, ThrottleConfig, ThrottleConfigBuilder,
         BEDROCK_MAX_BODY_BYTES, DISCOVER_START_TPM,
     },
+    diagnosis::ThrottleKind,
     error::{BoxError, ConfigError, ThrottleError},
     key::QuotaKey,
     layer::BedrockThrottleLayer,

@@ -83,6 +83,15 @@ pub struct KeyStats {
     /// Attempts upstream refused for lack of quota: 429 responses and `throttlingException`
     /// frames inside event streams.
     pub throttled: u64,
+    /// `throttled` by the limit each throttle named: "Too many requests", "Too many
+    /// tokens", "Too many tokens per day", other.
+    pub throttled_requests: u64,
+    /// See `throttled_requests`.
+    pub throttled_tokens: u64,
+    /// See `throttled_requests`.
+    pub throttled_daily_tokens: u64,
+    /// See `throttled_requests`.
+    pub throttled_unknown: u64,
     /// Retries the retry layer scheduled for requests of this key.
     pub retried: u64,
     /// Attempts shed because the key's queue was full (`ThrottleError::Overloaded`); none
@@ -126,6 +135,10 @@ pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
                 admitted: t.admitted.load(Relaxed),
                 waited: t.waited.load(Relaxed),
                 throttled: t.throttled.load(Relaxed),
+                throttled_requests: t.throttled_by_kind[0].load(Relaxed),
+                throttled_tokens: t.throttled_by_kind[1].load(Relaxed),
+                throttled_daily_tokens: t.throttled_by_kind[2].load(Relaxed),
+                throttled_unknown: t.throttled_by_kind[3].load(Relaxed),
                 retried: t.retried.load(Relaxed),
                 shed: t.shed.load(Relaxed),
                 tokens_reserved: t.tokens_reserved.load(Relaxed),

@@ -23,10 +23,19 @@ use crate::{
     estimate::EstimateMethod,
     ledger::KeyLedger,
     tenant::{Priority, Tenant},
-    BoxError, QuotaKey, ThrottleError,
+    BoxError, QuotaKey, ThrottleError, ThrottleKind,
 };
 
-/// Names of the metrics, all labelled `model` and `region` (see the README's table).
+/// A class's index in [`ThrottleKind::ALL`].
+fn kind_index(kind: ThrottleKind) -> usize {
+    ThrottleKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(ThrottleKind::ALL.len() - 1)
+}
+
+/// Names of the metrics, all labelled `model` and `region`, the throttle counter also `kind`
+/// (see the README's table).
 pub(crate) mod names {
     pub(crate) const ADMITTED: &str = "bedrock_throttle_admitted_total";
     pub(crate) const WAITED: &str = "bedrock_throttle_waited_total";
@@ -255,7 +264,8 @@ impl Telemetry {
 struct Handles {
     admitted: Counter,
     waited: Counter,
-    throttled: Counter,
+    /// Per [`ThrottleKind`], in the order of [`ThrottleKind::ALL`], labelled `kind`.
+    throttled: [Counter; 4],
     retried: Counter,
     shed: Counter,
     tokens_reserved: Counter,
@@ -278,6 +288,8 @@ pub(crate) struct KeyTelemetry {
     pub(crate) admitted: AtomicU64,
     pub(crate) waited: AtomicU64,
     pub(crate) throttled: AtomicU64,
+    /// `throttled` per [`ThrottleKind`], in the order of [`ThrottleKind::ALL`].
+    pub(crate) throttled_by_kind: [AtomicU64; 4],
     pub(crate) retried: AtomicU64,
     pub(crate) shed: AtomicU64,
     pub(crate) tokens_reserved: AtomicU64,
@@ -307,7 +319,11 @@ impl KeyTelemetry {
         let m = Handles {
             admitted: metrics::counter!(names::ADMITTED, &l()),
             waited: metrics::counter!(names::WAITED, &l()),
-            throttled: metrics::counter!(names::THROTTLED, &l()),
+            throttled: ThrottleKind::ALL.map(|kind| {
+                let mut labels = l();
+                labels.push(("kind", SharedString::const_str(kind.as_str())));
+                metrics::counter!(names::THROTTLED, &labels)
+            }),
             retried: metrics::counter!(names::RETRIED, &l()),
             shed: metrics::counter!(names::SHED, &l()),
             tokens_reserved: metrics::counter!(names::TOKENS_RESERVED, &l()),
@@ -325,6 +341,7 @@ impl KeyTelemetry {
             admitted: AtomicU64::new(0),
             waited: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            throttled_by_kind: Default::default(),
             retried: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             tokens_reserved: AtomicU64::new(0),
@@ -369,9 +386,11 @@ impl KeyTelemetry {
     }
 
     /// Upstream refused an attempt for lack of quota.
-    pub(crate) fn throttled(&self) {
+    pub(crate) fn throttled(&self, kind: ThrottleKind) {
+        let i = kind_index(kind);
         self.throttled.fetch_add(1, Relaxed);
-        self.m.throttled.increment(1);
+        self.throttled_by_kind[i].fetch_add(1, Relaxed);
+        self.m.throttled[i].increment(1);
     }
 
     /// The retry layer scheduled another attempt.
@@ -447,12 +466,13 @@ impl ChargeTrace {
 
     /// Upstream throttled: with a 429 before running (`in_stream` false) or with a
     /// `throttlingException` inside a stream that had started.
-    pub(crate) fn throttled(&self, in_stream: bool) {
-        self.key.throttled();
+    pub(crate) fn throttled(&self, in_stream: bool, kind: ThrottleKind) {
+        self.key.throttled(kind);
         tracing::debug!(
             parent: &self.span,
             quota_key = %self.key.key,
             in_stream,
+            kind = kind.as_str(),
             "upstream throttled"
         );
     }
@@ -470,7 +490,7 @@ mod tests {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     use tower::{service_fn, Layer, ServiceExt};
 
-    use super::names;
+    use super::{names, ThrottleKind};
     use crate::{estimate::TokenEstimate, BedrockThrottleLayer, Quota, QuotaKey, ThrottleConfig};
 
     fn request() -> http::Request<Full<Bytes>> {
@@ -532,11 +552,18 @@ mod tests {
 
         let mut values = HashMap::new();
         for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-            let labels: Vec<_> = key
+            let mut labels: Vec<_> = key
                 .key()
                 .labels()
                 .map(|l| (l.key().to_owned(), l.value().to_owned()))
                 .collect();
+            let mut name = key.key().name().to_owned();
+            // The throttle counter has a series per class.
+            if name == names::THROTTLED {
+                let (k, kind) = labels.pop().expect("the kind label");
+                assert_eq!(k, "kind");
+                name = format!("{name}/{kind}");
+            }
             assert_eq!(
                 labels,
                 [
@@ -547,7 +574,7 @@ mod tests {
                     ("region".to_owned(), "us-east-1".to_owned()),
                 ]
             );
-            values.insert(key.key().name().to_owned(), value);
+            values.insert(name, value);
         }
         let counter = |name: &str| match &values[name] {
             DebugValue::Counter(n) => *n,
@@ -559,7 +586,11 @@ mod tests {
             1,
             "the retry waited for the emptied bucket"
         );
-        assert_eq!(counter(names::THROTTLED), 1);
+        let throttled: Vec<u64> = ThrottleKind::ALL
+            .iter()
+            .map(|k| counter(&format!("{}/{}", names::THROTTLED, k.as_str())))
+            .collect();
+        assert_eq!(throttled.iter().sum::<u64>(), 1, "{throttled:?}");
         assert_eq!(counter(names::RETRIED), 1);
         assert_eq!(counter(names::TOKENS_RESERVED), 800);
         assert_eq!(counter(names::TOKENS_SETTLED), 300);

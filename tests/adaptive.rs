@@ -268,3 +268,23 @@ async fn an_unknown_quota_is_discovered_within_five_minutes() {
     );
     r.assert_goodput(4..8);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_discovered_quota_finds_a_request_limit_from_request_throttles() {
+    // The account's binding limit is 60 requests per minute; its tokens would allow far more.
+    let upstream = MockBedrock::new(Some(60), 2_000_000);
+    let r = run(upstream, Quota::discover(), 8, None).await;
+    r.print("Quota::discover(), real 60 RPM / 2,000,000 TPM");
+    assert_eq!(r.failed, 0, "no request is lost");
+    // The request rate is found from "Too many requests": in minutes 3 to 8 the callers get
+    // the real RPM, and few attempts are refused.
+    for m in 2..8 {
+        let admitted = at(&r.stats.admitted_per_minute, m);
+        assert!(
+            admitted >= 54,
+            "minute {}: {admitted} requests admitted of 60",
+            m + 1
+        );
+        assert!(r.throttle_rate(m) < 0.05, "minute {}", m + 1);
+    }
+}

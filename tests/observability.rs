@@ -257,23 +257,34 @@ async fn hyper_client_to_the_emulator_success_throttle_retry_stream_and_errors()
         err.downcast_ref::<ThrottleError>(),
         Some(ThrottleError::BodyTooLarge { .. })
     ));
-    // No room within max_wait: the second request waits and gives up.
+    // No room within max_wait: one request a minute, so the second request waits and gives
+    // up. (An upstream without a request limit, so the first is never throttled.)
+    let roomy = emulator(
+        EmulatedQuota {
+            rpm: None,
+            tpm: 1_000_000,
+            tpd: None,
+            period: Duration::from_secs(60),
+        },
+        Faults::NONE,
+    )
+    .await;
     let busy = ThrottleConfig::builder()
-        .model_quota(MODEL, Quota::tokens_per_minute(200))
+        .model_quota(MODEL, Quota::new(1, 1_000_000))
         .max_wait(Duration::from_millis(50))
         .build()
         .unwrap();
     let mut busy = BedrockThrottleLayer::new(busy).layer(client.clone());
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let roomy_base = roomy.endpoint_url();
     send(
         &mut busy,
-        request(&base, "invoke", anthropic("first", json!(100))),
+        request(&roomy_base, "invoke", anthropic("first", json!(100))),
     )
     .await
     .unwrap();
     let err = send(
         &mut busy,
-        request(&base, "invoke", anthropic("second", json!(100))),
+        request(&roomy_base, "invoke", anthropic("second", json!(100))),
     )
     .await
     .unwrap_err();
@@ -378,10 +389,11 @@ async fn hyper_client_to_the_emulator_success_throttle_retry_stream_and_errors()
         key.quota,
         Some(Quota::tokens_per_minute(1_000_000).with_burndown(1.0))
     );
-    assert!(
-        key.effective.unwrap().tokens() < 1_000_000,
-        "slowed after the throttle"
-    );
+    // Upstream's 429 said "Too many requests": the key slowed down by gaining a request
+    // limit, its token rate untouched.
+    let effective = key.effective.unwrap();
+    assert!(effective.requests().is_some(), "slowed after the throttle");
+    assert_eq!(effective.tokens(), 1_000_000);
     assert!(key.calibration_ratio.is_some());
 }
 

@@ -53,6 +53,19 @@
 //! the body's shape: Anthropic Messages, Converse, Titan, Llama/Mistral `prompt`, Cohere, or
 //! every string of any other JSON; image blocks count 1,600 tokens.
 //!
+//! # Service Quotas
+//! The same port answers the Service Quotas call `ListServiceQuotas` (awsJson1_1,
+//! `X-Amz-Target: ServiceQuotasV20190624.ListServiceQuotas`, paginated with `NextToken`
+//! and `MaxResults`) for the service code `bedrock`: each
+//! [`model_quota`](EmulatorBuilder::model_quota) is listed under the names Bedrock's
+//! quotas have in an account, `On-demand InvokeModel tokens per minute for {model}` (or
+//! `Cross-Region …` for a `us.`/`eu.`/`apac.`/`global.` profile), `… requests per minute
+//! for {model}` when it has an RPM and `Model invocation max tokens per day for {model}`
+//! when it has a daily limit, `{model}` set by
+//! [`quota_display_name`](EmulatorBuilder::quota_display_name); two account-wide quotas
+//! (`Cross-Model Max Tokens Per Day`, `Batch inference job size (in GB)`) come with them.
+//! Point an `aws-sdk-servicequotas` client's `endpoint_url` at it.
+//!
 //! # Time and randomness
 //! Only tokio's clock is used, so under `#[tokio::test(start_paused = true)]` the emulator
 //! runs in virtual time. Output lengths and faults come from random numbers seeded by
@@ -70,6 +83,7 @@ mod config;
 mod quota;
 mod request;
 mod server;
+mod service_quotas;
 mod wire;
 
 #[cfg(test)]
@@ -112,6 +126,7 @@ impl Emulator {
 pub struct EmulatorBuilder {
     default_quota: EmulatedQuota,
     model_quotas: HashMap<String, EmulatedQuota>,
+    display_names: HashMap<String, String>,
     latency: LatencyModel,
     chars_per_token: f64,
     output: OutputLength,
@@ -131,6 +146,7 @@ impl Default for EmulatorBuilder {
         EmulatorBuilder {
             default_quota: EmulatedQuota::default(),
             model_quotas: HashMap::new(),
+            display_names: HashMap::new(),
             latency: LatencyModel::default(),
             chars_per_token: 3.6,
             output: OutputLength::default(),
@@ -151,6 +167,19 @@ impl EmulatorBuilder {
     /// The quota of every model id without a [`model_quota`](Self::model_quota).
     pub fn default_quota(mut self, quota: EmulatedQuota) -> Self {
         self.default_quota = quota;
+        self
+    }
+
+    /// The name a [`model_quota`](Self::model_quota)'s model has in its Service Quotas quota
+    /// names (`On-demand InvokeModel tokens per minute for Anthropic Claude 3.5 Sonnet`);
+    /// unset, the model id without its cross-Region prefix. See "Service Quotas" in the
+    /// [module docs](crate::emulator).
+    pub fn quota_display_name(
+        mut self,
+        model_id: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        self.display_names.insert(model_id.into(), name.into());
         self
     }
 
@@ -243,6 +272,7 @@ impl EmulatorBuilder {
     pub async fn spawn(self) -> io::Result<EmulatorHandle> {
         let listener = TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
+        let service_quotas = service_quotas::listing(&self.model_quotas, &self.display_names);
         let ledger = Arc::new(Ledger::new(self.default_quota, self.model_quotas));
         let shared = Arc::new(Shared {
             ledger: Arc::clone(&ledger),
@@ -258,6 +288,7 @@ impl EmulatorBuilder {
             model_context_windows: self.model_context_windows,
             stream_chunk_tokens: self.stream_chunk_tokens,
             seen: Mutex::new(HashMap::new()),
+            service_quotas,
         });
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(server::serve(listener, shared, rx));

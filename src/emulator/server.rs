@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     /// depend on it, so identical requests still differ and arrival order never matters
     /// between different bodies.
     pub(crate) seen: Mutex<HashMap<u64, u64>>,
+    /// What `ListServiceQuotas` answers.
+    pub(crate) service_quotas: Vec<super::service_quotas::ListedQuota>,
 }
 
 impl Shared {
@@ -205,6 +207,8 @@ pub(crate) async fn handle(
 ) -> Result<Response<EmulatorBody>, DroppedConnection> {
     let route = parse_path(req.uri().path());
     let method_ok = req.method() == Method::POST;
+    let service_quotas = super::service_quotas::target(req.headers())
+        .map(|t| (t, super::service_quotas::region(req.headers())));
     let bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -217,6 +221,14 @@ pub(crate) async fn handle(
             ))
         }
     };
+    if let Some((target, region)) = service_quotas.filter(|_| method_ok) {
+        return Ok(super::service_quotas::handle(
+            &shared.service_quotas,
+            &target,
+            &region,
+            &bytes,
+        ));
+    }
     let Some((model, op)) = route.filter(|_| method_ok) else {
         return Ok(error_response(
             StatusCode::NOT_FOUND,

@@ -73,7 +73,8 @@ impl StreamSettle {
             // After bytes reached the caller the exception passes on unchanged; the
             // reservation is kept, and a throttle still slows the gate down.
             if e.is_throttling() {
-                self.charge.throttled();
+                self.charge
+                    .throttled(crate::ThrottleKind::from_message(&e.message));
             }
             return None;
         }

@@ -21,19 +21,25 @@ use tower_service::Service;
 use super::{
     body::StreamSettle,
     stream::{FrameReader, StreamException},
+    throttle_read::ThrottleRead,
     SettlingBody,
 };
 use crate::{
     config::Shared,
+    diagnosis::KeyRecord,
     ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
     telemetry::{ChargeTrace, QueueGuard, Trace},
-    usage, BoxError, QuotaKey, ThrottleError,
+    usage, BoxError, QuotaKey, ThrottleError, ThrottleKind,
 };
 
 /// How reported usage turns into a charge, and what the estimator may learn from it.
 #[derive(Debug)]
 pub(crate) struct Terms {
     pub(super) burndown: f64,
+    /// Output quota tokens reserved: the output limit times the burndown.
+    pub(super) reserved_output: u64,
+    /// Where demand, grant and throttles of the key are counted.
+    pub(super) record: Arc<KeyRecord>,
     pub(super) learn: Option<Learn>,
     pub(super) trace: ChargeTrace,
 }
@@ -56,6 +62,7 @@ pub(crate) struct Charge {
 
 impl Charge {
     fn new(reservation: Reservation, cap: Option<Reservation>, terms: Terms) -> Self {
+        terms.record.granted(reservation.tokens());
         Self {
             reservation,
             cap,
@@ -74,6 +81,10 @@ impl Charge {
                     .observe(model, l.raw_input, actual_input);
             }
         }
+        let used_output = (usage.output_tokens as f64 * self.terms.burndown).ceil() as u64;
+        self.terms
+            .record
+            .output(self.terms.reserved_output, used_output);
         let actual = usage.charge(self.terms.burndown);
         let actual_input =
             usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens;
@@ -102,10 +113,11 @@ impl Charge {
 
     /// Upstream refused the request before running it (a 429): everything comes back at
     /// once, and the key slows down.
-    fn refused(self) {
-        self.terms.trace.throttled(false);
+    pub(super) fn refused(self, kind: ThrottleKind) {
+        self.terms.record.throttled(kind);
+        self.terms.trace.throttled(false, kind);
         let ledger = self.reservation.ledger().clone();
-        self.reservation.throttled(true);
+        self.reservation.throttled(true, kind);
         if let Some(cap) = self.cap {
             cap.settle(0);
         }
@@ -115,11 +127,12 @@ impl Charge {
     /// Upstream throttled after it had started: the reservation is kept (Bedrock charges
     /// what was generated, and the throttle empties the key's buckets anyway), and the key
     /// slows down.
-    pub(super) fn throttled(self) {
-        self.terms.trace.throttled(true);
+    pub(super) fn throttled(self, kind: ThrottleKind) {
+        self.terms.record.throttled(kind);
+        self.terms.trace.throttled(true, kind);
         let _span = self.terms.trace.span.enter();
         let ledger = self.reservation.ledger().clone();
-        self.reservation.throttled(false);
+        self.reservation.throttled(false, kind);
         self.terms.trace.rates(&ledger);
     }
 }
@@ -138,7 +151,7 @@ pin_project! {
         ResB: Body,
     {
         #[pin]
-        state: State<S::Future, Prefetch<ResB>>,
+        state: State<S::Future, Prefetch<ResB>, ThrottleRead<ResB>>,
         parked: Option<Parked<S, B>>,
         charge: Option<Charge>,
         error: Option<ThrottleError>,
@@ -148,10 +161,12 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, P> {
+    enum State<F, P, T> {
         Waiting { #[pin] acquire: Acquire },
         Calling { #[pin] future: F },
         Prefetching { prefetch: Option<P> },
+        // A 429 whose body is read to tell which limit it hit.
+        ReadingThrottle { read: Option<T> },
         Failed,
     }
 }
@@ -211,12 +226,20 @@ impl<R: Body> Prefetch<R> {
                 parts
                     .headers
                     .insert("x-amzn-errortype", HeaderValue::from_static(error_type));
+                let charge = self.settle.charge;
+                let kind = ThrottleKind::from_message(&exception.message);
                 parts.extensions.insert(FirstFrameException {
                     message: exception.message,
                 });
-                let response = Response::from_parts(parts, ());
-                let charge = self.settle.charge;
-                let _ = settle_head(charge, &response);
+                let response = if status == StatusCode::TOO_MANY_REQUESTS {
+                    parts.extensions.insert(kind);
+                    charge.refused(kind);
+                    Response::from_parts(parts, ())
+                } else {
+                    let response = Response::from_parts(parts, ());
+                    let _ = settle_head(charge, &response);
+                    response
+                };
                 let body = SettlingBody::prefetched(self.body, self.frames, true, None);
                 return response.map(|()| body);
             }
@@ -524,6 +547,13 @@ where
                             continue;
                         }
                     }
+                    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                        if let Some(charge) = this.charge.take() {
+                            let read = ThrottleRead::new(response, charge);
+                            this.state.set(State::ReadingThrottle { read: Some(read) });
+                            continue;
+                        }
+                    }
                     this.trace.response(response.status());
                     let settle_from_body =
                         this.charge.take().and_then(|c| settle_head(c, &response));
@@ -536,6 +566,14 @@ where
                     let prefetch = prefetch.take().expect("prefetching");
                     this.state.set(State::Failed); // polling again panics, as for any future
                     let response = prefetch.finish();
+                    this.trace.response(response.status());
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::ReadingThrottle { read } => {
+                    ready!(read.as_mut().expect("reading a throttle").poll(cx));
+                    let read = read.take().expect("reading a throttle");
+                    this.state.set(State::Failed);
+                    let response = read.finish();
                     this.trace.response(response.status());
                     return Poll::Ready(Ok(response));
                 }
@@ -566,8 +604,9 @@ fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
         return json.then_some(charge);
     }
     match status {
-        // Refused before running: the reservation comes back at once, and the key slows.
-        StatusCode::TOO_MANY_REQUESTS => charge.refused(),
+        // Refused before running, its body unread: the reservation comes back at once, and
+        // both budgets slow. (The response future reads a 429's body to tell which.)
+        StatusCode::TOO_MANY_REQUESTS => charge.refused(ThrottleKind::Unknown),
         StatusCode::BAD_REQUEST
         | StatusCode::FORBIDDEN
         | StatusCode::NOT_FOUND

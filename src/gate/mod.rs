@@ -122,6 +122,18 @@
 //! - a throttle of a request admitted before the last cut does not cut again: it reports
 //!   the rate already corrected (the burst of in-flight refusals counts once).
 //!
+//! Each bucket has a multiplier of its own, and a throttle moves the one it names: the
+//! gate reads the message of the 429's JSON body (or of a `throttlingException` inside an
+//! event stream) into a [`ThrottleKind`](crate::ThrottleKind). "Too many tokens" empties
+//! and cuts the token bucket, "Too many requests" the request bucket, a message it does not
+//! recognise both. A key with no request quota (none configured, or a
+//! [`Quota::discover`](crate::Quota::discover)) gets a request bucket at its first
+//! "Too many requests", starting at the request rate that was throttled and discovered from
+//! there. "Too many tokens per day" cuts nothing: no per-minute rate fixes a daily quota.
+//! The 429 reaches the caller whole (the gate reads at most 64 KiB of it), with its
+//! `ThrottleKind` in the response extensions; the counts per class are in
+//! [`ThrottleConfig::capacity_report`](crate::ThrottleConfig::capacity_report).
+//!
 //! A bucket holds one period at the current rate. The rate is re-evaluated every hundredth
 //! of a period and constant in between, so the refill stays an exact sum, also in
 //! `tokio::time::pause` tests. A [`Quota::discover`](crate::Quota::discover) starts from a
@@ -143,6 +155,7 @@ mod future;
 mod layer;
 mod service;
 mod stream;
+mod throttle_read;
 
 #[cfg(feature = "aws-sdk")]
 pub(crate) use self::future::FirstFrameException;

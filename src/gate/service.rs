@@ -140,7 +140,10 @@ where
         let Some(quota) = quota else {
             return ResponseFuture::calling(inner.call(request), None, trace);
         };
-        let tokens = input.saturating_add((output_limit as f64 * quota.burndown).ceil() as u64);
+        let reserved_output = (output_limit as f64 * quota.burndown).ceil() as u64;
+        let tokens = input.saturating_add(reserved_output);
+        let record = self.shared.diagnosis.key(&key, quota.period);
+        record.demand(tokens);
         trace.reserved(tokens);
         // A discovered quota's number is only a guess: a larger request waits for a full bucket.
         if !quota.discover && tokens > quota.tokens {
@@ -156,6 +159,8 @@ where
         let telemetry = self.shared.telemetry.key(&key);
         let terms = Terms {
             burndown: quota.burndown,
+            reserved_output,
+            record,
             learn: raw_input.map(|raw_input| Learn {
                 shared: self.shared.clone(),
                 model: key.clone(),

@@ -20,7 +20,7 @@ use crate::{
     body::{CollectBody, RequestTemplate},
     config::Shared,
     telemetry::Trace,
-    BoxError, ThrottleError,
+    BoxError, ThrottleError, ThrottleKind,
 };
 
 pin_project! {
@@ -129,7 +129,11 @@ where
                         || attempts < settings.max_attempts && budget.is_none_or(|b| b.withdraw());
                     match result {
                         Ok(mut response) => {
-                            let outcome = classify(response.status(), response.headers());
+                            let mut outcome = classify(response.status(), response.headers());
+                            // The day's tokens are gone: retrying within minutes cannot help.
+                            if response.extensions().get() == Some(&ThrottleKind::DailyTokens) {
+                                outcome = Outcome::Final;
+                            }
                             let retryable =
                                 matches!(outcome, Outcome::Throttled | Outcome::Transient);
                             if retryable && can_retry() {

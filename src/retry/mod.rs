@@ -32,6 +32,7 @@
 //! | outcome | retried |
 //! |---|---|
 //! | 429 (ThrottlingException, ModelNotReadyException, any 429) | yes |
+//! | a 429 the gate below read as "Too many tokens per day" ([`ThrottleKind::DailyTokens`](crate::ThrottleKind)) | no: the quota returns only as the day turns |
 //! | a throttling error type on another status (`x-amzn-errortype` such as `ThrottlingException`, `TooManyRequestsException`, `SlowDown`) | yes |
 //! | 500, 502, 503, 504 | yes |
 //! | an error from the inner service (a connection error, a timeout) | yes |
