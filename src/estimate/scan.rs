@@ -585,6 +585,31 @@ pub(crate) fn unescape(raw: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The char denoted by the escape at `b[e]` (a backslash) of a validated JSON string, and
+/// the escape's length.
+#[inline]
+pub(crate) fn escape_at(b: &[u8], e: usize) -> (char, usize) {
+    match b.get(e + 1) {
+        Some(b'b') => ('\u{8}', 2),
+        Some(b'f') => ('\u{c}', 2),
+        Some(b'n') => ('\n', 2),
+        Some(b'r') => ('\r', 2),
+        Some(b't') => ('\t', 2),
+        Some(b'u') => {
+            let n = hex4(b, e + 2).unwrap_or(0xFFFD);
+            if (0xD800..=0xDBFF).contains(&n) {
+                let low = hex4(b, e + 8).unwrap_or(0xDC00);
+                let c = 0x10000 + ((n - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
+                (char::from_u32(c).unwrap_or('\u{FFFD}'), 12)
+            } else {
+                (char::from_u32(n).unwrap_or('\u{FFFD}'), 6)
+            }
+        }
+        Some(&other) => (char::from(other), 2),
+        None => ('\\', 1),
+    }
+}
+
 /// A run of unescaped text or one escaped char of a JSON string.
 pub(crate) enum Piece<'a> {
     Text(&'a str),
@@ -601,25 +626,7 @@ pub(crate) fn for_each_piece<'a>(raw: &'a str, mut f: impl FnMut(Piece<'a>)) {
             f(Piece::Text(&raw[i..i + k]));
         }
         let e = i + k;
-        let (c, len) = match b.get(e + 1) {
-            Some(b'b') => ('\u{8}', 2),
-            Some(b'f') => ('\u{c}', 2),
-            Some(b'n') => ('\n', 2),
-            Some(b'r') => ('\r', 2),
-            Some(b't') => ('\t', 2),
-            Some(b'u') => {
-                let n = hex4(b, e + 2).unwrap_or(0xFFFD);
-                if (0xD800..=0xDBFF).contains(&n) {
-                    let low = hex4(b, e + 8).unwrap_or(0xDC00);
-                    let c = 0x10000 + ((n - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
-                    (char::from_u32(c).unwrap_or('\u{FFFD}'), 12)
-                } else {
-                    (char::from_u32(n).unwrap_or('\u{FFFD}'), 6)
-                }
-            }
-            Some(&other) => (char::from(other), 2),
-            None => ('\\', 1),
-        };
+        let (c, len) = escape_at(b, e);
         f(Piece::Char(c));
         i = (e + len).min(b.len());
     }
