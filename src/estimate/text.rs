@@ -392,8 +392,16 @@ impl Counter {
                     }
                     self.enter(Run::Punct);
                     self.prev_lower = false;
-                    self.len += 1;
+                    // The marks that follow only lengthen the run.
+                    let start = i;
                     i += 1;
+                    while i < b.len()
+                        && BYTE_CLASS[usize::from(b[i])] == A_PUNCT
+                        && !(JSON && b[i] == b'\\')
+                    {
+                        i += 1;
+                    }
+                    self.len += (i - start) as u64;
                 }
                 A_SPACE => {
                     if x == b' '
@@ -412,8 +420,13 @@ impl Counter {
                         continue;
                     }
                     self.enter(Run::Space);
-                    self.len += 1;
+                    // Inside a whitespace run, spaces and tabs only lengthen it.
+                    let start = i;
                     i += 1;
+                    while i < b.len() && BYTE_CLASS[usize::from(b[i])] == A_SPACE {
+                        i += 1;
+                    }
+                    self.len += (i - start) as u64;
                 }
                 A_NEWLINE | A_CONTROL => {
                     self.push(x as char);
