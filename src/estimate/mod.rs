@@ -429,7 +429,7 @@ impl HeuristicEstimator {
     }
 
     /// The former path, kept as the reference for the raw walk: parse the body into a
-    /// `serde_json::Value`, then walk it with [`shapes::measure`].
+    /// `serde_json::Value`, then walk it with `shapes::measure`.
     #[cfg(test)]
     fn estimate_with_value(
         &self,
