@@ -1,6 +1,6 @@
 //! Zero-copy JSON access for the estimator: a validating pass, then lookups over raw spans.
 //!
-//! [`validate`] checks in one pass, without allocating, that a body is exactly what
+//! [`validate`] checks in one pass, without copying anything, that a body is exactly what
 //! `serde_json::from_slice::<Value>` accepts: UTF-8, the JSON grammar, no control characters
 //! in strings, well-formed escapes (surrogate pairs included), finite numbers and at most
 //! [`MAX_DEPTH`] nested arrays and objects (serde_json's recursion limit). On the way it

@@ -309,39 +309,36 @@ impl Counter {
                                 i += 8;
                                 continue;
                             }
-                            let n = (!lower & HIGH).trailing_zeros() as usize / 8;
-                            if (w >> (8 * n)) & 0xFF == u64::from(b' ') {
-                                let space = byte_mask(w, b' ');
-                                if lower | space == HIGH
-                                    && space & (space << 8) == 0
-                                    && space >> 56 == 0
-                                {
-                                    // Lower-case words split by single spaces, the last one going
-                                    // on: the words that end here, as the space branch below
-                                    // would price them. Only the first can be longer than
-                                    // WORD_FREE_LEN (the others lie between two spaces of
-                                    // these eight bytes).
-                                    let first = (space.trailing_zeros() / 8) as usize;
-                                    let last = (7 - space.leading_zeros() / 8) as usize;
-                                    let first_len = self.len + (i - start + first) as u64;
-                                    // Bit count of a mask of high bits, without a popcount
-                                    // instruction (not in the baseline x86-64 target).
-                                    let ended = ((space >> 7).wrapping_mul(ONES)) >> 56;
-                                    let cost = ended * WORD_BASE
-                                        + first_len.saturating_sub(WORD_FREE_LEN)
-                                            * WORD_PER_EXTRA_LETTER
-                                        + self.extra;
-                                    self.total = self.total.saturating_add(cost);
-                                    self.newline_tail = false;
-                                    self.len = 0;
-                                    self.extra = 0;
-                                    self.punct_after_space = false;
-                                    start = i + last + 1;
-                                    i += 8;
-                                    continue;
-                                }
+                            let space = byte_mask(w, b' ');
+                            if lower | space == HIGH
+                                && space & (space << 8) == 0
+                                && space >> 56 == 0
+                            {
+                                // Lower-case words split by single spaces, the last one going
+                                // on: the words that end here, as the space branch below
+                                // would price them. Only the first can be longer than
+                                // WORD_FREE_LEN (the others lie between two spaces of
+                                // these eight bytes).
+                                let first = (space.trailing_zeros() / 8) as usize;
+                                let last = (7 - space.leading_zeros() / 8) as usize;
+                                let first_len = self.len + (i - start + first) as u64;
+                                // Bit count of a mask of high bits, without a popcount
+                                // instruction (not in the baseline x86-64 target).
+                                let ended = ((space >> 7).wrapping_mul(ONES)) >> 56;
+                                let cost = ended * WORD_BASE
+                                    + first_len.saturating_sub(WORD_FREE_LEN)
+                                        * WORD_PER_EXTRA_LETTER
+                                    + self.extra;
+                                self.total = self.total.saturating_add(cost);
+                                self.newline_tail = false;
+                                self.len = 0;
+                                self.extra = 0;
+                                self.punct_after_space = false;
+                                start = i + last + 1;
+                                i += 8;
+                                continue;
                             }
-                            i += n;
+                            i += ((!lower & HIGH).trailing_zeros() / 8) as usize;
                             break;
                         }
                         while i < b.len() && b[i].is_ascii_lowercase() {
