@@ -79,7 +79,7 @@ impl Index {
     #[inline]
     fn end_of(&self, b: &[u8], i: usize) -> Option<usize> {
         let offset = (b.as_ptr() as usize).wrapping_sub(self.base);
-        let at = u32::try_from(offset + i).ok()?;
+        let at = u32::try_from(offset.checked_add(i)?).ok()?;
         let k = self.spans.binary_search_by_key(&at, |s| s.0).ok()?;
         Some(self.spans[k].1 as usize - offset)
     }
@@ -124,7 +124,7 @@ pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
                     i += 1;
                 } else {
                     if indexed {
-                        // `start` is below `b.len()`, which fits a `u32`.
+                        // `value_start` is below `b.len()`, which fits a `u32`.
                         open[depth as usize] = index.spans.len() as u32;
                         index.spans.push((value_start as u32, 0));
                     }
