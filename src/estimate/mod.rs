@@ -346,13 +346,14 @@ impl HeuristicEstimator {
         if request.body.is_empty() {
             return self.by_length(request, "empty body", model_shape, OutputField::Absent);
         }
-        let body = match scan::validate(request.body) {
-            Ok(body) => body,
+        let doc = match scan::validate(request.body) {
+            Ok(doc) => doc,
             Err(e) => {
                 tracing::debug!(error = e.reason(), "request body is not JSON");
                 return self.by_length(request, "not JSON", model_shape, OutputField::Absent);
             }
         };
+        let body = doc.root();
         let Some(shape) = Shape::detect_raw(request.model, request.operation, body) else {
             return self.by_length(request, "unknown shape", model_shape, OutputField::Absent);
         };
@@ -428,7 +429,7 @@ impl HeuristicEstimator {
     }
 
     /// The former path, kept as the reference for the raw walk: parse the body into a
-    /// `serde_json::Value`, then walk it with [`shapes::measure`].
+    /// `serde_json::Value`, then walk it with `shapes::measure`.
     #[cfg(test)]
     fn estimate_with_value(
         &self,

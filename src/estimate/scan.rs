@@ -1,13 +1,16 @@
 //! Zero-copy JSON access for the estimator: a validating pass, then lookups over raw spans.
 //!
-//! [`validate`] checks in one pass, without allocating, that a body is exactly what
+//! [`validate`] checks in one pass, without copying anything, that a body is exactly what
 //! `serde_json::from_slice::<Value>` accepts: UTF-8, the JSON grammar, no control characters
 //! in strings, well-formed escapes (surrogate pairs included), finite numbers and at most
-//! [`MAX_DEPTH`] nested arrays and objects (serde_json's recursion limit). The walk in
+//! [`MAX_DEPTH`] nested arrays and objects (serde_json's recursion limit). On the way it
+//! notes where each array or object of at least [`INDEXED_LEN`] bytes ends ([`Doc`]), so
+//! that the walk never scans a large container twice. The walk in
 //! [`shapes`](super::shapes) then reads only the fields it needs through [`Val`], a view of
-//! one value's raw text: objects are searched member by member, skipped values cost a scan
-//! for their closing quote or bracket, and string values are handed to the counter as they
-//! are in the body, escapes and all.
+//! one value's raw text: objects are searched member by member, a skipped container costs a
+//! lookup of its end (or a scan when it is small), a skipped string a scan for its closing
+//! quote, and string values are handed to the counter as they are in the body, escapes and
+//! all.
 
 use std::borrow::Cow;
 
@@ -36,8 +39,55 @@ impl Invalid {
     }
 }
 
-/// Checks that `body` is one JSON value serde_json would parse, and returns it as text.
-pub(crate) fn validate(body: &[u8]) -> Result<Val<'_>, Invalid> {
+/// Smallest array or object whose end [`validate`] records: skipping a smaller one by
+/// scanning costs about as much as looking it up.
+pub(crate) const INDEXED_LEN: usize = 64;
+
+/// A validated body and the ends of its large containers.
+#[derive(Debug)]
+pub(crate) struct Doc<'a> {
+    text: &'a str,
+    /// The value's span in `text` (no surrounding whitespace).
+    start: usize,
+    end: usize,
+    index: Index,
+}
+
+impl<'a> Doc<'a> {
+    /// The body's value.
+    pub(crate) fn root(&self) -> Val<'_> {
+        Val {
+            raw: &self.text[self.start..self.end],
+            index: &self.index,
+        }
+    }
+}
+
+/// `(start, end)` byte offsets of the arrays and objects of at least [`INDEXED_LEN`] bytes,
+/// in document order (so sorted by start), with the address of the body they are offsets
+/// in. At most one entry per [`INDEXED_LEN`] bytes of body, so it stays small next to the
+/// body.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    base: usize,
+    spans: Vec<(u32, u32)>,
+}
+
+impl Index {
+    /// The end (after the closing bracket) of the container that starts at `b[i]`, where `b`
+    /// is part of the indexed body, if it is indexed.
+    #[inline]
+    fn end_of(&self, b: &[u8], i: usize) -> Option<usize> {
+        let offset = (b.as_ptr() as usize).wrapping_sub(self.base);
+        let at = u32::try_from(offset.checked_add(i)?).ok()?;
+        let k = self.spans.binary_search_by_key(&at, |s| s.0).ok()?;
+        Some(self.spans[k].1 as usize - offset)
+    }
+}
+
+/// Checks that `body` is one JSON value serde_json would parse, and returns it as text
+/// with the ends of its large containers.
+pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
     let text = std::str::from_utf8(body).map_err(|_| Invalid::Utf8)?;
     let b = body;
     let mut i = skip_ws(b, 0);
@@ -45,11 +95,22 @@ pub(crate) fn validate(body: &[u8]) -> Result<Val<'_>, Invalid> {
     // One bit per open container, set for objects; MAX_DEPTH < 128 bits.
     let mut stack: u128 = 0;
     let mut depth: u32 = 0;
+    // Offsets fit the index's `u32`s: larger bodies are validated without an index.
+    let indexed = u32::try_from(b.len()).is_ok();
+    // One allocation for bodies with up to one large container per 512 bytes (typical
+    // request bodies have far fewer), rather than a series of reallocations.
+    let mut index = Index {
+        base: b.as_ptr() as usize,
+        spans: Vec::with_capacity(if indexed { b.len() / 512 + 8 } else { 0 }),
+    };
+    // For each open container, its entry in `index.spans`.
+    let mut open = [0u32; MAX_DEPTH as usize + 1];
     'value: loop {
         // A value starts at `i` (after whitespace).
         match b.get(i) {
             Some(b'{') | Some(b'[') => {
                 let object = b[i] == b'{';
+                let value_start = i;
                 depth += 1;
                 if depth > MAX_DEPTH {
                     return Err(Invalid::TooDeep);
@@ -62,6 +123,11 @@ pub(crate) fn validate(body: &[u8]) -> Result<Val<'_>, Invalid> {
                     stack >>= 1;
                     i += 1;
                 } else {
+                    if indexed {
+                        // `value_start` is below `b.len()`, which fits a `u32`.
+                        open[depth as usize] = index.spans.len() as u32;
+                        index.spans.push((value_start as u32, 0));
+                    }
                     if object {
                         i = member_key(b, i)?;
                     }
@@ -94,17 +160,31 @@ pub(crate) fn validate(body: &[u8]) -> Result<Val<'_>, Invalid> {
                 Some(b']') if !object => {}
                 _ => return Err(Invalid::Syntax),
             }
+            i += 1;
+            if indexed {
+                // Inner containers are smaller and come later: a small container is the
+                // last entry and is dropped, as is any entry beyond one per INDEXED_LEN bytes.
+                let k = open[depth as usize] as usize;
+                let span_start = index.spans[k].0 as usize;
+                if i - span_start < INDEXED_LEN || k >= b.len() / INDEXED_LEN {
+                    index.spans.truncate(k);
+                } else {
+                    index.spans[k].1 = i as u32;
+                }
+            }
             depth -= 1;
             stack >>= 1;
-            i += 1;
         }
     }
     if i != b.len() {
         return Err(Invalid::Syntax);
     }
     let end = trim_end(b, i);
-    Ok(Val {
-        raw: &text[start..end],
+    Ok(Doc {
+        text,
+        start,
+        end,
+        index,
     })
 }
 
@@ -287,11 +367,15 @@ fn skip_string(b: &[u8], mut i: usize) -> usize {
     }
 }
 
-/// The end of the (valid) value starting at `i`.
-fn skip_value(b: &[u8], i: usize) -> usize {
+/// The end of the (valid) value starting at `i`: looked up in `index` for a large
+/// container, else scanned for.
+fn skip_value(b: &[u8], i: usize, index: &Index) -> usize {
     match b[i] {
         b'"' => skip_string(b, i),
         b'{' | b'[' => {
+            if let Some(end) = index.end_of(b, i) {
+                return end;
+            }
             let mut depth = 0u32;
             let mut i = i;
             loop {
@@ -324,9 +408,11 @@ fn skip_value(b: &[u8], i: usize) -> usize {
 }
 
 /// One value of a validated body, as its raw JSON text (no surrounding whitespace).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Val<'a> {
     raw: &'a str,
+    /// The ends of the body's large containers.
+    index: &'a Index,
 }
 
 impl<'a> Val<'a> {
@@ -373,6 +459,7 @@ impl<'a> Val<'a> {
             b: self.raw.as_bytes(),
             s: self.raw,
             i: if self.is_array() { 1 } else { self.raw.len() },
+            index: self.index,
         }
     }
 
@@ -383,6 +470,7 @@ impl<'a> Val<'a> {
                 b: self.raw.as_bytes(),
                 s: self.raw,
                 i: if self.is_object() { 1 } else { self.raw.len() },
+                index: self.index,
             },
         }
     }
@@ -419,6 +507,7 @@ pub(crate) struct Elements<'a> {
     s: &'a str,
     /// Just after `[` or a comma, or the end.
     i: usize,
+    index: &'a Index,
 }
 
 impl<'a> Elements<'a> {
@@ -428,7 +517,7 @@ impl<'a> Elements<'a> {
             self.i = self.b.len();
             return None;
         }
-        let end = skip_value(self.b, i);
+        let end = skip_value(self.b, i, self.index);
         let next = skip_ws(self.b, end);
         // A comma or the closing bracket.
         self.i = if self.b.get(next) == Some(&b',') {
@@ -438,6 +527,7 @@ impl<'a> Elements<'a> {
         };
         Some(Val {
             raw: &self.s[i..end],
+            index: self.index,
         })
     }
 }
@@ -497,6 +587,31 @@ pub(crate) fn unescape(raw: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The char denoted by the escape at `b[e]` (a backslash) of a validated JSON string, and
+/// the escape's length.
+#[inline]
+pub(crate) fn escape_at(b: &[u8], e: usize) -> (char, usize) {
+    match b.get(e + 1) {
+        Some(b'b') => ('\u{8}', 2),
+        Some(b'f') => ('\u{c}', 2),
+        Some(b'n') => ('\n', 2),
+        Some(b'r') => ('\r', 2),
+        Some(b't') => ('\t', 2),
+        Some(b'u') => {
+            let n = hex4(b, e + 2).unwrap_or(0xFFFD);
+            if (0xD800..=0xDBFF).contains(&n) {
+                let low = hex4(b, e + 8).unwrap_or(0xDC00);
+                let c = 0x10000 + ((n - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
+                (char::from_u32(c).unwrap_or('\u{FFFD}'), 12)
+            } else {
+                (char::from_u32(n).unwrap_or('\u{FFFD}'), 6)
+            }
+        }
+        Some(&other) => (char::from(other), 2),
+        None => ('\\', 1),
+    }
+}
+
 /// A run of unescaped text or one escaped char of a JSON string.
 pub(crate) enum Piece<'a> {
     Text(&'a str),
@@ -513,25 +628,7 @@ pub(crate) fn for_each_piece<'a>(raw: &'a str, mut f: impl FnMut(Piece<'a>)) {
             f(Piece::Text(&raw[i..i + k]));
         }
         let e = i + k;
-        let (c, len) = match b.get(e + 1) {
-            Some(b'b') => ('\u{8}', 2),
-            Some(b'f') => ('\u{c}', 2),
-            Some(b'n') => ('\n', 2),
-            Some(b'r') => ('\r', 2),
-            Some(b't') => ('\t', 2),
-            Some(b'u') => {
-                let n = hex4(b, e + 2).unwrap_or(0xFFFD);
-                if (0xD800..=0xDBFF).contains(&n) {
-                    let low = hex4(b, e + 8).unwrap_or(0xDC00);
-                    let c = 0x10000 + ((n - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
-                    (char::from_u32(c).unwrap_or('\u{FFFD}'), 12)
-                } else {
-                    (char::from_u32(n).unwrap_or('\u{FFFD}'), 6)
-                }
-            }
-            Some(&other) => (char::from(other), 2),
-            None => ('\\', 1),
-        };
+        let (c, len) = escape_at(b, e);
         f(Piece::Char(c));
         i = (e + len).min(b.len());
     }
@@ -554,8 +651,9 @@ mod tests {
             "{:?}: ours {ours:?}, serde_json {serde:?}",
             String::from_utf8_lossy(body)
         );
-        if let (Ok(v), Ok(value)) = (ours, serde) {
-            assert_eq!(v.to_value(), value);
+        if let (Ok(doc), Ok(value)) = (ours, serde) {
+            assert_eq!(doc.root().to_value(), value);
+            index_is_exact(&doc);
         }
     }
 
@@ -609,6 +707,62 @@ mod tests {
         }
     }
 
+    /// Every indexed container starts with a bracket and ends where a scan ends it, is at
+    /// least INDEXED_LEN long, and there is at most one per INDEXED_LEN bytes.
+    fn index_is_exact(doc: &Doc<'_>) {
+        let b = doc.text.as_bytes();
+        let spans = &doc.index.spans;
+        assert!(spans.len() <= b.len() / INDEXED_LEN, "{}", spans.len());
+        assert!(spans.windows(2).all(|w| w[0].0 < w[1].0));
+        for &(start, end) in spans {
+            let (start, end) = (start as usize, end as usize);
+            assert!(matches!(b[start], b'{' | b'['));
+            assert!(end - start >= INDEXED_LEN);
+            assert_eq!(skip_value(b, start, &Index::default()), end);
+            assert_eq!(skip_value(b, start, &doc.index), end);
+        }
+    }
+
+    #[test]
+    fn large_containers_are_indexed() {
+        let text = "x".repeat(400);
+        let inner = format!(r#"{{"t": "{text}", "n": [1, 2, {{}}, []]}}"#);
+        let body = format!(
+            r#"{{"a": [{inner}, {inner}, [{inner}]], "b": {{"c": [[[{inner}]]]}}, "s": [1]}}"#
+        );
+        let doc = validate(body.as_bytes()).unwrap();
+        index_is_exact(&doc);
+        // The root, "a", four copies of `inner`, the array around one, "b", "c" and its
+        // two inner arrays; not the small containers.
+        assert_eq!(doc.index.spans.len(), 11);
+        let v = doc.root();
+        assert_eq!(v.get("a").unwrap().elements().count(), 3);
+        let c = v.get("b").unwrap().get("c").unwrap();
+        let t = c.elements().next().unwrap().elements().next().unwrap();
+        assert_eq!(
+            t.elements()
+                .next()
+                .unwrap()
+                .get("t")
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            text
+        );
+        assert_eq!(v.get("s").unwrap().raw(), "[1]");
+        // Containers too many for the index are scanned.
+        let many = format!(
+            "[{}0]",
+            format!("[[[[\"{}\"]]]],", " ".repeat(60)).repeat(50)
+        );
+        let doc = validate(many.as_bytes()).unwrap();
+        index_is_exact(&doc);
+        assert!(doc.index.spans.len() < 200);
+        assert_eq!(doc.root().elements().count(), 51);
+        let deep = doc.root().elements().nth(49).unwrap();
+        assert_eq!(deep.elements().next().unwrap().raw().len(), 68);
+    }
+
     #[test]
     fn depth_limit_is_serde_jsons() {
         for depth in 120..135 {
@@ -625,7 +779,9 @@ mod tests {
 
     #[test]
     fn lookups() {
-        let v = validate(br#" {"a": [1, "x\"y", {"b": null}], "c\u0064": "e", "a": 2 } "#).unwrap();
+        let doc =
+            validate(br#" {"a": [1, "x\"y", {"b": null}], "c\u0064": "e", "a": 2 } "#).unwrap();
+        let v = doc.root();
         assert_eq!(v.get("a").unwrap().raw(), "2");
         assert_eq!(v.get("cd").unwrap().as_str().unwrap(), "e");
         assert!(v.get("b").is_none());
@@ -635,8 +791,8 @@ mod tests {
         let items: Vec<&str> = first.elements().map(Val::raw).collect();
         assert_eq!(items, ["1", r#""x\"y""#, r#"{"b": null}"#]);
         assert_eq!(first.elements().nth(1).unwrap().as_str().unwrap(), "x\"y");
-        assert_eq!(validate(b"[]").unwrap().elements().count(), 0);
-        assert_eq!(validate(b"{ }").unwrap().members().count(), 0);
+        assert_eq!(validate(b"[]").unwrap().root().elements().count(), 0);
+        assert_eq!(validate(b"{ }").unwrap().root().members().count(), 0);
     }
 
     fn json_text() -> impl Strategy<Value = String> {
@@ -688,12 +844,13 @@ mod tests {
         #[test]
         fn strings_round_trip(s in "\\PC{0,60}|[\\u{0}-\\u{7f}]{0,60}") {
             let json = serde_json::to_string(&s).unwrap();
-            let v = validate(json.as_bytes()).unwrap();
-            prop_assert_eq!(v.as_str().unwrap(), s.as_str());
+            let doc = validate(json.as_bytes()).unwrap();
+            prop_assert_eq!(doc.root().as_str().unwrap(), s.as_str());
             let escaped: String = s.chars().map(|c| format!("\\u{:04x}", c as u32 & 0xFFFF)).collect();
             if s.chars().all(|c| (c as u32) < 0xD800) {
                 let json = format!("\"{escaped}\"");
-                prop_assert_eq!(validate(json.as_bytes()).unwrap().as_str().unwrap(), s.as_str());
+                let doc = validate(json.as_bytes()).unwrap();
+                prop_assert_eq!(doc.root().as_str().unwrap(), s.as_str());
             }
         }
     }

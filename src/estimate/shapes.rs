@@ -1,8 +1,9 @@
 //! Bedrock request body shapes: where the text, images and output limit of each are.
 //!
-//! [`Shape::detect`] picks the shape from the operation (Converse, ConverseStream), then from
-//! the model id prefix, then by sniffing the body's keys. [`measure`] walks a parsed body of
-//! that shape once and adds up its input tokens with a caller-supplied text counter.
+//! The estimator picks the shape from the operation (Converse, ConverseStream), then from the
+//! model id prefix ([`Shape::from_model`]), then by sniffing the body's top-level keys. It
+//! then walks the validated body of that shape in place, reading only these fields and
+//! counting their text where it lies, without parsing the body into a tree.
 //!
 //! What is counted:
 //! - text: system prompts, message contents (strings or blocks), legacy prompts, tool
@@ -24,7 +25,9 @@
 
 use std::borrow::Cow;
 
-use serde_json::{Map, Value};
+#[cfg(test)]
+use serde_json::Map;
+use serde_json::Value;
 
 use crate::estimate::scan::{self, Val};
 
@@ -121,8 +124,10 @@ impl Shape {
         Some(shape)
     }
 
-    /// Guesses the shape from the top-level keys of a body.
-    pub fn sniff(body: &Map<String, Value>) -> Option<Shape> {
+    /// Guesses the shape from the top-level keys of a parsed body: the reference for
+    /// [`Shape::sniff_raw`].
+    #[cfg(test)]
+    fn sniff(body: &Map<String, Value>) -> Option<Shape> {
         let has = |k: &str| body.contains_key(k);
         let shape = if has("anthropic_version") {
             if has("prompt") {
@@ -170,9 +175,9 @@ impl Shape {
         Some(shape)
     }
 
-    /// The shape of a request: Converse operations first, then the model id, then the
-    /// body's keys. `None` for CountTokens, `Other` bodies that do not sniff, and non-objects.
-    pub fn detect(model: Option<&str>, operation: Operation, body: &Value) -> Option<Shape> {
+    /// The shape of a request with a parsed body: the reference for [`Shape::detect_raw`].
+    #[cfg(test)]
+    pub(crate) fn detect(model: Option<&str>, operation: Operation, body: &Value) -> Option<Shape> {
         match operation {
             Operation::Converse | Operation::ConverseStream => return Some(Shape::Converse),
             Operation::CountTokens => return None,
@@ -202,33 +207,25 @@ pub enum OutputField {
     Invalid,
 }
 
-/// What [`measure`] found in a body.
+/// What the walk of a body found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Measured {
+pub(crate) struct Measured {
     /// Input tokens: text, images, documents and overheads.
-    pub input_tokens: u64,
+    pub(crate) input_tokens: u64,
     /// The output limit field.
-    pub output: OutputField,
+    pub(crate) output: OutputField,
     /// Number of images seen.
-    pub images: u32,
+    pub(crate) images: u32,
     /// A text-bearing field had the wrong type and was skipped, so `input_tokens` may be
     /// low.
-    pub partial: bool,
+    pub(crate) partial: bool,
 }
 
-/// Walks `body` as `shape` and adds up its input tokens, counting text with `count`.
-///
-/// ```
-/// use bedrock_throttle::estimate::image::ImageCost;
-/// use bedrock_throttle::estimate::shapes::{measure, OutputField, Shape};
-/// use bedrock_throttle::estimate::text::count_tokens;
-///
-/// let body = serde_json::json!({"prompt": "hello world", "max_gen_len": 64});
-/// let m = measure(Shape::Llama, &body, &count_tokens, &ImageCost::default());
-/// assert_eq!(m.input_tokens, 2);
-/// assert_eq!(m.output, OutputField::Value(64));
-/// ```
-pub fn measure(
+/// Walks a parsed `body` as `shape` and adds up its input tokens, counting text with
+/// `count`: the reference walk over a `serde_json::Value` that [`measure_raw`] is tested
+/// against.
+#[cfg(test)]
+pub(crate) fn measure(
     shape: Shape,
     body: &Value,
     count: &dyn Fn(&str) -> u64,
@@ -397,6 +394,7 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
+#[cfg(test)]
 struct Walker<'a> {
     count: &'a dyn Fn(&str) -> u64,
     image_cost: &'a ImageCost,
@@ -405,6 +403,7 @@ struct Walker<'a> {
     partial: bool,
 }
 
+#[cfg(test)]
 impl Walker<'_> {
     fn add(&mut self, n: u64) {
         self.tokens = self.tokens.saturating_add(n);
@@ -693,7 +692,8 @@ impl TextCount for Heuristic {
 }
 
 impl Shape {
-    /// [`Shape::detect`] over a validated body, without parsing it.
+    /// The shape of a request: Converse operations first, then the model id, then the
+    /// body's keys. `None` for CountTokens, `Other` bodies that do not sniff, and non-objects.
     pub(crate) fn detect_raw(
         model: Option<&str>,
         operation: Operation,
@@ -712,7 +712,7 @@ impl Shape {
             .or_else(|| Shape::sniff_raw(body))
     }
 
-    /// [`Shape::sniff`] over an object's raw text.
+    /// Guesses the shape from the top-level keys of an object.
     fn sniff_raw(body: Val<'_>) -> Option<Shape> {
         const KEYS: [&str; 19] = [
             "anthropic_version",
@@ -786,8 +786,9 @@ impl Shape {
     }
 }
 
-/// [`measure`] over a validated body, without parsing it: the same walk, reading only the
-/// fields it needs from the raw text and counting strings where they are.
+/// Walks a validated `body` as `shape` and adds up its input tokens, without parsing it:
+/// only the fields it needs are read from the raw text, and strings are counted where they
+/// are.
 pub(crate) fn measure_raw(
     shape: Shape,
     body: Val<'_>,

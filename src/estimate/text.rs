@@ -69,10 +69,7 @@ pub fn count_tokens(text: &str) -> u64 {
 /// without building it.
 pub(crate) fn count_json_string(raw: &str) -> u64 {
     let mut counter = Counter::default();
-    crate::estimate::scan::for_each_piece(raw, |piece| match piece {
-        crate::estimate::scan::Piece::Text(t) => counter.push_str(t),
-        crate::estimate::scan::Piece::Char(c) => counter.push(c),
-    });
+    counter.push_bytes::<true>(raw);
     counter.finish()
 }
 
@@ -171,6 +168,26 @@ static BYTE_CLASS: [u8; 256] = {
     t
 };
 
+/// The cost of a char U+3000..U+9FFF inside a run of CJK ideographs and kana, by its block
+/// of 64 code points (which its first two UTF-8 bytes give): [`CJK_MILLI`] for ideographs
+/// (U+3400..U+4DBF, U+4E00..U+9FFF), [`KANA_MILLI`] for kana (U+3040..U+30FF), 0 for the
+/// rest, which ends the run. Every range starts and ends on a block boundary.
+static CJK_RUN_COST: [u16; 7 * 64] = {
+    let mut t = [0u16; 7 * 64];
+    let mut k = 0;
+    while k < t.len() {
+        // Lead byte 0xE3 + k / 64, second byte 0x80 + k % 64.
+        let first = ((k as u32) + 0xC0) << 6;
+        t[k] = match first {
+            0x4E00..=0x9FFF | 0x3400..=0x4DBF => CJK_MILLI as u16,
+            0x3040..=0x30FF => KANA_MILLI as u16,
+            _ => 0,
+        };
+        k += 1;
+    }
+    t
+};
+
 /// Eight bytes at `i`, little-endian.
 #[inline(always)]
 fn word_at(b: &[u8], i: usize) -> u64 {
@@ -179,19 +196,33 @@ fn word_at(b: &[u8], i: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
-/// Number of leading bytes of the little-endian word `w` that are ASCII lower-case letters.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `w` that is an ASCII lower-case letter.
 #[inline(always)]
-fn lower_prefix(w: u64) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
+fn lower_mask(w: u64) -> u64 {
     // A byte is in b'a'..=b'z' when it is below 0x80, at least 0x61 and below 0x7B; each
-    // test sets the byte's high bit without borrowing across bytes because the high bit is
-    // masked off first.
+    // test sets the byte's high bit without carrying into the next byte because the high
+    // bit is masked off first.
     let low = w & !HIGH;
     let ge_a = low + ONES * (0x80 - 0x61);
     let ge_brace = low + ONES * (0x80 - 0x7B);
-    let ok = ge_a & !ge_brace & !w & HIGH;
-    ((!ok & HIGH).trailing_zeros() / 8) as usize
+    ge_a & !ge_brace & !w & HIGH
+}
+
+/// The high bit of each byte of `w` that equals `x` (exact for every byte, unlike the
+/// shorter has-zero test, whose borrows mark bytes above a match).
+#[inline(always)]
+fn byte_mask(w: u64, x: u8) -> u64 {
+    let v = w ^ (ONES * u64::from(x));
+    !(((v & !HIGH) + !HIGH) | v) & HIGH
+}
+
+/// Number of leading bytes of the little-endian word `w` that are ASCII lower-case letters.
+#[cfg(test)]
+fn lower_prefix(w: u64) -> usize {
+    ((!lower_mask(w) & HIGH).trailing_zeros() / 8) as usize
 }
 
 #[inline]
@@ -251,6 +282,14 @@ impl Counter {
     /// handled by a byte loop over [`BYTE_CLASS`] that skips through runs of lower-case
     /// letters eight bytes at a time.
     pub(crate) fn push_str(&mut self, text: &str) {
+        self.push_bytes::<false>(text);
+    }
+
+    /// [`push_str`](Self::push_str) of `text`, or with `JSON` of the value of the JSON
+    /// string whose raw text (escapes as written, validated) is `text`: escapes are decoded
+    /// where they are met, so the string is read once and never copied.
+    #[inline]
+    fn push_bytes<const JSON: bool>(&mut self, text: &str) {
         let b = text.as_bytes();
         let mut i = 0;
         while i < b.len() {
@@ -260,17 +299,65 @@ impl Counter {
                     // A lower-case letter enters a word; inside one, lower-case letters
                     // only lengthen it.
                     self.enter(Run::Word);
-                    let start = i;
+                    let mut start = i;
                     i += 1;
-                    while i + 8 <= b.len() {
-                        let n = lower_prefix(word_at(b, i));
-                        i += n;
-                        if n < 8 {
+                    loop {
+                        while i + 8 <= b.len() {
+                            let w = word_at(b, i);
+                            let lower = lower_mask(w);
+                            if lower == HIGH {
+                                i += 8;
+                                continue;
+                            }
+                            let space = byte_mask(w, b' ');
+                            if lower | space == HIGH
+                                && space & (space << 8) == 0
+                                && space >> 56 == 0
+                            {
+                                // Lower-case words split by single spaces, the last one going
+                                // on: the words that end here, as the space branch below
+                                // would price them. Only the first can be longer than
+                                // WORD_FREE_LEN (the others lie between two spaces of
+                                // these eight bytes).
+                                let first = (space.trailing_zeros() / 8) as usize;
+                                let last = (7 - space.leading_zeros() / 8) as usize;
+                                let first_len = self.len + (i - start + first) as u64;
+                                // Bit count of a mask of high bits, without a popcount
+                                // instruction (not in the baseline x86-64 target).
+                                let ended = ((space >> 7).wrapping_mul(ONES)) >> 56;
+                                let cost = ended * WORD_BASE
+                                    + first_len.saturating_sub(WORD_FREE_LEN)
+                                        * WORD_PER_EXTRA_LETTER
+                                    + self.extra;
+                                self.total = self.total.saturating_add(cost);
+                                self.newline_tail = false;
+                                self.len = 0;
+                                self.extra = 0;
+                                self.punct_after_space = false;
+                                start = i + last + 1;
+                                i += 8;
+                                continue;
+                            }
+                            i += ((!lower & HIGH).trailing_zeros() / 8) as usize;
                             break;
                         }
-                    }
-                    while i < b.len() && b[i].is_ascii_lowercase() {
-                        i += 1;
+                        while i < b.len() && b[i].is_ascii_lowercase() {
+                            i += 1;
+                        }
+                        if i + 1 < b.len() && b[i] == b' ' && b[i + 1].is_ascii_lowercase() {
+                            // One space between lower-case words: the space branch below,
+                            // without leaving the word loop.
+                            self.len += (i - start) as u64;
+                            self.flush(Run::Space);
+                            self.newline_tail = false;
+                            self.len = 0;
+                            self.extra = 0;
+                            self.punct_after_space = false;
+                            i += 1;
+                            start = i;
+                            continue;
+                        }
+                        break;
                     }
                     self.len += (i - start) as u64;
                     self.prev_lower = true;
@@ -294,10 +381,24 @@ impl Counter {
                     self.len += (i - start) as u64;
                 }
                 A_PUNCT => {
+                    if JSON && x == b'\\' {
+                        let (c, n) = crate::estimate::scan::escape_at(b, i);
+                        self.push(c);
+                        i = (i + n).min(b.len());
+                        continue;
+                    }
                     self.enter(Run::Punct);
                     self.prev_lower = false;
-                    self.len += 1;
+                    // The marks that follow only lengthen the run.
+                    let start = i;
                     i += 1;
+                    while i < b.len()
+                        && BYTE_CLASS[usize::from(b[i])] == A_PUNCT
+                        && !(JSON && b[i] == b'\\')
+                    {
+                        i += 1;
+                    }
+                    self.len += (i - start) as u64;
                 }
                 A_SPACE => {
                     if x == b' '
@@ -316,8 +417,13 @@ impl Counter {
                         continue;
                     }
                     self.enter(Run::Space);
-                    self.len += 1;
+                    // Inside a whitespace run, spaces and tabs only lengthen it.
+                    let start = i;
                     i += 1;
+                    while i < b.len() && BYTE_CLASS[usize::from(b[i])] == A_SPACE {
+                        i += 1;
+                    }
+                    self.len += (i - start) as u64;
                 }
                 A_NEWLINE | A_CONTROL => {
                     self.push(x as char);
@@ -342,14 +448,11 @@ impl Counter {
     fn cjk_run(&mut self, b: &[u8], mut i: usize) -> usize {
         let mut extra = 0;
         while i + 3 <= b.len() && (0xE3..=0xE9).contains(&b[i]) {
-            let u = ((u32::from(b[i]) & 0x0F) << 12)
-                | ((u32::from(b[i + 1]) & 0x3F) << 6)
-                | (u32::from(b[i + 2]) & 0x3F);
-            extra += match u {
-                0x4E00..=0x9FFF | 0x3400..=0x4DBF => CJK_MILLI,
-                0x3040..=0x30FF => KANA_MILLI,
-                _ => break,
-            };
+            let cost = CJK_RUN_COST[usize::from(b[i] - 0xE3) * 64 + usize::from(b[i + 1] & 0x3F)];
+            if cost == 0 {
+                break;
+            }
+            extra += u64::from(cost);
             i += 3;
         }
         self.extra += extra;
@@ -439,6 +542,7 @@ impl Counter {
     }
 
     /// Adds the cost of the current run; `next` is the run that follows it.
+    #[inline]
     fn flush(&mut self, next: Run) {
         let cost = match self.run {
             Run::None => 0,
@@ -548,6 +652,38 @@ mod tests {
     }
 
     #[test]
+    fn cjk_run_table_matches_ranges() {
+        for u in 0x3000..=0x9FFF {
+            let Some(c) = char::from_u32(u) else { continue };
+            let expected = match u {
+                0x4E00..=0x9FFF | 0x3400..=0x4DBF => CJK_MILLI,
+                0x3040..=0x30FF => KANA_MILLI,
+                _ => 0,
+            };
+            let mut buf = [0u8; 4];
+            let mut counter = Counter::default();
+            let end = counter.cjk_run(c.encode_utf8(&mut buf).as_bytes(), 0);
+            assert_eq!(
+                (counter.extra, end),
+                (expected, if expected > 0 { 3 } else { 0 })
+            );
+        }
+    }
+
+    #[test]
+    fn byte_masks_are_exact() {
+        let w = |s: &[u8; 8]| u64::from_le_bytes(*s);
+        for (text, spaces) in [
+            (b"ab cd ef", 0x0000_8000_0080_0000u64),
+            (b"  \x00\xa0 !a ", 0x8000_0080_0000_8080),
+            (b"\x20\x21\x1f\xa0   a", 0x0080_8080_0000_0080),
+        ] {
+            assert_eq!(byte_mask(w(text), b' '), spaces, "{text:?}");
+        }
+        assert_eq!(lower_mask(w(b"aZz{`\xe1m ")), 0x0080_0000_0080_0080);
+    }
+
+    #[test]
     fn lower_prefix_counts_letters() {
         let w = |s: &[u8; 8]| u64::from_le_bytes(*s);
         assert_eq!(lower_prefix(w(b"abcdefgh")), 8);
@@ -562,6 +698,38 @@ mod tests {
         #[test]
         fn byte_loop_matches_char_loop(text in "(\\PC|[a-zA-Z0-9 .,;:(){}\n\r\t-]){0,200}") {
             prop_assert_eq!(count_tokens(&text), count_tokens_by_char(&text));
+        }
+
+        #[test]
+        fn byte_loop_matches_char_loop_on_words(
+            text in "([a-z]{1,12}( |  |[ ,.A-Zé\n\t0-9-]{1,2})){0,60}[a-z ]{0,9}"
+        ) {
+            prop_assert_eq!(count_tokens(&text), count_tokens_by_char(&text));
+            let json = serde_json::to_string(&text).unwrap();
+            prop_assert_eq!(count_json_string(&json[1..json.len() - 1]), count_tokens(&text));
+        }
+
+        #[test]
+        fn json_string_counts_as_its_value(
+            text in "(\\PC|[a-z]{1,9} |[\n\"\\\\/\t\u{1}\u{7f}]){0,120}",
+            escape_every in 1usize..6,
+        ) {
+            // As serde_json writes it, and with every few chars escaped as `\uXXXX`.
+            let json = serde_json::to_string(&text).unwrap();
+            prop_assert_eq!(count_json_string(&json[1..json.len() - 1]), count_tokens(&text));
+            let mut raw = String::new();
+            for (k, c) in text.chars().enumerate() {
+                if k % escape_every == 0 {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        raw.push_str(&format!("\\u{u:04x}"));
+                    }
+                } else {
+                    let s = serde_json::to_string(&c.to_string()).unwrap();
+                    raw.push_str(&s[1..s.len() - 1]);
+                }
+            }
+            prop_assert_eq!(count_json_string(&raw), count_tokens(&text));
         }
 
         #[test]
