@@ -52,8 +52,8 @@ pub struct Quota {
 
 /// The tokens per minute a [`Quota::discover`] starts from: the smallest default Bedrock
 /// quota seen on new accounts (a cross-Region Claude 3.7 Sonnet, 20,000 TPM). Slow start
-/// doubles it every half period while the callers use it all, so it passes 400,000 TPM
-/// in about two and a half minutes of load.
+/// doubles it every 0.15 period (9 s of a one-minute quota) while the callers use it all,
+/// so it passes 400,000 TPM in about 40 s of load.
 pub const DISCOVER_START_TPM: u64 = 20_000;
 
 impl Quota {
@@ -72,7 +72,7 @@ impl Quota {
     /// [`DISCOVER_START_TPM`] tokens per minute, with no request limit until upstream says
     /// "Too many requests".
     ///
-    /// Until the first throttle the rate doubles every half period while the callers use
+    /// Until the first throttle the rate doubles every 0.15 period while the callers use
     /// what it gives (slow start); from then on it follows the same curve as a configured
     /// quota after a throttle, without a ceiling. The bucket holds one period at the
     /// current rate, and a request larger than that is admitted from a full bucket (its

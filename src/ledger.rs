@@ -58,8 +58,9 @@ const DISCOVER_CAP: f64 = 10_000.0;
 /// The multiplier is re-evaluated this many times per quota period.
 const STEPS_PER_PERIOD: u32 = 100;
 /// A discovered quota that has never been throttled doubles its rate every this many
-/// periods while the key is busy (slow start).
-const SLOW_START_DOUBLING: f64 = 0.5;
+/// periods while the key is busy (slow start): from the starting guess to ten times it in
+/// half a period, so a short burst of load finds its quota before it is over.
+const SLOW_START_DOUBLING: f64 = 0.15;
 /// A bucket below this share of its capacity counts as busy: the curve only advances while
 /// the callers use what the rate gives.
 const BUSY_LEVEL: f64 = 0.5;
@@ -1178,8 +1179,8 @@ mod tests {
 
         // Without a ceiling (discovery) it probes above: 1.3 × last_max at 2K.
         let mut d = Controller::new(true, period(), period());
-        // Slow start: doubles per half period of busy time.
-        (0..50).for_each(|_| d.step(0.6, true));
+        // Slow start: doubles per 0.15 period (9 s) of busy time.
+        (0..15).for_each(|_| d.step(0.6, true));
         assert!((d.scale - 2.0).abs() < 1e-9, "{}", d.scale);
         assert!(d.cut(t0, t0 - Duration::from_secs(1), Some(10.0)));
         assert!((d.scale - 1.4).abs() < 1e-9);

@@ -137,7 +137,7 @@
 //! A bucket holds one period at the current rate. The rate is re-evaluated every hundredth
 //! of a period and constant in between, so the refill stays an exact sum, also in
 //! `tokio::time::pause` tests. A [`Quota::discover`](crate::Quota::discover) starts from a
-//! guess and doubles it every half period while busy until the first throttle (slow
+//! guess and doubles it every 0.15 period while busy until the first throttle (slow
 //! start), then follows the same curve with no ceiling.
 //!
 //! # Headroom
