@@ -43,7 +43,7 @@ fn redis_binary() -> String {
         .is_ok_and(|s| s.success());
     assert!(
         found,
-        "redis-server is not on PATH: these tests need a real Redis (apt-get install redis-server; .ci/run installs it)"
+        "redis-server is not on PATH: these tests need a real Redis (scripts/test installs it, or set BEDROCK_THROTTLE_REDIS_URL)"
     );
     "redis-server".into()
 }
