@@ -429,6 +429,44 @@ async fn the_queue_bound_holds_under_ten_thousand_callers_and_shed_requests_neve
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_capped_tenants_queue_is_bounded_too() {
+    let upstream = Upstream::default();
+    let cfg = config()
+        .max_queued(10)
+        .tenant("capped", TenantPolicy::weight(1.0).with_cap(0.1))
+        .build()
+        .unwrap();
+    let client = client(cfg.clone(), &upstream);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .oneshot(request(Some("capped"), Priority::Interactive, TOKENS))
+                    .await
+            })
+        })
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => match e.downcast_ref::<ThrottleError>() {
+                Some(ThrottleError::Overloaded { queued, .. }) => {
+                    assert_eq!(*queued, 10);
+                    shed += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+        }
+    }
+    // The cap's bucket (10 requests) passes, 10 wait under the cap, the rest is shed.
+    assert_eq!((ok, shed), (20, 80));
+    assert_eq!(upstream.calls.load(Ordering::Relaxed), 20);
+    assert_eq!(cfg.stats().keys[0].shed, 80);
+}
+
+#[tokio::test(start_paused = true)]
 async fn backpressure_holds_callers_in_poll_ready_and_loses_none() {
     let upstream = Upstream::default();
     let cfg = config()

@@ -193,7 +193,8 @@ where
         let cap = match (&stage.waiter.tenant, policy.cap()) {
             (Some(t), Some(share)) => {
                 let cap = self.shared.ledger.cap(&key, t, quota, share);
-                match cap.admit_as(tokens, stage.deadline, &Waiter::default(), None) {
+                // Its own queue is bounded like the key's.
+                match cap.admit_as(tokens, stage.deadline, &Waiter::default(), stage.max_queued) {
                     Admission::Admitted(r) => Some(r),
                     Admission::Queued(acquire) => {
                         tracing::debug!(quota_key = %key, tokens, "no room under the tenant's cap: queued");
@@ -201,7 +202,20 @@ where
                         parked.queued = Some(telemetry.queued());
                         return ResponseFuture::waiting(acquire, parked, trace);
                     }
-                    Admission::Shed { .. } => unreachable!("a cap queue is unbounded"),
+                    Admission::Shed {
+                        queued,
+                        retry_after,
+                    } => {
+                        telemetry.shed();
+                        return ResponseFuture::failed(
+                            ThrottleError::Overloaded {
+                                key,
+                                queued,
+                                retry_after,
+                            },
+                            trace,
+                        );
+                    }
                 }
             }
             _ => None,
