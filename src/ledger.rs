@@ -673,7 +673,10 @@ impl KeyLedger {
         };
         let mut cut = false;
         if cut_tokens {
-            let measured = queued.then(|| m.measured());
+            // Before its first throttle a discovered rate is a probe, not a rate anyone vouched
+            // for: what was really drawn is the better estimate even when nothing waited.
+            let probing = m.ctl.phase == Phase::SlowStart;
+            let measured = (queued || probing).then(|| m.measured());
             m.tokens.level = m.tokens.level.min(0.0);
             cut |= m.ctl.cut(now, admitted_at, measured);
         }

@@ -112,7 +112,9 @@
 //! - on a throttle the rate multiplier `m` is cut: `last_max = min(m, measured)`,
 //!   `m = 0.7 × last_max`, where `measured` is the rate tokens were really drawn at over
 //!   the last period (upstream's burst room can hide an excess for a while, so the allowed
-//!   rate at the moment of the throttle overstates what upstream sustains);
+//!   rate at the moment of the throttle overstates what upstream sustains). It is taken
+//!   while requests queue, and at a discovered quota's first throttle in any case, whose
+//!   limit was only a slow-start probe; otherwise `m` itself is cut;
 //! - afterwards `m(t) = last_max × (1 + 0.3 × (t / K − 1)³)`: back at `last_max` after
 //!   `K = throttle_recovery` (1.5 periods of the key's quota unless set), flat around it,
 //!   then probing above it (1.3 × `last_max` at `2K`), i.e. `C = 0.3 × last_max / K³`;
