@@ -23,6 +23,10 @@
 //! (`ThrottleConfig::capacity_report`): per model, the limit that binds and what a
 //! quota-increase request should ask for. Its rates are per minute, so with the 6 s period
 //! they are ten times the per-period quotas above.
+//!
+//! `--runs N` repeats every stack N times, taking turns round by round, and adds a summary
+//! per stack (throttles over attempts, goodput's mean and range); the plot and the capacity
+//! reports are of the last round.
 
 use std::{
     collections::VecDeque,
@@ -90,6 +94,8 @@ struct Options {
     seed: u64,
     stacks: Vec<String>,
     out: String,
+    /// Rounds of every stack; above 1 a summary of the rounds follows the table.
+    runs: usize,
 }
 
 impl Options {
@@ -102,6 +108,7 @@ impl Options {
             seed: 42,
             stacks: ALL_STACKS.iter().map(|s| s.to_string()).collect(),
             out: "load_demo.svg".into(),
+            runs: 1,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -123,6 +130,13 @@ impl Options {
                 "--stacks" => o.stacks = value().split(',').map(str::to_string).collect(),
                 "--scenario" => o.scenario = value(),
                 "--out" => o.out = value(),
+                "--runs" => {
+                    o.runs = value()
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .unwrap_or_else(|| fail("--runs N (at least 1)"))
+                }
                 _ => fail(&format!("unknown flag {flag}")),
             }
         }
@@ -148,7 +162,7 @@ impl Options {
 fn fail(msg: &str) -> ! {
     eprintln!("{msg}");
     eprintln!(
-        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg]",
+        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg] [--runs N]",
         ALL_STACKS.join(",")
     );
     std::process::exit(2)
@@ -494,7 +508,41 @@ fn fmt_duration(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-fn table(results: &[StackResult]) -> String {
+/// Per stack over all rounds: throttles and attempts summed, goodput's mean and range.
+fn summary(stacks: &[String], rounds: &[Vec<StackResult>]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| stack | runs | failed | throttles / attempts | goodput, mean (min to max) | goodput to last response, mean | p99, mean |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for (i, name) in stacks.iter().enumerate() {
+        let rs: Vec<&StackResult> = rounds.iter().map(|round| &round[i]).collect();
+        let n = rs.len() as f64;
+        let failed: usize = rs.iter().map(|r| r.failed).sum();
+        let throttles: u64 = rs.iter().map(|r| r.throttles).sum();
+        let attempts: u64 = rs.iter().map(|r| r.attempts).sum();
+        let goodputs: Vec<f64> = rs.iter().map(|r| r.goodput).collect();
+        let mean = goodputs.iter().sum::<f64>() / n;
+        let min = goodputs.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = goodputs.iter().copied().fold(0.0, f64::max);
+        let to_last = rs.iter().map(|r| r.goodput_to_last_response).sum::<f64>() / n;
+        let p99 = rs.iter().map(|r| r.p99.as_secs_f64()).sum::<f64>() / n;
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {failed} | {throttles} / {attempts} ({:.1} %) | {:.1} % ({:.1} to {:.1} %) | {:.1} % | {p99:.2} s |",
+            rs.len(),
+            100.0 * throttles as f64 / attempts.max(1) as f64,
+            100.0 * mean,
+            100.0 * min,
+            100.0 * max,
+            100.0 * to_last,
+        );
+    }
+    out
+}
+
+fn table(results: &[&StackResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -602,13 +650,29 @@ async fn main() {
         opts.scenario,
         opts.stacks.join(", ")
     );
-    let mut results = Vec::new();
-    for name in &opts.stacks {
-        results.push(run(name, &jobs, &opts).await);
+    // With several runs the stacks take turns round by round, so a machine that slows down
+    // for a while slows every stack alike.
+    let mut rounds = Vec::new();
+    for round in 0..opts.runs {
+        let mut results = Vec::new();
+        for name in &opts.stacks {
+            let mut r = run(name, &jobs, &opts).await;
+            if opts.runs > 1 {
+                r.name = format!("{name} #{}", round + 1);
+            }
+            results.push(r);
+        }
+        rounds.push(results);
     }
     println!();
-    print!("{}", table(&results));
+    let all: Vec<&StackResult> = rounds.iter().flatten().collect();
+    print!("{}", table(&all));
     println!();
+    if opts.runs > 1 {
+        print!("{}", summary(&opts.stacks, &rounds));
+        println!();
+    }
+    let results = rounds.pop().expect("at least one round");
     println!(
         "goodput: the least time in which any client could push the same billed work through the quotas, \
          over the time this stack took to have its last request admitted upstream.\n\
