@@ -15,7 +15,7 @@
 //! requests wait, every [`BATCH_EVERY`]th admission of the tenant goes to its oldest batch
 //! request: batch gets at least one admission in `BATCH_EVERY` and is never starved.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use crate::tenant::{Priority, Tenant};
 
@@ -41,9 +41,9 @@ struct TenantQueue {
     weight: f64,
     /// Finish tag of the tenant's last admission.
     finish: f64,
-    /// Waiter id → cost, ids growing with arrival.
-    interactive: BTreeMap<u64, f64>,
-    batch: BTreeMap<u64, f64>,
+    /// Waiter ids, growing with arrival (their costs are in `WaitQueue::places`).
+    interactive: BTreeSet<u64>,
+    batch: BTreeSet<u64>,
     /// Admissions of interactive requests since the last batch one, while batch waited.
     since_batch: u32,
     /// The candidate and its start tag, while the tenant has waiters.
@@ -57,8 +57,8 @@ impl TenantQueue {
 
     /// The waiter the tenant puts forward next.
     fn pick(&self) -> Option<u64> {
-        let i = self.interactive.keys().next();
-        let b = self.batch.keys().next();
+        let i = self.interactive.first();
+        let b = self.batch.first();
         match (i, b) {
             (Some(&i), Some(&b)) => Some(if self.since_batch + 1 >= BATCH_EVERY {
                 b
@@ -127,8 +127,8 @@ impl WaitQueue {
         let t = self.tenants.entry(tenant.clone()).or_default();
         t.weight = weight;
         match priority {
-            Priority::Interactive => t.interactive.insert(id, cost),
-            Priority::Batch => t.batch.insert(id, cost),
+            Priority::Interactive => t.interactive.insert(id),
+            Priority::Batch => t.batch.insert(id),
         };
         self.places.insert(
             id,
