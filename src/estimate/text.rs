@@ -1,28 +1,43 @@
 //! Token count heuristic for text, calibrated against the cl100k tokenizer.
 //!
-//! [`count_tokens`] walks the text once, char by char, without allocating. It splits the
-//! text roughly the way cl100k's pre-tokenizer does (letter runs, digit groups of up to
-//! three, punctuation runs, whitespace runs) and prices each piece by its character class:
+//! The text is cut into pieces roughly the way cl100k's pre-tokenizer cuts it, and each
+//! piece is priced by its character class:
 //!
 //! | piece | cost (tokens) |
 //! |---|---|
-//! | ASCII word of `n` letters | 1 up to 6 letters, then +0.2 per letter; +0.4 per lower→upper (camelCase) change |
+//! | word (a run of letters) | 1 when it has an ASCII letter; +0.2 for each ASCII letter after six in a row; +0.4 per lower→upper (camelCase) change |
 //! | digits | one per group of up to three digits |
-//! | ASCII punctuation run of `n` chars | 1 + 0.15 × (n − 1), line breaks right after it included; a lone mark glued to a following word (`.get`, `(x`) 0.1 |
-//! | one space before a word or punctuation | 0 (cl100k glues it to the next piece) |
-//! | other whitespace runs, line breaks | 1 per run |
-//! | CJK ideograph / kana / hangul | [`CJK_MILLI`], [`KANA_MILLI`], [`HANGUL_MILLI`] (÷ 1000) each |
-//! | other letters (Cyrillic, Greek, accented Latin, Indic, …) | by UTF-8 length: 0.5 (2 bytes), 1.0 (3 bytes), 1.5 (4 bytes) |
+//! | punctuation run with `n` ASCII marks | 1 + 0.15 × (n − 1); a lone mark right before a letter (`.get`, `(x`) 0.1 unless a single space comes before it; line breaks right after the run are free |
+//! | a single space before a word or punctuation, whitespace before a line break | 0 (cl100k glues it to the next piece) |
+//! | other whitespace runs, runs of line breaks | 1 per run |
+//! | CJK ideograph / kana / hangul | [`CJK_MILLI`], [`KANA_MILLI`], [`HANGUL_MILLI`] (÷ 1000) each, on top of the word |
+//! | other letters (Cyrillic, Greek, accented Latin, Indic, …) | by UTF-8 length: 0.5 (2 bytes), 1.0 (3 bytes), 1.5 (4 bytes), on top of the word |
 //! | emoji and pictographs | [`EMOJI_MILLI`] (first of a run) or [`EMOJI_IN_RUN_MILLI`] ÷ 1000 each; U+2300–U+2BFF pictographs 2; joiners and variation selectors 1 |
-//! | other symbols | 1 (2 or 3 UTF-8 bytes), 2 (4 bytes) |
+//! | other symbols, control characters | 1 (up to 3 UTF-8 bytes), 2 (4 bytes) |
 //!
-//! The sum is rounded up. Over the accuracy corpus in `tests/accuracy.rs` (English prose,
-//! source code, JSON, Chinese, Japanese, emoji-heavy text) the per-category median error
-//! against cl100k is within 10 % and the worst sample within 25 %.
+//! The sum is rounded up. Over the accuracy corpus in `tests/estimate_accuracy.rs` (English
+//! prose, source code, JSON, Chinese, Japanese, emoji-heavy text) the per-category median
+//! error against cl100k is within 10 % and the worst sample within 25 %.
+//!
+//! A JSON string is counted as the text it denotes, escapes and all, without unescaping it
+//! first: `\n` is a line break, `\"` a quote. One difference is deliberate: a letter or digit
+//! written as a `\u` escape (`\u0041`) counts as one symbol.
+//!
+//! # How it is fast
+//!
+//! Every rule above only looks at a character's class and at its neighbours, so the counter
+//! reads the text 64 bytes at a time: it turns each block into one bit mask per class (16
+//! bytes per SIMD compare, through the `wide` crate), prices all the pieces of the block
+//! with bit operations on those masks, and carries the few bits a piece needs across the
+//! block boundary. Only non-ASCII characters and escapes are looked at one by one (CJK
+//! ideographs and kana by a table). A test-only reference counter applies the same rules
+//! character by character, and property tests hold the two equal.
 //!
 //! Claude's own tokenizer is not public; cl100k is the nearest public reference, and the
 //! [`Calibration`](crate::estimate::Calibration) type learns the remaining per-model
 //! difference from the usage that upstream reports.
+
+use wide::u8x16;
 
 /// Cost of one CJK ideograph, in thousandths of a token.
 pub const CJK_MILLI: u64 = 1_300;
@@ -38,19 +53,21 @@ pub const EMOJI_MILLI: u64 = 3_000;
 pub const EMOJI_IN_RUN_MILLI: u64 = 2_400;
 
 const WORD_BASE: u64 = 1_000;
-const WORD_FREE_LEN: u64 = 6;
+const WORD_FREE_LEN: u32 = 6;
 const WORD_PER_EXTRA_LETTER: u64 = 200;
 const CAMEL_BOUNDARY: u64 = 400;
+const DIGIT_GROUP: u64 = 1_000;
 const PUNCT_FIRST: u64 = 1_000;
 const PUNCT_NEXT: u64 = 150;
 const PUNCT_GLUED: u64 = 100;
 const WHITESPACE_RUN: u64 = 1_000;
 const NEWLINE_RUN: u64 = 1_000;
 const JOINER: u64 = 1_000;
+const SYMBOL: u64 = 1_000;
 
 /// Estimated cl100k-like token count of `text`.
 ///
-/// Single pass, no allocation; see the [module docs](self) for the cost table.
+/// One pass, no allocation; see the [module docs](self) for the cost table.
 ///
 /// ```
 /// use bedrock_throttle::estimate::text::count_tokens;
@@ -59,18 +76,13 @@ const JOINER: u64 = 1_000;
 /// assert!(count_tokens("你好，世界") >= 5);
 /// ```
 pub fn count_tokens(text: &str) -> u64 {
-    let mut counter = Counter::default();
-    counter.push_str(text);
-    counter.finish()
+    count::<false>(text.as_bytes())
 }
 
 /// [`count_tokens`] of the value of a JSON string given as its raw text between the quotes
-/// (escapes as written, already validated): the same count as for the unescaped string,
-/// without building it.
+/// (escapes as written, already validated), without building the value.
 pub(crate) fn count_json_string(raw: &str) -> u64 {
-    let mut counter = Counter::default();
-    counter.push_bytes::<true>(raw);
-    counter.finish()
+    count::<true>(raw.as_bytes())
 }
 
 /// Cost of `len` bytes that are not understood as text (binary or base64 data), at about
@@ -80,173 +92,49 @@ pub fn count_bytes(len: usize) -> u64 {
     (len as u64).div_ceil(4)
 }
 
+/// The class of a character, as the rules see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Run {
-    None,
-    Word,
-    Digits,
-    Punct,
-    Space,
-    Newline,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Class {
+enum Kind {
     /// ASCII letter; `true` when upper case.
-    AsciiLetter(bool),
-    /// Any other letter, with its cost in milli-tokens.
-    Letter(u64),
+    Ascii(bool),
+    /// Any other letter (it costs its extra).
+    Letter,
     Digit,
     /// ASCII punctuation.
     Punct,
-    /// A non-ASCII symbol with its cost in milli-tokens.
-    Symbol(u64),
-    /// A 4-byte emoji or pictograph.
-    Emoji,
+    /// Any other symbol, control characters and emoji (they cost their extra).
+    Symbol,
     Space,
     Newline,
 }
 
-/// The streaming state of [`count_tokens`]: text can be fed in pieces (for instance the
-/// segments of a JSON string between its escapes) and gives the same count as the whole.
-#[derive(Debug)]
-pub(crate) struct Counter {
-    total: u64,
-    run: Run,
-    /// ASCII letters, digits, punctuation chars or whitespace chars in the current run.
-    len: u64,
-    /// Extra cost of the current run (non-ASCII letters, symbols, camel boundaries).
-    extra: u64,
-    prev_lower: bool,
-    /// The punctuation run began with a space.
-    punct_after_space: bool,
-    /// A punctuation run has taken trailing line breaks (cl100k: `[^\s\p{L}\p{N}]+[\r\n]*`).
-    newline_tail: bool,
-}
+/// A 4-byte emoji or pictograph (its cost depends on the char before it).
+const EMOJI: u64 = u64::MAX;
 
-impl Default for Counter {
-    fn default() -> Self {
-        Self {
-            total: 0,
-            run: Run::None,
-            len: 0,
-            extra: 0,
-            prev_lower: false,
-            punct_after_space: false,
-            newline_tail: false,
-        }
-    }
-}
-
-/// ASCII byte classes, for the byte loop of [`Counter::push_str`].
-const A_LOWER: u8 = 0;
-const A_UPPER: u8 = 1;
-const A_DIGIT: u8 = 2;
-const A_PUNCT: u8 = 3;
-const A_SPACE: u8 = 4;
-const A_NEWLINE: u8 = 5;
-const A_CONTROL: u8 = 6;
-const A_NON_ASCII: u8 = 7;
-
-/// The class of every byte: [`classify`] for ASCII, [`A_NON_ASCII`] for the rest.
-static BYTE_CLASS: [u8; 256] = {
-    let mut t = [A_NON_ASCII; 256];
-    let mut b = 0;
-    while b < 128 {
-        let c = b as u8;
-        t[b] = match c {
-            b'a'..=b'z' => A_LOWER,
-            b'A'..=b'Z' => A_UPPER,
-            b'0'..=b'9' => A_DIGIT,
-            b'\r' | b'\n' => A_NEWLINE,
-            b'\t' | b' ' | 0x0C => A_SPACE,
-            0..=0x1F | 0x7F => A_CONTROL,
-            _ => A_PUNCT,
-        };
-        b += 1;
-    }
-    t
-};
-
-/// The cost of a char U+3000..U+9FFF inside a run of CJK ideographs and kana, by its block
-/// of 64 code points (which its first two UTF-8 bytes give): [`CJK_MILLI`] for ideographs
-/// (U+3400..U+4DBF, U+4E00..U+9FFF), [`KANA_MILLI`] for kana (U+3040..U+30FF), 0 for the
-/// rest, which ends the run. Every range starts and ends on a block boundary.
-static CJK_RUN_COST: [u16; 7 * 64] = {
-    let mut t = [0u16; 7 * 64];
-    let mut k = 0;
-    while k < t.len() {
-        // Lead byte 0xE3 + k / 64, second byte 0x80 + k % 64.
-        let first = ((k as u32) + 0xC0) << 6;
-        t[k] = match first {
-            0x4E00..=0x9FFF | 0x3400..=0x4DBF => CJK_MILLI as u16,
-            0x3040..=0x30FF => KANA_MILLI as u16,
-            _ => 0,
-        };
-        k += 1;
-    }
-    t
-};
-
-/// Eight bytes at `i`, little-endian.
-#[inline(always)]
-fn word_at(b: &[u8], i: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[i..i + 8]);
-    u64::from_le_bytes(w)
-}
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// The high bit of each byte of `w` that is an ASCII lower-case letter.
-#[inline(always)]
-fn lower_mask(w: u64) -> u64 {
-    // A byte is in b'a'..=b'z' when it is below 0x80, at least 0x61 and below 0x7B; each
-    // test sets the byte's high bit without carrying into the next byte because the high
-    // bit is masked off first.
-    let low = w & !HIGH;
-    let ge_a = low + ONES * (0x80 - 0x61);
-    let ge_brace = low + ONES * (0x80 - 0x7B);
-    ge_a & !ge_brace & !w & HIGH
-}
-
-/// The high bit of each byte of `w` that equals `x` (exact for every byte, unlike the
-/// shorter has-zero test, whose borrows mark bytes above a match).
-#[inline(always)]
-fn byte_mask(w: u64, x: u8) -> u64 {
-    let v = w ^ (ONES * u64::from(x));
-    !(((v & !HIGH) + !HIGH) | v) & HIGH
-}
-
-/// Number of leading bytes of the little-endian word `w` that are ASCII lower-case letters.
-#[cfg(test)]
-fn lower_prefix(w: u64) -> usize {
-    ((!lower_mask(w) & HIGH).trailing_zeros() / 8) as usize
-}
-
+/// The kind of a char and its extra cost in milli-tokens ([`EMOJI`] for an emoji).
 #[inline]
-fn classify(c: char) -> Class {
+fn classify(c: char) -> (Kind, u64) {
     if c.is_ascii() {
-        return match c {
-            'a'..='z' => Class::AsciiLetter(false),
-            'A'..='Z' => Class::AsciiLetter(true),
-            '0'..='9' => Class::Digit,
-            '\r' | '\n' => Class::Newline,
-            c if c.is_ascii_whitespace() => Class::Space,
-            c if c.is_ascii_control() => Class::Symbol(1_000),
-            _ => Class::Punct,
+        let kind = match c {
+            'a'..='z' => Kind::Ascii(false),
+            'A'..='Z' => Kind::Ascii(true),
+            '0'..='9' => Kind::Digit,
+            '\r' | '\n' => Kind::Newline,
+            ' ' | '\t' | '\x0C' => Kind::Space,
+            c if c.is_ascii_control() => return (Kind::Symbol, SYMBOL),
+            _ => Kind::Punct,
         };
+        return (kind, 0);
     }
     let u = c as u32;
     match u {
         0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0xF900..=0xFAFF | 0x20000..=0x3FFFF => {
-            Class::Letter(CJK_MILLI)
+            (Kind::Letter, CJK_MILLI)
         }
-        0x3040..=0x30FF | 0x31F0..=0x31FF | 0xFF66..=0xFF9F => Class::Letter(KANA_MILLI),
-        0xAC00..=0xD7AF | 0x1100..=0x11FF | 0x3130..=0x318F => Class::Letter(HANGUL_MILLI),
-        0x200D | 0xFE00..=0xFE0F | 0x20E3 => Class::Symbol(JOINER),
-        0x1F000..=0x1FAFF => Class::Emoji,
+        0x3040..=0x30FF | 0x31F0..=0x31FF | 0xFF66..=0xFF9F => (Kind::Letter, KANA_MILLI),
+        0xAC00..=0xD7AF | 0x1100..=0x11FF | 0x3130..=0x318F => (Kind::Letter, HANGUL_MILLI),
+        0x200D | 0xFE00..=0xFE0F | 0x20E3 => (Kind::Symbol, JOINER),
+        0x1F000..=0x1FAFF => (Kind::Symbol, EMOJI),
         // Common CJK and full-width punctuation, which the fallbacks below would price the
         // same after slow Unicode property lookups.
         0x3001..=0x3003
@@ -257,333 +145,488 @@ fn classify(c: char) -> Class {
         | 0xFF0C
         | 0xFF1A
         | 0xFF1B
-        | 0xFF1F => Class::Symbol(1_000),
-        0x2600..=0x27BF | 0x2B00..=0x2BFF | 0x2300..=0x23FF => Class::Symbol(2_000),
-        0xE0000..=0xE007F => Class::Symbol(JOINER),
+        | 0xFF1F => (Kind::Symbol, SYMBOL),
+        0x2600..=0x27BF | 0x2B00..=0x2BFF | 0x2300..=0x23FF => (Kind::Symbol, 2_000),
+        0xE0000..=0xE007F => (Kind::Symbol, JOINER),
         _ if c.is_whitespace() => {
             if matches!(u, 0x85 | 0x2028 | 0x2029) {
-                Class::Newline
+                (Kind::Newline, 0)
             } else {
-                Class::Space
+                (Kind::Space, 0)
             }
         }
-        _ if c.is_alphabetic() => Class::Letter(match c.len_utf8() {
-            2 => 500,
-            3 => 1_000,
-            _ => 1_500,
-        }),
-        _ if c.is_numeric() => Class::Symbol(1_000),
-        _ => Class::Symbol(if c.len_utf8() == 4 { 2_000 } else { 1_000 }),
+        _ if c.is_alphabetic() => (
+            Kind::Letter,
+            match c.len_utf8() {
+                2 => 500,
+                3 => 1_000,
+                _ => 1_500,
+            },
+        ),
+        _ if c.is_numeric() => (Kind::Symbol, SYMBOL),
+        _ => (Kind::Symbol, if c.len_utf8() == 4 { 2_000 } else { SYMBOL }),
     }
 }
 
-impl Counter {
-    /// Feeds `text`: the same as [`push`](Self::push) for each of its chars, with ASCII
-    /// handled by a byte loop over [`BYTE_CLASS`] that skips through runs of lower-case
-    /// letters eight bytes at a time.
-    pub(crate) fn push_str(&mut self, text: &str) {
-        self.push_bytes::<false>(text);
+/// The kind and extra cost of the char a JSON escape denotes: as [`classify`], except that
+/// an escaped ASCII letter or digit is a symbol (see the module docs).
+#[inline]
+fn classify_escaped(c: char) -> (Kind, u64) {
+    if c.is_ascii_alphanumeric() {
+        return (Kind::Symbol, SYMBOL);
     }
+    classify(c)
+}
 
-    /// [`push_str`](Self::push_str) of `text`, or with `JSON` of the value of the JSON
-    /// string whose raw text (escapes as written, validated) is `text`: escapes are decoded
-    /// where they are met, so the string is read once and never copied.
-    #[inline]
-    fn push_bytes<const JSON: bool>(&mut self, text: &str) {
-        let b = text.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            let x = b[i];
-            match BYTE_CLASS[x as usize] {
-                A_LOWER => {
-                    // A lower-case letter enters a word; inside one, lower-case letters
-                    // only lengthen it.
-                    self.enter(Run::Word);
-                    let mut start = i;
-                    i += 1;
-                    loop {
-                        while i + 8 <= b.len() {
-                            let w = word_at(b, i);
-                            let lower = lower_mask(w);
-                            if lower == HIGH {
-                                i += 8;
-                                continue;
-                            }
-                            let space = byte_mask(w, b' ');
-                            if lower | space == HIGH
-                                && space & (space << 8) == 0
-                                && space >> 56 == 0
-                            {
-                                // Lower-case words split by single spaces, the last one going
-                                // on: the words that end here, as the space branch below
-                                // would price them. Only the first can be longer than
-                                // WORD_FREE_LEN (the others lie between two spaces of
-                                // these eight bytes).
-                                let first = (space.trailing_zeros() / 8) as usize;
-                                let last = (7 - space.leading_zeros() / 8) as usize;
-                                let first_len = self.len + (i - start + first) as u64;
-                                // Bit count of a mask of high bits, without a popcount
-                                // instruction (not in the baseline x86-64 target).
-                                let ended = ((space >> 7).wrapping_mul(ONES)) >> 56;
-                                let cost = ended * WORD_BASE
-                                    + first_len.saturating_sub(WORD_FREE_LEN)
-                                        * WORD_PER_EXTRA_LETTER
-                                    + self.extra;
-                                self.total = self.total.saturating_add(cost);
-                                self.newline_tail = false;
-                                self.len = 0;
-                                self.extra = 0;
-                                self.punct_after_space = false;
-                                start = i + last + 1;
-                                i += 8;
-                                continue;
-                            }
-                            i += ((!lower & HIGH).trailing_zeros() / 8) as usize;
-                            break;
-                        }
-                        while i < b.len() && b[i].is_ascii_lowercase() {
-                            i += 1;
-                        }
-                        if i + 1 < b.len() && b[i] == b' ' && b[i + 1].is_ascii_lowercase() {
-                            // One space between lower-case words: the space branch below,
-                            // without leaving the word loop.
-                            self.len += (i - start) as u64;
-                            self.flush(Run::Space);
-                            self.newline_tail = false;
-                            self.len = 0;
-                            self.extra = 0;
-                            self.punct_after_space = false;
-                            i += 1;
-                            start = i;
-                            continue;
-                        }
-                        break;
-                    }
-                    self.len += (i - start) as u64;
-                    self.prev_lower = true;
-                }
-                A_UPPER => {
-                    self.enter(Run::Word);
-                    if self.prev_lower {
-                        self.extra += CAMEL_BOUNDARY;
-                    }
-                    self.prev_lower = false;
-                    self.len += 1;
-                    i += 1;
-                }
-                A_DIGIT => {
-                    self.enter(Run::Digits);
-                    let start = i;
-                    i += 1;
-                    while i < b.len() && b[i].is_ascii_digit() {
-                        i += 1;
-                    }
-                    self.len += (i - start) as u64;
-                }
-                A_PUNCT => {
-                    if JSON && x == b'\\' {
-                        let (c, n) = crate::estimate::scan::escape_at(b, i);
-                        self.push(c);
-                        i = (i + n).min(b.len());
-                        continue;
-                    }
-                    self.enter(Run::Punct);
-                    self.prev_lower = false;
-                    // The marks that follow only lengthen the run.
-                    let start = i;
-                    i += 1;
-                    while i < b.len()
-                        && BYTE_CLASS[usize::from(b[i])] == A_PUNCT
-                        && !(JSON && b[i] == b'\\')
-                    {
-                        i += 1;
-                    }
-                    self.len += (i - start) as u64;
-                }
-                A_SPACE => {
-                    if x == b' '
-                        && self.run == Run::Word
-                        && b.get(i + 1).is_some_and(u8::is_ascii_lowercase)
-                    {
-                        // One space between words costs nothing (see `flush`): end the word
-                        // and start the next, as `push` would over the two runs.
-                        self.flush(Run::Space);
-                        self.newline_tail = false;
-                        self.len = 0;
-                        self.extra = 0;
-                        self.prev_lower = false;
-                        self.punct_after_space = false;
-                        i += 1;
-                        continue;
-                    }
-                    self.enter(Run::Space);
-                    // Inside a whitespace run, spaces and tabs only lengthen it.
-                    let start = i;
-                    i += 1;
-                    while i < b.len() && BYTE_CLASS[usize::from(b[i])] == A_SPACE {
-                        i += 1;
-                    }
-                    self.len += (i - start) as u64;
-                }
-                A_NEWLINE | A_CONTROL => {
-                    self.push(x as char);
-                    i += 1;
-                }
-                _ => {
-                    let (c, n) = decode_utf8(b, i);
-                    let class = classify(c);
-                    self.push_class(class);
-                    i += n;
-                    if let Class::Letter(CJK_MILLI | KANA_MILLI) = class {
-                        i = self.cjk_run(b, i);
-                    }
-                }
-            }
-        }
-    }
+/// Bit `i` of the result is bit `i - k` of the 128-bit `cur:prev` (`1 <= k < 64`): `cur`
+/// shifted towards higher bytes, with the last bits of the previous block shifted in.
+#[inline(always)]
+fn shl(cur: u64, prev: u64, k: u32) -> u64 {
+    (cur << k) | (prev >> (64 - k))
+}
 
-    /// Inside a word, takes the CJK ideographs and kana that follow byte `i` (the same as
-    /// [`push`](Self::push) for each: they only add their cost) and returns where they end.
-    #[inline]
-    fn cjk_run(&mut self, b: &[u8], mut i: usize) -> usize {
-        let mut extra = 0;
-        while i + 3 <= b.len() && (0xE3..=0xE9).contains(&b[i]) {
-            let cost = CJK_RUN_COST[usize::from(b[i] - 0xE3) * 64 + usize::from(b[i + 1] & 0x3F)];
-            if cost == 0 {
-                break;
-            }
-            extra += u64::from(cost);
-            i += 3;
-        }
-        self.extra += extra;
-        i
-    }
+/// The bytes of one 64-byte block by class, one bit per byte (bit `i` is byte `i`). Every
+/// byte of a multi-byte char or an escape carries the class of its char.
+#[derive(Clone, Copy, Debug, Default)]
+struct Masks {
+    lower: u64,
+    upper: u64,
+    digit: u64,
+    /// Non-ASCII letters.
+    letter: u64,
+    /// ASCII punctuation.
+    punct: u64,
+    /// Symbols, control characters and emoji.
+    symbol: u64,
+    space: u64,
+    newline: u64,
+    /// Bytes that do not start a char: UTF-8 continuation bytes and the bytes of an escape
+    /// after its backslash.
+    inner: u64,
+}
 
-    /// The run change of [`push`](Self::push) for a char of `run`, which must not be
-    /// [`Run::Newline`].
+/// The masks of the chars that are looked at one by one (escapes and non-ASCII), including
+/// the bytes of the next block that a char at the end of this one covers.
+#[derive(Clone, Copy, Debug, Default)]
+struct Assigned {
+    letter: u64,
+    punct: u64,
+    symbol: u64,
+    space: u64,
+    newline: u64,
+    inner: u64,
+    /// Every byte assigned here, so that the ASCII masks leave them out.
+    taken: u64,
+}
+
+impl Assigned {
+    /// Marks the bytes of `span` (bit `i` is byte `i` of this block; bits 64 and up fall in
+    /// the next block, kept in `next`) as one char of `kind`.
     #[inline(always)]
-    fn enter(&mut self, run: Run) {
-        if run != self.run || (run == Run::Punct && self.newline_tail) {
-            self.flush(run);
-            let after_space = self.run == Run::Space && self.len == 1;
-            self.run = run;
-            self.newline_tail = false;
-            self.len = 0;
-            self.extra = 0;
-            self.prev_lower = false;
-            self.punct_after_space = run == Run::Punct && after_space;
+    fn set(&mut self, next: &mut Assigned, kind: Kind, span: u128) {
+        let inner = span & (span - 1);
+        self.add(kind, span as u64, inner as u64);
+        if span >> 64 != 0 {
+            next.add(kind, (span >> 64) as u64, (inner >> 64) as u64);
         }
     }
 
-    /// Feeds one char.
-    #[inline]
-    pub(crate) fn push(&mut self, c: char) {
-        self.push_class(classify(c));
-    }
-
-    /// Feeds one char of class `class`.
     #[inline(always)]
-    fn push_class(&mut self, class: Class) {
-        let run = match class {
-            Class::AsciiLetter(_) | Class::Letter(_) => Run::Word,
-            Class::Digit => Run::Digits,
-            Class::Punct | Class::Symbol(_) | Class::Emoji => Run::Punct,
-            Class::Space => Run::Space,
-            Class::Newline => Run::Newline,
-        };
-        if self.run == Run::Punct && run == Run::Newline {
-            self.newline_tail = true;
-            return;
+    fn add(&mut self, kind: Kind, span: u64, inner: u64) {
+        self.taken |= span;
+        self.inner |= inner;
+        *match kind {
+            Kind::Letter | Kind::Ascii(_) => &mut self.letter,
+            Kind::Punct => &mut self.punct,
+            Kind::Symbol | Kind::Digit => &mut self.symbol,
+            Kind::Space => &mut self.space,
+            Kind::Newline => &mut self.newline,
+        } |= span;
+    }
+}
+
+/// The ASCII masks of 16 bytes: compares on SSE2 (or the platform's SIMD) through `wide`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ascii {
+    lower: u64,
+    upper: u64,
+    digit: u64,
+    space: u64,
+    backslash: u64,
+    /// Bytes of 0x80 and above.
+    high: u64,
+    /// Control characters (below 0x20, and 0x7F).
+    control: u64,
+}
+
+#[inline(always)]
+fn in_range(v: u8x16, lo: u8, hi: u8) -> u64 {
+    let d = v - u8x16::splat(lo);
+    u64::from(d.min(u8x16::splat(hi - lo)).simd_eq(d).to_bitmask())
+}
+
+#[inline(always)]
+fn equal(v: u8x16, x: u8) -> u64 {
+    u64::from(v.simd_eq(u8x16::splat(x)).to_bitmask())
+}
+
+impl Ascii {
+    /// The masks of `block`; the backslashes only for `JSON`, and then of the control
+    /// characters only DEL.
+    #[inline(always)]
+    fn of<const JSON: bool>(block: &[u8; 64]) -> Ascii {
+        let mut m = Ascii::default();
+        for k in 0..4 {
+            let mut lanes = [0u8; 16];
+            lanes.copy_from_slice(&block[16 * k..16 * k + 16]);
+            let v = u8x16::new(lanes);
+            let at = 16 * k as u32;
+            let letter = in_range(v | u8x16::splat(0x20), b'a', b'z');
+            let upper = in_range(v, b'A', b'Z');
+            m.lower |= (letter & !upper) << at;
+            m.upper |= upper << at;
+            m.digit |= in_range(v, b'0', b'9') << at;
+            m.space |= equal(v, b' ') << at;
+            if JSON {
+                m.backslash |= equal(v, b'\\') << at;
+                // Raw control characters are invalid in a JSON string, except DEL.
+                m.control |= equal(v, 0x7F) << at;
+            } else {
+                m.control |= (in_range(v, 0, 0x1F) | equal(v, 0x7F)) << at;
+            }
+            m.high |= u64::from(v.to_bitmask()) << at;
         }
-        if run != self.run || (run == Run::Punct && self.newline_tail) {
-            // Whitespace followed by a line break is one `\s*[\r\n]+` piece.
-            if !(self.run == Run::Space && run == Run::Newline) {
-                self.flush(run);
-            }
-            let after_space = self.run == Run::Space && self.len == 1;
-            self.run = run;
-            self.newline_tail = false;
-            self.len = 0;
-            self.extra = 0;
-            self.prev_lower = false;
-            self.punct_after_space = run == Run::Punct && after_space;
+        m
+    }
+}
+
+/// The non-ASCII masks of a block, and the CJK ideographs and kana found by SIMD.
+#[derive(Clone, Copy, Debug, Default)]
+struct NonAscii {
+    /// UTF-8 lead bytes of multi-byte chars (0xC0 and above).
+    lead: u64,
+    /// Lead bytes of CJK ideographs (U+3400..U+3FFF, U+4000..U+4DBF, U+4E00..U+9FFF).
+    ideograph: u64,
+    /// Lead bytes of kana (U+3040..U+30FF).
+    kana: u64,
+}
+
+impl NonAscii {
+    /// The masks of `block`. A char whose lead is the block's last byte is left to the
+    /// char-by-char path (its second byte, which tells its block, is in the next block).
+    #[inline(always)]
+    fn of(block: &[u8; 64], high: u64) -> NonAscii {
+        let (mut bit6, mut e3, mut e4, mut e4_e9, mut b7, mut k2, mut i2) = (0, 0, 0, 0, 0, 0, 0);
+        for k in 0..4 {
+            let mut lanes = [0u8; 16];
+            lanes.copy_from_slice(&block[16 * k..16 * k + 16]);
+            let v = u8x16::new(lanes);
+            let at = 16 * k as u32;
+            // Bit 6 of each byte, moved to bit 7 by doubling the byte.
+            bit6 |= u64::from((v + v).to_bitmask()) << at;
+            e3 |= equal(v, 0xE3) << at;
+            e4 |= equal(v, 0xE4) << at;
+            e4_e9 |= in_range(v, 0xE4, 0xE9) << at;
+            b7 |= equal(v, 0xB7) << at;
+            k2 |= in_range(v, 0x81, 0x83) << at;
+            i2 |= in_range(v, 0x90, 0xBF) << at;
         }
-        match class {
-            Class::AsciiLetter(upper) => {
-                if upper && self.prev_lower {
-                    self.extra += CAMEL_BOUNDARY;
-                }
-                self.prev_lower = !upper;
-                self.len += 1;
-            }
-            Class::Letter(cost) => {
-                self.prev_lower = false;
-                self.extra += cost;
-            }
-            Class::Symbol(cost) => {
-                self.prev_lower = false;
-                self.extra += cost;
-            }
-            Class::Emoji => {
-                // `prev_lower` doubles as "previous char was an emoji" inside punctuation runs.
-                self.extra += if self.prev_lower {
-                    EMOJI_IN_RUN_MILLI
-                } else {
-                    EMOJI_MILLI
-                };
-                self.prev_lower = true;
-            }
-            Class::Punct => {
-                self.prev_lower = false;
-                self.len += 1;
-            }
-            Class::Digit | Class::Space | Class::Newline => self.len += 1,
+        let last = !(1u64 << 63);
+        // Leads E4..E9 are ideographs but for E4 B7 (U+4DC0..U+4DFF, hexagram symbols);
+        // lead E3 gives kana with 81..83 and ideographs with 90..BF.
+        let ideograph = ((e4_e9 & !(e4 & (b7 >> 1))) | (e3 & (i2 >> 1))) & last;
+        NonAscii {
+            lead: high & bit6,
+            ideograph,
+            kana: e3 & (k2 >> 1) & last,
         }
     }
+}
 
-    /// Adds the cost of the current run; `next` is the run that follows it.
-    #[inline]
-    fn flush(&mut self, next: Run) {
-        let cost = match self.run {
-            Run::None => 0,
-            Run::Word => {
-                let ascii = if self.len == 0 {
-                    0
-                } else {
-                    WORD_BASE + self.len.saturating_sub(WORD_FREE_LEN) * WORD_PER_EXTRA_LETTER
-                };
-                ascii + self.extra
-            }
-            Run::Digits => self.len.div_ceil(3) * 1_000,
-            Run::Punct => {
-                if self.len == 0 {
-                    self.extra
-                } else if self.len == 1
-                    && self.extra == 0
-                    && next == Run::Word
-                    && !self.punct_after_space
-                {
-                    PUNCT_GLUED
-                } else {
-                    PUNCT_FIRST + (self.len - 1) * PUNCT_NEXT + self.extra
-                }
-            }
-            Run::Space => {
-                if self.len == 1 && matches!(next, Run::Word | Run::Punct) {
-                    0
-                } else {
-                    WHITESPACE_RUN
-                }
-            }
-            Run::Newline => NEWLINE_RUN,
-        };
-        self.total = self.total.saturating_add(cost);
+/// Counts `b` (valid UTF-8; with `JSON`, the validated raw text of a JSON string), with
+/// the best instruction set the CPU has (x86-64-v3 brings `popcnt` and AVX2), chosen at run
+/// time through `pulp`.
+fn count<const JSON: bool>(b: &[u8]) -> u64 {
+    struct Count<'a, const JSON: bool>(&'a [u8]);
+    impl<const JSON: bool> pulp::WithSimd for Count<'_, JSON> {
+        type Output = u64;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> u64 {
+            count_blocks::<JSON>(self.0)
+        }
     }
+    pulp::Arch::new().dispatch(Count::<JSON>(b))
+}
 
-    /// The count so far, rounded up.
-    pub(crate) fn finish(mut self) -> u64 {
-        self.flush(Run::None);
-        self.total.div_ceil(1_000)
+#[inline(always)]
+fn count_blocks<const JSON: bool>(b: &[u8]) -> u64 {
+    let mut rules = Rules::default();
+    let mut pending = Assigned::default();
+    let mut extra = 0u64;
+    let mut last_emoji_end = usize::MAX;
+    let mut base = 0;
+    while base < b.len() {
+        let len = (b.len() - base).min(64);
+        let mut block = [0u8; 64];
+        let valid = if len == 64 {
+            block.copy_from_slice(&b[base..base + 64]);
+            u64::MAX
+        } else {
+            block[..len].copy_from_slice(&b[base..]);
+            (1u64 << len) - 1
+        };
+        let ascii = Ascii::of::<JSON>(&block);
+        let mut here = pending;
+        let mut next = Assigned::default();
+        // Escapes and non-ASCII chars, in order (an emoji's cost depends on the one before).
+        let mut todo = if JSON { ascii.backslash } else { 0 };
+        let mut continuation = 0;
+        if ascii.high != 0 {
+            let non_ascii = NonAscii::of(&block, ascii.high);
+            continuation = ascii.high & !non_ascii.lead;
+            let ideograph = non_ascii.ideograph & valid;
+            let kana = non_ascii.kana & valid;
+            extra += CJK_MILLI * u64::from(ideograph.count_ones())
+                + KANA_MILLI * u64::from(kana.count_ones());
+            let leads = u128::from(ideograph | kana);
+            let inner = (leads << 1) | (leads << 2);
+            for (into, shift) in [(&mut here, 0), (&mut next, 64)] {
+                into.add(
+                    Kind::Letter,
+                    ((leads | inner) >> shift) as u64,
+                    (inner >> shift) as u64,
+                );
+            }
+            todo |= non_ascii.lead & !(ideograph | kana);
+        }
+        todo &= valid & !here.taken;
+        while todo != 0 {
+            let j = todo.trailing_zeros();
+            todo &= todo - 1;
+            let at = base + j as usize;
+            let x = b[at];
+            if JSON && x == b'\\' {
+                let (kind, cost, n) = escape(b, at, &mut last_emoji_end);
+                extra += cost;
+                let span = ((1u128 << n) - 1) << j;
+                here.set(&mut next, kind, span);
+                todo &= !(span as u64);
+                continue;
+            }
+            let (c, n) = decode_utf8(b, at);
+            let (kind, cost) = classify(c);
+            extra += emoji_cost(cost, at, n, &mut last_emoji_end);
+            here.set(&mut next, kind, ((1u128 << n) - 1) << j);
+        }
+        let free = valid & !here.taken;
+        let mut masks = Masks {
+            lower: ascii.lower & free,
+            upper: ascii.upper & free,
+            digit: ascii.digit & free,
+            letter: here.letter & valid,
+            punct: here.punct & valid,
+            symbol: here.symbol & valid,
+            space: (ascii.space & free) | (here.space & valid),
+            newline: here.newline & valid,
+            inner: (continuation | here.inner) & valid,
+        };
+        let control = ascii.control & free;
+        let plain_punct = !(ascii.lower | ascii.upper | ascii.digit | ascii.space | ascii.high);
+        if JSON {
+            // Validated: every backslash is in an escape, and DEL is the only control char.
+            if control != 0 {
+                extra += SYMBOL * u64::from(control.count_ones());
+                masks.symbol |= control;
+            }
+            masks.punct |= plain_punct & free & !control;
+        } else {
+            let mut space = 0;
+            let mut newline = 0;
+            if control != 0 {
+                for (k, lanes) in block.chunks_exact(16).enumerate() {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(lanes);
+                    let v = u8x16::new(a);
+                    let at = 16 * k as u32;
+                    space |= (equal(v, b'\t') | equal(v, 0x0C)) << at;
+                    newline |= (equal(v, b'\r') | equal(v, b'\n')) << at;
+                }
+                space &= control;
+                newline &= control;
+                let symbols = control & !space & !newline;
+                extra += SYMBOL * u64::from(symbols.count_ones());
+                masks.symbol |= symbols;
+            }
+            masks.space |= space;
+            masks.newline |= newline;
+            masks.punct |= plain_punct & free & !control;
+        }
+        rules.block(&masks);
+        pending = next;
+        base += 64;
+    }
+    // A block after the end, so that the pieces ending with the text see that nothing follows.
+    rules.block(&Masks::default());
+    (rules.total + extra).div_ceil(1_000)
+}
+
+/// The extra cost of a char of cost `cost` (from [`classify`]) at byte `at`, `n` bytes long:
+/// an emoji costs [`EMOJI_IN_RUN_MILLI`] right after another one, else [`EMOJI_MILLI`].
+#[inline]
+fn emoji_cost(cost: u64, at: usize, n: usize, last_emoji_end: &mut usize) -> u64 {
+    if cost != EMOJI {
+        return cost;
+    }
+    let follows = *last_emoji_end == at;
+    *last_emoji_end = at + n;
+    if follows {
+        EMOJI_IN_RUN_MILLI
+    } else {
+        EMOJI_MILLI
+    }
+}
+
+/// The kind, extra cost and length of the (validated) escape at `b[at]`, a backslash.
+#[inline]
+fn escape(b: &[u8], at: usize, last_emoji_end: &mut usize) -> (Kind, u64, usize) {
+    match b.get(at + 1) {
+        Some(b'n' | b'r') => (Kind::Newline, 0, 2),
+        Some(b't' | b'f') => (Kind::Space, 0, 2),
+        Some(b'b') => (Kind::Symbol, SYMBOL, 2),
+        Some(b'u') => {
+            let (c, n) = crate::estimate::scan::escape_at(b, at);
+            let n = n.min(b.len() - at);
+            let (kind, cost) = classify_escaped(c);
+            (kind, emoji_cost(cost, at, n, last_emoji_end), n)
+        }
+        Some(_) => (Kind::Punct, 0, 2),
+        None => (Kind::Punct, 0, 1),
+    }
+}
+
+/// Positions in `m` reached from a bit of `k` (a subset of `m`) going up through `m`: the
+/// bytes of each run of `m` from its first `k` bit on. The add carries the fill from one
+/// block into the next.
+#[derive(Clone, Copy, Debug, Default)]
+struct Fill {
+    prev_k: u64,
+    prev: u64,
+    carry: bool,
+}
+
+impl Fill {
+    /// The fill of this block, and the same shifted up a byte (the fill at the byte before).
+    #[inline(always)]
+    fn fill(&mut self, k: u64, m: u64) -> (u64, u64) {
+        let rest = m & !k;
+        // A `k` bit just below a `rest` run carries through it; the carry stops at the
+        // run's end (a `rest` bit never sits on a `k` bit).
+        let (sum, c1) = shl(k, self.prev_k, 1).overflowing_add(rest);
+        let (sum, c2) = sum.overflowing_add(u64::from(self.carry));
+        self.carry = c1 | c2;
+        self.prev_k = k;
+        let f = k | ((sum ^ rest) & rest);
+        let before = shl(f, self.prev, 1);
+        self.prev = f;
+        (f, before)
+    }
+}
+
+/// The piece rules over blocks of masks, with what each needs of the previous block.
+#[derive(Debug, Default)]
+struct Rules {
+    total: u64,
+    /// The previous block's masks.
+    prev: Masks,
+    prev_ascii: u64,
+    prev_run: u64,
+    prev_lone: u64,
+    prev_groups: u64,
+    prev_glue: u64,
+    letters_from_ascii: Fill,
+    punct_from_ascii: Fill,
+    lone: Fill,
+    unglued: Fill,
+}
+
+impl Rules {
+    #[inline(always)]
+    fn block(&mut self, m: &Masks) {
+        let p = self.prev;
+        let ascii = m.lower | m.upper;
+        let word = ascii | m.letter;
+        let mut total = self.total;
+
+        // Lone spaces: the last byte of a run of spaces that holds one char.
+        let second_space = m.space & !m.inner & shl(m.space, p.space, 1);
+        let lone = m.space & !self.lone.fill(second_space, m.space).0;
+
+        // Words: one per run of letters that has an ASCII letter, counted at its first one.
+        let (_, reached) = self.letters_from_ascii.fill(ascii, word);
+        let words = ascii & !reached;
+        total += WORD_BASE * u64::from(words.count_ones());
+        // ASCII letters after six in a row.
+        let a = (u128::from(ascii) << 64) | u128::from(self.prev_ascii);
+        let a2 = a & (a << 1);
+        let a4 = a2 & (a2 << 2);
+        let long = ((a4 & (a4 << 3)) >> 64) as u64;
+        total += WORD_PER_EXTRA_LETTER * u64::from(long.count_ones());
+        // The shifts above take six letters in a row.
+        const { assert!(WORD_FREE_LEN == 6) };
+        let camel = m.upper & shl(m.lower, p.lower, 1);
+        total += CAMEL_BOUNDARY * u64::from(camel.count_ones());
+
+        // Digits: one per three, counted at offsets 0, 3, 6, … of each run.
+        let d = m.digit;
+        let d1 = shl(d, p.digit, 1);
+        let starts = d & !d1;
+        let three = d & d1 & shl(d, p.digit, 2);
+        let mut groups = starts | (shl(0, self.prev_groups, 3) & three);
+        if three != 0 {
+            loop {
+                let more = starts | (shl(groups, self.prev_groups, 3) & three);
+                if more == groups {
+                    break;
+                }
+                groups = more;
+            }
+        }
+        total += DIGIT_GROUP * u64::from(groups.count_ones());
+
+        // Punctuation runs with ASCII marks: 1, and 0.15 for each mark after the first.
+        let run = m.punct | m.symbol;
+        let marks = m.punct & !m.inner;
+        let (_, reached) = self.punct_from_ascii.fill(marks, run);
+        let runs = u64::from((marks & !reached).count_ones());
+        let marks = u64::from(marks.count_ones());
+        total += PUNCT_FIRST * runs + PUNCT_NEXT * (marks - runs);
+        // A run of one ASCII mark right before a letter, not after a lone space, costs
+        // PUNCT_GLUED instead of PUNCT_FIRST.
+        let run_prev = shl(run, self.prev_run, 1);
+        let second_char = run & !m.inner & run_prev;
+        let after_lone = run & !run_prev & shl(lone, self.prev_lone, 1);
+        let (spoilt, _) = self.unglued.fill(second_char | m.symbol | after_lone, run);
+        let glue = run & !spoilt;
+        let glued = word & shl(glue, self.prev_glue, 1);
+        total -= (PUNCT_FIRST - PUNCT_GLUED) * u64::from(glued.count_ones());
+
+        // Whitespace runs: 1, except before a line break, or one char before a word or
+        // punctuation.
+        let after_space = shl(m.space, p.space, 1) & !m.space;
+        let free = m.newline | (shl(lone, self.prev_lone, 1) & (word | run));
+        total += WHITESPACE_RUN * u64::from((after_space & !free).count_ones());
+
+        // Runs of line breaks, unless they follow punctuation.
+        let breaks = m.newline & !shl(m.newline, p.newline, 1) & !run_prev;
+        total += NEWLINE_RUN * u64::from(breaks.count_ones());
+
+        self.total = total;
+        self.prev = *m;
+        self.prev_ascii = ascii;
+        self.prev_run = run;
+        self.prev_lone = lone;
+        self.prev_groups = groups;
+        self.prev_glue = glue;
     }
 }
 
@@ -611,27 +654,187 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The char-by-char loop [`count_tokens`] replaced: the reference for its byte loop.
-    fn count_tokens_by_char(text: &str) -> u64 {
-        let mut counter = Counter::default();
-        for c in text.chars() {
-            counter.push(c);
+    /// Resolves the emoji costs of a sequence of classified chars: an emoji right after
+    /// another costs less.
+    fn resolve(chars: Vec<(Kind, u64)>) -> Vec<(Kind, u64)> {
+        let mut out = Vec::with_capacity(chars.len());
+        let mut after_emoji = false;
+        for (kind, cost) in chars {
+            let emoji = cost == EMOJI;
+            let cost = match (emoji, after_emoji) {
+                (true, true) => EMOJI_IN_RUN_MILLI,
+                (true, false) => EMOJI_MILLI,
+                _ => cost,
+            };
+            after_emoji = emoji;
+            out.push((kind, cost));
         }
-        counter.finish()
+        out
+    }
+
+    fn chars_of(text: &str) -> Vec<(Kind, u64)> {
+        resolve(text.chars().map(classify).collect())
+    }
+
+    fn chars_of_json(raw: &str) -> Vec<(Kind, u64)> {
+        let b = raw.as_bytes();
+        let mut chars = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' {
+                let (c, n) = crate::estimate::scan::escape_at(b, i);
+                chars.push(match b[i + 1] {
+                    b'n' | b'r' => (Kind::Newline, 0),
+                    b't' | b'f' => (Kind::Space, 0),
+                    b'b' => (Kind::Symbol, SYMBOL),
+                    b'u' => classify_escaped(c),
+                    _ => (Kind::Punct, 0),
+                });
+                i += n;
+            } else {
+                let c = raw[i..].chars().next().unwrap();
+                chars.push(classify(c));
+                i += c.len_utf8();
+            }
+        }
+        resolve(chars)
+    }
+
+    /// The rules of the module docs applied char by char: the reference for the block
+    /// counter.
+    fn reference(chars: &[(Kind, u64)]) -> u64 {
+        #[derive(PartialEq, Clone, Copy)]
+        enum Group {
+            Word,
+            Digits,
+            Run,
+            Space,
+            Newline,
+        }
+        let group = |k: Kind| match k {
+            Kind::Ascii(_) | Kind::Letter => Group::Word,
+            Kind::Digit => Group::Digits,
+            Kind::Punct | Kind::Symbol => Group::Run,
+            Kind::Space => Group::Space,
+            Kind::Newline => Group::Newline,
+        };
+        let at = |i: usize| chars.get(i).map(|&(k, _)| group(k));
+        let mut total: u64 = chars.iter().map(|&(_, cost)| cost).sum();
+        let mut i = 0;
+        while i < chars.len() {
+            let g = group(chars[i].0);
+            let mut j = i;
+            while j < chars.len() && group(chars[j].0) == g {
+                j += 1;
+            }
+            let next = at(j);
+            let lone_space_before = i >= 1
+                && at(i - 1) == Some(Group::Space)
+                && (i < 2 || at(i - 2) != Some(Group::Space));
+            match g {
+                Group::Word => {
+                    let mut ascii_in_row = 0;
+                    let mut any_ascii = false;
+                    for t in i..j {
+                        if let Kind::Ascii(upper) = chars[t].0 {
+                            any_ascii = true;
+                            if ascii_in_row >= WORD_FREE_LEN {
+                                total += WORD_PER_EXTRA_LETTER;
+                            }
+                            ascii_in_row += 1;
+                            if upper && t > i && chars[t - 1].0 == Kind::Ascii(false) {
+                                total += CAMEL_BOUNDARY;
+                            }
+                        } else {
+                            ascii_in_row = 0;
+                        }
+                    }
+                    if any_ascii {
+                        total += WORD_BASE;
+                    }
+                }
+                Group::Digits => total += DIGIT_GROUP * ((j - i) as u64).div_ceil(3),
+                Group::Run => {
+                    let marks = chars[i..j].iter().filter(|c| c.0 == Kind::Punct).count() as u64;
+                    if marks > 0 {
+                        total += if j - i == 1 && next == Some(Group::Word) && !lone_space_before {
+                            PUNCT_GLUED
+                        } else {
+                            PUNCT_FIRST + PUNCT_NEXT * (marks - 1)
+                        };
+                    }
+                }
+                Group::Space => {
+                    let free = next == Some(Group::Newline)
+                        || (j - i == 1 && matches!(next, Some(Group::Word | Group::Run)));
+                    if !free {
+                        total += WHITESPACE_RUN;
+                    }
+                }
+                Group::Newline => {
+                    if i == 0 || at(i - 1) != Some(Group::Run) {
+                        total += NEWLINE_RUN;
+                    }
+                }
+            }
+            i = j;
+        }
+        total.div_ceil(1_000)
     }
 
     #[test]
-    fn byte_loop_matches_char_loop_on_corpus() {
+    fn blocks_match_reference_on_corpus() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
         let mut n = 0;
         for category in std::fs::read_dir(dir).unwrap() {
             for file in std::fs::read_dir(category.unwrap().path()).unwrap() {
                 let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
-                assert_eq!(count_tokens(&text), count_tokens_by_char(&text));
+                assert_eq!(count_tokens(&text), reference(&chars_of(&text)));
+                let json = serde_json::to_string(&text).unwrap();
+                let raw = &json[1..json.len() - 1];
+                assert_eq!(count_json_string(raw), count_tokens(&text));
                 n += 1;
             }
         }
         assert!(n > 20);
+    }
+
+    #[test]
+    fn simd_ideographs_and_kana_match_classify() {
+        let (mut ideographs, mut kana) = (0, 0);
+        for u in 0x3000..=0x9FFF {
+            let Some(c) = char::from_u32(u) else { continue };
+            for at in [0, 30, 61, 62] {
+                let mut block = [b'a'; 64];
+                let mut buf = [0u8; 4];
+                let bytes = c.encode_utf8(&mut buf).as_bytes();
+                let n = bytes.len().min(64 - at);
+                block[at..at + n].copy_from_slice(&bytes[..n]);
+                let high = block
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |m, (i, &x)| m | (u64::from(x >= 0x80) << i));
+                let m = NonAscii::of(&block, high);
+                assert_eq!(m.lead, 1 << at, "{u:x}");
+                assert_eq!(m.ideograph & m.kana, 0);
+                if m.ideograph != 0 {
+                    assert_eq!(classify(c), (Kind::Letter, CJK_MILLI), "{u:x}");
+                    ideographs += 1;
+                }
+                if m.kana != 0 {
+                    assert_eq!(classify(c), (Kind::Letter, KANA_MILLI), "{u:x}");
+                    kana += 1;
+                }
+                // Only a lead at the last byte is left to the char-by-char path.
+                if at < 63 && matches!(u, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF) {
+                    assert_ne!(m.ideograph | m.kana, 0, "{u:x}");
+                }
+            }
+        }
+        assert_eq!(
+            (ideographs, kana),
+            (4 * (0x4DC0 - 0x3400 + 0x5200), 4 * 0xC0)
+        );
     }
 
     #[test]
@@ -651,121 +854,114 @@ mod tests {
         }
     }
 
-    #[test]
-    fn cjk_run_table_matches_ranges() {
-        for u in 0x3000..=0x9FFF {
-            let Some(c) = char::from_u32(u) else { continue };
-            let expected = match u {
-                0x4E00..=0x9FFF | 0x3400..=0x4DBF => CJK_MILLI,
-                0x3040..=0x30FF => KANA_MILLI,
-                _ => 0,
-            };
-            let mut buf = [0u8; 4];
-            let mut counter = Counter::default();
-            let end = counter.cjk_run(c.encode_utf8(&mut buf).as_bytes(), 0);
-            assert_eq!(
-                (counter.extra, end),
-                (expected, if expected > 0 { 3 } else { 0 })
-            );
-        }
+    /// Text of pieces that meet at every offset of a block: words, marks, spaces, line
+    /// breaks, digits, escapes' raw chars and non-ASCII chars of every length.
+    fn mixed_text() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                "[a-z]{1,12}",
+                "[A-Z][a-z]{0,5}",
+                "[a-zA-Z]{7,30}",
+                "[0-9]{1,9}",
+                "[ ]{1,3}",
+                "[\t\r\n\u{b}\u{c}\u{1}\u{7f}]{1,2}",
+                "[.,;:(){}\"\\\\/<>=!-]{1,4}",
+                "[é中あ한😀😁€\u{a0}\u{3000}\u{2028}\u{200d}\u{fe0f}，。]{1,4}",
+                "\\PC{1,3}",
+            ],
+            0..80,
+        )
+        .prop_map(|parts| parts.concat())
     }
 
-    #[test]
-    fn byte_masks_are_exact() {
-        let w = |s: &[u8; 8]| u64::from_le_bytes(*s);
-        for (text, spaces) in [
-            (b"ab cd ef", 0x0000_8000_0080_0000u64),
-            (b"  \x00\xa0 !a ", 0x8000_0080_0000_8080),
-            (b"\x20\x21\x1f\xa0   a", 0x0080_8080_0000_0080),
-        ] {
-            assert_eq!(byte_mask(w(text), b' '), spaces, "{text:?}");
+    /// The raw JSON text of `text`, as serde_json writes it and, with `escape_every`, with
+    /// every few chars written as `\uXXXX` escapes.
+    fn raw_json(text: &str, escape_every: usize) -> String {
+        let mut raw = String::new();
+        for (k, c) in text.chars().enumerate() {
+            if escape_every > 0 && k % escape_every == 0 {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    raw.push_str(&format!("\\u{u:04x}"));
+                }
+            } else {
+                let s = serde_json::to_string(&c.to_string()).unwrap();
+                raw.push_str(&s[1..s.len() - 1]);
+            }
         }
-        assert_eq!(lower_mask(w(b"aZz{`\xe1m ")), 0x0080_0000_0080_0080);
-    }
-
-    #[test]
-    fn lower_prefix_counts_letters() {
-        let w = |s: &[u8; 8]| u64::from_le_bytes(*s);
-        assert_eq!(lower_prefix(w(b"abcdefgh")), 8);
-        assert_eq!(lower_prefix(w(b"azAzzzzz")), 2);
-        assert_eq!(lower_prefix(w(b"`abcdefg")), 0);
-        assert_eq!(lower_prefix(w(b"abc{defg")), 3);
-        assert_eq!(lower_prefix(w(b"ab\xe1cdefg")), 2);
-        assert_eq!(lower_prefix(w(b"abcdefg\xfa")), 7);
+        raw
     }
 
     proptest! {
         #[test]
-        fn byte_loop_matches_char_loop(text in "(\\PC|[a-zA-Z0-9 .,;:(){}\n\r\t-]){0,200}") {
-            prop_assert_eq!(count_tokens(&text), count_tokens_by_char(&text));
+        fn blocks_match_reference(text in mixed_text()) {
+            prop_assert_eq!(count_tokens(&text), reference(&chars_of(&text)));
         }
 
         #[test]
-        fn byte_loop_matches_char_loop_on_words(
-            text in "([a-z]{1,12}( |  |[ ,.A-Zé\n\t0-9-]{1,2})){0,60}[a-z ]{0,9}"
-        ) {
-            prop_assert_eq!(count_tokens(&text), count_tokens_by_char(&text));
+        fn blocks_match_reference_on_any_text(text in "\\PC{0,300}") {
+            prop_assert_eq!(count_tokens(&text), reference(&chars_of(&text)));
+        }
+
+        #[test]
+        fn json_blocks_match_reference(text in mixed_text(), escape_every in 0usize..6) {
+            let raw = raw_json(&text, escape_every);
+            prop_assert_eq!(count_json_string(&raw), reference(&chars_of_json(&raw)));
+        }
+
+        #[test]
+        fn json_string_counts_as_its_value(text in mixed_text()) {
+            // serde_json escapes only quotes, backslashes and control chars, which count
+            // the same escaped or not.
             let json = serde_json::to_string(&text).unwrap();
             prop_assert_eq!(count_json_string(&json[1..json.len() - 1]), count_tokens(&text));
         }
+    }
 
-        #[test]
-        fn json_string_counts_as_its_value(
-            text in "(\\PC|[a-z]{1,9} |[\n\"\\\\/\t\u{1}\u{7f}]){0,120}",
-            escape_every in 1usize..6,
-        ) {
-            // As serde_json writes it, and with every few chars escaped as `\uXXXX`.
-            let json = serde_json::to_string(&text).unwrap();
-            prop_assert_eq!(count_json_string(&json[1..json.len() - 1]), count_tokens(&text));
-            let mut raw = String::new();
-            for (k, c) in text.chars().enumerate() {
-                if k % escape_every == 0 {
-                    let mut units = [0u16; 2];
-                    for u in c.encode_utf16(&mut units) {
-                        raw.push_str(&format!("\\u{u:04x}"));
-                    }
-                } else {
-                    let s = serde_json::to_string(&c.to_string()).unwrap();
-                    raw.push_str(&s[1..s.len() - 1]);
-                }
-            }
-            prop_assert_eq!(count_json_string(&raw), count_tokens(&text));
-        }
-
-        #[test]
-        fn pieces_count_as_the_whole(text in "\\PC{0,120}", cut in 0usize..120) {
-            let mut cut = cut.min(text.len());
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            let mut counter = Counter::default();
-            counter.push_str(&text[..cut]);
-            counter.push_str(&text[cut..]);
-            prop_assert_eq!(counter.finish(), count_tokens(&text));
+    #[test]
+    fn rules_by_example() {
+        for (text, tokens) in [
+            ("", 0),
+            ("a", 1),
+            ("hello world", 2),
+            ("123456", 2),
+            ("1234567", 3),
+            ("   ", 1),
+            ("\n\n", 1),
+            ("a\n    b", 4),
+            // camelCase: 1 + 0.4, rounded up.
+            ("camelCase", 2),
+            // Seven letters: 1.2.
+            ("letters", 2),
+            // `.get` glued, ` (` after a lone space is not.
+            ("x.get", 3),
+            ("f (x", 3),
+            // A mark and the line breaks after it are one piece.
+            ("x;\n\ny", 3),
+            // Whitespace before a line break is free.
+            ("x  \ny", 3),
+            ("😀😀😀", 8),
+            ("你好世界", 6),
+        ] {
+            assert_eq!(count_tokens(text), tokens, "{text:?}");
+            assert_eq!(reference(&chars_of(text)), tokens, "{text:?}");
         }
     }
 
     #[test]
-    fn empty_and_simple() {
-        assert_eq!(count_tokens(""), 0);
-        assert_eq!(count_tokens("a"), 1);
-        assert_eq!(count_tokens("hello world"), 2);
-        assert_eq!(count_tokens("123456"), 2);
-        assert_eq!(count_tokens("1234567"), 3);
-    }
-
-    #[test]
-    fn whitespace_runs() {
-        assert_eq!(count_tokens("   "), 1);
-        assert_eq!(count_tokens("\n\n"), 1);
-        assert_eq!(count_tokens("a\n    b"), 4);
-    }
-
-    #[test]
-    fn non_latin_costs_more_per_char() {
-        assert!(count_tokens("你好世界") >= 4);
-        assert!(count_tokens("😀😀😀") >= 5);
-        assert!(count_tokens("こんにちは") >= 4);
+    fn escapes_count_as_what_they_denote() {
+        assert_eq!(count_json_string(r"a\nb"), count_tokens("a\nb"));
+        assert_eq!(
+            count_json_string(r#"say \"hi\""#),
+            count_tokens("say \"hi\"")
+        );
+        assert_eq!(
+            count_json_string(r"\ud83d\ude00\ud83d\ude00"),
+            count_tokens("😀😀")
+        );
+        assert_eq!(count_json_string(r"\u4f60\u597d"), count_tokens("你好"));
+        // An escaped letter is a symbol.
+        assert_eq!(count_json_string(r"\u0041"), 1);
     }
 
     #[test]
