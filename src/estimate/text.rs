@@ -121,7 +121,8 @@ fn classify(c: char) -> (Kind, u64) {
             '0'..='9' => Kind::Digit,
             '\r' | '\n' => Kind::Newline,
             ' ' | '\t' | '\x0C' => Kind::Space,
-            c if c.is_ascii_control() => return (Kind::Symbol, SYMBOL),
+            // DEL counts as punctuation, which spares the block counter a compare.
+            c if c.is_ascii_control() && c != '\x7F' => return (Kind::Symbol, SYMBOL),
             _ => Kind::Punct,
         };
         return (kind, 0);
@@ -255,48 +256,189 @@ struct Ascii {
     backslash: u64,
     /// Bytes of 0x80 and above.
     high: u64,
-    /// Control characters (below 0x20, and 0x7F).
+    /// Control characters (below 0x20).
     control: u64,
 }
 
-#[inline(always)]
-fn in_range(v: u8x16, lo: u8, hi: u8) -> u64 {
-    let d = v - u8x16::splat(lo);
-    u64::from(d.min(u8x16::splat(hi - lo)).simd_eq(d).to_bitmask())
+/// Byte compares over a 64-byte block, `WIDTH` bytes at a time, each giving one bit per byte.
+trait Lanes: Copy {
+    type V: Copy;
+    const WIDTH: usize;
+    /// The `WIDTH` bytes of `block` from `at`.
+    fn load(self, block: &[u8; 64], at: usize) -> Self::V;
+    fn equal(self, v: Self::V, x: u8) -> u64;
+    /// Bytes in `lo..=hi`.
+    fn in_range(self, v: Self::V, lo: u8, hi: u8) -> u64;
+    /// Bytes in `lo..=hi` once bit 5 is set (ASCII letters of either case for `a..=z`).
+    fn in_range_folded(self, v: Self::V, lo: u8, hi: u8) -> u64;
+    /// Bytes with bit 7 set.
+    fn bit7(self, v: Self::V) -> u64;
+    /// Bytes with bit 6 set.
+    fn bit6(self, v: Self::V) -> u64;
+
+    /// `f` of each `WIDTH` bytes of `block`, gathered into 64 bits.
+    #[inline(always)]
+    fn each(self, block: &[u8; 64], mut f: impl FnMut(Self::V) -> u64) -> u64 {
+        let mut m = 0;
+        let mut at = 0;
+        while at < 64 {
+            m |= f(self.load(block, at)) << at;
+            at += Self::WIDTH;
+        }
+        m
+    }
 }
 
-#[inline(always)]
-fn equal(v: u8x16, x: u8) -> u64 {
-    u64::from(v.simd_eq(u8x16::splat(x)).to_bitmask())
+/// 16 bytes at a time through `wide` (SSE2 on x86-64, NEON on aarch64, scalar elsewhere).
+#[derive(Clone, Copy, Debug)]
+struct Portable;
+
+impl Lanes for Portable {
+    type V = u8x16;
+    const WIDTH: usize = 16;
+
+    #[inline(always)]
+    fn load(self, block: &[u8; 64], at: usize) -> u8x16 {
+        let mut lanes = [0u8; 16];
+        lanes.copy_from_slice(&block[at..at + 16]);
+        u8x16::new(lanes)
+    }
+
+    #[inline(always)]
+    fn equal(self, v: u8x16, x: u8) -> u64 {
+        u64::from(v.simd_eq(u8x16::splat(x)).to_bitmask())
+    }
+
+    #[inline(always)]
+    fn in_range(self, v: u8x16, lo: u8, hi: u8) -> u64 {
+        let d = v - u8x16::splat(lo);
+        u64::from(d.min(u8x16::splat(hi - lo)).simd_eq(d).to_bitmask())
+    }
+
+    #[inline(always)]
+    fn in_range_folded(self, v: u8x16, lo: u8, hi: u8) -> u64 {
+        self.in_range(v | u8x16::splat(0x20), lo, hi)
+    }
+
+    #[inline(always)]
+    fn bit7(self, v: u8x16) -> u64 {
+        u64::from(v.to_bitmask())
+    }
+
+    #[inline(always)]
+    fn bit6(self, v: u8x16) -> u64 {
+        // Doubling a byte moves bit 6 to bit 7.
+        u64::from((v + v).to_bitmask())
+    }
+}
+
+/// 32 bytes at a time with AVX2, through `pulp`'s safe wrappers of the intrinsics; only
+/// made once `pulp` has found the CPU to be x86-64-v3.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+struct Avx2(pulp::x86::V3);
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx2 {
+    type V = std::arch::x86_64::__m256i;
+    const WIDTH: usize = 32;
+
+    #[inline(always)]
+    fn load(self, block: &[u8; 64], at: usize) -> Self::V {
+        let mut lanes = [0u8; 32];
+        lanes.copy_from_slice(&block[at..at + 32]);
+        pulp::cast(lanes)
+    }
+
+    #[inline(always)]
+    fn equal(self, v: Self::V, x: u8) -> u64 {
+        let s = self.0;
+        let eq = s.avx2._mm256_cmpeq_epi8(v, s.avx._mm256_set1_epi8(x as i8));
+        u64::from(s.avx2._mm256_movemask_epi8(eq) as u32)
+    }
+
+    #[inline(always)]
+    fn in_range(self, v: Self::V, lo: u8, hi: u8) -> u64 {
+        let s = self.0;
+        let d = s.avx2._mm256_sub_epi8(v, s.avx._mm256_set1_epi8(lo as i8));
+        let clamped = s
+            .avx2
+            ._mm256_min_epu8(d, s.avx._mm256_set1_epi8((hi - lo) as i8));
+        u64::from(
+            s.avx2
+                ._mm256_movemask_epi8(s.avx2._mm256_cmpeq_epi8(clamped, d)) as u32,
+        )
+    }
+
+    #[inline(always)]
+    fn in_range_folded(self, v: Self::V, lo: u8, hi: u8) -> u64 {
+        let s = self.0;
+        self.in_range(
+            s.avx2._mm256_or_si256(v, s.avx._mm256_set1_epi8(0x20)),
+            lo,
+            hi,
+        )
+    }
+
+    #[inline(always)]
+    fn bit7(self, v: Self::V) -> u64 {
+        u64::from(self.0.avx2._mm256_movemask_epi8(v) as u32)
+    }
+
+    #[inline(always)]
+    fn bit6(self, v: Self::V) -> u64 {
+        let s = self.0;
+        u64::from(s.avx2._mm256_movemask_epi8(s.avx2._mm256_add_epi8(v, v)) as u32)
+    }
 }
 
 impl Ascii {
-    /// The masks of `block`; the backslashes only for `JSON`, and then of the control
-    /// characters only DEL.
+    /// The masks of `block`; the backslashes only for `JSON`, the control characters
+    /// only without it (they are invalid in a JSON string).
     #[inline(always)]
-    fn of<const JSON: bool>(block: &[u8; 64]) -> Ascii {
+    fn of<const JSON: bool, L: Lanes>(l: L, block: &[u8; 64]) -> Ascii {
         let mut m = Ascii::default();
-        for k in 0..4 {
-            let mut lanes = [0u8; 16];
-            lanes.copy_from_slice(&block[16 * k..16 * k + 16]);
-            let v = u8x16::new(lanes);
-            let at = 16 * k as u32;
-            let letter = in_range(v | u8x16::splat(0x20), b'a', b'z');
-            let upper = in_range(v, b'A', b'Z');
+        let mut at = 0;
+        while at < 64 {
+            let v = l.load(block, at);
+            let letter = l.in_range_folded(v, b'a', b'z');
+            let upper = l.in_range(v, b'A', b'Z');
             m.lower |= (letter & !upper) << at;
             m.upper |= upper << at;
-            m.digit |= in_range(v, b'0', b'9') << at;
-            m.space |= equal(v, b' ') << at;
+            m.digit |= l.in_range(v, b'0', b'9') << at;
+            m.space |= l.equal(v, b' ') << at;
             if JSON {
-                m.backslash |= equal(v, b'\\') << at;
-                // Raw control characters are invalid in a JSON string, except DEL.
-                m.control |= equal(v, 0x7F) << at;
+                m.backslash |= l.equal(v, b'\\') << at;
             } else {
-                m.control |= (in_range(v, 0, 0x1F) | equal(v, 0x7F)) << at;
+                m.control |= l.in_range(v, 0, 0x1F) << at;
             }
-            m.high |= u64::from(v.to_bitmask()) << at;
+            m.high |= l.bit7(v) << at;
+            at += L::WIDTH;
         }
         m
+    }
+}
+
+/// The bytes of a block that, after a backslash, make an escape of each kind.
+#[derive(Clone, Copy, Debug, Default)]
+struct Escaped {
+    /// `n` and `r`.
+    newline: u64,
+    /// `t` and `f`.
+    space: u64,
+    b: u64,
+    u: u64,
+}
+
+impl Escaped {
+    #[inline(always)]
+    fn of<L: Lanes>(l: L, block: &[u8; 64]) -> Escaped {
+        Escaped {
+            newline: l.each(block, |v| l.equal(v, b'n') | l.equal(v, b'r')),
+            space: l.each(block, |v| l.equal(v, b't') | l.equal(v, b'f')),
+            b: l.each(block, |v| l.equal(v, b'b')),
+            u: l.each(block, |v| l.equal(v, b'u')),
+        }
     }
 }
 
@@ -315,22 +457,14 @@ impl NonAscii {
     /// The masks of `block`. A char whose lead is the block's last byte is left to the
     /// char-by-char path (its second byte, which tells its block, is in the next block).
     #[inline(always)]
-    fn of(block: &[u8; 64], high: u64) -> NonAscii {
-        let (mut bit6, mut e3, mut e4, mut e4_e9, mut b7, mut k2, mut i2) = (0, 0, 0, 0, 0, 0, 0);
-        for k in 0..4 {
-            let mut lanes = [0u8; 16];
-            lanes.copy_from_slice(&block[16 * k..16 * k + 16]);
-            let v = u8x16::new(lanes);
-            let at = 16 * k as u32;
-            // Bit 6 of each byte, moved to bit 7 by doubling the byte.
-            bit6 |= u64::from((v + v).to_bitmask()) << at;
-            e3 |= equal(v, 0xE3) << at;
-            e4 |= equal(v, 0xE4) << at;
-            e4_e9 |= in_range(v, 0xE4, 0xE9) << at;
-            b7 |= equal(v, 0xB7) << at;
-            k2 |= in_range(v, 0x81, 0x83) << at;
-            i2 |= in_range(v, 0x90, 0xBF) << at;
-        }
+    fn of<L: Lanes>(l: L, block: &[u8; 64], high: u64) -> NonAscii {
+        let bit6 = l.each(block, |v| l.bit6(v));
+        let e3 = l.each(block, |v| l.equal(v, 0xE3));
+        let e4 = l.each(block, |v| l.equal(v, 0xE4));
+        let e4_e9 = l.each(block, |v| l.in_range(v, 0xE4, 0xE9));
+        let b7 = l.each(block, |v| l.equal(v, 0xB7));
+        let k2 = l.each(block, |v| l.in_range(v, 0x81, 0x83));
+        let i2 = l.each(block, |v| l.in_range(v, 0x90, 0xBF));
         let last = !(1u64 << 63);
         // Leads E4..E9 are ideographs but for E4 B7 (U+4DC0..U+4DFF, hexagram symbols);
         // lead E3 gives kana with 81..83 and ideographs with 90..BF.
@@ -343,23 +477,27 @@ impl NonAscii {
     }
 }
 
-/// Counts `b` (valid UTF-8; with `JSON`, the validated raw text of a JSON string), with
-/// the best instruction set the CPU has (x86-64-v3 brings `popcnt` and AVX2), chosen at run
-/// time through `pulp`.
+/// Counts `b` (valid UTF-8; with `JSON`, the validated raw text of a JSON string). On an
+/// x86-64 CPU with AVX2, `popcnt` and BMI (x86-64-v3, found at run time by `pulp`), the
+/// whole count is compiled for those; elsewhere it runs on the baseline instruction set.
 fn count<const JSON: bool>(b: &[u8]) -> u64 {
-    struct Count<'a, const JSON: bool>(&'a [u8]);
-    impl<const JSON: bool> pulp::WithSimd for Count<'_, JSON> {
-        type Output = u64;
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _: S) -> u64 {
-            count_blocks::<JSON>(self.0)
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v3) = pulp::x86::V3::try_new() {
+        struct Count<'a, const JSON: bool>(&'a [u8], Avx2);
+        impl<const JSON: bool> pulp::NullaryFnOnce for Count<'_, JSON> {
+            type Output = u64;
+            #[inline(always)]
+            fn call(self) -> u64 {
+                count_blocks::<JSON, Avx2>(self.0, self.1)
+            }
         }
+        return v3.vectorize(Count::<JSON>(b, Avx2(v3)));
     }
-    pulp::Arch::new().dispatch(Count::<JSON>(b))
+    count_blocks::<JSON, Portable>(b, Portable)
 }
 
 #[inline(always)]
-fn count_blocks<const JSON: bool>(b: &[u8]) -> u64 {
+fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
     let mut rules = Rules::default();
     let mut pending = Assigned::default();
     let mut extra = 0u64;
@@ -375,14 +513,40 @@ fn count_blocks<const JSON: bool>(b: &[u8]) -> u64 {
             block[..len].copy_from_slice(&b[base..]);
             (1u64 << len) - 1
         };
-        let ascii = Ascii::of::<JSON>(&block);
+        let ascii = Ascii::of::<JSON, L>(lanes, &block);
         let mut here = pending;
         let mut next = Assigned::default();
         // Escapes and non-ASCII chars, in order (an emoji's cost depends on the one before).
-        let mut todo = if JSON { ascii.backslash } else { 0 };
+        let mut todo = 0;
+        let backslash = ascii.backslash & valid & !here.taken;
+        if JSON && backslash != 0 {
+            if backslash & (backslash << 1) == 0 && backslash >> 63 == 0 {
+                // Single backslashes, none at the block's end: each starts a two-byte
+                // escape, but for `\u`, which is taken one by one below.
+                let escaped = Escaped::of(lanes, &block);
+                let second = backslash << 1;
+                let unicode = second & escaped.u;
+                let newline = second & escaped.newline;
+                let space = second & escaped.space;
+                let symbol = second & escaped.b;
+                let punct = second & !(escaped.u | escaped.newline | escaped.space | escaped.b);
+                for (kind, m) in [
+                    (Kind::Newline, newline),
+                    (Kind::Space, space),
+                    (Kind::Symbol, symbol),
+                    (Kind::Punct, punct),
+                ] {
+                    here.add(kind, m | (m >> 1), m);
+                }
+                extra += SYMBOL * u64::from(symbol.count_ones());
+                todo = unicode >> 1;
+            } else {
+                todo = backslash;
+            }
+        }
         let mut continuation = 0;
         if ascii.high != 0 {
-            let non_ascii = NonAscii::of(&block, ascii.high);
+            let non_ascii = NonAscii::of(lanes, &block, ascii.high);
             continuation = ascii.high & !non_ascii.lead;
             let ideograph = non_ascii.ideograph & valid;
             let kana = non_ascii.kana & valid;
@@ -430,29 +594,18 @@ fn count_blocks<const JSON: bool>(b: &[u8]) -> u64 {
             newline: here.newline & valid,
             inner: (continuation | here.inner) & valid,
         };
-        let control = ascii.control & free;
         let plain_punct = !(ascii.lower | ascii.upper | ascii.digit | ascii.space | ascii.high);
         if JSON {
-            // Validated: every backslash is in an escape, and DEL is the only control char.
-            if control != 0 {
-                extra += SYMBOL * u64::from(control.count_ones());
-                masks.symbol |= control;
-            }
-            masks.punct |= plain_punct & free & !control;
+            // Validated: every backslash is in an escape.
+            masks.punct |= plain_punct & free;
         } else {
+            let control = ascii.control & free;
             let mut space = 0;
             let mut newline = 0;
             if control != 0 {
-                for (k, lanes) in block.chunks_exact(16).enumerate() {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(lanes);
-                    let v = u8x16::new(a);
-                    let at = 16 * k as u32;
-                    space |= (equal(v, b'\t') | equal(v, 0x0C)) << at;
-                    newline |= (equal(v, b'\r') | equal(v, b'\n')) << at;
-                }
-                space &= control;
-                newline &= control;
+                let l = lanes;
+                space = control & l.each(&block, |v| l.equal(v, b'\t') | l.equal(v, 0x0C));
+                newline = control & l.each(&block, |v| l.equal(v, b'\r') | l.equal(v, b'\n'));
                 let symbols = control & !space & !newline;
                 extra += SYMBOL * u64::from(symbols.count_ones());
                 masks.symbol |= symbols;
@@ -814,7 +967,7 @@ mod tests {
                     .iter()
                     .enumerate()
                     .fold(0u64, |m, (i, &x)| m | (u64::from(x >= 0x80) << i));
-                let m = NonAscii::of(&block, high);
+                let m = NonAscii::of(Portable, &block, high);
                 assert_eq!(m.lead, 1 << at, "{u:x}");
                 assert_eq!(m.ideograph & m.kana, 0);
                 if m.ideograph != 0 {
@@ -895,7 +1048,10 @@ mod tests {
     proptest! {
         #[test]
         fn blocks_match_reference(text in mixed_text()) {
-            prop_assert_eq!(count_tokens(&text), reference(&chars_of(&text)));
+            let expected = reference(&chars_of(&text));
+            prop_assert_eq!(count_tokens(&text), expected);
+            // The portable path too, whatever the CPU running the tests has.
+            prop_assert_eq!(count_blocks::<false, Portable>(text.as_bytes(), Portable), expected);
         }
 
         #[test]
@@ -906,7 +1062,9 @@ mod tests {
         #[test]
         fn json_blocks_match_reference(text in mixed_text(), escape_every in 0usize..6) {
             let raw = raw_json(&text, escape_every);
-            prop_assert_eq!(count_json_string(&raw), reference(&chars_of_json(&raw)));
+            let expected = reference(&chars_of_json(&raw));
+            prop_assert_eq!(count_json_string(&raw), expected);
+            prop_assert_eq!(count_blocks::<true, Portable>(raw.as_bytes(), Portable), expected);
         }
 
         #[test]
