@@ -451,6 +451,11 @@ struct NonAscii {
     ideograph: u64,
     /// Lead bytes of kana (U+3040..U+30FF).
     kana: u64,
+    /// Lead bytes of common CJK and full-width punctuation, which cost [`SYMBOL`]:
+    /// U+3001..U+3003, U+3008..U+3011 and the full-width forms U+FF00..U+FF3F but letters.
+    punct: u64,
+    /// Lead bytes of full-width Latin letters (U+FF21..U+FF3A), which cost 1 each.
+    wide_letter: u64,
 }
 
 impl NonAscii {
@@ -465,6 +470,17 @@ impl NonAscii {
         let b7 = l.each(block, |v| l.equal(v, 0xB7));
         let k2 = l.each(block, |v| l.in_range(v, 0x81, 0x83));
         let i2 = l.each(block, |v| l.in_range(v, 0x90, 0xBF));
+        let (mut punct, mut wide_letter) = (0, 0);
+        // Lead E3 then 80, or EF then BC, and a third byte in this block.
+        let e3_80 = e3 & (l.each(block, |v| l.equal(v, 0x80)) >> 1);
+        let ef_bc =
+            l.each(block, |v| l.equal(v, 0xEF)) & (l.each(block, |v| l.equal(v, 0xBC)) >> 1);
+        if (e3_80 | ef_bc) & (u64::MAX >> 2) != 0 {
+            let brackets = l.each(block, |v| l.in_range(v, 0x88, 0x91));
+            let letters = l.each(block, |v| l.in_range(v, 0xA1, 0xBA)) >> 2;
+            punct = ((e3_80 & ((k2 | brackets) >> 2)) | (ef_bc & !letters)) & (u64::MAX >> 2);
+            wide_letter = ef_bc & letters & (u64::MAX >> 2);
+        }
         let last = !(1u64 << 63);
         // Leads E4..E9 are ideographs but for E4 B7 (U+4DC0..U+4DFF, hexagram symbols);
         // lead E3 gives kana with 81..83 and ideographs with 90..BF.
@@ -473,6 +489,8 @@ impl NonAscii {
             lead: high & bit6,
             ideograph,
             kana: e3 & (k2 >> 1) & last,
+            punct,
+            wide_letter,
         }
     }
 }
@@ -505,15 +523,16 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
     let mut base = 0;
     while base < b.len() {
         let len = (b.len() - base).min(64);
-        let mut block = [0u8; 64];
-        let valid = if len == 64 {
-            block.copy_from_slice(&b[base..base + 64]);
-            u64::MAX
-        } else {
-            block[..len].copy_from_slice(&b[base..]);
-            (1u64 << len) - 1
+        // A full block is read where it lies; the last, short one from a zeroed copy.
+        let mut tail = [0u8; 64];
+        let (block, valid): (&[u8; 64], u64) = match b[base..].first_chunk::<64>() {
+            Some(block) => (block, u64::MAX),
+            None => {
+                tail[..len].copy_from_slice(&b[base..]);
+                (&tail, (1u64 << len) - 1)
+            }
         };
-        let ascii = Ascii::of::<JSON, L>(lanes, &block);
+        let ascii = Ascii::of::<JSON, L>(lanes, block);
         let mut here = pending;
         let mut next = Assigned::default();
         // Escapes and non-ASCII chars, in order (an emoji's cost depends on the one before).
@@ -523,7 +542,7 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
             if backslash & (backslash << 1) == 0 && backslash >> 63 == 0 {
                 // Single backslashes, none at the block's end: each starts a two-byte
                 // escape, but for `\u`, which is taken one by one below.
-                let escaped = Escaped::of(lanes, &block);
+                let escaped = Escaped::of(lanes, block);
                 let second = backslash << 1;
                 let unicode = second & escaped.u;
                 let newline = second & escaped.newline;
@@ -546,22 +565,30 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
         }
         let mut continuation = 0;
         if ascii.high != 0 {
-            let non_ascii = NonAscii::of(lanes, &block, ascii.high);
+            let non_ascii = NonAscii::of(lanes, block, ascii.high);
             continuation = ascii.high & !non_ascii.lead;
             let ideograph = non_ascii.ideograph & valid;
             let kana = non_ascii.kana & valid;
+            let punct = non_ascii.punct & valid;
+            let wide_letter = non_ascii.wide_letter & valid;
             extra += CJK_MILLI * u64::from(ideograph.count_ones())
-                + KANA_MILLI * u64::from(kana.count_ones());
-            let leads = u128::from(ideograph | kana);
-            let inner = (leads << 1) | (leads << 2);
-            for (into, shift) in [(&mut here, 0), (&mut next, 64)] {
-                into.add(
-                    Kind::Letter,
-                    ((leads | inner) >> shift) as u64,
-                    (inner >> shift) as u64,
-                );
+                + KANA_MILLI * u64::from(kana.count_ones())
+                + SYMBOL * u64::from((punct | wide_letter).count_ones());
+            for (kind, leads) in [
+                (Kind::Letter, ideograph | kana | wide_letter),
+                (Kind::Symbol, punct),
+            ] {
+                let leads = u128::from(leads);
+                let inner = (leads << 1) | (leads << 2);
+                for (into, shift) in [(&mut here, 0), (&mut next, 64)] {
+                    into.add(
+                        kind,
+                        ((leads | inner) >> shift) as u64,
+                        (inner >> shift) as u64,
+                    );
+                }
             }
-            todo |= non_ascii.lead & !(ideograph | kana);
+            todo |= non_ascii.lead & !(ideograph | kana | punct | wide_letter);
         }
         todo &= valid & !here.taken;
         while todo != 0 {
@@ -604,8 +631,8 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
             let mut newline = 0;
             if control != 0 {
                 let l = lanes;
-                space = control & l.each(&block, |v| l.equal(v, b'\t') | l.equal(v, 0x0C));
-                newline = control & l.each(&block, |v| l.equal(v, b'\r') | l.equal(v, b'\n'));
+                space = control & l.each(block, |v| l.equal(v, b'\t') | l.equal(v, 0x0C));
+                newline = control & l.each(block, |v| l.equal(v, b'\r') | l.equal(v, b'\n'));
                 let symbols = control & !space & !newline;
                 extra += SYMBOL * u64::from(symbols.count_ones());
                 masks.symbol |= symbols;
@@ -954,8 +981,8 @@ mod tests {
 
     #[test]
     fn simd_ideographs_and_kana_match_classify() {
-        let (mut ideographs, mut kana) = (0, 0);
-        for u in 0x3000..=0x9FFF {
+        let (mut ideographs, mut kana, mut punct) = (0, 0, 0);
+        for u in (0x3000..=0x9FFF).chain(0xFF00..=0xFFFF) {
             let Some(c) = char::from_u32(u) else { continue };
             for at in [0, 30, 61, 62] {
                 let mut block = [b'a'; 64];
@@ -978,6 +1005,18 @@ mod tests {
                     assert_eq!(classify(c), (Kind::Letter, KANA_MILLI), "{u:x}");
                     kana += 1;
                 }
+                assert_eq!(m.punct & m.wide_letter, 0);
+                if m.punct != 0 {
+                    assert_eq!(classify(c), (Kind::Symbol, SYMBOL), "{u:x}");
+                    punct += 1;
+                }
+                if m.wide_letter != 0 {
+                    assert_eq!(classify(c), (Kind::Letter, 1_000), "{u:x}");
+                }
+                // Three bytes are needed to tell punctuation.
+                if at < 62 && matches!(u, 0x3001..=0x3003 | 0x3008..=0x3011 | 0xFF00..=0xFF3F) {
+                    assert_ne!(m.punct | m.wide_letter, 0, "{u:x}");
+                }
                 // Only a lead at the last byte is left to the char-by-char path.
                 if at < 63 && matches!(u, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF) {
                     assert_ne!(m.ideograph | m.kana, 0, "{u:x}");
@@ -988,6 +1027,7 @@ mod tests {
             (ideographs, kana),
             (4 * (0x4DC0 - 0x3400 + 0x5200), 4 * 0xC0)
         );
+        assert_eq!(punct, 3 * (3 + 10 + 64 - 26));
     }
 
     #[test]
