@@ -500,7 +500,9 @@ impl NonAscii {
 /// whole count is compiled for those; elsewhere it runs on the baseline instruction set.
 fn count<const JSON: bool>(b: &[u8]) -> u64 {
     #[cfg(target_arch = "x86_64")]
-    if let Some(v3) = pulp::x86::V3::try_new() {
+    static V3: std::sync::OnceLock<Option<pulp::x86::V3>> = std::sync::OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v3) = *V3.get_or_init(pulp::x86::V3::try_new) {
         struct Count<'a, const JSON: bool>(&'a [u8], Avx2);
         impl<const JSON: bool> pulp::NullaryFnOnce for Count<'_, JSON> {
             type Output = u64;
@@ -645,8 +647,9 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
         pending = next;
         base += 64;
     }
-    // A block after the end, so that the pieces ending with the text see that nothing follows.
-    rules.block(&Masks::default());
+    // Of the rules, only a run of spaces that ends the last full block looks past the end
+    // (a short last block leaves empty bytes after the text).
+    rules.total += WHITESPACE_RUN * (rules.prev_space >> 63);
     (rules.total + extra).div_ceil(1_000)
 }
 
@@ -699,9 +702,17 @@ impl Fill {
     #[inline(always)]
     fn fill(&mut self, k: u64, m: u64) -> (u64, u64) {
         let rest = m & !k;
+        let k_before = shl(k, self.prev_k, 1);
+        if rest & k_before == 0 && !self.carry {
+            // Nothing to carry: the fill is `k` (the common case of one-byte chars).
+            self.prev_k = k;
+            let before = shl(k, self.prev, 1);
+            self.prev = k;
+            return (k, before);
+        }
         // A `k` bit just below a `rest` run carries through it; the carry stops at the
         // run's end (a `rest` bit never sits on a `k` bit).
-        let (sum, c1) = shl(k, self.prev_k, 1).overflowing_add(rest);
+        let (sum, c1) = k_before.overflowing_add(rest);
         let (sum, c2) = sum.overflowing_add(u64::from(self.carry));
         self.carry = c1 | c2;
         self.prev_k = k;
@@ -717,7 +728,10 @@ impl Fill {
 struct Rules {
     total: u64,
     /// The previous block's masks.
-    prev: Masks,
+    prev_lower: u64,
+    prev_digit: u64,
+    prev_space: u64,
+    prev_newline: u64,
     prev_ascii: u64,
     prev_run: u64,
     prev_lone: u64,
@@ -732,7 +746,13 @@ struct Rules {
 impl Rules {
     #[inline(always)]
     fn block(&mut self, m: &Masks) {
-        let p = self.prev;
+        let p = Masks {
+            lower: self.prev_lower,
+            digit: self.prev_digit,
+            space: self.prev_space,
+            newline: self.prev_newline,
+            ..Masks::default()
+        };
         let ascii = m.lower | m.upper;
         let word = ascii | m.letter;
         let mut total = self.total;
@@ -744,7 +764,6 @@ impl Rules {
         // Words: one per run of letters that has an ASCII letter, counted at its first one.
         let (_, reached) = self.letters_from_ascii.fill(ascii, word);
         let words = ascii & !reached;
-        total += WORD_BASE * u64::from(words.count_ones());
         // ASCII letters after six in a row.
         let a = (u128::from(ascii) << 64) | u128::from(self.prev_ascii);
         let a2 = a & (a << 1);
@@ -758,28 +777,30 @@ impl Rules {
 
         // Digits: one per three, counted at offsets 0, 3, 6, … of each run.
         let d = m.digit;
-        let d1 = shl(d, p.digit, 1);
-        let starts = d & !d1;
-        let three = d & d1 & shl(d, p.digit, 2);
-        let mut groups = starts | (shl(0, self.prev_groups, 3) & three);
-        if three != 0 {
-            loop {
-                let more = starts | (shl(groups, self.prev_groups, 3) & three);
-                if more == groups {
-                    break;
+        let mut groups = 0;
+        if d != 0 {
+            let d1 = shl(d, p.digit, 1);
+            let starts = d & !d1;
+            let three = d & d1 & shl(d, p.digit, 2);
+            groups = starts | (shl(0, self.prev_groups, 3) & three);
+            if three != 0 {
+                loop {
+                    let more = starts | (shl(groups, self.prev_groups, 3) & three);
+                    if more == groups {
+                        break;
+                    }
+                    groups = more;
                 }
-                groups = more;
             }
         }
-        total += DIGIT_GROUP * u64::from(groups.count_ones());
 
         // Punctuation runs with ASCII marks: 1, and 0.15 for each mark after the first.
         let run = m.punct | m.symbol;
         let marks = m.punct & !m.inner;
         let (_, reached) = self.punct_from_ascii.fill(marks, run);
-        let runs = u64::from((marks & !reached).count_ones());
-        let marks = u64::from(marks.count_ones());
-        total += PUNCT_FIRST * runs + PUNCT_NEXT * (marks - runs);
+        let runs = marks & !reached;
+        total += (PUNCT_FIRST - PUNCT_NEXT) * u64::from(runs.count_ones())
+            + PUNCT_NEXT * u64::from(marks.count_ones());
         // A run of one ASCII mark right before a letter, not after a lone space, costs
         // PUNCT_GLUED instead of PUNCT_FIRST.
         let run_prev = shl(run, self.prev_run, 1);
@@ -798,10 +819,16 @@ impl Rules {
 
         // Runs of line breaks, unless they follow punctuation.
         let breaks = m.newline & !shl(m.newline, p.newline, 1) & !run_prev;
-        total += NEWLINE_RUN * u64::from(breaks.count_ones());
+        // Word starts, digit groups and line breaks fall on bytes of different classes,
+        // so one count serves the three.
+        const { assert!(WORD_BASE == DIGIT_GROUP && WORD_BASE == NEWLINE_RUN) };
+        total += WORD_BASE * u64::from((words | groups | breaks).count_ones());
 
         self.total = total;
-        self.prev = *m;
+        self.prev_lower = m.lower;
+        self.prev_digit = m.digit;
+        self.prev_space = m.space;
+        self.prev_newline = m.newline;
         self.prev_ascii = ascii;
         self.prev_run = run;
         self.prev_lone = lone;
