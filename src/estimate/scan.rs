@@ -88,7 +88,9 @@ impl Index {
 /// Checks that `body` is one JSON value serde_json would parse, and returns it as text
 /// with the ends of its large containers.
 pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
-    let text = std::str::from_utf8(body).map_err(|_| Invalid::Utf8)?;
+    // Exact validation (same verdict as `std::str::from_utf8`), vectorised with runtime
+    // dispatch; several times faster on text that is mostly multi-byte, such as CJK.
+    let text = simdutf8::basic::from_utf8(body).map_err(|_| Invalid::Utf8)?;
     let b = body;
     let mut i = skip_ws(b, 0);
     let start = i;
