@@ -13,13 +13,13 @@
 //! all.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+
+use wide::u8x16;
 
 /// Deepest nesting of arrays and objects accepted (serde_json's recursion limit of 128
 /// fails on the 128th level).
 pub(crate) const MAX_DEPTH: u32 = 127;
-
-const HIGH: u64 = 0x8080_8080_8080_8080;
-const ONES: u64 = 0x0101_0101_0101_0101;
 
 /// Why a body is not accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,25 +63,45 @@ impl<'a> Doc<'a> {
     }
 }
 
-/// `(start, end)` byte offsets of the arrays and objects of at least [`INDEXED_LEN`] bytes,
-/// in document order (so sorted by start), with the address of the body they are offsets
-/// in. At most one entry per [`INDEXED_LEN`] bytes of body, so it stays small next to the
-/// body.
+/// `(start, end)` byte offsets of the arrays, objects and string values of at least
+/// [`INDEXED_LEN`] bytes, in document order (so sorted by start), with the address of the
+/// body they are offsets in. At most one entry per [`INDEXED_LEN`] bytes of body, so it
+/// stays small next to the body.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     base: usize,
     spans: Vec<(u32, u32)>,
+    /// Where the last lookup left off: the first entry starting after the value looked up.
+    /// The walk mostly moves forward, so the next lookup is usually found at or just after
+    /// it, without a search of the whole index.
+    next: Cell<usize>,
 }
 
 impl Index {
-    /// The end (after the closing bracket) of the container that starts at `b[i]`, where `b`
-    /// is part of the indexed body, if it is indexed.
+    /// The end (after the closing bracket or quote) of the value that starts at `b[i]`,
+    /// where `b` is part of the indexed body, if it is indexed.
     #[inline]
     fn end_of(&self, b: &[u8], i: usize) -> Option<usize> {
         let offset = (b.as_ptr() as usize).wrapping_sub(self.base);
         let at = u32::try_from(offset.checked_add(i)?).ok()?;
-        let k = self.spans.binary_search_by_key(&at, |s| s.0).ok()?;
-        Some(self.spans[k].1 as usize - offset)
+        let spans = &self.spans[..];
+        let next = self.next.get().min(spans.len());
+        // `k`: the first entry starting at or after `at`.
+        let k = if next == 0 || spans[next - 1].0 < at {
+            // Forward from `next`, in steps doubling until one lands at or after `at`.
+            let (mut lo, mut step) = (next, 1);
+            while lo + step <= spans.len() && spans[lo + step - 1].0 < at {
+                lo += step;
+                step *= 2;
+            }
+            let hi = (lo + step).min(spans.len());
+            lo + spans[lo..hi].partition_point(|s| s.0 < at)
+        } else {
+            spans[..next].partition_point(|s| s.0 < at)
+        };
+        let found = spans.get(k).filter(|s| s.0 == at);
+        self.next.set(k + usize::from(found.is_some()));
+        Some(found?.1 as usize - offset)
     }
 }
 
@@ -99,11 +119,15 @@ pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
     let mut depth: u32 = 0;
     // Offsets fit the index's `u32`s: larger bodies are validated without an index.
     let indexed = u32::try_from(b.len()).is_ok();
-    // One allocation for bodies with up to one large container per 512 bytes (typical
-    // request bodies have far fewer), rather than a series of reallocations.
+    // One allocation for bodies with up to one large container or string per 256 bytes
+    // (a typical chat turn has four: the message, its content, the block and its text),
+    // rather than a series of reallocations.
+    // At most this many entries (one per INDEXED_LEN bytes).
+    let max_spans = b.len() / INDEXED_LEN;
     let mut index = Index {
         base: b.as_ptr() as usize,
-        spans: Vec::with_capacity(if indexed { b.len() / 512 + 8 } else { 0 }),
+        spans: Vec::with_capacity(if indexed { b.len() / 256 + 8 } else { 0 }),
+        next: Cell::new(0),
     };
     // For each open container, its entry in `index.spans`.
     let mut open = [0u32; MAX_DEPTH as usize + 1];
@@ -136,7 +160,15 @@ pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
                     continue 'value;
                 }
             }
-            Some(b'"') => i = string_end(b, i)?,
+            Some(b'"') => {
+                let value_start = i;
+                i = string_end(b, i)?;
+                if indexed && i - value_start >= INDEXED_LEN && index.spans.len() < max_spans {
+                    // Every open container's entry starts before this string, every
+                    // closed one's too: the entries stay in document order.
+                    index.spans.push((value_start as u32, i as u32));
+                }
+            }
             Some(b't') => i = literal(b, i, b"true")?,
             Some(b'f') => i = literal(b, i, b"false")?,
             Some(b'n') => i = literal(b, i, b"null")?,
@@ -168,7 +200,7 @@ pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
                 // last entry and is dropped, as is any entry beyond one per INDEXED_LEN bytes.
                 let k = open[depth as usize] as usize;
                 let span_start = index.spans[k].0 as usize;
-                if i - span_start < INDEXED_LEN || k >= b.len() / INDEXED_LEN {
+                if i - span_start < INDEXED_LEN || k >= max_spans {
                     index.spans.truncate(k);
                 } else {
                     index.spans[k].1 = i as u32;
@@ -276,43 +308,74 @@ fn number_end(b: &[u8], mut i: usize) -> Result<usize, Invalid> {
     Ok(i)
 }
 
-/// True for each byte of `w` that is `"`, `\` or a control character (below 0x20), as the
-/// byte's high bit.
+/// Bytes a string scan stops at: bit `k` is set when byte `k` of `chunk` is `"`, `\\` or a
+/// control character (below 0x20). SSE2 (or NEON, or WASM SIMD) compares, 16 bytes at a
+/// time; plain code elsewhere.
 #[inline(always)]
-fn special(w: u64) -> u64 {
-    let quote = w ^ (ONES * u64::from(b'"'));
-    let backslash = w ^ (ONES * u64::from(b'\\'));
-    // `has_zero` and `has_less` from "Bit Twiddling Hacks", exact for bytes below 0x80;
-    // bytes of 0x80 and above are masked out by `!w`.
-    let zero = |v: u64| v.wrapping_sub(ONES) & !v;
-    (zero(quote) | zero(backslash) | w.wrapping_sub(ONES * 0x20)) & !w & HIGH
+fn special<const N: usize>(chunk: &[u8; N]) -> u64 {
+    let quote = u8x16::splat(b'"');
+    let backslash = u8x16::splat(b'\\');
+    let control = u8x16::splat(0x1F);
+    let mut mask = 0;
+    for (k, lane) in chunk.chunks_exact(16).enumerate() {
+        let v = u8x16::new(lane.try_into().unwrap_or([0; 16]));
+        let hit = v.simd_eq(quote) | v.simd_eq(backslash) | v.min(control).simd_eq(v);
+        mask |= u64::from(hit.to_bitmask()) << (16 * k);
+    }
+    mask
+}
+
+/// [`special`] for the `N` bytes of `b` from `i` (16 or 64), or as many as there are: bytes
+/// past the end are not flagged.
+#[inline(always)]
+fn special_at<const N: usize>(b: &[u8], i: usize) -> u64 {
+    match b.get(i..i + N) {
+        Some(chunk) => special::<N>(chunk.try_into().unwrap_or(&[0; N])),
+        None => {
+            let mut chunk = [b' '; N];
+            let rest = b.get(i..).unwrap_or_default();
+            chunk[..rest.len()].copy_from_slice(rest);
+            special::<N>(&chunk)
+        }
+    }
 }
 
 /// The end (after the closing quote) of the string whose opening quote is at `i`,
 /// validating its escapes and refusing raw control characters.
-fn string_end(b: &[u8], mut i: usize) -> Result<usize, Invalid> {
-    i += 1;
+///
+/// The first 16 bytes are looked at alone (keys and short values end there), then 64 at a
+/// time; within a block, every flagged byte is visited through the block's bit mask, so an
+/// escape costs a few instructions and no new scan.
+fn string_end(b: &[u8], i: usize) -> Result<usize, Invalid> {
+    // `block` is where the block of `mask` starts; bits below `from - block` are done.
+    let mut block = i + 1;
+    let mut mask = special_at::<16>(b, block);
+    let mut width = 16;
     loop {
-        while i + 8 <= b.len() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&b[i..i + 8]);
-            let m = special(u64::from_le_bytes(w));
-            if m != 0 {
-                // The lowest flagged byte is exact: borrows only run upwards from a real hit.
-                i += (m.trailing_zeros() / 8) as usize;
-                break;
+        while mask != 0 {
+            let at = block + mask.trailing_zeros() as usize;
+            match b[at] {
+                b'"' => return Ok(at + 1),
+                b'\\' => {
+                    let next = escape_end(b, at)?;
+                    if next - block >= width {
+                        // The escape runs past the block: start a new one after it.
+                        block = next;
+                        mask = special_at::<64>(b, block);
+                        width = 64;
+                        continue;
+                    }
+                    mask &= u64::MAX << (next - block);
+                }
+                _ => return Err(Invalid::Syntax),
             }
-            i += 8;
         }
-        let Some(&c) = b.get(i) else {
+        block += width;
+        if block >= b.len() {
             return Err(Invalid::Syntax);
-        };
-        match c {
-            b'"' => return Ok(i + 1),
-            b'\\' => i = escape_end(b, i)?,
-            0..=0x1F => return Err(Invalid::Syntax),
-            _ => i += 1,
         }
+        mask = special_at::<64>(b, block);
+        width = 64;
     }
 }
 
@@ -350,30 +413,43 @@ fn hex4(b: &[u8], i: usize) -> Option<u32> {
 }
 
 /// The end of the (valid) string starting at `i`, found by its closing quote: the first
-/// quote after an even number of backslashes. Searching for quotes alone stops less often
-/// than stopping at every escape, which text such as source code is full of.
+/// quote not escaped. Like [`string_end`], it visits the quotes and backslashes of a block
+/// through its bit mask; in a valid string, a backslash escapes the byte after it and
+/// nothing else needs a look.
 #[inline]
-fn skip_string(b: &[u8], mut i: usize) -> usize {
-    i += 1;
+fn skip_string(b: &[u8], i: usize) -> usize {
+    let mut block = i + 1;
+    let mut mask = special_at::<16>(b, block);
+    let mut width = 16;
     loop {
-        let Some(k) = memchr::memchr(b'"', &b[i..]) else {
-            return b.len();
-        };
-        let quote = i + k;
-        // The opening quote bounds the run of backslashes.
-        let backslashes = b[..quote].iter().rev().take_while(|&&c| c == b'\\').count();
-        if backslashes % 2 == 0 {
-            return quote + 1;
+        while mask != 0 {
+            let at = block + mask.trailing_zeros() as usize;
+            if b[at] == b'"' {
+                return at + 1;
+            }
+            let next = at + 2;
+            if next - block >= width {
+                block = next;
+                mask = special_at::<64>(b, block);
+                width = 64;
+                continue;
+            }
+            mask &= u64::MAX << (next - block);
         }
-        i = quote + 1;
+        block += width;
+        if block >= b.len() {
+            return b.len();
+        }
+        mask = special_at::<64>(b, block);
+        width = 64;
     }
 }
 
 /// The end of the (valid) value starting at `i`: looked up in `index` for a large
-/// container, else scanned for.
+/// container or string, else scanned for.
 fn skip_value(b: &[u8], i: usize, index: &Index) -> usize {
     match b[i] {
-        b'"' => skip_string(b, i),
+        b'"' => index.end_of(b, i).unwrap_or_else(|| skip_string(b, i)),
         b'{' | b'[' => {
             if let Some(end) = index.end_of(b, i) {
                 return end;
@@ -655,8 +731,96 @@ mod tests {
         );
         if let (Ok(doc), Ok(value)) = (ours, serde) {
             assert_eq!(doc.root().to_value(), value);
+            assert_eq!(walked(doc.root()), value);
             index_is_exact(&doc);
+            let b = doc.text.as_bytes();
+            if b[doc.start] == b'"' {
+                assert_eq!(skip_string(b, doc.start), doc.end);
+            }
         }
+    }
+
+    /// The value as read through the walk's lookups: elements, members and string values,
+    /// skipped over by `skip_value` (by the index or by a scan).
+    fn walked(v: Val<'_>) -> serde_json::Value {
+        use serde_json::Value;
+        if v.is_array() {
+            Value::Array(v.elements().map(walked).collect())
+        } else if v.is_object() {
+            // Later duplicates replace earlier ones, as in a parsed map.
+            Value::Object(
+                v.members()
+                    .map(|(k, v)| (unescape(k).into_owned(), walked(v)))
+                    .collect(),
+            )
+        } else if let Some(s) = v.as_str() {
+            Value::String(s.into_owned())
+        } else {
+            v.to_value()
+        }
+    }
+
+    #[test]
+    fn strings_at_every_offset() {
+        // Escapes, quotes, control characters and bad UTF-8 at every offset around the
+        // 16- and 64-byte blocks of the string scans, in strings at several alignments.
+        let pieces: [&[u8]; 20] = [
+            b"\\n",
+            b"\\\"",
+            b"\\\\",
+            b"\\/",
+            b"\\u00e9",
+            b"\\ud83d\\ude00",
+            b"\\ud83d",
+            b"\\ud83dx",
+            b"\\x",
+            b"\\u12",
+            b"\\",
+            b"\"",
+            b"\x01",
+            b"\x1f",
+            b"\t",
+            b"\x7f",
+            b"\xff",
+            b"\xc3",
+            b"\xe5\xa4\xa7",
+            b"\xe5\xa4",
+        ];
+        for lead in 0..3 {
+            for at in 0..140 {
+                for p in pieces {
+                    let mut s = vec![b'"'];
+                    s.extend(std::iter::repeat_n(b'a', at));
+                    s.extend_from_slice(p);
+                    s.extend(std::iter::repeat_n(b'z', 140 - at));
+                    s.push(b'"');
+                    let pad = " ".repeat(lead);
+                    agrees(&[pad.as_bytes(), &s].concat());
+                    agrees(&[pad.as_bytes(), &s[..s.len() - 1]].concat());
+                    agrees(&[b"[", &s[..], b",", &s[..at + 2], b"\", \"x\"]"].concat());
+                    agrees(&[b"{", &s[..], b":", &s[..], b"}"].concat());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lookups_in_any_order() {
+        let text = "y".repeat(100);
+        let body = format!(r#"[{{"a": "{text}", "b": ["{text}", "{text}"]}}, "{text}", [1, 2]]"#);
+        let doc = validate(body.as_bytes()).unwrap();
+        index_is_exact(&doc);
+        let items: Vec<Val<'_>> = doc.root().elements().collect();
+        // Backwards, then forwards again, then the same lookups twice.
+        for v in items.iter().rev().chain(&items).chain(&items) {
+            assert_eq!(
+                walked(*v),
+                serde_json::from_str::<serde_json::Value>(v.raw()).unwrap()
+            );
+        }
+        assert_eq!(items[1].as_str().unwrap(), text);
+        assert_eq!(items[0].get("b").unwrap().elements().count(), 2);
+        assert_eq!(items[0].get("a").unwrap().as_str().unwrap(), text);
     }
 
     #[test]
@@ -709,8 +873,9 @@ mod tests {
         }
     }
 
-    /// Every indexed container starts with a bracket and ends where a scan ends it, is at
-    /// least INDEXED_LEN long, and there is at most one per INDEXED_LEN bytes.
+    /// Every indexed container or string starts with a bracket or quote and ends where a
+    /// scan ends it, is at least INDEXED_LEN long, and there is at most one per INDEXED_LEN
+    /// bytes.
     fn index_is_exact(doc: &Doc<'_>) {
         let b = doc.text.as_bytes();
         let spans = &doc.index.spans;
@@ -718,7 +883,7 @@ mod tests {
         assert!(spans.windows(2).all(|w| w[0].0 < w[1].0));
         for &(start, end) in spans {
             let (start, end) = (start as usize, end as usize);
-            assert!(matches!(b[start], b'{' | b'['));
+            assert!(matches!(b[start], b'{' | b'[' | b'"'));
             assert!(end - start >= INDEXED_LEN);
             assert_eq!(skip_value(b, start, &Index::default()), end);
             assert_eq!(skip_value(b, start, &doc.index), end);
@@ -734,9 +899,9 @@ mod tests {
         );
         let doc = validate(body.as_bytes()).unwrap();
         index_is_exact(&doc);
-        // The root, "a", four copies of `inner`, the array around one, "b", "c" and its
-        // two inner arrays; not the small containers.
-        assert_eq!(doc.index.spans.len(), 11);
+        // The root, "a", four copies of `inner` and of its text, the array around one, "b",
+        // "c" and its two inner arrays; not the small containers.
+        assert_eq!(doc.index.spans.len(), 15);
         let v = doc.root();
         assert_eq!(v.get("a").unwrap().elements().count(), 3);
         let c = v.get("b").unwrap().get("c").unwrap();
@@ -836,6 +1001,16 @@ mod tests {
         #[test]
         fn validation_agrees_with_serde_json(text in json_text()) {
             agrees(text.as_bytes());
+        }
+
+        #[test]
+        fn long_strings_agree(parts in prop::collection::vec(prop::sample::select(vec![
+            "a", "text ", "\\n", "\\\"", "\\\\", "\\u00e9", "\\ud83d\\ude00", "\\ud800", "\\q",
+            "\"", "\\", "\t", "\u{1}", "é", "大", "\u{7f}",
+        ]), 0..120)) {
+            let s = parts.concat();
+            agrees(format!("\"{s}\"").as_bytes());
+            agrees(format!("[\"{s}\", {{\"k\": \"{s}\"}}]").as_bytes());
         }
 
         #[test]
