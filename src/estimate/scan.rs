@@ -85,10 +85,30 @@ impl Index {
         let offset = (b.as_ptr() as usize).wrapping_sub(self.base);
         let at = u32::try_from(offset.checked_add(i)?).ok()?;
         let spans = &self.spans[..];
+        let next = self.next.get();
+        // The walk moved on to the entry after the last one looked up, or to a value
+        // before it (and after the last one).
+        let after_last = next == 0 || spans.get(next - 1).is_some_and(|s| s.0 < at);
+        match spans.get(next) {
+            Some(&(start, end)) if start == at => {
+                self.next.set(next + 1);
+                return Some(end as usize - offset);
+            }
+            Some(&(start, _)) if start > at && after_last => return None,
+            None if after_last && next == spans.len() => return None,
+            _ => {}
+        }
+        self.lookup(at, offset)
+    }
+
+    /// [`end_of`](Self::end_of) anywhere in the index: forward from the last lookup in
+    /// steps doubling until one lands at or after `at` (the walk skipped over some
+    /// entries), else a binary search of the entries before it.
+    #[cold]
+    fn lookup(&self, at: u32, offset: usize) -> Option<usize> {
+        let spans = &self.spans[..];
         let next = self.next.get().min(spans.len());
-        // `k`: the first entry starting at or after `at`.
         let k = if next == 0 || spans[next - 1].0 < at {
-            // Forward from `next`, in steps doubling until one lands at or after `at`.
             let (mut lo, mut step) = (next, 1);
             while lo + step <= spans.len() && spans[lo + step - 1].0 < at {
                 lo += step;
@@ -99,7 +119,7 @@ impl Index {
         } else {
             spans[..next].partition_point(|s| s.0 < at)
         };
-        let found = spans.get(k).filter(|s| s.0 == at);
+        let found = self.spans.get(k).filter(|s| s.0 == at);
         self.next.set(k + usize::from(found.is_some()));
         Some(found?.1 as usize - offset)
     }
@@ -331,6 +351,12 @@ fn special<const N: usize>(chunk: &[u8; N]) -> u64 {
 fn special_at<const N: usize>(b: &[u8], i: usize) -> u64 {
     match b.get(i..i + N) {
         Some(chunk) => special::<N>(chunk.try_into().unwrap_or(&[0; N])),
+        // The last `N` bytes, shifted down to start at `i`: no copy near the end of a
+        // value's text, where the walk often looks.
+        None if b.len() >= N && i < b.len() => {
+            let start = b.len() - N;
+            special::<N>(b[start..].try_into().unwrap_or(&[0; N])) >> (i - start)
+        }
         None => {
             let mut chunk = [b' '; N];
             let rest = b.get(i..).unwrap_or_default();
@@ -418,6 +444,12 @@ fn hex4(b: &[u8], i: usize) -> Option<u32> {
 /// nothing else needs a look.
 #[inline]
 fn skip_string(b: &[u8], i: usize) -> usize {
+    scan_string(b, i, usize::MAX).unwrap_or(b.len())
+}
+
+/// [`skip_string`], giving up (`None`) after the first 16 bytes and `blocks` blocks of 64.
+#[inline(always)]
+fn scan_string(b: &[u8], i: usize, mut blocks: usize) -> Option<usize> {
     let mut block = i + 1;
     let mut mask = special_at::<16>(b, block);
     let mut width = 16;
@@ -425,31 +457,37 @@ fn skip_string(b: &[u8], i: usize) -> usize {
         while mask != 0 {
             let at = block + mask.trailing_zeros() as usize;
             if b[at] == b'"' {
-                return at + 1;
+                return Some(at + 1);
             }
             let next = at + 2;
             if next - block >= width {
-                block = next;
-                mask = special_at::<64>(b, block);
-                width = 64;
-                continue;
+                // The escaped byte is the block's last or past it: go on after it.
+                (block, width) = (next, 0);
+                break;
             }
             mask &= u64::MAX << (next - block);
         }
         block += width;
         if block >= b.len() {
-            return b.len();
+            return Some(b.len());
         }
+        if blocks == 0 {
+            return None;
+        }
+        blocks -= 1;
         mask = special_at::<64>(b, block);
         width = 64;
     }
 }
 
 /// The end of the (valid) value starting at `i`: looked up in `index` for a large
-/// container or string, else scanned for.
+/// container or string, else scanned for. A string is first scanned for 80 bytes: short
+/// ones, never indexed, need no lookup.
 fn skip_value(b: &[u8], i: usize, index: &Index) -> usize {
     match b[i] {
-        b'"' => index.end_of(b, i).unwrap_or_else(|| skip_string(b, i)),
+        b'"' => scan_string(b, i, 1)
+            .or_else(|| index.end_of(b, i))
+            .unwrap_or_else(|| skip_string(b, i)),
         b'{' | b'[' => {
             if let Some(end) = index.end_of(b, i) {
                 return end;
@@ -564,7 +602,7 @@ impl<'a> Val<'a> {
     pub(crate) fn fields<const N: usize>(self, keys: [&str; N]) -> [Option<Val<'a>>; N] {
         let mut out = [None; N];
         for (k, v) in self.members() {
-            for (slot, key) in out.iter_mut().zip(keys) {
+            for (slot, key) in out.iter_mut().zip(&keys) {
                 if raw_eq(k, key) {
                     *slot = Some(v);
                 }
@@ -645,7 +683,8 @@ impl<'a> Iterator for Members<'a> {
 
 /// Whether the raw JSON string text `raw` denotes `s`.
 fn raw_eq(raw: &str, s: &str) -> bool {
-    if raw.len() == s.len() && raw == s {
+    // The first bytes tell most keys apart without a call to compare the rest.
+    if raw.len() == s.len() && raw.as_bytes().first() == s.as_bytes().first() && raw == s {
         return true;
     }
     // An escape can only make the raw text longer than what it denotes.
