@@ -336,11 +336,24 @@ fn special<const N: usize>(chunk: &[u8; N]) -> u64 {
     let quote = u8x16::splat(b'"');
     let backslash = u8x16::splat(b'\\');
     let control = u8x16::splat(0x1F);
+    let lanes = || {
+        chunk
+            .chunks_exact(16)
+            .map(|lane| u8x16::new(lane.try_into().unwrap_or([0; 16])))
+    };
     let mut mask = 0;
-    for (k, lane) in chunk.chunks_exact(16).enumerate() {
-        let v = u8x16::new(lane.try_into().unwrap_or([0; 16]));
-        let hit = v.simd_eq(quote) | v.simd_eq(backslash) | v.min(control).simd_eq(v);
+    let mut low = u8x16::splat(0xFF);
+    for (k, v) in lanes().enumerate() {
+        low = low.min(v);
+        let hit = v.simd_eq(quote) | v.simd_eq(backslash);
         mask |= u64::from(hit.to_bitmask()) << (16 * k);
+    }
+    // Control characters (invalid in strings, whitespace between values) are looked for
+    // lane by lane only in a block that has one.
+    if low.min(control).simd_eq(low).to_bitmask() != 0 {
+        for (k, v) in lanes().enumerate() {
+            mask |= u64::from(v.min(control).simd_eq(v).to_bitmask()) << (16 * k);
+        }
     }
     mask
 }
@@ -372,24 +385,45 @@ fn special_at<const N: usize>(b: &[u8], i: usize) -> u64 {
 /// The first 16 bytes are looked at alone (keys and short values end there), then 64 at a
 /// time; within a block, every flagged byte is visited through the block's bit mask, so an
 /// escape costs a few instructions and no new scan.
+#[inline(always)]
 fn string_end(b: &[u8], i: usize) -> Result<usize, Invalid> {
-    // `block` is where the block of `mask` starts; bits below `from - block` are done.
+    // Most strings (keys, short values) end within 16 bytes, without an escape.
+    let mask = special_at::<16>(b, i + 1);
+    let at = i + 1 + mask.trailing_zeros() as usize;
+    if mask != 0 && b[at] == b'"' {
+        return Ok(at + 1);
+    }
+    long_string_end(b, i)
+}
+
+/// [`string_end`] for a string with an escape or control character in its first 16
+/// bytes, or longer.
+#[inline(never)]
+fn long_string_end(b: &[u8], i: usize) -> Result<usize, Invalid> {
+    // `block` is where the `width` bytes of `mask` start; bits done are cleared.
     let mut block = i + 1;
     let mut mask = special_at::<16>(b, block);
     let mut width = 16;
     loop {
         while mask != 0 {
-            let at = block + mask.trailing_zeros() as usize;
+            let k = mask.trailing_zeros() as usize;
+            let at = block + k;
             match b[at] {
                 b'"' => return Ok(at + 1),
+                // A two-byte escape within the block (the common case, `\n` or `\"` in
+                // code): clear its two bits.
+                b'\\'
+                    if k + 1 < width
+                        && b.get(at + 1).is_some_and(|&c| SHORT_ESCAPE[usize::from(c)]) =>
+                {
+                    mask &= !(3 << k);
+                }
                 b'\\' => {
                     let next = escape_end(b, at)?;
                     if next - block >= width {
-                        // The escape runs past the block: start a new one after it.
-                        block = next;
-                        mask = special_at::<64>(b, block);
-                        width = 64;
-                        continue;
+                        // The escape runs to the end of the block or past it: go on after it.
+                        (block, width) = (next, 0);
+                        break;
                     }
                     mask &= u64::MAX << (next - block);
                 }
@@ -404,6 +438,18 @@ fn string_end(b: &[u8], i: usize) -> Result<usize, Invalid> {
         width = 64;
     }
 }
+
+/// The bytes that follow a backslash in a two-byte escape.
+const SHORT_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut k = 0;
+    let chars = *b"\"\\/bfnrt";
+    while k < chars.len() {
+        t[chars[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
 
 /// The end of the escape at `i` (a backslash), validated as serde_json does.
 fn escape_end(b: &[u8], i: usize) -> Result<usize, Invalid> {
@@ -599,6 +645,7 @@ impl<'a> Val<'a> {
     }
 
     /// The values of several members, in one pass over the object.
+    #[inline(always)]
     pub(crate) fn fields<const N: usize>(self, keys: [&str; N]) -> [Option<Val<'a>>; N] {
         let mut out = [None; N];
         for (k, v) in self.members() {
@@ -682,13 +729,19 @@ impl<'a> Iterator for Members<'a> {
 }
 
 /// Whether the raw JSON string text `raw` denotes `s`.
+#[inline]
 fn raw_eq(raw: &str, s: &str) -> bool {
-    // The first bytes tell most keys apart without a call to compare the rest.
-    if raw.len() == s.len() && raw.as_bytes().first() == s.as_bytes().first() && raw == s {
-        return true;
+    if raw.len() == s.len() {
+        // Keys are short: a byte loop is cheaper than a call to memcmp.
+        return raw.bytes().zip(s.bytes()).all(|(a, b)| a == b);
     }
     // An escape can only make the raw text longer than what it denotes.
-    raw.len() > s.len() && raw.contains('\\') && unescape(raw) == s
+    raw.len() > s.len() && raw_eq_escaped(raw, s)
+}
+
+#[cold]
+fn raw_eq_escaped(raw: &str, s: &str) -> bool {
+    raw.contains('\\') && unescape(raw) == s
 }
 
 /// The value of the raw JSON string text `raw` (validated), borrowed when it has no escape.
