@@ -88,14 +88,14 @@ impl Index {
         let next = self.next.get();
         // The walk moved on to the entry after the last one looked up, or to a value
         // before it (and after the last one).
-        let after_last = next == 0 || spans.get(next - 1).is_some_and(|s| s.0 < at);
+        let after_last = || next == 0 || spans.get(next - 1).is_some_and(|s| s.0 < at);
         match spans.get(next) {
             Some(&(start, end)) if start == at => {
                 self.next.set(next + 1);
                 return Some(end as usize - offset);
             }
-            Some(&(start, _)) if start > at && after_last => return None,
-            None if after_last && next == spans.len() => return None,
+            Some(&(start, _)) if start > at && after_last() => return None,
+            None if next == spans.len() && after_last() => return None,
             _ => {}
         }
         self.lookup(at, offset)
@@ -119,9 +119,10 @@ impl Index {
         } else {
             spans[..next].partition_point(|s| s.0 < at)
         };
-        let found = self.spans.get(k).filter(|s| s.0 == at);
-        self.next.set(k + usize::from(found.is_some()));
-        Some(found?.1 as usize - offset)
+        // A miss leaves the cursor where the walk is.
+        let found = spans.get(k).filter(|s| s.0 == at)?;
+        self.next.set(k + 1);
+        Some(found.1 as usize - offset)
     }
 }
 
@@ -527,11 +528,11 @@ fn scan_string(b: &[u8], i: usize, mut blocks: usize) -> Option<usize> {
 }
 
 /// The end of the (valid) value starting at `i`: looked up in `index` for a large
-/// container or string, else scanned for. A string is first scanned for 80 bytes: short
+/// container or string, else scanned for. A string is first scanned for 16 bytes: short
 /// ones, never indexed, need no lookup.
 fn skip_value(b: &[u8], i: usize, index: &Index) -> usize {
     match b[i] {
-        b'"' => scan_string(b, i, 1)
+        b'"' => scan_string(b, i, 0)
             .or_else(|| index.end_of(b, i))
             .unwrap_or_else(|| skip_string(b, i)),
         b'{' | b'[' => {
