@@ -4,13 +4,16 @@
 //! `serde_json::from_slice::<Value>` accepts: UTF-8, the JSON grammar, no control characters
 //! in strings, well-formed escapes (surrogate pairs included), finite numbers and at most
 //! [`MAX_DEPTH`] nested arrays and objects (serde_json's recursion limit). On the way it
-//! notes where each array or object of at least [`INDEXED_LEN`] bytes ends ([`Doc`]), so
-//! that the walk never scans a large container twice. The walk in
+//! notes where each array, object or string value of at least [`INDEXED_LEN`] bytes ends
+//! ([`Doc`]), so that the walk never scans a large value twice. The walk in
 //! [`shapes`](super::shapes) then reads only the fields it needs through [`Val`], a view of
-//! one value's raw text: objects are searched member by member, a skipped container costs a
-//! lookup of its end (or a scan when it is small), a skipped string a scan for its closing
-//! quote, and string values are handed to the counter as they are in the body, escapes and
-//! all.
+//! one value's raw text: objects are searched member by member, a skipped container or long
+//! string costs a lookup of its end (a small one a scan), and string values are handed to
+//! the counter as they are in the body, escapes and all.
+//!
+//! Strings are scanned with bit masks of their quotes, backslashes and control characters,
+//! 16 bytes (then 64) at a time with `wide`'s `u8x16` (SSE2 on x86_64, NEON on aarch64,
+//! plain code elsewhere); UTF-8 is checked by `simdutf8`.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -39,11 +42,11 @@ impl Invalid {
     }
 }
 
-/// Smallest array or object whose end [`validate`] records: skipping a smaller one by
-/// scanning costs about as much as looking it up.
+/// Smallest array, object or string value whose end [`validate`] records: skipping a
+/// smaller one by scanning costs about as much as looking it up.
 pub(crate) const INDEXED_LEN: usize = 64;
 
-/// A validated body and the ends of its large containers.
+/// A validated body and the ends of its large values.
 #[derive(Debug)]
 pub(crate) struct Doc<'a> {
     text: &'a str,
@@ -127,7 +130,7 @@ impl Index {
 }
 
 /// Checks that `body` is one JSON value serde_json would parse, and returns it as text
-/// with the ends of its large containers.
+/// with the ends of its large values.
 pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
     // Exact validation (same verdict as `std::str::from_utf8`), vectorised with runtime
     // dispatch; several times faster on text that is mostly multi-byte, such as CJK.
@@ -217,8 +220,9 @@ pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
             }
             i += 1;
             if indexed {
-                // Inner containers are smaller and come later: a small container is the
-                // last entry and is dropped, as is any entry beyond one per INDEXED_LEN bytes.
+                // Inner values are smaller and come later: a small container is the last
+                // entry and is dropped, as is any entry beyond one per INDEXED_LEN bytes
+                // (with the inner values after it).
                 let k = open[depth as usize] as usize;
                 let span_start = index.spans[k].0 as usize;
                 if i - span_start < INDEXED_LEN || k >= max_spans {
@@ -574,7 +578,7 @@ fn skip_value(b: &[u8], i: usize, index: &Index) -> usize {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Val<'a> {
     raw: &'a str,
-    /// The ends of the body's large containers.
+    /// The ends of the body's large values.
     index: &'a Index,
 }
 
