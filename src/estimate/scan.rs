@@ -143,11 +143,11 @@ pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
     let mut depth: u32 = 0;
     // Offsets fit the index's `u32`s: larger bodies are validated without an index.
     let indexed = u32::try_from(b.len()).is_ok();
+    // At most this many entries (one per INDEXED_LEN bytes).
+    let max_spans = b.len() / INDEXED_LEN;
     // One allocation for bodies with up to one large container or string per 256 bytes
     // (a typical chat turn has four: the message, its content, the block and its text),
     // rather than a series of reallocations.
-    // At most this many entries (one per INDEXED_LEN bytes).
-    let max_spans = b.len() / INDEXED_LEN;
     let mut index = Index {
         base: b.as_ptr() as usize,
         spans: Vec::with_capacity(if indexed { b.len() / 256 + 8 } else { 0 }),
@@ -679,6 +679,7 @@ pub(crate) struct Elements<'a> {
 }
 
 impl<'a> Elements<'a> {
+    #[inline(always)]
     fn next_value(&mut self) -> Option<Val<'a>> {
         let i = skip_ws(self.b, self.i);
         if i >= self.b.len() || matches!(self.b[i], b']' | b'}') {
