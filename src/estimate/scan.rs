@@ -333,7 +333,7 @@ fn number_end(b: &[u8], mut i: usize) -> Result<usize, Invalid> {
     Ok(i)
 }
 
-/// Bytes a string scan stops at: bit `k` is set when byte `k` of `chunk` is `"`, `\\` or a
+/// Bytes a string scan stops at: bit `k` is set when byte `k` of `chunk` is `"`, `\` or a
 /// control character (below 0x20). SSE2 (or NEON, or WASM SIMD) compares, 16 bytes at a
 /// time; plain code elsewhere.
 #[inline(always)]
