@@ -4,22 +4,25 @@
 //! `serde_json::from_slice::<Value>` accepts: UTF-8, the JSON grammar, no control characters
 //! in strings, well-formed escapes (surrogate pairs included), finite numbers and at most
 //! [`MAX_DEPTH`] nested arrays and objects (serde_json's recursion limit). On the way it
-//! notes where each array or object of at least [`INDEXED_LEN`] bytes ends ([`Doc`]), so
-//! that the walk never scans a large container twice. The walk in
+//! notes where each array, object or string value of at least [`INDEXED_LEN`] bytes ends
+//! ([`Doc`]), so that the walk never scans a large value twice. The walk in
 //! [`shapes`](super::shapes) then reads only the fields it needs through [`Val`], a view of
-//! one value's raw text: objects are searched member by member, a skipped container costs a
-//! lookup of its end (or a scan when it is small), a skipped string a scan for its closing
-//! quote, and string values are handed to the counter as they are in the body, escapes and
-//! all.
+//! one value's raw text: objects are searched member by member, a skipped container or long
+//! string costs a lookup of its end (a small one a scan), and string values are handed to
+//! the counter as they are in the body, escapes and all.
+//!
+//! Strings are scanned with bit masks of their quotes, backslashes and control characters,
+//! 16 bytes (then 64) at a time with `wide`'s `u8x16` (SSE2 on x86_64, NEON on aarch64,
+//! plain code elsewhere); UTF-8 is checked by `simdutf8`.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+
+use wide::u8x16;
 
 /// Deepest nesting of arrays and objects accepted (serde_json's recursion limit of 128
 /// fails on the 128th level).
 pub(crate) const MAX_DEPTH: u32 = 127;
-
-const HIGH: u64 = 0x8080_8080_8080_8080;
-const ONES: u64 = 0x0101_0101_0101_0101;
 
 /// Why a body is not accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,11 +42,11 @@ impl Invalid {
     }
 }
 
-/// Smallest array or object whose end [`validate`] records: skipping a smaller one by
-/// scanning costs about as much as looking it up.
+/// Smallest array, object or string value whose end [`validate`] records: skipping a
+/// smaller one by scanning costs about as much as looking it up.
 pub(crate) const INDEXED_LEN: usize = 64;
 
-/// A validated body and the ends of its large containers.
+/// A validated body and the ends of its large values.
 #[derive(Debug)]
 pub(crate) struct Doc<'a> {
     text: &'a str,
@@ -63,32 +66,75 @@ impl<'a> Doc<'a> {
     }
 }
 
-/// `(start, end)` byte offsets of the arrays and objects of at least [`INDEXED_LEN`] bytes,
-/// in document order (so sorted by start), with the address of the body they are offsets
-/// in. At most one entry per [`INDEXED_LEN`] bytes of body, so it stays small next to the
-/// body.
+/// `(start, end)` byte offsets of the arrays, objects and string values of at least
+/// [`INDEXED_LEN`] bytes, in document order (so sorted by start), with the address of the
+/// body they are offsets in. At most one entry per [`INDEXED_LEN`] bytes of body, so it
+/// stays small next to the body.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     base: usize,
     spans: Vec<(u32, u32)>,
+    /// Where the last lookup left off: the first entry starting after the value looked up.
+    /// The walk mostly moves forward, so the next lookup is usually found at or just after
+    /// it, without a search of the whole index.
+    next: Cell<usize>,
 }
 
 impl Index {
-    /// The end (after the closing bracket) of the container that starts at `b[i]`, where `b`
-    /// is part of the indexed body, if it is indexed.
+    /// The end (after the closing bracket or quote) of the value that starts at `b[i]`,
+    /// where `b` is part of the indexed body, if it is indexed.
     #[inline]
     fn end_of(&self, b: &[u8], i: usize) -> Option<usize> {
         let offset = (b.as_ptr() as usize).wrapping_sub(self.base);
         let at = u32::try_from(offset.checked_add(i)?).ok()?;
-        let k = self.spans.binary_search_by_key(&at, |s| s.0).ok()?;
-        Some(self.spans[k].1 as usize - offset)
+        let spans = &self.spans[..];
+        let next = self.next.get();
+        // The walk moved on to the entry after the last one looked up, or to a value
+        // before it (and after the last one).
+        let after_last = || next == 0 || spans.get(next - 1).is_some_and(|s| s.0 < at);
+        match spans.get(next) {
+            Some(&(start, end)) if start == at => {
+                self.next.set(next + 1);
+                return Some(end as usize - offset);
+            }
+            Some(&(start, _)) if start > at && after_last() => return None,
+            None if next == spans.len() && after_last() => return None,
+            _ => {}
+        }
+        self.lookup(at, offset)
+    }
+
+    /// [`end_of`](Self::end_of) anywhere in the index: forward from the last lookup in
+    /// steps doubling until one lands at or after `at` (the walk skipped over some
+    /// entries), else a binary search of the entries before it.
+    #[cold]
+    fn lookup(&self, at: u32, offset: usize) -> Option<usize> {
+        let spans = &self.spans[..];
+        let next = self.next.get().min(spans.len());
+        let k = if next == 0 || spans[next - 1].0 < at {
+            let (mut lo, mut step) = (next, 1);
+            while lo + step <= spans.len() && spans[lo + step - 1].0 < at {
+                lo += step;
+                step *= 2;
+            }
+            let hi = (lo + step).min(spans.len());
+            lo + spans[lo..hi].partition_point(|s| s.0 < at)
+        } else {
+            spans[..next].partition_point(|s| s.0 < at)
+        };
+        // A miss leaves the cursor where the walk is.
+        let found = spans.get(k).filter(|s| s.0 == at)?;
+        self.next.set(k + 1);
+        Some(found.1 as usize - offset)
     }
 }
 
 /// Checks that `body` is one JSON value serde_json would parse, and returns it as text
-/// with the ends of its large containers.
+/// with the ends of its large values.
 pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
-    let text = std::str::from_utf8(body).map_err(|_| Invalid::Utf8)?;
+    // Exact validation (same verdict as `std::str::from_utf8`), vectorised with runtime
+    // dispatch; several times faster on text that is mostly multi-byte, such as CJK.
+    let text = simdutf8::basic::from_utf8(body).map_err(|_| Invalid::Utf8)?;
     let b = body;
     let mut i = skip_ws(b, 0);
     let start = i;
@@ -97,11 +143,15 @@ pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
     let mut depth: u32 = 0;
     // Offsets fit the index's `u32`s: larger bodies are validated without an index.
     let indexed = u32::try_from(b.len()).is_ok();
-    // One allocation for bodies with up to one large container per 512 bytes (typical
-    // request bodies have far fewer), rather than a series of reallocations.
+    // At most this many entries (one per INDEXED_LEN bytes).
+    let max_spans = b.len() / INDEXED_LEN;
+    // One allocation for bodies with up to one large container or string per 256 bytes
+    // (a typical chat turn has four: the message, its content, the block and its text),
+    // rather than a series of reallocations.
     let mut index = Index {
         base: b.as_ptr() as usize,
-        spans: Vec::with_capacity(if indexed { b.len() / 512 + 8 } else { 0 }),
+        spans: Vec::with_capacity(if indexed { b.len() / 256 + 8 } else { 0 }),
+        next: Cell::new(0),
     };
     // For each open container, its entry in `index.spans`.
     let mut open = [0u32; MAX_DEPTH as usize + 1];
@@ -134,7 +184,15 @@ pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
                     continue 'value;
                 }
             }
-            Some(b'"') => i = string_end(b, i)?,
+            Some(b'"') => {
+                let value_start = i;
+                i = string_end(b, i)?;
+                if indexed && i - value_start >= INDEXED_LEN && index.spans.len() < max_spans {
+                    // Every open container's entry starts before this string, every
+                    // closed one's too: the entries stay in document order.
+                    index.spans.push((value_start as u32, i as u32));
+                }
+            }
             Some(b't') => i = literal(b, i, b"true")?,
             Some(b'f') => i = literal(b, i, b"false")?,
             Some(b'n') => i = literal(b, i, b"null")?,
@@ -162,11 +220,12 @@ pub(crate) fn validate(body: &[u8]) -> Result<Doc<'_>, Invalid> {
             }
             i += 1;
             if indexed {
-                // Inner containers are smaller and come later: a small container is the
-                // last entry and is dropped, as is any entry beyond one per INDEXED_LEN bytes.
+                // Inner values are smaller and come later: a small container is the last
+                // entry and is dropped, as is any entry beyond one per INDEXED_LEN bytes
+                // (with the inner values after it).
                 let k = open[depth as usize] as usize;
                 let span_start = index.spans[k].0 as usize;
-                if i - span_start < INDEXED_LEN || k >= b.len() / INDEXED_LEN {
+                if i - span_start < INDEXED_LEN || k >= max_spans {
                     index.spans.truncate(k);
                 } else {
                     index.spans[k].1 = i as u32;
@@ -274,45 +333,128 @@ fn number_end(b: &[u8], mut i: usize) -> Result<usize, Invalid> {
     Ok(i)
 }
 
-/// True for each byte of `w` that is `"`, `\` or a control character (below 0x20), as the
-/// byte's high bit.
+/// Bytes a string scan stops at: bit `k` is set when byte `k` of `chunk` is `"`, `\` or a
+/// control character (below 0x20). SSE2 (or NEON, or WASM SIMD) compares, 16 bytes at a
+/// time; plain code elsewhere.
 #[inline(always)]
-fn special(w: u64) -> u64 {
-    let quote = w ^ (ONES * u64::from(b'"'));
-    let backslash = w ^ (ONES * u64::from(b'\\'));
-    // `has_zero` and `has_less` from "Bit Twiddling Hacks", exact for bytes below 0x80;
-    // bytes of 0x80 and above are masked out by `!w`.
-    let zero = |v: u64| v.wrapping_sub(ONES) & !v;
-    (zero(quote) | zero(backslash) | w.wrapping_sub(ONES * 0x20)) & !w & HIGH
+fn special<const N: usize>(chunk: &[u8; N]) -> u64 {
+    let quote = u8x16::splat(b'"');
+    let backslash = u8x16::splat(b'\\');
+    let control = u8x16::splat(0x1F);
+    let lanes = || {
+        chunk
+            .chunks_exact(16)
+            .map(|lane| u8x16::new(lane.try_into().unwrap_or([0; 16])))
+    };
+    let mut mask = 0;
+    let mut low = u8x16::splat(0xFF);
+    for (k, v) in lanes().enumerate() {
+        low = low.min(v);
+        let hit = v.simd_eq(quote) | v.simd_eq(backslash);
+        mask |= u64::from(hit.to_bitmask()) << (16 * k);
+    }
+    // Control characters (invalid in strings, whitespace between values) are looked for
+    // lane by lane only in a block that has one.
+    if low.min(control).simd_eq(low).to_bitmask() != 0 {
+        for (k, v) in lanes().enumerate() {
+            mask |= u64::from(v.min(control).simd_eq(v).to_bitmask()) << (16 * k);
+        }
+    }
+    mask
+}
+
+/// [`special`] for the `N` bytes of `b` from `i` (16 or 64), or as many as there are: bytes
+/// past the end are not flagged.
+#[inline(always)]
+fn special_at<const N: usize>(b: &[u8], i: usize) -> u64 {
+    match b.get(i..i + N) {
+        Some(chunk) => special::<N>(chunk.try_into().unwrap_or(&[0; N])),
+        // The last `N` bytes, shifted down to start at `i`: no copy near the end of a
+        // value's text, where the walk often looks.
+        None if b.len() >= N && i < b.len() => {
+            let start = b.len() - N;
+            special::<N>(b[start..].try_into().unwrap_or(&[0; N])) >> (i - start)
+        }
+        None => {
+            let mut chunk = [b' '; N];
+            let rest = b.get(i..).unwrap_or_default();
+            chunk[..rest.len()].copy_from_slice(rest);
+            special::<N>(&chunk)
+        }
+    }
 }
 
 /// The end (after the closing quote) of the string whose opening quote is at `i`,
 /// validating its escapes and refusing raw control characters.
-fn string_end(b: &[u8], mut i: usize) -> Result<usize, Invalid> {
-    i += 1;
+///
+/// The first 16 bytes are looked at alone (keys and short values end there), then 64 at a
+/// time; within a block, every flagged byte is visited through the block's bit mask, so an
+/// escape costs a few instructions and no new scan.
+#[inline(always)]
+fn string_end(b: &[u8], i: usize) -> Result<usize, Invalid> {
+    // Most strings (keys, short values) end within 16 bytes, without an escape.
+    let mask = special_at::<16>(b, i + 1);
+    let at = i + 1 + mask.trailing_zeros() as usize;
+    if mask != 0 && b[at] == b'"' {
+        return Ok(at + 1);
+    }
+    long_string_end(b, i)
+}
+
+/// [`string_end`] for a string with an escape or control character in its first 16
+/// bytes, or longer.
+#[inline(never)]
+fn long_string_end(b: &[u8], i: usize) -> Result<usize, Invalid> {
+    // `block` is where the `width` bytes of `mask` start; bits done are cleared.
+    let mut block = i + 1;
+    let mut mask = special_at::<16>(b, block);
+    let mut width = 16;
     loop {
-        while i + 8 <= b.len() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&b[i..i + 8]);
-            let m = special(u64::from_le_bytes(w));
-            if m != 0 {
-                // The lowest flagged byte is exact: borrows only run upwards from a real hit.
-                i += (m.trailing_zeros() / 8) as usize;
-                break;
+        while mask != 0 {
+            let k = mask.trailing_zeros() as usize;
+            let at = block + k;
+            match b[at] {
+                b'"' => return Ok(at + 1),
+                // A two-byte escape within the block (the common case, `\n` or `\"` in
+                // code): clear its two bits.
+                b'\\'
+                    if k + 1 < width
+                        && b.get(at + 1).is_some_and(|&c| SHORT_ESCAPE[usize::from(c)]) =>
+                {
+                    mask &= !(3 << k);
+                }
+                b'\\' => {
+                    let next = escape_end(b, at)?;
+                    if next - block >= width {
+                        // The escape runs to the end of the block or past it: go on after it.
+                        (block, width) = (next, 0);
+                        break;
+                    }
+                    mask &= u64::MAX << (next - block);
+                }
+                _ => return Err(Invalid::Syntax),
             }
-            i += 8;
         }
-        let Some(&c) = b.get(i) else {
+        block += width;
+        if block >= b.len() {
             return Err(Invalid::Syntax);
-        };
-        match c {
-            b'"' => return Ok(i + 1),
-            b'\\' => i = escape_end(b, i)?,
-            0..=0x1F => return Err(Invalid::Syntax),
-            _ => i += 1,
         }
+        mask = special_at::<64>(b, block);
+        width = 64;
     }
 }
+
+/// The bytes that follow a backslash in a two-byte escape.
+const SHORT_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut k = 0;
+    let chars = *b"\"\\/bfnrt";
+    while k < chars.len() {
+        t[chars[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
 
 /// The end of the escape at `i` (a backslash), validated as serde_json does.
 fn escape_end(b: &[u8], i: usize) -> Result<usize, Invalid> {
@@ -348,30 +490,55 @@ fn hex4(b: &[u8], i: usize) -> Option<u32> {
 }
 
 /// The end of the (valid) string starting at `i`, found by its closing quote: the first
-/// quote after an even number of backslashes. Searching for quotes alone stops less often
-/// than stopping at every escape, which text such as source code is full of.
+/// quote not escaped. Like [`string_end`], it visits the quotes and backslashes of a block
+/// through its bit mask; in a valid string, a backslash escapes the byte after it and
+/// nothing else needs a look.
 #[inline]
-fn skip_string(b: &[u8], mut i: usize) -> usize {
-    i += 1;
+fn skip_string(b: &[u8], i: usize) -> usize {
+    scan_string(b, i, usize::MAX).unwrap_or(b.len())
+}
+
+/// [`skip_string`], giving up (`None`) after the first 16 bytes and `blocks` blocks of 64.
+#[inline(always)]
+fn scan_string(b: &[u8], i: usize, mut blocks: usize) -> Option<usize> {
+    let mut block = i + 1;
+    let mut mask = special_at::<16>(b, block);
+    let mut width = 16;
     loop {
-        let Some(k) = memchr::memchr(b'"', &b[i..]) else {
-            return b.len();
-        };
-        let quote = i + k;
-        // The opening quote bounds the run of backslashes.
-        let backslashes = b[..quote].iter().rev().take_while(|&&c| c == b'\\').count();
-        if backslashes % 2 == 0 {
-            return quote + 1;
+        while mask != 0 {
+            let at = block + mask.trailing_zeros() as usize;
+            if b[at] == b'"' {
+                return Some(at + 1);
+            }
+            let next = at + 2;
+            if next - block >= width {
+                // The escaped byte is the block's last or past it: go on after it.
+                (block, width) = (next, 0);
+                break;
+            }
+            mask &= u64::MAX << (next - block);
         }
-        i = quote + 1;
+        block += width;
+        if block >= b.len() {
+            return Some(b.len());
+        }
+        if blocks == 0 {
+            return None;
+        }
+        blocks -= 1;
+        mask = special_at::<64>(b, block);
+        width = 64;
     }
 }
 
 /// The end of the (valid) value starting at `i`: looked up in `index` for a large
-/// container, else scanned for.
+/// container or string, else scanned for. A string is first scanned for 16 bytes: short
+/// ones, never indexed, need no lookup.
 fn skip_value(b: &[u8], i: usize, index: &Index) -> usize {
     match b[i] {
-        b'"' => skip_string(b, i),
+        b'"' => scan_string(b, i, 0)
+            .or_else(|| index.end_of(b, i))
+            .unwrap_or_else(|| skip_string(b, i)),
         b'{' | b'[' => {
             if let Some(end) = index.end_of(b, i) {
                 return end;
@@ -411,7 +578,7 @@ fn skip_value(b: &[u8], i: usize, index: &Index) -> usize {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Val<'a> {
     raw: &'a str,
-    /// The ends of the body's large containers.
+    /// The ends of the body's large values.
     index: &'a Index,
 }
 
@@ -483,10 +650,11 @@ impl<'a> Val<'a> {
     }
 
     /// The values of several members, in one pass over the object.
+    #[inline(always)]
     pub(crate) fn fields<const N: usize>(self, keys: [&str; N]) -> [Option<Val<'a>>; N] {
         let mut out = [None; N];
         for (k, v) in self.members() {
-            for (slot, key) in out.iter_mut().zip(keys) {
+            for (slot, key) in out.iter_mut().zip(&keys) {
                 if raw_eq(k, key) {
                     *slot = Some(v);
                 }
@@ -511,6 +679,7 @@ pub(crate) struct Elements<'a> {
 }
 
 impl<'a> Elements<'a> {
+    #[inline(always)]
     fn next_value(&mut self) -> Option<Val<'a>> {
         let i = skip_ws(self.b, self.i);
         if i >= self.b.len() || matches!(self.b[i], b']' | b'}') {
@@ -566,12 +735,19 @@ impl<'a> Iterator for Members<'a> {
 }
 
 /// Whether the raw JSON string text `raw` denotes `s`.
+#[inline]
 fn raw_eq(raw: &str, s: &str) -> bool {
-    if raw.len() == s.len() && raw == s {
-        return true;
+    if raw.len() == s.len() {
+        // Keys are short: a byte loop is cheaper than a call to memcmp.
+        return raw.bytes().zip(s.bytes()).all(|(a, b)| a == b);
     }
     // An escape can only make the raw text longer than what it denotes.
-    raw.len() > s.len() && raw.contains('\\') && unescape(raw) == s
+    raw.len() > s.len() && raw_eq_escaped(raw, s)
+}
+
+#[cold]
+fn raw_eq_escaped(raw: &str, s: &str) -> bool {
+    raw.contains('\\') && unescape(raw) == s
 }
 
 /// The value of the raw JSON string text `raw` (validated), borrowed when it has no escape.
@@ -653,8 +829,96 @@ mod tests {
         );
         if let (Ok(doc), Ok(value)) = (ours, serde) {
             assert_eq!(doc.root().to_value(), value);
+            assert_eq!(walked(doc.root()), value);
             index_is_exact(&doc);
+            let b = doc.text.as_bytes();
+            if b[doc.start] == b'"' {
+                assert_eq!(skip_string(b, doc.start), doc.end);
+            }
         }
+    }
+
+    /// The value as read through the walk's lookups: elements, members and string values,
+    /// skipped over by `skip_value` (by the index or by a scan).
+    fn walked(v: Val<'_>) -> serde_json::Value {
+        use serde_json::Value;
+        if v.is_array() {
+            Value::Array(v.elements().map(walked).collect())
+        } else if v.is_object() {
+            // Later duplicates replace earlier ones, as in a parsed map.
+            Value::Object(
+                v.members()
+                    .map(|(k, v)| (unescape(k).into_owned(), walked(v)))
+                    .collect(),
+            )
+        } else if let Some(s) = v.as_str() {
+            Value::String(s.into_owned())
+        } else {
+            v.to_value()
+        }
+    }
+
+    #[test]
+    fn strings_at_every_offset() {
+        // Escapes, quotes, control characters and bad UTF-8 at every offset around the
+        // 16- and 64-byte blocks of the string scans, in strings at several alignments.
+        let pieces: [&[u8]; 20] = [
+            b"\\n",
+            b"\\\"",
+            b"\\\\",
+            b"\\/",
+            b"\\u00e9",
+            b"\\ud83d\\ude00",
+            b"\\ud83d",
+            b"\\ud83dx",
+            b"\\x",
+            b"\\u12",
+            b"\\",
+            b"\"",
+            b"\x01",
+            b"\x1f",
+            b"\t",
+            b"\x7f",
+            b"\xff",
+            b"\xc3",
+            b"\xe5\xa4\xa7",
+            b"\xe5\xa4",
+        ];
+        for lead in 0..3 {
+            for at in 0..140 {
+                for p in pieces {
+                    let mut s = vec![b'"'];
+                    s.extend(std::iter::repeat_n(b'a', at));
+                    s.extend_from_slice(p);
+                    s.extend(std::iter::repeat_n(b'z', 140 - at));
+                    s.push(b'"');
+                    let pad = " ".repeat(lead);
+                    agrees(&[pad.as_bytes(), &s].concat());
+                    agrees(&[pad.as_bytes(), &s[..s.len() - 1]].concat());
+                    agrees(&[b"[", &s[..], b",", &s[..at + 2], b"\", \"x\"]"].concat());
+                    agrees(&[b"{", &s[..], b":", &s[..], b"}"].concat());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lookups_in_any_order() {
+        let text = "y".repeat(100);
+        let body = format!(r#"[{{"a": "{text}", "b": ["{text}", "{text}"]}}, "{text}", [1, 2]]"#);
+        let doc = validate(body.as_bytes()).unwrap();
+        index_is_exact(&doc);
+        let items: Vec<Val<'_>> = doc.root().elements().collect();
+        // Backwards, then forwards again, then the same lookups twice.
+        for v in items.iter().rev().chain(&items).chain(&items) {
+            assert_eq!(
+                walked(*v),
+                serde_json::from_str::<serde_json::Value>(v.raw()).unwrap()
+            );
+        }
+        assert_eq!(items[1].as_str().unwrap(), text);
+        assert_eq!(items[0].get("b").unwrap().elements().count(), 2);
+        assert_eq!(items[0].get("a").unwrap().as_str().unwrap(), text);
     }
 
     #[test]
@@ -707,8 +971,9 @@ mod tests {
         }
     }
 
-    /// Every indexed container starts with a bracket and ends where a scan ends it, is at
-    /// least INDEXED_LEN long, and there is at most one per INDEXED_LEN bytes.
+    /// Every indexed container or string starts with a bracket or quote and ends where a
+    /// scan ends it, is at least INDEXED_LEN long, and there is at most one per INDEXED_LEN
+    /// bytes.
     fn index_is_exact(doc: &Doc<'_>) {
         let b = doc.text.as_bytes();
         let spans = &doc.index.spans;
@@ -716,7 +981,7 @@ mod tests {
         assert!(spans.windows(2).all(|w| w[0].0 < w[1].0));
         for &(start, end) in spans {
             let (start, end) = (start as usize, end as usize);
-            assert!(matches!(b[start], b'{' | b'['));
+            assert!(matches!(b[start], b'{' | b'[' | b'"'));
             assert!(end - start >= INDEXED_LEN);
             assert_eq!(skip_value(b, start, &Index::default()), end);
             assert_eq!(skip_value(b, start, &doc.index), end);
@@ -732,9 +997,9 @@ mod tests {
         );
         let doc = validate(body.as_bytes()).unwrap();
         index_is_exact(&doc);
-        // The root, "a", four copies of `inner`, the array around one, "b", "c" and its
-        // two inner arrays; not the small containers.
-        assert_eq!(doc.index.spans.len(), 11);
+        // The root, "a", four copies of `inner` and of its text, the array around one, "b",
+        // "c" and its two inner arrays; not the small containers.
+        assert_eq!(doc.index.spans.len(), 15);
         let v = doc.root();
         assert_eq!(v.get("a").unwrap().elements().count(), 3);
         let c = v.get("b").unwrap().get("c").unwrap();
@@ -834,6 +1099,16 @@ mod tests {
         #[test]
         fn validation_agrees_with_serde_json(text in json_text()) {
             agrees(text.as_bytes());
+        }
+
+        #[test]
+        fn long_strings_agree(parts in prop::collection::vec(prop::sample::select(vec![
+            "a", "text ", "\\n", "\\\"", "\\\\", "\\u00e9", "\\ud83d\\ude00", "\\ud800", "\\q",
+            "\"", "\\", "\t", "\u{1}", "é", "大", "\u{7f}",
+        ]), 0..120)) {
+            let s = parts.concat();
+            agrees(format!("\"{s}\"").as_bytes());
+            agrees(format!("[\"{s}\", {{\"k\": \"{s}\"}}]").as_bytes());
         }
 
         #[test]
