@@ -206,8 +206,7 @@ struct Masks {
     inner: u64,
 }
 
-/// The masks of the chars that are looked at one by one (escapes and non-ASCII), including
-/// the bytes of the next block that a char at the end of this one covers.
+/// The masks of the chars that are looked at one by one (escapes and non-ASCII).
 #[derive(Clone, Copy, Debug, Default)]
 struct Assigned {
     letter: u64,
@@ -220,15 +219,45 @@ struct Assigned {
     taken: u64,
 }
 
+/// The first bytes of the next block, which belong to the char that the current block ends
+/// in: at most one char crosses a block boundary.
+#[derive(Clone, Copy, Debug)]
+struct Spill {
+    span: u64,
+    kind: Kind,
+}
+
+impl Default for Spill {
+    fn default() -> Self {
+        Spill {
+            span: 0,
+            kind: Kind::Letter,
+        }
+    }
+}
+
 impl Assigned {
+    /// The bytes a char of the previous block spills into this one.
+    #[inline(always)]
+    fn from_spill(spill: Spill) -> Assigned {
+        let mut here = Assigned::default();
+        if spill.span != 0 {
+            here.add(spill.kind, spill.span, spill.span);
+        }
+        here
+    }
+
     /// Marks the bytes of `span` (bit `i` is byte `i` of this block; bits 64 and up fall in
     /// the next block, kept in `next`) as one char of `kind`.
     #[inline(always)]
-    fn set(&mut self, next: &mut Assigned, kind: Kind, span: u128) {
+    fn set(&mut self, next: &mut Spill, kind: Kind, span: u128) {
         let inner = span & (span - 1);
         self.add(kind, span as u64, inner as u64);
         if span >> 64 != 0 {
-            next.add(kind, (span >> 64) as u64, (inner >> 64) as u64);
+            *next = Spill {
+                span: (span >> 64) as u64,
+                kind,
+            };
         }
     }
 
@@ -519,7 +548,7 @@ fn count<const JSON: bool>(b: &[u8]) -> u64 {
 #[inline(always)]
 fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
     let mut rules = Rules::default();
-    let mut pending = Assigned::default();
+    let mut pending = Spill::default();
     let mut extra = 0u64;
     let mut last_emoji_end = usize::MAX;
     let mut base = 0;
@@ -535,8 +564,8 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
             }
         };
         let ascii = Ascii::of::<JSON, L>(lanes, block);
-        let mut here = pending;
-        let mut next = Assigned::default();
+        let mut here = Assigned::from_spill(pending);
+        let mut next = Spill::default();
         // Escapes and non-ASCII chars, in order (an emoji's cost depends on the one before).
         let mut todo = 0;
         let backslash = ascii.backslash & valid & !here.taken;
@@ -582,12 +611,10 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
             ] {
                 let leads = u128::from(leads);
                 let inner = (leads << 1) | (leads << 2);
-                for (into, shift) in [(&mut here, 0), (&mut next, 64)] {
-                    into.add(
-                        kind,
-                        ((leads | inner) >> shift) as u64,
-                        (inner >> shift) as u64,
-                    );
+                here.add(kind, (leads | inner) as u64, inner as u64);
+                let spill = (inner >> 64) as u64;
+                if spill != 0 {
+                    next = Spill { span: spill, kind };
                 }
             }
             todo |= non_ascii.lead & !(ideograph | kana | punct | wide_letter);
@@ -688,13 +715,11 @@ fn escape(b: &[u8], at: usize, last_emoji_end: &mut usize) -> (Kind, u64, usize)
 }
 
 /// Positions in `m` reached from a bit of `k` (a subset of `m`) going up through `m`: the
-/// bytes of each run of `m` from its first `k` bit on. The add carries the fill from one
-/// block into the next.
+/// bytes of each run of `m` from its first `k` bit on. The previous block's fill is the only
+/// state: a run filled up to its last byte goes on filling in the next block.
 #[derive(Clone, Copy, Debug, Default)]
 struct Fill {
-    prev_k: u64,
     prev: u64,
-    carry: bool,
 }
 
 impl Fill {
@@ -702,21 +727,11 @@ impl Fill {
     #[inline(always)]
     fn fill(&mut self, k: u64, m: u64) -> (u64, u64) {
         let rest = m & !k;
-        let k_before = shl(k, self.prev_k, 1);
-        if rest & k_before == 0 && !self.carry {
-            // Nothing to carry: the fill is `k` (the common case of one-byte chars).
-            self.prev_k = k;
-            let before = shl(k, self.prev, 1);
-            self.prev = k;
-            return (k, before);
-        }
-        // A `k` bit just below a `rest` run carries through it; the carry stops at the
-        // run's end (a `rest` bit never sits on a `k` bit).
-        let (sum, c1) = k_before.overflowing_add(rest);
-        let (sum, c2) = sum.overflowing_add(u64::from(self.carry));
-        self.carry = c1 | c2;
-        self.prev_k = k;
-        let f = k | ((sum ^ rest) & rest);
+        // A bit just above a `k` bit (or above a filled last byte of the previous block)
+        // that lands on a `rest` run carries through it, and the carry stops at the run's
+        // end: the byte after a `rest` bit is never a seed bit, as `rest` and `k` are apart.
+        let seed = shl(k, self.prev >> 63 << 63, 1);
+        let f = k | ((seed.wrapping_add(rest) ^ rest) & rest);
         let before = shl(f, self.prev, 1);
         self.prev = f;
         (f, before)
