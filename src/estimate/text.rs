@@ -549,7 +549,6 @@ fn count<const JSON: bool>(b: &[u8]) -> u64 {
 fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
     let mut rules = Rules::default();
     let mut pending = Spill::default();
-    let mut extra = 0u64;
     let mut last_emoji_end = usize::MAX;
     let mut base = 0;
     while base < b.len() {
@@ -588,7 +587,7 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
                 ] {
                     here.add(kind, m | (m >> 1), m);
                 }
-                extra += SYMBOL * u64::from(symbol.count_ones());
+                rules.total += SYMBOL * u64::from(symbol.count_ones());
                 todo = unicode >> 1;
             } else {
                 todo = backslash;
@@ -602,7 +601,7 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
             let kana = non_ascii.kana & valid;
             let punct = non_ascii.punct & valid;
             let wide_letter = non_ascii.wide_letter & valid;
-            extra += CJK_MILLI * u64::from(ideograph.count_ones())
+            rules.total += CJK_MILLI * u64::from(ideograph.count_ones())
                 + KANA_MILLI * u64::from(kana.count_ones())
                 + SYMBOL * u64::from((punct | wide_letter).count_ones());
             for (kind, leads) in [
@@ -627,7 +626,7 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
             let x = b[at];
             if JSON && x == b'\\' {
                 let (kind, cost, n) = escape(b, at, &mut last_emoji_end);
-                extra += cost;
+                rules.total += cost;
                 let span = ((1u128 << n) - 1) << j;
                 here.set(&mut next, kind, span);
                 todo &= !(span as u64);
@@ -635,7 +634,7 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
             }
             let (c, n) = decode_utf8(b, at);
             let (kind, cost) = classify(c);
-            extra += emoji_cost(cost, at, n, &mut last_emoji_end);
+            rules.total += emoji_cost(cost, at, n, &mut last_emoji_end);
             here.set(&mut next, kind, ((1u128 << n) - 1) << j);
         }
         let free = valid & !here.taken;
@@ -663,7 +662,7 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
                 space = control & l.each(block, |v| l.equal(v, b'\t') | l.equal(v, 0x0C));
                 newline = control & l.each(block, |v| l.equal(v, b'\r') | l.equal(v, b'\n'));
                 let symbols = control & !space & !newline;
-                extra += SYMBOL * u64::from(symbols.count_ones());
+                rules.total += SYMBOL * u64::from(symbols.count_ones());
                 masks.symbol |= symbols;
             }
             masks.space |= space;
@@ -677,7 +676,7 @@ fn count_blocks<const JSON: bool, L: Lanes>(b: &[u8], lanes: L) -> u64 {
     // Of the rules, only a run of spaces that ends the last full block looks past the end
     // (a short last block leaves empty bytes after the text).
     rules.total += WHITESPACE_RUN * (rules.prev_space >> 63);
-    (rules.total + extra).div_ceil(1_000)
+    rules.total.div_ceil(1_000)
 }
 
 /// The extra cost of a char of cost `cost` (from [`classify`]) at byte `at`, `n` bytes long:
