@@ -1041,21 +1041,9 @@ impl<C: TextCount> RawWalker<'_, C> {
             }
             return;
         }
-        let [kind, text, image, document, video, tool_use, tool_result, json, reasoning, guard, cache_point, cache_control] =
-            o.fields([
-                "type",
-                "text",
-                "image",
-                "document",
-                "video",
-                "toolUse",
-                "toolResult",
-                "json",
-                "reasoningContent",
-                "guardContent",
-                "cachePoint",
-                "cache_control",
-            ]);
+        // Most blocks are `{"type": …, "text": …}` (Anthropic) or `{"text": …}` (Converse):
+        // two keys first, the keyed kinds only when neither is there.
+        let [kind, text] = o.fields(["type", "text"]);
         if let Some(kind) = kind.and_then(Val::as_str) {
             match kind.as_ref() {
                 "text" | "input_text" => self.text(text, "text"),
@@ -1104,7 +1092,22 @@ impl<C: TextCount> RawWalker<'_, C> {
         }
         if let Some(t) = text {
             self.text(Some(t), "text");
-        } else if let Some(img) = image {
+            return;
+        }
+        let [image, document, video, tool_use, tool_result, json, reasoning, guard, cache_point, cache_control] =
+            o.fields([
+                "image",
+                "document",
+                "video",
+                "toolUse",
+                "toolResult",
+                "json",
+                "reasoningContent",
+                "guardContent",
+                "cachePoint",
+                "cache_control",
+            ]);
+        if let Some(img) = image {
             self.add(BLOCK_OVERHEAD);
             let data = img
                 .get("source")
