@@ -421,6 +421,64 @@ impl Lanes for Avx2 {
     }
 }
 
+/// The whole block at a time with AVX-512 (BW), through `pulp`'s safe wrappers: each
+/// compare gives its 64-bit mask directly. Only made once `pulp` has found the CPU to be
+/// x86-64-v4.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+struct Avx512(pulp::x86::V4);
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx512 {
+    type V = std::arch::x86_64::__m512i;
+    const WIDTH: usize = 64;
+
+    #[inline(always)]
+    fn load(self, block: &[u8; 64], _at: usize) -> Self::V {
+        pulp::cast(*block)
+    }
+
+    #[inline(always)]
+    fn equal(self, v: Self::V, x: u8) -> u64 {
+        let s = self.0;
+        s.avx512bw
+            ._mm512_cmpeq_epi8_mask(v, s.avx512f._mm512_set1_epi8(x as i8))
+    }
+
+    #[inline(always)]
+    fn in_range(self, v: Self::V, lo: u8, hi: u8) -> u64 {
+        let s = self.0;
+        let d = s
+            .avx512bw
+            ._mm512_sub_epi8(v, s.avx512f._mm512_set1_epi8(lo as i8));
+        s.avx512bw
+            ._mm512_cmple_epu8_mask(d, s.avx512f._mm512_set1_epi8((hi - lo) as i8))
+    }
+
+    #[inline(always)]
+    fn in_range_folded(self, v: Self::V, lo: u8, hi: u8) -> u64 {
+        let s = self.0;
+        self.in_range(
+            s.avx512f
+                ._mm512_or_si512(v, s.avx512f._mm512_set1_epi8(0x20)),
+            lo,
+            hi,
+        )
+    }
+
+    #[inline(always)]
+    fn bit7(self, v: Self::V) -> u64 {
+        self.0.avx512bw._mm512_movepi8_mask(v)
+    }
+
+    #[inline(always)]
+    fn bit6(self, v: Self::V) -> u64 {
+        let s = self.0;
+        s.avx512bw
+            ._mm512_movepi8_mask(s.avx512bw._mm512_add_epi8(v, v))
+    }
+}
+
 impl Ascii {
     /// The masks of `block`; the backslashes only for `JSON`, the control characters
     /// only without it (they are invalid in a JSON string).
@@ -525,24 +583,56 @@ impl NonAscii {
 }
 
 /// Counts `b` (valid UTF-8; with `JSON`, the validated raw text of a JSON string). On an
-/// x86-64 CPU with AVX2, `popcnt` and BMI (x86-64-v3, found at run time by `pulp`), the
-/// whole count is compiled for those; elsewhere it runs on the baseline instruction set.
+/// x86-64 CPU with AVX-512 (x86-64-v4) or AVX2, `popcnt` and BMI (x86-64-v3), found at run
+/// time by `pulp`, the whole count is compiled for those; elsewhere it runs on the baseline
+/// instruction set.
 fn count<const JSON: bool>(b: &[u8]) -> u64 {
     #[cfg(target_arch = "x86_64")]
-    static V3: std::sync::OnceLock<Option<pulp::x86::V3>> = std::sync::OnceLock::new();
-    #[cfg(target_arch = "x86_64")]
-    if let Some(v3) = *V3.get_or_init(pulp::x86::V3::try_new) {
-        struct Count<'a, const JSON: bool>(&'a [u8], Avx2);
-        impl<const JSON: bool> pulp::NullaryFnOnce for Count<'_, JSON> {
-            type Output = u64;
-            #[inline(always)]
-            fn call(self) -> u64 {
-                count_blocks::<JSON, Avx2>(self.0, self.1)
-            }
+    {
+        static ARCH: std::sync::OnceLock<X86> = std::sync::OnceLock::new();
+        match *ARCH.get_or_init(X86::detect) {
+            X86::V4(v4) => return v4.vectorize(Count::<JSON, _>(b, Avx512(v4))),
+            X86::V3(v3) => return v3.vectorize(Count::<JSON, _>(b, Avx2(v3))),
+            X86::Baseline => {}
         }
-        return v3.vectorize(Count::<JSON>(b, Avx2(v3)));
     }
     count_blocks::<JSON, Portable>(b, Portable)
+}
+
+/// The x86-64 instruction sets the counter has a path for.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+enum X86 {
+    V4(pulp::x86::V4),
+    V3(pulp::x86::V3),
+    Baseline,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl X86 {
+    fn detect() -> X86 {
+        if let Some(v4) = pulp::x86::V4::try_new() {
+            X86::V4(v4)
+        } else if let Some(v3) = pulp::x86::V3::try_new() {
+            X86::V3(v3)
+        } else {
+            X86::Baseline
+        }
+    }
+}
+
+/// [`count_blocks`] as a closure for `pulp`'s `vectorize`, which runs it with the target
+/// features of its instruction set enabled.
+#[cfg(target_arch = "x86_64")]
+struct Count<'a, const JSON: bool, L: Lanes>(&'a [u8], L);
+
+#[cfg(target_arch = "x86_64")]
+impl<const JSON: bool, L: Lanes> pulp::NullaryFnOnce for Count<'_, JSON, L> {
+    type Output = u64;
+    #[inline(always)]
+    fn call(self) -> u64 {
+        count_blocks::<JSON, L>(self.0, self.1)
+    }
 }
 
 #[inline(always)]
@@ -1108,6 +1198,22 @@ mod tests {
         .prop_map(|parts| parts.concat())
     }
 
+    /// The count of `b` on every path this CPU can run, whichever `count` would choose.
+    fn every_path<const JSON: bool>(b: &[u8]) -> Vec<(&'static str, u64)> {
+        #[allow(unused_mut)]
+        let mut counts = vec![("portable", count_blocks::<JSON, Portable>(b, Portable))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                counts.push(("avx2", v3.vectorize(Count::<JSON, _>(b, Avx2(v3)))));
+            }
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                counts.push(("avx512", v4.vectorize(Count::<JSON, _>(b, Avx512(v4)))));
+            }
+        }
+        counts
+    }
+
     /// The raw JSON text of `text`, as serde_json writes it and, with `escape_every`, with
     /// every few chars written as `\uXXXX` escapes.
     fn raw_json(text: &str, escape_every: usize) -> String {
@@ -1131,8 +1237,9 @@ mod tests {
         fn blocks_match_reference(text in mixed_text()) {
             let expected = reference(&chars_of(&text));
             prop_assert_eq!(count_tokens(&text), expected);
-            // The portable path too, whatever the CPU running the tests has.
-            prop_assert_eq!(count_blocks::<false, Portable>(text.as_bytes(), Portable), expected);
+            for (path, n) in every_path::<false>(text.as_bytes()) {
+                prop_assert_eq!(n, expected, "{}", path);
+            }
         }
 
         #[test]
@@ -1145,7 +1252,9 @@ mod tests {
             let raw = raw_json(&text, escape_every);
             let expected = reference(&chars_of_json(&raw));
             prop_assert_eq!(count_json_string(&raw), expected);
-            prop_assert_eq!(count_blocks::<true, Portable>(raw.as_bytes(), Portable), expected);
+            for (path, n) in every_path::<true>(raw.as_bytes()) {
+                prop_assert_eq!(n, expected, "{}", path);
+            }
         }
 
         #[test]
