@@ -1,5 +1,6 @@
 //! Throughput of the heuristic estimator on Anthropic Messages bodies of 1 KB to 10 MB,
-//! side by side with parsing the same body into a `serde_json::Value`.
+//! side by side with parsing the same body into a `serde_json::Value`, and of the text
+//! counter alone on each kind of text the bodies mix.
 //!
 //! ```text
 //! cargo bench --bench estimate -- --warm-up-time 1 --measurement-time 3
@@ -13,13 +14,15 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 const MODEL: &str = "us.anthropic.claude-sonnet-4-20250514-v1:0";
 
+const PROSE: &str =
+    "Rate limiting is one of those problems that looks simple until you try to do it well. ";
+const CODE: &str =
+    "fn main() {\n    let x = vec![1, 2, 3];\n    println!(\"{:?}\", x.iter().sum::<i32>());\n}\n";
+const CJK: &str = "大语言模型的接口又增加了新的难题。レート制限は難しい問題です。";
+
 /// An Anthropic Messages body of about `size` bytes: alternating turns of English prose,
 /// Rust code (escaped quotes and line breaks) and Chinese/Japanese text.
 fn body(size: usize) -> Vec<u8> {
-    let prose =
-        "Rate limiting is one of those problems that looks simple until you try to do it well. ";
-    let code = "fn main() {\n    let x = vec![1, 2, 3];\n    println!(\"{:?}\", x.iter().sum::<i32>());\n}\n";
-    let cjk = "大语言模型的接口又增加了新的难题。レート制限は難しい問題です。";
     let mut messages = Vec::new();
     let mut len = 0;
     let mut i = 0;
@@ -27,9 +30,9 @@ fn body(size: usize) -> Vec<u8> {
     let scale = (size / 4_000).clamp(1, 8);
     while len < size.saturating_sub(200) {
         let text = match i % 3 {
-            0 => prose.repeat(scale),
-            1 => code.repeat(scale),
-            _ => cjk.repeat(scale),
+            0 => PROSE.repeat(scale),
+            1 => CODE.repeat(scale),
+            _ => CJK.repeat(scale),
         };
         len += text.len() + 60;
         let role = if i % 2 == 0 { "user" } else { "assistant" };
@@ -79,11 +82,15 @@ fn bench(c: &mut Criterion) {
         group.finish();
     }
 
-    // The text counter alone, on the body's text as one string.
-    let text = String::from_utf8(body(100_000)).unwrap();
+    // The text counter alone, on 1 MB of each kind of text the bodies mix.
     let mut group = c.benchmark_group("count_tokens");
-    group.throughput(Throughput::Bytes(text.len() as u64));
-    group.bench_function("100KB", |b| b.iter(|| count_tokens(black_box(&text))));
+    for (name, unit) in [("prose", PROSE), ("code", CODE), ("cjk", CJK)] {
+        let text = unit.repeat(1_000_000 / unit.len());
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_with_input(BenchmarkId::new("1MB", name), &text, |b, text| {
+            b.iter(|| count_tokens(black_box(text)))
+        });
+    }
     group.finish();
 }
 

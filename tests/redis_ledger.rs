@@ -434,7 +434,9 @@ fn client(
             RedisLedger::open(url)
                 .unwrap()
                 .prefix(prefix)
-                .timeout(Duration::from_millis(200)),
+                // Long enough that a loaded machine's slow reply is not taken for an
+                // outage (a killed server refuses connections at once).
+                .timeout(Duration::from_secs(1)),
         )
         .outage(policy)
         .max_wait(Duration::from_secs(60))
