@@ -850,19 +850,12 @@ struct Rules {
 impl Rules {
     #[inline(always)]
     fn block(&mut self, m: &Masks) {
-        let p = Masks {
-            lower: self.prev_lower,
-            digit: self.prev_digit,
-            space: self.prev_space,
-            newline: self.prev_newline,
-            ..Masks::default()
-        };
         let ascii = m.lower | m.upper;
         let word = ascii | m.letter;
         let mut total = self.total;
 
         // Lone spaces: the last byte of a run of spaces that holds one char.
-        let second_space = m.space & !m.inner & shl(m.space, p.space, 1);
+        let second_space = m.space & !m.inner & shl(m.space, self.prev_space, 1);
         let lone = m.space & !self.lone.fill(second_space, m.space).0;
 
         // Words: one per run of letters that has an ASCII letter, counted at its first one.
@@ -876,16 +869,16 @@ impl Rules {
         total += WORD_PER_EXTRA_LETTER * u64::from(long.count_ones());
         // The shifts above take six letters in a row.
         const { assert!(WORD_FREE_LEN == 6) };
-        let camel = m.upper & shl(m.lower, p.lower, 1);
+        let camel = m.upper & shl(m.lower, self.prev_lower, 1);
         total += CAMEL_BOUNDARY * u64::from(camel.count_ones());
 
         // Digits: one per three, counted at offsets 0, 3, 6, … of each run.
         let d = m.digit;
         let mut groups = 0;
         if d != 0 {
-            let d1 = shl(d, p.digit, 1);
+            let d1 = shl(d, self.prev_digit, 1);
             let starts = d & !d1;
-            let three = d & d1 & shl(d, p.digit, 2);
+            let three = d & d1 & shl(d, self.prev_digit, 2);
             groups = starts | (shl(0, self.prev_groups, 3) & three);
             if three != 0 {
                 loop {
@@ -917,12 +910,12 @@ impl Rules {
 
         // Whitespace runs: 1, except before a line break, or one char before a word or
         // punctuation.
-        let after_space = shl(m.space, p.space, 1) & !m.space;
+        let after_space = shl(m.space, self.prev_space, 1) & !m.space;
         let free = m.newline | (shl(lone, self.prev_lone, 1) & (word | run));
         total += WHITESPACE_RUN * u64::from((after_space & !free).count_ones());
 
         // Runs of line breaks, unless they follow punctuation.
-        let breaks = m.newline & !shl(m.newline, p.newline, 1) & !run_prev;
+        let breaks = m.newline & !shl(m.newline, self.prev_newline, 1) & !run_prev;
         // Word starts, digit groups and line breaks fall on bytes of different classes,
         // so one count serves the three.
         const { assert!(WORD_BASE == DIGIT_GROUP && WORD_BASE == NEWLINE_RUN) };
