@@ -13,7 +13,7 @@
 //! | CJK ideograph / kana / hangul | [`CJK_MILLI`], [`KANA_MILLI`], [`HANGUL_MILLI`] (÷ 1000) each, on top of the word |
 //! | other letters (Cyrillic, Greek, accented Latin, Indic, …) | by UTF-8 length: 0.5 (2 bytes), 1.0 (3 bytes), 1.5 (4 bytes), on top of the word |
 //! | emoji and pictographs | [`EMOJI_MILLI`] (first of a run) or [`EMOJI_IN_RUN_MILLI`] ÷ 1000 each; U+2300–U+2BFF pictographs 2; joiners and variation selectors 1 |
-//! | other symbols, control characters | 1 (up to 3 UTF-8 bytes), 2 (4 bytes) |
+//! | other symbols, control characters but DEL (a mark) | 1 (up to 3 UTF-8 bytes), 2 (4 bytes) |
 //!
 //! The sum is rounded up. Over the accuracy corpus in `tests/estimate_accuracy.rs` (English
 //! prose, source code, JSON, Chinese, Japanese, emoji-heavy text) the per-category median
@@ -26,12 +26,14 @@
 //! # How it is fast
 //!
 //! Every rule above only looks at a character's class and at its neighbours, so the counter
-//! reads the text 64 bytes at a time: it turns each block into one bit mask per class (16
-//! bytes per SIMD compare, through the `wide` crate), prices all the pieces of the block
-//! with bit operations on those masks, and carries the few bits a piece needs across the
-//! block boundary. Only non-ASCII characters and escapes are looked at one by one (CJK
-//! ideographs and kana by a table). A test-only reference counter applies the same rules
-//! character by character, and property tests hold the two equal.
+//! reads the text 64 bytes at a time: it turns each block into one bit mask per class,
+//! prices all the pieces of the block with bit operations on those masks, and carries the
+//! few bits a piece needs across the block boundary. The compares take 64 bytes at a time
+//! with AVX-512 and 32 with AVX2 when the CPU has them (found at run time by `pulp`, whose
+//! wrappers of the intrinsics are safe to call), else 16 through the `wide` crate. Escapes,
+//! CJK ideographs, kana and common CJK punctuation are found by compares as well; other
+//! non-ASCII characters are looked at one by one. A test-only reference counter applies
+//! the same rules character by character, and property tests hold every path equal to it.
 //!
 //! Claude's own tokenizer is not public; cl100k is the nearest public reference, and the
 //! [`Calibration`](crate::estimate::Calibration) type learns the remaining per-model
