@@ -434,9 +434,7 @@ fn client(
             RedisLedger::open(url)
                 .unwrap()
                 .prefix(prefix)
-                // Long enough that a loaded machine's slow reply is not taken for an
-                // outage (a killed server refuses connections at once).
-                .timeout(Duration::from_secs(1)),
+                .timeout(Duration::from_millis(200)),
         )
         .outage(policy)
         .max_wait(Duration::from_secs(60))
@@ -636,8 +634,10 @@ async fn outage(policy: OutagePolicy) -> (Vec<Outcome>, Instant, Instant, RedisS
     let start = Instant::now();
     let work = tokio::spawn(async move { run(clients, &base, 4, 16).await });
     tokio::time::sleep(Duration::from_secs(4)).await;
-    server.kill();
+    // Taken before the kill: requests in flight fail as soon as the signal lands, which
+    // can be before `kill` has reaped the process and returned.
     let killed = Instant::now();
+    server.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     server.restart();
     let restarted = Instant::now();
