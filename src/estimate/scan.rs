@@ -459,7 +459,7 @@ const SHORT_ESCAPE: [bool; 256] = {
 /// The end of the escape at `i` (a backslash), validated as serde_json does.
 fn escape_end(b: &[u8], i: usize) -> Result<usize, Invalid> {
     match b.get(i + 1) {
-        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
+        Some(&c) if SHORT_ESCAPE[usize::from(c)] => Ok(i + 2),
         Some(b'u') => {
             let n = hex4(b, i + 2).ok_or(Invalid::Syntax)?;
             match n {
