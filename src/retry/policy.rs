@@ -62,22 +62,28 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    let millis = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
-    if let Some(ms) = text("x-amz-retry-after").and_then(millis) {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+    let number = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+    if let Some(ms) = text("x-amz-retry-after").and_then(number) {
+        return Some(saturating_secs(ms / 1000.0));
     }
-    if let Some(ms) = text("retry-after-ms").and_then(millis) {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+    if let Some(ms) = text("retry-after-ms").and_then(number) {
+        return Some(saturating_secs(ms / 1000.0));
     }
     let value = text("retry-after")?;
-    if let Some(secs) = millis(value) {
-        return Some(Duration::from_secs_f64(secs));
+    if let Some(secs) = number(value) {
+        return Some(saturating_secs(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(
         at.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// A finite, non-negative number of seconds as a `Duration`; one too large for a `Duration`
+/// (a header can say `1e300`) is the longest, which `max_retry_after` then clamps.
+fn saturating_secs(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 /// The wait before retry number `retry` (1 for the first retry).
@@ -202,6 +208,26 @@ mod tests {
         );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
         assert_eq!(retry_after(&headers(&[("retry-after", "-3")])), None);
+    }
+
+    #[test]
+    fn huge_and_odd_wait_hints_saturate_and_are_clamped() {
+        let s = settings();
+        for (name, value) in [
+            ("retry-after", "99999999999999999999"),
+            ("retry-after", "1e300"),
+            ("x-amz-retry-after", "1e30"),
+            ("retry-after-ms", "1e300"),
+            ("retry-after-ms", "18446744073709551615999"),
+        ] {
+            let h = headers(&[(name, value)]);
+            assert_eq!(retry_after(&h), Some(Duration::MAX), "{name}: {value}");
+            assert_eq!(delay(&s, 1, Some(&h)), s.max_retry_after, "{name}: {value}");
+        }
+        for value in ["NaN", "inf", "-inf", "-0.5", "1e400", ""] {
+            let h = headers(&[("retry-after", value)]);
+            assert_eq!(retry_after(&h), None, "{value}");
+        }
     }
 
     fn settings() -> RetrySettings {
