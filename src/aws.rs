@@ -298,7 +298,8 @@ fn into_connector_error(error: BoxError) -> ConnectorError {
             }
             e @ (ThrottleError::BodyTooLarge { .. }
             | ThrottleError::NeverFits { .. }
-            | ThrottleError::Body(_)) => ConnectorError::user(Box::new(e)),
+            | ThrottleError::Body(_)
+            | ThrottleError::BodyTimeout { .. }) => ConnectorError::user(Box::new(e)),
             e => ConnectorError::other(Box::new(e), None),
         },
         Err(other) => ConnectorError::other(other, None),

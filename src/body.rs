@@ -4,17 +4,21 @@ use std::{
     future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 
 use crate::{BoxError, ThrottleError};
 
 pin_project! {
-    /// Collects a body into one `Bytes`, failing with `BodyTooLarge` past `limit`. A body of
-    /// one `Bytes` chunk (`Full`, a buffered axum body) is returned without a copy.
+    /// Collects a body into one `Bytes`, failing with `BodyTooLarge` past `limit` and with
+    /// `BodyTimeout` when it has not ended `timeout` after the first poll (a client that
+    /// never finishes sending must not hold a place). A body of one `Bytes` chunk (`Full`, a
+    /// buffered axum body) is returned without a copy.
     pub(crate) struct CollectBody<B> {
         #[pin]
         body: B,
@@ -22,17 +26,23 @@ pin_project! {
         rest: BytesMut,
         len: usize,
         limit: usize,
+        timeout: Duration,
+        // Armed on the first poll that finds the body not yet complete.
+        #[pin]
+        deadline: Option<Sleep>,
     }
 }
 
 impl<B: Body> CollectBody<B> {
-    pub(crate) fn new(body: B, limit: usize) -> Self {
+    pub(crate) fn new(body: B, limit: usize, timeout: Duration) -> Self {
         Self {
             body,
             first: None,
             rest: BytesMut::new(),
             len: 0,
             limit,
+            timeout,
+            deadline: None,
         }
     }
 }
@@ -50,7 +60,21 @@ where
             return Poll::Ready(Err(ThrottleError::BodyTooLarge { limit: *this.limit }));
         }
         loop {
-            let Some(frame) = ready!(this.body.as_mut().poll_frame(cx)) else {
+            let frame = match this.body.as_mut().poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    if this.deadline.is_none() {
+                        let sleep = tokio::time::sleep(*this.timeout);
+                        this.deadline.set(Some(sleep));
+                    }
+                    let deadline = this.deadline.as_mut().as_pin_mut().expect("armed above");
+                    ready!(deadline.poll(cx));
+                    return Poll::Ready(Err(ThrottleError::BodyTimeout {
+                        timeout: *this.timeout,
+                    }));
+                }
+            };
+            let Some(frame) = frame else {
                 let bytes = match this.first.take() {
                     Some(first) if this.rest.is_empty() => first,
                     _ => std::mem::take(this.rest).freeze(),

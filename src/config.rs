@@ -268,6 +268,7 @@ pub(crate) struct Settings {
     pub(crate) retry: RetrySettings,
     pub(crate) max_wait: Duration,
     pub(crate) body_limit: usize,
+    pub(crate) body_timeout: Duration,
     pub(crate) throttle_recovery: Option<Duration>,
     pub(crate) headroom: Duration,
     pub(crate) tenants: TenantSettings,
@@ -420,6 +421,7 @@ impl ThrottleConfig {
 /// | `retry_budget` | 500 units, 5 per retry | see [`RetryBudget`] |
 /// | `max_wait` | 120 s | longest wait in the gate's queue per attempt |
 /// | `body_limit` | 25,000,000 bytes | largest request body |
+/// | `body_timeout` | 60 s | longest time for a request body to arrive in full |
 /// | `throttle_recovery` | 1.5 × the key's quota period | how long the gate takes after an upstream throttle to return to the rate that was throttled |
 /// | `headroom` | 100 ms | refill time each bucket keeps unused, for upstream counting a request a little after the gate admitted it |
 /// | `estimator` | [`HeuristicEstimator`] | the [`TokenEstimator`] |
@@ -445,6 +447,7 @@ pub struct ThrottleConfigBuilder {
     budget: Option<RetryBudget>,
     max_wait: Duration,
     body_limit: usize,
+    body_timeout: Duration,
     throttle_recovery: Option<Duration>,
     headroom: Duration,
     estimator: Option<Arc<dyn TokenEstimator>>,
@@ -467,6 +470,7 @@ impl Default for ThrottleConfigBuilder {
             budget: Some(RetryBudget::default()),
             max_wait: Duration::from_secs(120),
             body_limit: BEDROCK_MAX_BODY_BYTES,
+            body_timeout: Duration::from_secs(60),
             throttle_recovery: None,
             headroom: Duration::from_millis(100),
             estimator: None,
@@ -551,6 +555,15 @@ impl ThrottleConfigBuilder {
     /// [`ThrottleError::BodyTooLarge`](crate::ThrottleError) and are not sent.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// How long the whole request body may take to arrive once the layer begins to read it;
+    /// a body still incomplete then fails with
+    /// [`ThrottleError::BodyTimeout`](crate::ThrottleError) and is not sent, so a client that
+    /// stops sending holds no place in a queue. 60 s unless set.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
         self
     }
 
@@ -708,6 +721,11 @@ impl ThrottleConfigBuilder {
         if self.body_limit == 0 {
             return Err(ConfigError::new("body_limit is 0 bytes"));
         }
+        if self.body_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "body_timeout is zero, so every request body still in flight would fail",
+            ));
+        }
         if let Some(b) = self.budget {
             if b.retry_cost > b.capacity {
                 return Err(ConfigError::new(format!(
@@ -744,6 +762,7 @@ impl ThrottleConfigBuilder {
             },
             max_wait: self.max_wait,
             body_limit: self.body_limit,
+            body_timeout: self.body_timeout,
             throttle_recovery: self.throttle_recovery,
             headroom: self.headroom,
         };

@@ -36,6 +36,13 @@ pub enum ThrottleError {
     },
     /// Reading the request body failed; nothing was sent upstream.
     Body(BoxError),
+    /// The request body had not arrived in full `timeout` after the layer began to read it;
+    /// nothing was sent upstream. The client is sending too slowly (or stopped): send the
+    /// whole body promptly, or raise `ThrottleConfigBuilder::body_timeout`.
+    BodyTimeout {
+        /// The configured body timeout.
+        timeout: Duration,
+    },
     /// The request's token estimate is larger than the whole token quota of its key, so no
     /// amount of waiting would admit it. Lower `max_tokens` or the prompt, or raise the quota.
     NeverFits {
@@ -93,6 +100,10 @@ impl fmt::Display for ThrottleError {
                 "request body exceeds the {limit}-byte limit; nothing was sent (raise body_limit or send less)"
             ),
             Self::Body(e) => write!(f, "failed to read the request body; nothing was sent: {e}"),
+            Self::BodyTimeout { timeout } => write!(
+                f,
+                "the request body did not arrive in full within {timeout:?}; nothing was sent (send it promptly or raise body_timeout)"
+            ),
             Self::NeverFits { key, tokens, quota_tokens } => write!(
                 f,
                 "request for {key} reserves {tokens} tokens (input + output limit x burndown), more than \

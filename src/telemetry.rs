@@ -223,6 +223,7 @@ impl Trace {
         let outcome = match error.downcast_ref::<ThrottleError>() {
             Some(ThrottleError::BodyTooLarge { .. }) => "body_too_large",
             Some(ThrottleError::Body(_)) => "body_error",
+            Some(ThrottleError::BodyTimeout { .. }) => "body_timeout",
             Some(ThrottleError::NeverFits { .. }) => "never_fits",
             Some(ThrottleError::MaxWaitExceeded { .. }) => "max_wait_exceeded",
             Some(ThrottleError::Overloaded { .. }) => "overloaded",

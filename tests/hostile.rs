@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use bedrock_throttle::{BedrockThrottleLayer, Quota, ThrottleConfig};
+use bedrock_throttle::{BedrockThrottleLayer, Overload, Quota, ThrottleConfig, ThrottleError};
 use bytes::Bytes;
 use common::invoke;
 use http::{Request, Response};
@@ -111,4 +111,93 @@ async fn absurd_retry_after_hints_are_clamped_not_panicked_on() {
         );
         assert!(Instant::now() - start < Duration::from_secs(15));
     }
+}
+
+/// A request body that sends its first bytes, then nothing, never ending (a client that
+/// stopped sending); built from whole bytes (as the layers rebuild it) it is complete.
+struct Stalling {
+    data: Option<Bytes>,
+    stall: bool,
+}
+
+impl From<Bytes> for Stalling {
+    fn from(b: Bytes) -> Self {
+        Self {
+            data: Some(b),
+            stall: false,
+        }
+    }
+}
+
+impl http_body::Body for Stalling {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.data.take() {
+            Some(d) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(d)))),
+            None if self.stall => std::task::Poll::Pending,
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_ends_times_out_and_gives_its_place_back() {
+    let cfg = ThrottleConfig::builder()
+        .quota(Quota::new(100, 1_000_000))
+        .max_queued(1)
+        .overload(Overload::Backpressure)
+        .body_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let calls = Arc::new(Mutex::new(0u32));
+    let counted = calls.clone();
+    let upstream = service_fn(move |_req: Request<Stalling>| {
+        *counted.lock().unwrap() += 1;
+        async {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("x-amzn-bedrock-input-token-count", "10")
+                    .header("x-amzn-bedrock-output-token-count", "10")
+                    .body(Full::new(Bytes::from_static(b"{}")))
+                    .unwrap(),
+            )
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(BedrockThrottleLayer::new(cfg))
+        .service(upstream);
+    let json: &'static [u8] = br#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+    let body = |stall: bool| Stalling {
+        data: Some(Bytes::from_static(if stall { &json[..20] } else { json })),
+        stall,
+    };
+    let path = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke";
+    let start = Instant::now();
+    let stalled = tokio::spawn(
+        svc.clone()
+            .oneshot(Request::post(path).body(body(true)).unwrap()),
+    );
+    tokio::task::yield_now().await;
+    // The only place is held while the first body is read; the second waits for it.
+    let second = tokio::spawn(svc.oneshot(Request::post(path).body(body(false)).unwrap()));
+    let err = stalled.await.unwrap().unwrap_err();
+    match err.downcast_ref::<ThrottleError>() {
+        Some(ThrottleError::BodyTimeout { timeout }) => {
+            assert_eq!(*timeout, Duration::from_secs(10))
+        }
+        other => panic!("{other:?}: {err}"),
+    }
+    assert_eq!(Instant::now() - start, Duration::from_secs(10));
+    let response = second.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        *calls.lock().unwrap(),
+        1,
+        "the stalled request was never sent"
+    );
 }

@@ -66,7 +66,11 @@ where
         let (parts, body) = request.into_parts();
         Self {
             state: State::Collecting {
-                collect: CollectBody::new(body, shared.settings.body_limit),
+                collect: CollectBody::new(
+                    body,
+                    shared.settings.body_limit,
+                    shared.settings.body_timeout,
+                ),
             },
             pending: Some(Pending {
                 service,

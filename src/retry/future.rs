@@ -60,7 +60,11 @@ where
         let (parts, body) = request.into_parts();
         Self {
             state: State::Collecting {
-                collect: CollectBody::new(body, shared.settings.body_limit),
+                collect: CollectBody::new(
+                    body,
+                    shared.settings.body_limit,
+                    shared.settings.body_timeout,
+                ),
             },
             service,
             template: Some(RequestTemplate::new(parts)),
