@@ -89,16 +89,25 @@
 //!
 //! | error | `ConnectorError` kind | SDK retries |
 //! |---|---|---|
-//! | `BodyTooLarge`, `NeverFits`, `Body` (the request is at fault) | `user` | no |
+//! | `BodyTooLarge`, `NeverFits`, `Body`, `BodyTimeout` (the request is at fault) | `user` | no |
 //! | `MaxWaitExceeded` (the quota stayed full) | `other(_, None)` | no: waiting again would only queue behind the same demand |
+//! | `SendDeadlinePassed` (the signature's window ended while waiting) | `other(_, None)` | no |
 //! | an inner connector error on the last attempt | the inner `ConnectorError` itself | as the SDK would have (I/O errors and timeouts are retried) |
 //!
 //! # Timeouts and signatures
 //! A request may wait in the gate up to `max_wait` per attempt. The SDK's operation and
 //! attempt timeouts count that wait: leave them unset or longer than the throttle may wait.
-//! The SDK's read and connect timeouts apply to each HTTP request as usual. SigV4
-//! signatures expire after about five minutes, and a retry resends the request signed for
-//! the first attempt: keep `max_wait` and the retries well within that.
+//! The SDK's read and connect timeouts apply to each HTTP request as usual.
+//!
+//! AWS accepts a SigV4-signed request for about five minutes after its time stamp, and a
+//! retry resends the request signed for the first attempt. Every SigV4-signed request
+//! therefore gets a [`SendDeadline`] of [`SendDeadline::SIGV4_WINDOW`] (4.5 minutes) when it
+//! reaches this client: no retry starts after it (the SDK gets the last response, and signs
+//! again if its own retry is on), and a request still waiting in the gate then fails with
+//! [`ThrottleError::SendDeadlinePassed`] (`ConnectorError` kind `other`, not retried by the
+//! SDK). No request leaves with an expired signature, whatever `max_wait` and the retry
+//! settings are. A bearer-token API key (`Config::builder().bearer_token(..)`,
+//! `AWS_BEARER_TOKEN_BEDROCK`) has no such window and gets no deadline.
 //!
 //! # Compared with the SDK's adaptive retry
 //! The SDK's adaptive mode starts limiting only after the first throttle, counts requests
@@ -137,7 +146,7 @@ use crate::{
     estimate::Estimate,
     gate::{FirstFrameException, Gate, GateLayer, SettlingBody},
     retry::Retry,
-    BedrockThrottleLayer, BoxError, ThrottleConfig, ThrottleError,
+    BedrockThrottleLayer, BoxError, SendDeadline, ThrottleConfig, ThrottleError,
 };
 
 /// An AWS SDK HTTP client that throttles every request of the SDK clients using it. See
@@ -226,16 +235,31 @@ impl HttpConnector for ThrottledConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         // A streaming body can be neither estimated nor resent: gate it only.
         let in_memory = request.body().bytes().is_some();
-        let request = match request.try_into_http1x() {
+        let mut request = match request.try_into_http1x() {
             Ok(r) => r,
             Err(e) => return HttpConnectorFuture::ready(Err(ConnectorError::user(e.into()))),
         };
+        // The SDK signed it just now; it must reach AWS within the signature's window.
+        if is_sigv4_signed(request.headers())
+            && request.extensions().get::<SendDeadline>().is_none()
+        {
+            let deadline = SendDeadline::after(SendDeadline::SIGV4_WINDOW);
+            request.extensions_mut().insert(deadline);
+        }
         if in_memory {
             HttpConnectorFuture::new(send(self.full.clone(), request))
         } else {
             HttpConnectorFuture::new(send(self.gate_only.clone(), request))
         }
     }
+}
+
+/// Whether the request carries a SigV4 (or SigV4a) signature, which AWS accepts only for a
+/// few minutes; a bearer-token API key has no such window.
+fn is_sigv4_signed(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().starts_with(b"AWS4-"))
 }
 
 async fn send<S>(

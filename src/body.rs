@@ -146,6 +146,11 @@ impl RequestTemplate {
             .unwrap_or_else(|| crate::QuotaKey::from_head(&self.uri, &self.headers).0)
     }
 
+    /// The request's send deadline, if it has one.
+    pub(crate) fn send_deadline(&self) -> Option<crate::SendDeadline> {
+        self.extensions.get().copied()
+    }
+
     /// A request with a copy of the head and `body`.
     pub(crate) fn build<B: From<Bytes>>(&self, body: Bytes) -> http::Request<B> {
         let mut request = http::Request::new(B::from(body));

@@ -73,6 +73,16 @@ pub enum ThrottleError {
         /// How long the waiting requests take to be admitted at the key's current rate.
         retry_after: Duration,
     },
+    /// The request's [`SendDeadline`](crate::SendDeadline) (on the AWS SDK path: the end of
+    /// its SigV4 signature's validity) passed while it waited for room; nothing was sent, so
+    /// no request left with an expired signature. Sign it again and resend, later or with a
+    /// smaller request.
+    SendDeadlinePassed {
+        /// The quota key the request waited on.
+        key: QuotaKey,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// The shared quota ledger (see `ThrottleConfigBuilder::ledger`) could not be reached
     /// and the outage policy is `OutagePolicy::FailClosed`; nothing was sent upstream.
     /// Retry later: the gate reconnects by itself.
@@ -120,6 +130,10 @@ impl fmt::Display for ThrottleError {
             } => write!(
                 f,
                 "the queue of {key} is full ({queued} requests waiting); nothing was sent (retry after {retry_after:?})"
+            ),
+            Self::SendDeadlinePassed { key, waited } => write!(
+                f,
+                "the send deadline of a request for {key} (its signature's validity) passed after waiting {waited:?} for room; nothing was sent (sign it again and resend)"
             ),
             Self::LedgerUnavailable { key, source } => write!(
                 f,

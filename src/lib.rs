@@ -75,6 +75,7 @@
 
 mod body;
 mod config;
+mod deadline;
 pub mod diagnosis;
 mod error;
 mod key;
@@ -111,6 +112,7 @@ pub use self::{
         default_burndown, Quota, RetryBudget, ThrottleConfig, ThrottleConfigBuilder,
         BEDROCK_MAX_BODY_BYTES, DISCOVER_START_TPM,
     },
+    deadline::SendDeadline,
     diagnosis::ThrottleKind,
     error::{BoxError, ConfigError, ThrottleError},
     key::QuotaKey,

@@ -226,6 +226,7 @@ impl Trace {
             Some(ThrottleError::BodyTimeout { .. }) => "body_timeout",
             Some(ThrottleError::NeverFits { .. }) => "never_fits",
             Some(ThrottleError::MaxWaitExceeded { .. }) => "max_wait_exceeded",
+            Some(ThrottleError::SendDeadlinePassed { .. }) => "send_deadline_passed",
             Some(ThrottleError::Overloaded { .. }) => "overloaded",
             Some(ThrottleError::LedgerUnavailable { .. }) => "ledger_unavailable",
             Some(ThrottleError::Upstream { .. }) => "upstream_error",

@@ -3,13 +3,14 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::{
@@ -129,8 +130,14 @@ where
                     let attempts = *this.attempts;
                     let result = ready!(future.poll(cx));
                     let budget = this.shared.retry_budget.as_ref();
-                    let can_retry =
-                        || attempts < settings.max_attempts && budget.is_none_or(|b| b.withdraw());
+                    let send_deadline = this.template.as_ref().and_then(|t| t.send_deadline());
+                    // A retry that would start past the send deadline (a signature's
+                    // validity) is not made: the caller gets this outcome, and signs anew.
+                    let can_retry = |wait: Duration| {
+                        attempts < settings.max_attempts
+                            && !send_deadline.is_some_and(|d| d.passed_at(Instant::now() + wait))
+                            && budget.is_none_or(|b| b.withdraw())
+                    };
                     match result {
                         Ok(mut response) => {
                             let mut outcome = classify(response.status(), response.headers());
@@ -140,8 +147,8 @@ where
                             }
                             let retryable =
                                 matches!(outcome, Outcome::Throttled | Outcome::Transient);
-                            if retryable && can_retry() {
-                                let wait = delay(settings, attempts, Some(response.headers()));
+                            let wait = delay(settings, attempts, Some(response.headers()));
+                            if retryable && can_retry(wait) {
                                 tracing::debug!(status = %response.status(), attempts, ?wait, "retrying");
                                 retried(this.shared, this.template);
                                 this.state.set(State::Sleeping {
@@ -166,8 +173,8 @@ where
                                 this.trace.error(&error);
                                 return Poll::Ready(Err(error)); // our own verdict: final
                             }
-                            if can_retry() {
-                                let wait = delay(settings, attempts, None);
+                            let wait = delay(settings, attempts, None);
+                            if can_retry(wait) {
                                 tracing::debug!(%error, attempts, ?wait, "retrying after an error");
                                 retried(this.shared, this.template);
                                 this.state.set(State::Sleeping {
