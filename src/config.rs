@@ -17,6 +17,9 @@ use crate::{
 /// Bedrock's largest request body, the default body limit.
 pub const BEDROCK_MAX_BODY_BYTES: usize = 25_000_000;
 
+/// The default of [`ThrottleConfigBuilder::max_queued`]: requests that may wait per key.
+pub const DEFAULT_MAX_QUEUED: usize = 1_024;
+
 /// One quota: requests and tokens per period (a minute unless set), as Bedrock grants per
 /// model and Region.
 ///
@@ -427,7 +430,7 @@ impl ThrottleConfig {
 /// | `estimator` | [`HeuristicEstimator`] | the [`TokenEstimator`] |
 /// | `tenant_header` | none | request header naming the [`Tenant`] when the extensions do not |
 /// | `tenant`, `default_tenant` | weight 1, no cap | [`TenantPolicy`] of a tenant, of all others |
-/// | `max_queued` | unbounded | waiting requests per key before [`Overload`] applies |
+/// | `max_queued` | [`DEFAULT_MAX_QUEUED`] (1,024) | waiting requests per key before [`Overload`] applies |
 /// | `overload` | [`Overload::Shed`] | shed at once, or back-pressure through `poll_ready` |
 /// | `ledger` | none | a [`Ledger`](crate::Ledger) shared with other processes, e.g. [`RedisLedger`](crate::RedisLedger) |
 /// | `outage` | [`OutagePolicy::FailClosed`] | what the gate does while the shared ledger is unreachable |
@@ -474,7 +477,10 @@ impl Default for ThrottleConfigBuilder {
             throttle_recovery: None,
             headroom: Duration::from_millis(100),
             estimator: None,
-            tenants: TenantSettings::default(),
+            tenants: TenantSettings {
+                max_queued: Some(DEFAULT_MAX_QUEUED),
+                ..TenantSettings::default()
+            },
             tenant_header: None,
             shared_ledger: None,
             outage: OutagePolicy::FailClosed,
@@ -617,8 +623,14 @@ impl ThrottleConfigBuilder {
     }
 
     /// Bounds the requests waiting in a key's queue: once `max` wait, what happens to the
-    /// next is the [`overload`](Self::overload) policy. Unbounded unless set (`max_wait`
-    /// still bounds how long each waits).
+    /// next is the [`overload`](Self::overload) policy. [`DEFAULT_MAX_QUEUED`] (1,024)
+    /// unless set; `max_wait` also bounds how long each waits.
+    ///
+    /// A waiting request holds its body, so this bounds memory too: at most about
+    /// `max × (body size + 1 KiB)` per key (per configuration under
+    /// [`Overload::Backpressure`]). With the default `body_limit` of 25 MB the worst case is
+    /// large; a gateway facing clients it does not trust should lower `max_queued` or
+    /// `body_limit` to what it can hold (the README's "Memory" works an example).
     pub fn max_queued(mut self, max: usize) -> Self {
         self.tenants.max_queued = Some(max);
         self

@@ -110,7 +110,7 @@ pub use self::ledger::RedisLedger;
 pub use self::{
     config::{
         default_burndown, Quota, RetryBudget, ThrottleConfig, ThrottleConfigBuilder,
-        BEDROCK_MAX_BODY_BYTES, DISCOVER_START_TPM,
+        BEDROCK_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DISCOVER_START_TPM,
     },
     deadline::SendDeadline,
     diagnosis::ThrottleKind,

@@ -37,6 +37,8 @@ async fn ten_thousand_callers_for_an_hour_end_within_quota_in_bounded_memory() {
     let cfg = ThrottleConfig::builder()
         .model_quota(SONNET_4, Quota::new(RPM, TPM))
         .max_wait(Duration::from_secs(20 * 60))
+        // Every caller waits in the one key's queue: more than the default bound.
+        .max_queued(CALLERS as usize)
         .build()
         .unwrap();
     let client = ServiceBuilder::new()
