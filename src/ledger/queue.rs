@@ -22,6 +22,11 @@ use crate::tenant::{Priority, Tenant};
 /// While batch requests wait, one admission in this many of a tenant goes to batch.
 pub(crate) const BATCH_EVERY: u32 = 4;
 
+/// Idle tenants whose finish tags are still ahead of the virtual time are remembered up to
+/// this many; past it those closest to the virtual time are forgotten first (they gain the
+/// least by starting anew at `V`), so a stream of one-off tenant names cannot grow memory.
+pub(crate) const MAX_IDLE_TENANTS: usize = 1_024;
+
 /// A non-negative virtual time, ordered by its bits (which order like the value).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Tag(u64);
@@ -81,7 +86,11 @@ struct Place {
 /// The waiters of one key. See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct WaitQueue {
+    /// The tenants with waiters.
     tenants: HashMap<Option<Tenant>, TenantQueue>,
+    /// The finish tags of tenants without waiters that are still ahead of the virtual time
+    /// (at most `2 × MAX_IDLE_TENANTS`): they start there when they come back.
+    idle: HashMap<Option<Tenant>, f64>,
     /// The heads of the tenants with waiters: (start tag, waiter id).
     heads: BTreeSet<(Tag, u64)>,
     places: HashMap<u64, Place>,
@@ -89,6 +98,9 @@ pub(crate) struct WaitQueue {
     virtual_time: f64,
     /// Sum of the waiters' costs, in quota periods.
     queued_cost: f64,
+    /// Idle entries looked at by trims, to show the amortised cost in tests.
+    #[cfg(test)]
+    trim_visits: usize,
 }
 
 impl WaitQueue {
@@ -120,11 +132,15 @@ impl WaitQueue {
         priority: Priority,
         cost: f64,
     ) {
-        if self.tenants.len() > 2 * self.heads.len() + 64 {
-            self.trim();
-        }
         let v = self.virtual_time;
-        let t = self.tenants.entry(tenant.clone()).or_default();
+        let idle = &mut self.idle;
+        let t = self
+            .tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| TenantQueue {
+                finish: idle.remove(&tenant).unwrap_or(0.0),
+                ..TenantQueue::default()
+            });
         t.weight = weight;
         match priority {
             Priority::Interactive => t.interactive.insert(id),
@@ -193,9 +209,15 @@ impl WaitQueue {
             }
         }
         if t.is_empty() {
-            // Idle from now on: the tenant's share goes to the others until it returns.
-            if t.finish <= self.virtual_time {
-                self.tenants.remove(&place.tenant);
+            // Idle from now on: the tenant's share goes to the others until it returns, and
+            // only a finish tag ahead of the virtual time is worth remembering.
+            let finish = t.finish;
+            self.tenants.remove(&place.tenant);
+            if finish > self.virtual_time {
+                self.idle.insert(place.tenant, finish);
+                if self.idle.len() > 2 * MAX_IDLE_TENANTS {
+                    self.trim();
+                }
             }
         } else {
             self.reseat(&place.tenant, next_start);
@@ -222,10 +244,21 @@ impl WaitQueue {
     }
 
     /// Forgets idle tenants whose finish tags are behind the virtual time (they would start
-    /// at `V` anyway).
+    /// at `V` anyway), then past [`MAX_IDLE_TENANTS`] the idle ones closest to it. Runs when
+    /// the idle entries double past the bound, so it costs O(1) per departure.
     fn trim(&mut self) {
+        #[cfg(test)]
+        {
+            self.trim_visits += self.idle.len();
+        }
         let v = self.virtual_time;
-        self.tenants.retain(|_, t| !t.is_empty() || t.finish > v);
+        self.idle.retain(|_, finish| *finish > v);
+        if self.idle.len() > MAX_IDLE_TENANTS {
+            let mut finishes: Vec<f64> = self.idle.values().copied().collect();
+            let excess = self.idle.len() - MAX_IDLE_TENANTS;
+            let (_, &mut cut, _) = finishes.select_nth_unstable_by(excess - 1, f64::total_cmp);
+            self.idle.retain(|_, finish| *finish > cut);
+        }
     }
 }
 
@@ -329,6 +362,43 @@ mod tests {
     }
 
     #[test]
+    fn one_off_tenants_cost_constant_work_per_push_and_bounded_memory() {
+        let mut q = WaitQueue::default();
+        let mut id = 0;
+        // Three waves of 20,000 queued requests, each of a tenant never seen before.
+        for wave in 0..3 {
+            for _ in 0..20_000 {
+                q.push(
+                    id,
+                    tenant(&format!("t{id}")),
+                    1.0,
+                    Priority::Interactive,
+                    0.001,
+                );
+                id += 1;
+            }
+            assert_eq!(drain(&mut q).len(), 20_000, "wave {wave}");
+            assert!(q.tenants.is_empty(), "wave {wave}");
+            assert!(
+                q.idle.len() <= 2 * MAX_IDLE_TENANTS,
+                "wave {wave}: {} idle tenants remembered",
+                q.idle.len()
+            );
+        }
+        // Trims looked at a bounded number of entries per push, not every tenant ever seen.
+        assert!(
+            q.trim_visits <= 2 * id as usize,
+            "{} visits for {id} pushes",
+            q.trim_visits
+        );
+        // A recurring tenant keeps its place in the fair order across the waves.
+        q.push(id, tenant("busy"), 1.0, Priority::Interactive, 0.5);
+        q.push(id + 1, tenant("busy"), 1.0, Priority::Interactive, 0.5);
+        q.push(id + 2, tenant("quiet"), 1.0, Priority::Interactive, 0.5);
+        assert_eq!(drain(&mut q), vec![id, id + 2, id + 1]);
+    }
+
+    #[test]
     fn leaving_keeps_costs_and_tags_consistent() {
         let mut q = WaitQueue::default();
         q.push(0, tenant("a"), 1.0, Priority::Interactive, 0.25);
@@ -342,6 +412,6 @@ mod tests {
         assert_eq!(drain(&mut q), vec![1, 2]);
         assert_eq!(q.queued_periods(), 0.0);
         q.trim();
-        assert!(q.tenants.len() <= 2);
+        assert!(q.tenants.len() + q.idle.len() <= 2);
     }
 }
