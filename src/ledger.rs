@@ -31,7 +31,7 @@ use tokio::time::{Instant, Sleep};
 
 use self::queue::WaitQueue;
 use crate::{
-    config::ResolvedQuota,
+    quota::ResolvedQuota,
     tenant::{Priority, Tenant},
     QuotaKey, ThrottleError, ThrottleKind,
 };

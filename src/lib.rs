@@ -80,6 +80,7 @@ mod error;
 mod key;
 mod layer;
 mod ledger;
+mod quota;
 mod stats;
 mod telemetry;
 mod usage;
@@ -107,10 +108,7 @@ pub struct ReadmeDoctests;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::ledger::RedisLedger;
 pub use self::{
-    config::{
-        default_burndown, Quota, RetryBudget, ThrottleConfig, ThrottleConfigBuilder,
-        BEDROCK_MAX_BODY_BYTES, DISCOVER_START_TPM,
-    },
+    config::{RetryBudget, ThrottleConfig, ThrottleConfigBuilder, BEDROCK_MAX_BODY_BYTES},
     diagnosis::ThrottleKind,
     error::{BoxError, ConfigError, ThrottleError},
     key::QuotaKey,
@@ -119,6 +117,7 @@ pub use self::{
         Ask, Grant, Hold, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
         SharedLedger as Ledger,
     },
+    quota::{default_burndown, Quota, DISCOVER_START_TPM},
     stats::{KeyStats, ThrottleStats},
     tenant::{Overload, Priority, Tenant, TenantPolicy},
 };

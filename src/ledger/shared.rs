@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 
 use super::{lock, Reservation, Ticket};
-use crate::{config::ResolvedQuota, BoxError, QuotaKey, ThrottleError};
+use crate::{quota::ResolvedQuota, BoxError, QuotaKey, ThrottleError};
 
 /// The future a [`Ledger`] answers with.
 pub type LedgerFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send>>;
