@@ -7,7 +7,7 @@ use crate::{
         default_output_limit, limits::UNKNOWN_MODEL_OUTPUT_LIMIT, Calibration, HeuristicEstimator,
         TokenEstimator,
     },
-    ledger::{Budget, Ledger, OutagePolicy, SharedLedger},
+    ledger::{Ledger, OutagePolicy, Registry},
     quota::{default_burndown, Quota, ResolvedQuota},
     retry::RetryBudgetState,
     telemetry::Telemetry,
@@ -118,7 +118,7 @@ impl Settings {
 /// The state every layer and client built from one configuration shares.
 pub(crate) struct Shared {
     pub(crate) settings: Settings,
-    pub(crate) ledger: Ledger,
+    pub(crate) ledger: Registry,
     pub(crate) retry_budget: Option<RetryBudgetState>,
     pub(crate) estimator: Arc<dyn TokenEstimator>,
     pub(crate) calibration: Calibration,
@@ -245,7 +245,7 @@ pub struct ThrottleConfigBuilder {
     estimator: Option<Arc<dyn TokenEstimator>>,
     tenants: TenantSettings,
     tenant_header: Option<String>,
-    shared_ledger: Option<Arc<dyn SharedLedger>>,
+    shared_ledger: Option<Arc<dyn Ledger>>,
     outage: OutagePolicy,
 }
 
@@ -418,7 +418,7 @@ impl ThrottleConfigBuilder {
     /// from this configuration's own buckets (a per-process ceiling at the full quota). See
     /// [`Ledger`](crate::Ledger) and [`RedisLedger`](crate::RedisLedger) (feature `redis`).
     /// A shared ledger cannot be combined with [`Quota::discover`].
-    pub fn ledger(mut self, ledger: impl SharedLedger) -> Self {
+    pub fn ledger(mut self, ledger: impl Ledger) -> Self {
         self.shared_ledger = Some(Arc::new(ledger));
         self
     }
@@ -545,8 +545,8 @@ impl ThrottleConfigBuilder {
         Ok(ThrottleConfig {
             shared: Arc::new(Shared {
                 retry_budget: self.budget.map(RetryBudgetState::new),
-                ledger: Ledger::new(settings.throttle_recovery, settings.headroom)
-                    .with_budget(self.shared_ledger.map(|l| Budget::new(l, self.outage))),
+                ledger: Registry::new(settings.throttle_recovery, settings.headroom)
+                    .with_shared(self.shared_ledger, self.outage),
                 settings,
                 estimator: self
                     .estimator

@@ -114,8 +114,7 @@ pub use self::{
     key::QuotaKey,
     layer::BedrockThrottleLayer,
     ledger::{
-        Ask, Grant, Hold, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
-        SharedLedger as Ledger,
+        Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
     },
     quota::{default_burndown, Quota, DISCOVER_START_TPM},
     stats::{KeyStats, ThrottleStats},
