@@ -1,4 +1,4 @@
-//! Quotas and the throttle configuration.
+//! The throttle configuration: its builder, and the state every layer built from it shares.
 
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
@@ -7,7 +7,8 @@ use crate::{
         default_output_limit, limits::UNKNOWN_MODEL_OUTPUT_LIMIT, Calibration, HeuristicEstimator,
         TokenEstimator,
     },
-    ledger::{Budget, Ledger, OutagePolicy, SharedLedger},
+    ledger::{Ledger, OutagePolicy, Registry},
+    quota::{default_burndown, Quota, ResolvedQuota},
     retry::RetryBudgetState,
     telemetry::Telemetry,
     tenant::{Overload, Tenant, TenantPolicy, TenantSettings},
@@ -19,201 +20,6 @@ pub const BEDROCK_MAX_BODY_BYTES: usize = 25_000_000;
 
 /// The default of [`ThrottleConfigBuilder::max_queued`]: requests that may wait per key.
 pub const DEFAULT_MAX_QUEUED: usize = 1_024;
-
-/// One quota: requests and tokens per period (a minute unless set), as Bedrock grants per
-/// model and Region.
-///
-/// RPM is optional because Bedrock's newer quota tables list only tokens per minute; leave it
-/// out with `None` or [`Quota::tokens_per_minute`]. Should upstream still refuse with "Too
-/// many requests", the gate finds a request limit from those throttles.
-///
-/// A configured quota is a ceiling: when upstream throttles below it (the account's real
-/// quota is lower, or another application spends from it) the gate finds the real capacity
-/// and keeps to it (see the `gate` module docs, "Slowing down"). When the number is not
-/// known at all, [`Quota::discover`] starts from a guess and finds it.
-///
-/// ```
-/// use bedrock_throttle::Quota;
-///
-/// let claude_3_5 = Quota::new(50, 400_000); // 50 RPM, 400,000 TPM
-/// let sonnet_4 = Quota::tokens_per_minute(200_000); // TPM only
-/// let custom = Quota::new(None, 1_000_000).with_burndown(5.0);
-/// let unknown = Quota::discover(); // found from upstream throttles
-/// assert_eq!(claude_3_5.requests(), Some(50));
-/// assert!(unknown.discovers() && !sonnet_4.discovers());
-/// assert_eq!(sonnet_4.requests(), None);
-/// assert_eq!(custom.burndown(), Some(5.0));
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Quota {
-    requests: Option<u32>,
-    tokens: u64,
-    period: Duration,
-    burndown: Option<f64>,
-    discover: bool,
-}
-
-/// The tokens per minute a [`Quota::discover`] starts from: the smallest default Bedrock
-/// quota seen on new accounts (a cross-Region Claude 3.7 Sonnet, 20,000 TPM). Slow start
-/// doubles it every 0.15 period (9 s of a one-minute quota) while the callers use it all,
-/// so it passes 400,000 TPM in about 40 s of load.
-pub const DISCOVER_START_TPM: u64 = 20_000;
-
-impl Quota {
-    /// `rpm` requests (or `None` for no request limit) and `tpm` tokens per minute.
-    pub fn new(rpm: impl Into<Option<u32>>, tpm: u64) -> Self {
-        Self {
-            requests: rpm.into(),
-            tokens: tpm,
-            period: Duration::from_secs(60),
-            burndown: None,
-            discover: false,
-        }
-    }
-
-    /// No number at all: the gate finds the token rate from upstream throttles, starting at
-    /// [`DISCOVER_START_TPM`] tokens per minute, with no request limit until upstream says
-    /// "Too many requests".
-    ///
-    /// Until the first throttle the rate doubles every 0.15 period while the callers use
-    /// what it gives (slow start); from then on it follows the same curve as a configured
-    /// quota after a throttle, without a ceiling. The bucket holds one period at the
-    /// current rate, and a request larger than that is admitted from a full bucket (its
-    /// excess is debt), so [`ThrottleError::NeverFits`](crate::ThrottleError) never fires
-    /// for a discovered quota. The first request-count throttle ("Too many requests") gives
-    /// the key a request limit, starting at the request rate that was throttled and
-    /// discovered the same way from there; the token rate is left alone.
-    ///
-    /// ```
-    /// use bedrock_throttle::{Quota, ThrottleConfig};
-    ///
-    /// let cfg = ThrottleConfig::builder().quota(Quota::discover()).build()?;
-    /// # let _ = cfg;
-    /// # Ok::<(), bedrock_throttle::ConfigError>(())
-    /// ```
-    pub fn discover() -> Self {
-        Self::discover_from(DISCOVER_START_TPM)
-    }
-
-    /// Like [`Quota::discover`], starting from `tpm` tokens per minute (per period when
-    /// [`with_period`](Self::with_period) is set).
-    pub fn discover_from(tpm: u64) -> Self {
-        Self {
-            discover: true,
-            ..Self::new(None, tpm)
-        }
-    }
-
-    /// `tpm` tokens per minute and no request limit.
-    pub fn tokens_per_minute(tpm: u64) -> Self {
-        Self::new(None, tpm)
-    }
-
-    /// Counts the requests and tokens of this quota per `period` instead of per minute.
-    /// Useful for emulators and tests that run a "minute" faster; against Bedrock keep the
-    /// minute.
-    pub fn with_period(mut self, period: Duration) -> Self {
-        self.period = period;
-        self
-    }
-
-    /// Quota tokens one output token consumes. Unset, it follows the model: 5 for Claude 3.7
-    /// Sonnet, Claude 4 and later (Bedrock's documented burndown), 1 otherwise
-    /// (see [`default_burndown`]).
-    pub fn with_burndown(mut self, rate: f64) -> Self {
-        self.burndown = Some(rate);
-        self
-    }
-
-    /// Requests per period, if limited.
-    pub fn requests(&self) -> Option<u32> {
-        self.requests
-    }
-
-    /// Tokens per period.
-    pub fn tokens(&self) -> u64 {
-        self.tokens
-    }
-
-    /// The period the numbers count over.
-    pub fn period(&self) -> Duration {
-        self.period
-    }
-
-    /// The burndown set on this quota, if any.
-    pub fn burndown(&self) -> Option<f64> {
-        self.burndown
-    }
-
-    /// Whether the token rate is discovered ([`Quota::discover`]); then
-    /// [`tokens`](Self::tokens) is only where discovery starts.
-    pub fn discovers(&self) -> bool {
-        self.discover
-    }
-
-    fn validate(&self, what: &str) -> Result<(), ConfigError> {
-        if self.tokens == 0 {
-            return Err(ConfigError::new(format!(
-                "{what}: the token quota is 0, so nothing could ever be admitted; give the tokens per minute your account has"
-            )));
-        }
-        if self.requests == Some(0) {
-            return Err(ConfigError::new(format!(
-                "{what}: the request quota is 0; use None for no request limit"
-            )));
-        }
-        if self.period.is_zero() {
-            return Err(ConfigError::new(format!(
-                "{what}: the quota period is zero"
-            )));
-        }
-        if let Some(b) = self.burndown {
-            if !(b.is_finite() && b > 0.0) {
-                return Err(ConfigError::new(format!(
-                    "{what}: burndown {b} must be a positive finite number (1 for most models, 5 for newer Claude)"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Bedrock's output burndown for a model id: 5 quota tokens per output token for Claude 3.7
-/// Sonnet and Claude 4 and later (Opus, Sonnet, Haiku), 1 for every other model.
-///
-/// Cross-Region prefixes and ARNs are understood. Override with [`Quota::with_burndown`] or
-/// `ThrottleConfigBuilder::burndown` when AWS changes the list.
-///
-/// ```
-/// use bedrock_throttle::default_burndown;
-///
-/// assert_eq!(default_burndown("us.anthropic.claude-sonnet-4-20250514-v1:0"), 5.0);
-/// assert_eq!(default_burndown("anthropic.claude-3-7-sonnet-20250219-v1:0"), 5.0);
-/// assert_eq!(default_burndown("anthropic.claude-3-5-sonnet-20240620-v1:0"), 1.0);
-/// assert_eq!(default_burndown("meta.llama3-70b-instruct-v1:0"), 1.0);
-/// ```
-pub fn default_burndown(model: &str) -> f64 {
-    let Some((_, name)) = model.split_once("claude-") else {
-        return 1.0;
-    };
-    let mut parts = name.split(['-', '.', ':']);
-    let newer = match (parts.next(), parts.next()) {
-        (Some("opus" | "sonnet" | "haiku"), Some(major)) => {
-            major.parse::<u32>().is_ok_and(|m| (4..100).contains(&m))
-        }
-        (Some(major), Some(minor)) => match major.parse::<u32>() {
-            Ok(3) => minor == "7",
-            Ok(m) => (4..100).contains(&m),
-            Err(_) => false,
-        },
-        _ => false,
-    };
-    if newer {
-        5.0
-    } else {
-        1.0
-    }
-}
 
 /// Backoff retry settings, read by the retry layer.
 #[derive(Clone, Debug)]
@@ -277,17 +83,6 @@ pub(crate) struct Settings {
     pub(crate) tenants: TenantSettings,
 }
 
-/// A quota resolved for one key, with its burndown.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct ResolvedQuota {
-    pub(crate) requests: Option<u32>,
-    pub(crate) tokens: u64,
-    pub(crate) period: Duration,
-    pub(crate) burndown: f64,
-    /// `tokens` is a starting guess, not a ceiling.
-    pub(crate) discover: bool,
-}
-
 impl Settings {
     /// The quota for `key`: the model's own, else the ARN's resource name's, else the default.
     pub(crate) fn quota_for(&self, key: &QuotaKey) -> Option<ResolvedQuota> {
@@ -327,7 +122,7 @@ impl Settings {
 /// The state every layer and client built from one configuration shares.
 pub(crate) struct Shared {
     pub(crate) settings: Settings,
-    pub(crate) ledger: Ledger,
+    pub(crate) ledger: Registry,
     pub(crate) retry_budget: Option<RetryBudgetState>,
     pub(crate) estimator: Arc<dyn TokenEstimator>,
     pub(crate) calibration: Calibration,
@@ -456,7 +251,7 @@ pub struct ThrottleConfigBuilder {
     estimator: Option<Arc<dyn TokenEstimator>>,
     tenants: TenantSettings,
     tenant_header: Option<String>,
-    shared_ledger: Option<Arc<dyn SharedLedger>>,
+    shared_ledger: Option<Arc<dyn Ledger>>,
     outage: OutagePolicy,
 }
 
@@ -648,7 +443,7 @@ impl ThrottleConfigBuilder {
     /// from this configuration's own buckets (a per-process ceiling at the full quota). See
     /// [`Ledger`](crate::Ledger) and [`RedisLedger`](crate::RedisLedger) (feature `redis`).
     /// A shared ledger cannot be combined with [`Quota::discover`].
-    pub fn ledger(mut self, ledger: impl SharedLedger) -> Self {
+    pub fn ledger(mut self, ledger: impl Ledger) -> Self {
         self.shared_ledger = Some(Arc::new(ledger));
         self
     }
@@ -781,8 +576,8 @@ impl ThrottleConfigBuilder {
         Ok(ThrottleConfig {
             shared: Arc::new(Shared {
                 retry_budget: self.budget.map(RetryBudgetState::new),
-                ledger: Ledger::new(settings.throttle_recovery, settings.headroom)
-                    .with_budget(self.shared_ledger.map(|l| Budget::new(l, self.outage))),
+                ledger: Registry::new(settings.throttle_recovery, settings.headroom)
+                    .with_shared(self.shared_ledger, self.outage),
                 settings,
                 estimator: self
                     .estimator
@@ -901,28 +696,5 @@ mod tests {
                 .quota_for(&QuotaKey::new(Some("other"), None)),
             None
         );
-    }
-
-    #[test]
-    fn burndown_defaults_follow_bedrock() {
-        for m in [
-            "anthropic.claude-opus-4-20250514-v1:0",
-            "anthropic.claude-opus-4-1-20250805-v1:0",
-            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
-            "global.anthropic.claude-haiku-4-5-20251001-v1:0",
-            "eu.anthropic.claude-3-7-sonnet-20250219-v1:0",
-        ] {
-            assert_eq!(default_burndown(m), 5.0, "{m}");
-        }
-        for m in [
-            "anthropic.claude-3-5-sonnet-20241022-v2:0",
-            "anthropic.claude-3-haiku-20240307-v1:0",
-            "anthropic.claude-v2:1",
-            "anthropic.claude-instant-v1",
-            "amazon.titan-text-express-v1",
-            "",
-        ] {
-            assert_eq!(default_burndown(m), 1.0, "{m}");
-        }
     }
 }

@@ -81,6 +81,7 @@ mod error;
 mod key;
 mod layer;
 mod ledger;
+mod quota;
 mod stats;
 mod telemetry;
 mod usage;
@@ -109,8 +110,8 @@ pub struct ReadmeDoctests;
 pub use self::ledger::RedisLedger;
 pub use self::{
     config::{
-        default_burndown, Quota, RetryBudget, ThrottleConfig, ThrottleConfigBuilder,
-        BEDROCK_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DISCOVER_START_TPM,
+        RetryBudget, ThrottleConfig, ThrottleConfigBuilder, BEDROCK_MAX_BODY_BYTES,
+        DEFAULT_MAX_QUEUED,
     },
     deadline::SendDeadline,
     diagnosis::ThrottleKind,
@@ -118,9 +119,9 @@ pub use self::{
     key::QuotaKey,
     layer::BedrockThrottleLayer,
     ledger::{
-        Ask, Grant, Hold, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
-        SharedLedger as Ledger,
+        Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
     },
+    quota::{default_burndown, Quota, DISCOVER_START_TPM},
     stats::{KeyStats, ThrottleStats},
     tenant::{Overload, Priority, Tenant, TenantPolicy},
 };

@@ -8,7 +8,7 @@ use redis::{
 };
 use tokio::sync::OnceCell;
 
-use super::shared::{
+use super::spi::{
     hold_member, Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, HOLD_TTL_US,
     MIN_WAIT_US, WAITER_GRACE_US,
 };
@@ -17,7 +17,7 @@ use crate::QuotaKey;
 /// Reserve: KEYS = bucket hash, holds zset, waiters zset; ARGV = tokens per period,
 /// requests per period (0: none), period µs, headroom µs, tokens, client, hold member,
 /// hold ttl µs, waiter grace µs, min wait µs. Returns `{1, 0}` when reserved, else
-/// `{0, wait µs}`. The same arithmetic as `BudgetState::reserve`.
+/// `{0, wait µs}`. The same arithmetic as `LocalKey::reserve`.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -78,7 +78,7 @@ return {0, wait}
 
 /// Settle: KEYS = bucket hash, holds zset; ARGV = tokens per period, requests per period,
 /// period µs, hold member, tokens reserved, tokens charged. Returns 1 when the hold was
-/// known and settled, 0 when it had expired or was lost. As `BudgetState::settle`.
+/// known and settled, 0 when it had expired or was lost. As `LocalKey::settle`.
 const SETTLE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])

@@ -1,0 +1,151 @@
+//! The in-process quota ledger: per quota key, a request bucket and a token bucket that
+//! admit in fair order, take reservations and give back what was not used.
+//!
+//! governor's GCRA cannot refund tokens, and a dual limit must check both buckets before it
+//! takes from either, so both buckets are kept here, side by side, under one lock per key.
+//! Each bucket holds one period's worth of its current rate when full and refills
+//! continuously at that rate. A token bucket may go below zero when a settled charge exceeds
+//! its reservation; admissions then wait for the debt to refill.
+//!
+//! The current rate of each bucket is its quota's rate times a multiplier that a controller
+//! of its own moves: down on the upstream throttles that name its limit ("Too many tokens"
+//! the token bucket, "Too many requests" the request bucket, an unrecognised throttle both),
+//! back up on a cubic curve afterwards (see the `gate` module docs, "Slowing down").
+//!
+//! As governor splits algorithm, state and waiting, so does this module, each file using
+//! only the ones listed before it (and `lock`, the poison-tolerant lock they all take):
+//!
+//! - `bucket`, `rate`: pure values, a bucket and the rate controller;
+//! - `meter`: the buckets of one key and their controllers on a grid of steps;
+//! - `queue`: the fair order of one key's waiters;
+//! - `spi`, `local`, `redis`: the public [`Ledger`] trait for a shared quota state and its
+//!   two implementations;
+//! - `remote`: how a key spends from a shared ledger;
+//! - `key`: one key's state behind one lock;
+//! - `reservation`: what an admission holds until it is settled;
+//! - `acquire`: admission, and the one future that waits for room;
+//! - this file: the registry of every key's state.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use self::{lock::lock, remote::LedgerLink};
+use crate::{quota::ResolvedQuota, tenant::Tenant, QuotaKey};
+
+mod acquire;
+mod bucket;
+mod key;
+mod local;
+mod lock;
+mod meter;
+mod queue;
+mod rate;
+#[cfg(feature = "redis")]
+mod redis;
+mod remote;
+mod reservation;
+mod spi;
+#[cfg(test)]
+mod tests;
+
+#[cfg(feature = "redis")]
+pub use self::redis::RedisLedger;
+pub(crate) use self::{
+    acquire::{Acquire, Admission},
+    key::{KeyLedger, Waiter},
+    reservation::Reservation,
+};
+pub use self::{
+    local::LocalLedger,
+    spi::{Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, OutagePolicy},
+};
+
+/// Quota state of every key.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    keys: Mutex<HashMap<QuotaKey, Arc<KeyLedger>>>,
+    /// Per key and capped tenant, the tenant's cap (see [`crate::tenant`]).
+    caps: Mutex<HashMap<(QuotaKey, Tenant), Arc<KeyLedger>>>,
+    recovery: Option<Duration>,
+    headroom: Duration,
+    /// A ledger shared with other processes, asked after the key's own buckets.
+    link: Option<Arc<LedgerLink>>,
+}
+
+impl Registry {
+    pub(crate) fn new(recovery: Option<Duration>, headroom: Duration) -> Self {
+        Self {
+            keys: Mutex::new(HashMap::new()),
+            caps: Mutex::new(HashMap::new()),
+            recovery,
+            headroom,
+            link: None,
+        }
+    }
+
+    /// Spends from `ledger` as well, if given, following `policy` while it is unreachable.
+    pub(crate) fn with_shared(
+        mut self,
+        ledger: Option<Arc<dyn Ledger>>,
+        policy: OutagePolicy,
+    ) -> Self {
+        self.link = ledger.map(|l| Arc::new(LedgerLink::new(l, policy)));
+        self
+    }
+
+    /// The ledger of `key`, created with `quota` on first use.
+    pub(crate) fn key(&self, key: &QuotaKey, quota: ResolvedQuota) -> Arc<KeyLedger> {
+        let mut keys = lock(&self.keys);
+        if let Some(k) = keys.get(key) {
+            return k.clone();
+        }
+        let recovery = self.recovery.unwrap_or(quota.period.mul_f64(1.5));
+        let remote = self
+            .link
+            .clone()
+            .map(|l| (l, remote::limits(quota, self.headroom)));
+        let ledger = Arc::new(
+            KeyLedger::new(key.clone(), quota, recovery, self.headroom).with_remote(remote),
+        );
+        keys.insert(key.clone(), ledger.clone());
+        ledger
+    }
+
+    /// The cap ledger of `tenant` on `key`: `share` of `quota`, fixed (no adaptation).
+    pub(crate) fn cap(
+        &self,
+        key: &QuotaKey,
+        tenant: &Tenant,
+        quota: ResolvedQuota,
+        share: f64,
+    ) -> Arc<KeyLedger> {
+        let mut caps = lock(&self.caps);
+        if let Some(k) = caps.get(&(key.clone(), tenant.clone())) {
+            return k.clone();
+        }
+        let capped = ResolvedQuota {
+            requests: quota
+                .requests
+                .map(|r| ((f64::from(r) * share).ceil() as u32).max(1)),
+            tokens: ((quota.tokens as f64 * share).ceil() as u64).max(1),
+            discover: false,
+            ..quota
+        };
+        let ledger = Arc::new(KeyLedger::new(
+            key.clone(),
+            capped,
+            Duration::ZERO,
+            self.headroom,
+        ));
+        caps.insert((key.clone(), tenant.clone()), ledger.clone());
+        ledger
+    }
+
+    /// The ledger of `key`, if it has been used.
+    pub(crate) fn get(&self, key: &QuotaKey) -> Option<Arc<KeyLedger>> {
+        lock(&self.keys).get(key).cloned()
+    }
+}

@@ -1,0 +1,171 @@
+//! The rate multiplier of one bucket: CUBIC after a throttle, slow start while discovering.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Multiplicative decrease on an upstream throttle (the AWS SDK's β).
+const BETA: f64 = 0.7;
+/// The lowest multiplier, as a share of the configured quota (or the discovery guess).
+pub(super) const FLOOR: f64 = 0.01;
+/// The highest multiplier of a discovered quota, as a multiple of its starting guess.
+const DISCOVER_CAP: f64 = 10_000.0;
+/// A discovered quota that has never been throttled doubles its rate every this many
+/// periods while the key is busy (slow start): from the starting guess to ten times it in
+/// half a period, so a short burst of load finds its quota before it is over.
+const SLOW_START_DOUBLING: f64 = 0.15;
+
+/// Where the rate curve is.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Phase {
+    /// At the cap (the configured quota) and not throttled since.
+    Full,
+    /// A discovered quota never throttled yet: doubling every `SLOW_START_DOUBLING`
+    /// periods of busy time.
+    SlowStart,
+    /// After a throttle that hit at multiplier `last_max`; `clock` counts busy seconds since.
+    Cubic { last_max: f64, clock: f64 },
+}
+
+/// The rate multiplier of one key: CUBIC-like, as the AWS SDK's adaptive client, but
+/// scale-free (the curve is relative to `last_max`) and in units of the quota period.
+///
+/// On a throttle: `last_max = min(m, measured)`, `m = β × last_max` (β = 0.7), `measured`
+/// the multiplier tokens were drawn at over the last period (as the AWS SDK takes the
+/// measured send rate). Afterwards
+/// `m(t) = last_max × (1 + (1 − β) × (t / K − 1)³)`, `t` the time since the cut (for a
+/// discovered quota, only the busy time), so
+/// `m(0) = β × last_max`, `m(K) = last_max` and the curve then probes above it (`m(2K) =
+/// 1.3 × last_max`); i.e. `C = (1 − β) × last_max / K³`. `K` is `throttle_recovery`, one
+/// and a half quota periods unless set. Clamped to `[FLOOR, cap]`.
+#[derive(Clone, Debug)]
+pub(super) struct Controller {
+    pub(super) scale: f64,
+    cap: f64,
+    pub(super) phase: Phase,
+    /// K in seconds; zero turns adaptation off.
+    recovery: f64,
+    period: f64,
+    /// When the last cut happened: throttles of requests admitted before it were caused by
+    /// the rate it already corrected, so they do not cut again.
+    last_cut: Option<Instant>,
+}
+
+impl Controller {
+    pub(super) fn new(discover: bool, recovery: Duration, period: Duration) -> Self {
+        Self {
+            scale: 1.0,
+            cap: if discover { DISCOVER_CAP } else { 1.0 },
+            phase: if discover {
+                Phase::SlowStart
+            } else {
+                Phase::Full
+            },
+            recovery: recovery.as_secs_f64(),
+            period: period.as_secs_f64(),
+            last_cut: None,
+        }
+    }
+
+    /// Whether throttles move the rate at all (`throttle_recovery` is not zero).
+    pub(super) fn adapts(&self) -> bool {
+        self.recovery != 0.0
+    }
+
+    pub(super) fn recovery_duration(&self) -> Duration {
+        Duration::from_secs_f64(self.recovery)
+    }
+
+    /// Moves the curve on by one step of `dt` seconds.
+    pub(super) fn step(&mut self, dt: f64, busy: bool) {
+        match &mut self.phase {
+            Phase::Full => {}
+            Phase::SlowStart => {
+                if busy {
+                    let doubling = SLOW_START_DOUBLING * self.period;
+                    self.scale = (self.scale * (dt / doubling).exp2()).min(self.cap);
+                }
+            }
+            Phase::Cubic { last_max, clock } => {
+                // Under a configured quota the curve climbs with time, as the AWS SDK's,
+                // idle or not: it can never pass the quota the user vouched for. A
+                // discovered rate has no such cap, so it climbs only while it is tested.
+                if busy || self.cap <= 1.0 {
+                    *clock += dt;
+                }
+                let x = *clock / self.recovery - 1.0;
+                let m = *last_max * (1.0 + (1.0 - BETA) * x * x * x);
+                self.scale = m.clamp(FLOOR, self.cap);
+                if x > 0.0 && self.scale >= self.cap {
+                    self.phase = Phase::Full;
+                }
+            }
+        }
+    }
+
+    /// Cuts the rate for a throttle of a request admitted at `admitted_at`, `measured` the
+    /// multiplier the key actually drew at over the last period when the gate was holding
+    /// requests back (else `None`); false when the throttle is stale or adaptation is off.
+    pub(super) fn cut(
+        &mut self,
+        now: Instant,
+        admitted_at: Instant,
+        measured: Option<f64>,
+    ) -> bool {
+        if self.recovery == 0.0 || self.last_cut.is_some_and(|c| admitted_at <= c) {
+            return false;
+        }
+        // As the AWS SDK: the rate that was throttled is what was really sent, when that was
+        // less than the rate allowed (upstream's burst room hides an excess for a while).
+        // A throttle under light load says nothing of the rate the gate would have drawn at
+        // its limit: cut from the limit itself, or one stray 429 would pin the key near the
+        // floor.
+        let m = measured.map_or(self.scale, |x| self.scale.min(x.max(FLOOR)));
+        let last_max = m;
+        self.scale = (BETA * m).max(FLOOR);
+        self.phase = Phase::Cubic {
+            last_max,
+            clock: 0.0,
+        };
+        self.last_cut = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn period() -> Duration {
+        Duration::from_secs(60)
+    }
+
+    #[test]
+    fn the_curve_returns_to_the_throttled_rate_after_k_then_probes_above_it() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(false, period(), period());
+        assert!(c.cut(t0, t0 - Duration::from_secs(1), Some(10.0)));
+        assert_eq!(c.scale, 0.7);
+        // Under a configured quota idle time counts as well. Half-way: 1 + 0.3 × (−0.5)³.
+        (0..25).for_each(|_| c.step(0.6, false));
+        (0..25).for_each(|_| c.step(0.6, true));
+        assert!((c.scale - 0.9625).abs() < 1e-9, "{}", c.scale);
+        // At K the throttled rate, then the cap (the configured quota) holds.
+        (0..60).for_each(|_| c.step(0.6, true));
+        assert_eq!(c.scale, 1.0);
+        assert_eq!(c.phase, Phase::Full);
+
+        // Without a ceiling (discovery) it probes above: 1.3 × last_max at 2K.
+        let mut d = Controller::new(true, period(), period());
+        // Slow start: doubles per 0.15 period (9 s) of busy time.
+        (0..15).for_each(|_| d.step(0.6, true));
+        assert!((d.scale - 2.0).abs() < 1e-9, "{}", d.scale);
+        assert!(d.cut(t0, t0 - Duration::from_secs(1), Some(10.0)));
+        assert!((d.scale - 1.4).abs() < 1e-9);
+        // A discovered rate climbs only while it is tested: idle steps do not move it.
+        (0..100).for_each(|_| d.step(0.6, false));
+        assert!((d.scale - 1.4).abs() < 1e-9);
+        (0..200).for_each(|_| d.step(0.6, true));
+        assert!((d.scale - 2.6).abs() < 1e-9, "{}", d.scale);
+    }
+}

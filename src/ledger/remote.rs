@@ -1,0 +1,258 @@
+//! Spending from a shared [`Ledger`]: the link to it, a waiter's step of asking it, the hold
+//! to settle.
+//!
+//! Waiting stays with the key's own queue (see the `acquire` module); once the head of the
+//! queue has room in the key's own buckets, [`RemoteStep`] asks the shared ledger, waits as
+//! long as it answers, and during an outage follows the link's [`OutagePolicy`].
+
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use super::{
+    local::LocalLedger,
+    lock::lock,
+    spi::{Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, OutagePolicy},
+};
+use crate::{quota::ResolvedQuota, QuotaKey};
+
+/// A shared ledger as the gate holds it: the ledger, who this client is, and the policy
+/// for outages.
+pub(crate) struct LedgerLink {
+    ledger: Arc<dyn Ledger>,
+    policy: OutagePolicy,
+    /// The in-process budget of [`OutagePolicy::FailOpen`].
+    fallback: LocalLedger,
+    client: u64,
+    next_hold: AtomicU64,
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl fmt::Debug for LedgerLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LedgerLink")
+            .field("ledger", &self.ledger)
+            .field("policy", &self.policy)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LedgerLink {
+    pub(super) fn new(ledger: Arc<dyn Ledger>, policy: OutagePolicy) -> Self {
+        Self {
+            ledger,
+            policy,
+            fallback: LocalLedger::new(),
+            client: fastrand::u64(..),
+            next_hold: AtomicU64::new(0),
+            down_until: Mutex::new(None),
+        }
+    }
+
+    fn ask(&self, key: &QuotaKey, tokens: u64, limits: Limits) -> Ask {
+        Ask {
+            key: key.clone(),
+            tokens,
+            limits,
+            client: self.client,
+            hold: self.next_hold.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the ledger failed less than `retry_after` ago.
+    fn is_down(&self, now: Instant) -> bool {
+        lock(&self.down_until).is_some_and(|t| now < t)
+    }
+
+    fn mark_down(&self, now: Instant, error: &LedgerError) {
+        let mut d = lock(&self.down_until);
+        if d.is_none_or(|t| now >= t) {
+            tracing::warn!(%error, policy = ?self.policy, "shared quota ledger unavailable");
+        }
+        *d = Some(now + OutagePolicy::retry_after());
+    }
+
+    fn mark_up(&self) {
+        let mut d = lock(&self.down_until);
+        if d.take().is_some() {
+            tracing::info!("shared quota ledger reachable again");
+        }
+    }
+}
+
+/// The limits of a resolved quota.
+pub(super) fn limits(q: ResolvedQuota, headroom: Duration) -> Limits {
+    Limits {
+        tokens: q.tokens,
+        requests: q.requests,
+        period: q.period,
+        headroom,
+    }
+}
+
+/// What a [`RemoteStep`] came to.
+#[derive(Debug)]
+pub(super) enum Answer {
+    /// Reserved, in the shared ledger or (during an outage) in the fallback.
+    Reserved(RemoteHold),
+    /// The ledger is unreachable and the policy fails closed.
+    Unavailable(LedgerError),
+    /// A question was sent, or the step knows when to ask again: look again at once.
+    Again,
+}
+
+/// One waiter's dealings with the shared ledger: the question in flight, and when to ask
+/// again.
+pub(super) struct RemoteStep {
+    link: Arc<LedgerLink>,
+    limits: Limits,
+    /// Behind a mutex only so that the gate's response future stays `Sync`; it is polled
+    /// through `&mut`, never locked.
+    asking: Option<Mutex<LedgerFuture<Grant>>>,
+    retry_at: Option<Instant>,
+}
+
+impl fmt::Debug for RemoteStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteStep")
+            .field("limits", &self.limits)
+            .field("asking", &self.asking.is_some())
+            .field("retry_at", &self.retry_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteStep {
+    pub(super) fn new(link: Arc<LedgerLink>, limits: Limits) -> Self {
+        Self {
+            link,
+            limits,
+            asking: None,
+            retry_at: None,
+        }
+    }
+
+    /// Whether a question is in flight.
+    pub(super) fn in_flight(&self) -> bool {
+        self.asking.is_some()
+    }
+
+    /// When the last answer said to ask again, if that is still to come.
+    pub(super) fn retry_at(&self, now: Instant) -> Option<Instant> {
+        self.retry_at.filter(|t| now < *t)
+    }
+
+    /// The answer to the question in flight, once it has come.
+    pub(super) fn poll_answer(
+        &mut self,
+        key: &QuotaKey,
+        tokens: u64,
+        now: Instant,
+        cx: &mut Context<'_>,
+    ) -> Option<Answer> {
+        let future = self.asking.as_mut()?;
+        let future = future.get_mut().unwrap_or_else(|e| e.into_inner());
+        let Poll::Ready(result) = future.as_mut().poll(cx) else {
+            return None;
+        };
+        self.asking = None;
+        Some(match result {
+            Ok(Grant::Reserved(hold)) => {
+                self.link.mark_up();
+                self.reserved(hold, false)
+            }
+            Ok(Grant::FitsIn(d)) => {
+                self.link.mark_up();
+                self.later(now + d)
+            }
+            Err(error) => {
+                self.link.mark_down(now, &error);
+                self.fallback(key, tokens, now, error)
+            }
+        })
+    }
+
+    /// Asks for `tokens` of `key` (the key's own buckets have room): sends the question, or,
+    /// while the ledger is known to be down, goes straight to the outage policy.
+    pub(super) fn ask(&mut self, key: &QuotaKey, tokens: u64, now: Instant) -> Answer {
+        self.retry_at = None;
+        if self.link.is_down(now) {
+            let error = LedgerError::new("unreachable at the last attempt");
+            return self.fallback(key, tokens, now, error);
+        }
+        let ask = self.link.ask(key, tokens, self.limits);
+        self.asking = Some(Mutex::new(self.link.ledger.reserve(ask)));
+        Answer::Again
+    }
+
+    /// Drops the question in flight: if it reserved, the hold expires.
+    pub(super) fn abandon(&mut self) {
+        self.asking = None;
+    }
+
+    fn fallback(&mut self, key: &QuotaKey, tokens: u64, now: Instant, e: LedgerError) -> Answer {
+        match self.link.policy {
+            OutagePolicy::FailClosed => Answer::Unavailable(e),
+            OutagePolicy::FailOpen { share } => {
+                let ask = self.link.ask(key, tokens, self.limits.scaled(share));
+                match self.link.fallback.reserve_now(&ask) {
+                    Grant::Reserved(hold) => self.reserved(hold, true),
+                    Grant::FitsIn(d) => self.later(now + d),
+                }
+            }
+        }
+    }
+
+    fn reserved(&self, hold: Hold, fallback: bool) -> Answer {
+        Answer::Reserved(RemoteHold {
+            link: self.link.clone(),
+            hold,
+            fallback,
+        })
+    }
+
+    fn later(&mut self, at: Instant) -> Answer {
+        self.retry_at = Some(at);
+        Answer::Again
+    }
+}
+
+/// A hold in the shared ledger (or, during an outage, in the fallback) to settle.
+#[derive(Debug)]
+pub(super) struct RemoteHold {
+    link: Arc<LedgerLink>,
+    hold: Hold,
+    fallback: bool,
+}
+
+impl RemoteHold {
+    /// Whether the hold is in the outage fallback rather than the shared ledger.
+    pub(super) fn is_fallback(&self) -> bool {
+        self.fallback
+    }
+
+    pub(super) fn settle(self, actual: u64) {
+        if self.fallback {
+            self.link.fallback.settle_now(&self.hold, actual);
+            return;
+        }
+        let future = self.link.ledger.settle(self.hold, actual);
+        // Without a runtime the hold stays charged whole and expires: the safe side.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(error) = future.await {
+                    tracing::debug!(%error, "settle in the shared ledger failed: the hold stays charged");
+                }
+            });
+        }
+    }
+}
