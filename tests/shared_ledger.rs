@@ -210,3 +210,52 @@ fn a_shared_ledger_rejects_a_discovered_quota_and_a_bad_share() {
         .unwrap_err();
     assert!(e.to_string().contains("share"), "{e}");
 }
+
+/// A ledger whose answers arrive two seconds after it decided (a slow link to Redis, whose
+/// script runs whether or not anyone still waits for its answer), spending from a shared
+/// `LocalLedger`.
+#[derive(Debug)]
+struct Slow(Arc<LocalLedger>);
+
+impl Ledger for Slow {
+    fn reserve(&self, ask: Ask) -> LedgerFuture<Grant> {
+        let decided = self.0.reserve(ask);
+        Box::pin(async move {
+            let grant = decided.await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            grant
+        })
+    }
+
+    fn settle(&self, hold: Hold, actual: u64) -> LedgerFuture<()> {
+        self.0.settle(hold, actual)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_that_comes_after_its_waiter_left_is_given_back() {
+    let budget = Arc::new(LocalLedger::new());
+    let cfg = ThrottleConfig::builder()
+        .quota(Quota::new(None, 1_000))
+        .headroom(Duration::ZERO)
+        .max_wait(Duration::from_secs(1))
+        .ledger(Slow(budget.clone()))
+        .build()
+        .unwrap();
+    let slow = gate(cfg, StatusCode::OK);
+    // The question is in flight when the deadline passes; the ledger grants it later.
+    let err = send(&slow, 800).await.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<ThrottleError>(),
+            Some(ThrottleError::MaxWaitExceeded { .. })
+        ),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    tokio::task::yield_now().await;
+    // Nothing of the late grant is left charged: the whole quota is there at once.
+    let ok = gate(config(budget, OutagePolicy::FailClosed), StatusCode::OK);
+    let start = Instant::now();
+    assert_eq!(send(&ok, 1_000).await.unwrap(), start);
+}

@@ -313,7 +313,7 @@ impl Meter {
             return Duration::ZERO;
         }
         for _ in 0..MAX_SIM_STEPS {
-            if m.full() || m.updated + Duration::from_secs_f64(wait) <= m.step_end {
+            if m.full() || m.updated + saturating_secs(wait) <= m.step_end {
                 break;
             }
             let end = m.step_end;
@@ -325,8 +325,18 @@ impl Meter {
         }
         let secs = (m.updated - start).as_secs_f64() + wait;
         // Round up to the next microsecond so a wake-up at that instant finds the room.
-        Duration::from_secs_f64((secs * 1e6).ceil() / 1e6 + 1e-6)
+        saturating_secs((secs * 1e6).ceil() / 1e6 + 1e-6)
     }
+}
+
+/// The longest wait [`Meter::time_to_fit`] answers: a debt that takes longer to refill (only
+/// a usage report no upstream could make) is past every waiter's deadline anyway.
+pub(super) const LONGEST_WAIT: Duration = Duration::from_secs(365 * 86_400);
+
+/// `secs` as a `Duration`, at most [`LONGEST_WAIT`] (NaN too), so a wake-up time added to an
+/// `Instant` never overflows.
+fn saturating_secs(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).map_or(LONGEST_WAIT, |d| d.min(LONGEST_WAIT))
 }
 
 #[cfg(test)]
@@ -352,6 +362,21 @@ mod tests {
             step,
             drawn: vec![0.0; STEPS_PER_PERIOD as usize],
             slot: 0,
+        }
+    }
+
+    #[test]
+    fn an_absurd_debt_waits_the_longest_wait_and_never_overflows() {
+        let start = Instant::now();
+        for discover in [false, true] {
+            let mut m = meter(discover);
+            m.tokens.level = -1.8e19;
+            m.ctl.cut(start, start - Duration::from_secs(1), Some(0.0));
+            let wait = m.time_to_fit(1);
+            assert_eq!(wait, LONGEST_WAIT, "{discover}");
+            // A wake-up time of now + the wait is representable.
+            assert!(start.checked_add(wait).is_some());
+            assert_eq!(m.time_to_fit(u64::MAX), LONGEST_WAIT);
         }
     }
 

@@ -114,7 +114,8 @@ return 1
 /// ```
 ///
 /// # In Redis
-/// Each quota key has three Redis keys under one hash tag, `{<prefix>:<model>:<region>}`,
+/// Each quota key has three Redis keys under one hash tag, `{<prefix>:<model>:<region>}`
+/// (`%`, braces and a Region's `:` percent-encoded, so two quota keys never share a name),
 /// so each script touches one slot as Redis Cluster requires (the ledger itself connects
 /// to a single server; it has no cluster client): a hash with both buckets' levels and the time
 /// of their last refill (`…:b`), a sorted set of outstanding holds by expiry (`…:h`), and
@@ -228,16 +229,36 @@ impl RedisLedger {
 
     /// The Redis key names of `key`, all under one hash tag.
     fn names(&self, key: &QuotaKey) -> [String; 3] {
-        // Braces would end the hash tag early.
-        let clean = |s: Option<&str>| s.unwrap_or("").replace(['{', '}'], "_");
-        let tag = format!(
-            "{{{}:{}:{}}}",
-            self.inner.prefix,
-            clean(key.model()),
-            clean(key.region())
-        );
+        let tag = hash_tag(&self.inner.prefix, key);
         [format!("{tag}:b"), format!("{tag}:h"), format!("{tag}:q")]
     }
+}
+
+/// `{<prefix>:<model>:<region>}`, one name per quota key: `%`, braces (which would end the
+/// hash tag early) and, in the Region, `:` are percent-encoded, and an empty id is `%`, so
+/// no two keys share a name. Model ids as Bedrock spells them need no encoding.
+fn hash_tag(prefix: &str, key: &QuotaKey) -> String {
+    fn encode(s: Option<&str>, colon: bool) -> String {
+        match s {
+            None => String::new(),
+            Some("") => "%".to_owned(),
+            Some(s) => s
+                .chars()
+                .map(|c| match c {
+                    '%' => "%25".to_owned(),
+                    '{' => "%7B".to_owned(),
+                    '}' => "%7D".to_owned(),
+                    ':' if colon => "%3A".to_owned(),
+                    c => c.to_string(),
+                })
+                .collect(),
+        }
+    }
+    format!(
+        "{{{prefix}:{}:{}}}",
+        encode(key.model(), false),
+        encode(key.region(), true)
+    )
 }
 
 impl Inner {
@@ -321,5 +342,47 @@ impl Ledger for RedisLedger {
                 .map_err(LedgerError::new)?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_quota_key_has_a_hash_tag_of_its_own() {
+        let keys = [
+            (Some("a{b"), None),
+            (Some("a}b"), None),
+            (Some("a_b"), None),
+            (Some("a%7Bb"), None),
+            (Some("a:b"), None),
+            (Some("a"), Some("b")),
+            (Some("a:b"), Some("c")),
+            (Some("a"), Some("b:c")),
+            (Some(""), None),
+            (None, None),
+            (None, Some("")),
+            (Some("%"), None),
+        ];
+        let tags: std::collections::HashSet<String> = keys
+            .iter()
+            .map(|(m, r)| hash_tag("bt", &QuotaKey::new(*m, *r)))
+            .collect();
+        assert_eq!(tags.len(), keys.len(), "{tags:?}");
+        for tag in &tags {
+            // One hash tag: the first `{` and the first `}` enclose everything.
+            assert_eq!(tag.matches('{').count(), 1, "{tag}");
+            assert_eq!(tag.matches('}').count(), 1, "{tag}");
+        }
+        // Names as Bedrock spells them are unchanged.
+        let sonnet = QuotaKey::new(
+            Some("us.anthropic.claude-sonnet-4-20250514-v1:0"),
+            Some("us-east-1"),
+        );
+        assert_eq!(
+            hash_tag("bt", &sonnet),
+            "{bt:us.anthropic.claude-sonnet-4-20250514-v1:0:us-east-1}"
+        );
     }
 }

@@ -194,9 +194,25 @@ impl RemoteStep {
         Answer::Again
     }
 
-    /// Drops the question in flight: if it reserved, the hold expires.
+    /// Gives up the question in flight: should the ledger still grant it, the hold is
+    /// settled to zero at once, so a waiter that left is not charged for.
     pub(super) fn abandon(&mut self) {
-        self.asking = None;
+        let Some(asking) = self.asking.take() else {
+            return;
+        };
+        let future = asking.into_inner().unwrap_or_else(|e| e.into_inner());
+        let ledger = self.link.ledger.clone();
+        // Without a runtime a late grant stays charged until the hold expires.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Ok(Grant::Reserved(hold)) = future.await {
+                    tracing::debug!(quota_key = %hold.key, "a grant came after its waiter left: settled to zero");
+                    if let Err(error) = ledger.settle(hold, 0).await {
+                        tracing::debug!(%error, "settle in the shared ledger failed: the hold stays charged");
+                    }
+                }
+            });
+        }
     }
 
     fn fallback(&mut self, key: &QuotaKey, tokens: u64, now: Instant, e: LedgerError) -> Answer {
@@ -223,6 +239,13 @@ impl RemoteStep {
     fn later(&mut self, at: Instant) -> Answer {
         self.retry_at = Some(at);
         Answer::Again
+    }
+}
+
+impl Drop for RemoteStep {
+    /// A waiter dropped while its question is in flight leaves like one that timed out.
+    fn drop(&mut self) {
+        self.abandon();
     }
 }
 
