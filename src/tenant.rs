@@ -185,6 +185,17 @@ impl TenantSettings {
             .unwrap_or(self.default_policy)
     }
 
+    /// The cap a request of `tenant` waits for, if any: the share, and whose cap it is — the
+    /// tenant's own when its policy has one, else `None`, the one cap that every tenant
+    /// without a policy of its own (and every request without a tenant) shares, so a new
+    /// name never brings a new budget.
+    pub(crate) fn cap(&self, tenant: Option<&Tenant>) -> Option<(Option<Tenant>, f64)> {
+        match tenant.and_then(|t| Some((t, self.policies.get(t)?))) {
+            Some((t, policy)) => policy.cap.map(|share| (Some(t.clone()), share)),
+            None => self.default_policy.cap.map(|share| (None, share)),
+        }
+    }
+
     /// Checks weights and caps.
     pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
         let named = self.policies.iter().map(|(t, p)| (t.as_str(), p));

@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use bedrock_throttle::{BedrockThrottleLayer, Overload, Quota, ThrottleConfig, ThrottleError};
+use bedrock_throttle::{
+    estimate::TokenEstimate, gate::GateLayer, BedrockThrottleLayer, Overload, Quota, TenantPolicy,
+    ThrottleConfig, ThrottleError,
+};
 use bytes::Bytes;
 use common::invoke;
 use http::{Request, Response};
@@ -199,5 +202,65 @@ async fn a_body_that_never_ends_times_out_and_gives_its_place_back() {
         *calls.lock().unwrap(),
         1,
         "the stalled request was never sent"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn renaming_the_tenant_does_not_escape_the_default_cap() {
+    let cfg = ThrottleConfig::builder()
+        .quota(Quota::new(None, 100_000))
+        .headroom(Duration::ZERO)
+        .max_wait(Duration::from_secs(600))
+        .tenant_header("x-tenant")
+        .default_tenant(TenantPolicy::weight(1.0).with_cap(0.1))
+        .tenant("paid", TenantPolicy::weight(1.0))
+        .build()
+        .unwrap();
+    // Every answer reports the whole reservation used.
+    let full = || {
+        reply(
+            200,
+            &[
+                ("x-amzn-bedrock-input-token-count", "5000"),
+                ("x-amzn-bedrock-output-token-count", "0"),
+            ],
+            "{}",
+        )
+    };
+    let upstream = Scripted::new((0..10).map(|_| full()).collect());
+    let svc = ServiceBuilder::new()
+        .layer(GateLayer::new(cfg))
+        .service(upstream.service());
+    let request = |tenant: &str| {
+        let mut r = Request::post(format!("/model/{}/invoke", MODEL.replace(':', "%3A")))
+            .header("x-tenant", tenant)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        r.extensions_mut().insert(TokenEstimate::new(5_000, 0));
+        r
+    };
+    let start = Instant::now();
+    // Nine requests, each under a name never seen before (and two without any name): the
+    // default cap of 10,000 tokens admits two of them at once, not all.
+    let mut calls = Vec::new();
+    for i in 0..9 {
+        calls.push(tokio::spawn(
+            svc.clone().oneshot(request(&format!("rotating-{i}"))),
+        ));
+    }
+    tokio::task::yield_now().await;
+    let at_once = upstream.calls().iter().filter(|t| **t == start).count();
+    assert_eq!(at_once, 2, "{:?}", upstream.calls());
+    // A tenant with a policy of its own is not in that cap.
+    svc.clone().oneshot(request("paid")).await.unwrap();
+    assert_eq!(Instant::now(), start);
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    // The rest came at the cap's pace: 7 × 5,000 tokens at 10,000 a minute.
+    assert!(
+        Instant::now() - start >= Duration::from_secs(209),
+        "{:?}",
+        Instant::now() - start
     );
 }

@@ -190,9 +190,9 @@ where
         };
         let place = self.place.take();
         // A capped tenant first waits for room under its cap, in its own FIFO order.
-        let cap = match (&stage.waiter.tenant, policy.cap()) {
-            (Some(t), Some(share)) => {
-                let cap = self.shared.ledger.cap(&key, t, quota, share);
+        let cap = match tenants.cap(stage.waiter.tenant.as_ref()) {
+            Some((owner, share)) => {
+                let cap = self.shared.ledger.cap(&key, owner.as_ref(), quota, share);
                 // Its own queue is bounded like the key's.
                 match cap.admit_as(tokens, stage.deadline, &Waiter::default(), stage.max_queued) {
                     Admission::Admitted(r) => Some(r),

@@ -67,8 +67,9 @@ pub use self::{
 #[derive(Debug)]
 pub(crate) struct Registry {
     keys: Mutex<HashMap<QuotaKey, Arc<KeyLedger>>>,
-    /// Per key and capped tenant, the tenant's cap (see [`crate::tenant`]).
-    caps: Mutex<HashMap<(QuotaKey, Tenant), Arc<KeyLedger>>>,
+    /// Per key, each capped tenant's cap, and (under `None`) the one cap every tenant without
+    /// a policy of its own shares (see [`crate::tenant`]).
+    caps: Mutex<HashMap<(QuotaKey, Option<Tenant>), Arc<KeyLedger>>>,
     recovery: Option<Duration>,
     headroom: Duration,
     /// A ledger shared with other processes, asked after the key's own buckets.
@@ -114,16 +115,18 @@ impl Registry {
         ledger
     }
 
-    /// The cap ledger of `tenant` on `key`: `share` of `quota`, fixed (no adaptation).
+    /// The cap ledger of `owner` on `key` (`None`: the cap shared by every tenant without a
+    /// policy of its own): `share` of `quota`, fixed (no adaptation).
     pub(crate) fn cap(
         &self,
         key: &QuotaKey,
-        tenant: &Tenant,
+        owner: Option<&Tenant>,
         quota: ResolvedQuota,
         share: f64,
     ) -> Arc<KeyLedger> {
         let mut caps = lock(&self.caps);
-        if let Some(k) = caps.get(&(key.clone(), tenant.clone())) {
+        let id = (key.clone(), owner.cloned());
+        if let Some(k) = caps.get(&id) {
             return k.clone();
         }
         let capped = ResolvedQuota {
@@ -140,7 +143,7 @@ impl Registry {
             Duration::ZERO,
             self.headroom,
         ));
-        caps.insert((key.clone(), tenant.clone()), ledger.clone());
+        caps.insert(id, ledger.clone());
         ledger
     }
 
