@@ -73,6 +73,7 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod bedrock;
 mod body;
 mod config;
 pub mod diagnosis;
