@@ -2,7 +2,13 @@
 //!
 //! Everything else asks here (tower-http's `classify/`):
 //! - [`path`]: a request's model, operation and Region;
-//! - [`model_id`]: the foundation model behind a profile or ARN.
+//! - [`model_id`]: the foundation model behind a profile or ARN;
+//! - [`errors`]: a response's error type, the HTTP error of a stream exception;
+//! - [`classify`]: what a status means for a retry and for a reservation;
+//! - [`throttle`]: which limit a throttle message names.
 
+pub(crate) mod classify;
+pub(crate) mod errors;
 pub(crate) mod model_id;
 pub(crate) mod path;
+pub(crate) mod throttle;
