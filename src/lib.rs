@@ -83,7 +83,8 @@ mod layer;
 mod ledger;
 mod stats;
 mod telemetry;
-mod usage;
+// Shim: the gate still reads usage at its old path.
+use bedrock::usage;
 
 #[cfg(feature = "aws-sdk")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aws-sdk")))]
