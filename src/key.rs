@@ -2,10 +2,9 @@
 
 use std::{fmt, sync::Arc};
 
-use http::{header::HOST, Request};
-use percent_encoding::percent_decode_str;
+use http::Request;
 
-use crate::estimate::Operation;
+use crate::{bedrock::path, estimate::Operation};
 
 /// The quota a request is charged to.
 ///
@@ -59,21 +58,15 @@ impl QuotaKey {
     }
 
     pub(crate) fn from_head(uri: &http::Uri, headers: &http::HeaderMap) -> (Self, Operation) {
-        let (model, operation) = parse_path(uri.path());
-        let host = uri.host().or_else(|| {
-            headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| h.split(':').next().unwrap_or(h))
-        });
-        let region = host.and_then(region_from_host);
-        (
-            Self {
-                model: model.map(Arc::from),
-                region: region.map(Arc::from),
-            },
-            operation,
-        )
+        let (model, operation) = match path::parse_path(uri.path()) {
+            Some(p) => (Some(Arc::from(p.model())), p.operation),
+            None => (None, Operation::Other),
+        };
+        let key = Self {
+            model,
+            region: path::region(uri, headers).map(Arc::from),
+        };
+        (key, operation)
     }
 }
 
@@ -88,34 +81,10 @@ impl fmt::Display for QuotaKey {
     }
 }
 
-/// `/model/{id}/{operation}` → the decoded id and the operation; anything else is `Other`.
-pub(crate) fn parse_path(path: &str) -> (Option<String>, Operation) {
-    let Some(rest) = path.strip_prefix("/model/") else {
-        return (None, Operation::Other);
-    };
-    let Some((raw_id, op)) = rest.rsplit_once('/') else {
-        return (None, Operation::Other);
-    };
-    let operation = Operation::from_path_segment(op);
-    if operation == Operation::Other || raw_id.is_empty() {
-        return (None, Operation::Other);
-    }
-    let id = percent_decode_str(raw_id).decode_utf8_lossy().into_owned();
-    (Some(id), operation)
-}
-
-/// `bedrock-runtime.us-east-1.amazonaws.com` (or `-fips`, or `.amazonaws.com.cn`) → `us-east-1`.
-fn region_from_host(host: &str) -> Option<&str> {
-    let rest = host
-        .strip_prefix("bedrock-runtime.")
-        .or_else(|| host.strip_prefix("bedrock-runtime-fips."))?;
-    let (region, domain) = rest.split_once('.')?;
-    (domain.starts_with("amazonaws.com") && !region.is_empty()).then_some(region)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HOST;
 
     fn key(uri: &str) -> (QuotaKey, Operation) {
         QuotaKey::from_request(&Request::post(uri).body(()).unwrap())

@@ -73,6 +73,7 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod bedrock;
 mod body;
 mod config;
 mod deadline;
@@ -84,7 +85,8 @@ mod ledger;
 mod quota;
 mod stats;
 mod telemetry;
-mod usage;
+// Shim: the gate still reads usage at its old path.
+use bedrock::usage;
 
 #[cfg(feature = "aws-sdk")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aws-sdk")))]

@@ -53,28 +53,13 @@ impl ThrottleKind {
 
     /// The class of a throttle message (case and surrounding text do not matter).
     pub fn from_message(message: &str) -> Self {
-        let m = message.to_ascii_lowercase();
-        if m.contains("too many tokens per day") || m.contains("tokens per day") {
-            ThrottleKind::DailyTokens
-        } else if m.contains("too many tokens") {
-            ThrottleKind::Tokens
-        } else if m.contains("too many requests") {
-            ThrottleKind::Requests
-        } else {
-            ThrottleKind::Unknown
-        }
+        crate::bedrock::throttle::kind_of_message(message)
     }
 
     /// The class of a JSON error body: its `message` (or `Message`) field. Not JSON, or
     /// without a message: [`Unknown`](Self::Unknown).
     pub fn from_error_body(body: &[u8]) -> Self {
-        let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
-            return ThrottleKind::Unknown;
-        };
-        json.get("message")
-            .or_else(|| json.get("Message"))
-            .and_then(|m| m.as_str())
-            .map_or(ThrottleKind::Unknown, Self::from_message)
+        crate::bedrock::throttle::kind_of_error_body(body)
     }
 
     /// A short name: `rpm`, `tpm`, `daily`, `unknown`.
@@ -100,36 +85,5 @@ impl ThrottleKind {
 impl fmt::Display for ThrottleKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bedrock_messages_are_told_apart() {
-        let k = ThrottleKind::from_message;
-        assert_eq!(
-            k("Too many requests, please wait before trying again."),
-            ThrottleKind::Requests
-        );
-        assert_eq!(
-            k("Too many tokens, please wait before trying again."),
-            ThrottleKind::Tokens
-        );
-        assert_eq!(
-            k("Too many tokens per day, please wait before trying again."),
-            ThrottleKind::DailyTokens
-        );
-        assert_eq!(k("TOO MANY TOKENS"), ThrottleKind::Tokens);
-        assert_eq!(k(""), ThrottleKind::Unknown);
-        let b = ThrottleKind::from_error_body;
-        assert_eq!(
-            b(br#"{"Message":"Too many requests, please wait"}"#),
-            ThrottleKind::Requests
-        );
-        assert_eq!(b(br#"{"code":"x"}"#), ThrottleKind::Unknown);
-        assert_eq!(b(b"<html>"), ThrottleKind::Unknown);
     }
 }

@@ -62,14 +62,12 @@ const TABLE: &[(&str, u64)] = &[
     ("ai21.jamba", 4_096),
 ];
 
-/// Cross-Region inference profile prefixes stripped by [`base_model_id`].
-const GEO_PREFIXES: &[&str] = &["us", "eu", "apac", "global", "us-gov", "jp", "au", "ca"];
-
 /// The foundation model id inside a model id, inference profile id or ARN.
 ///
-/// Percent-encoded `:` and `/` (as in the request path) are decoded, an ARN is cut to the
-/// part after its last `/`, and a cross-Region prefix (`us.`, `eu.`, `apac.`, `global.`,
-/// `us-gov.`, `jp.`, `au.`, `ca.`) is removed.
+/// Percent escapes (as in the request path: `%3A` for `:`, `%2F` for `/`) are decoded,
+/// surrounding whitespace is trimmed, an ARN is cut to the part after its last `/`, and a
+/// cross-Region prefix (`us.`, `eu.`, `apac.`, `global.`, `us-gov.`, `jp.`, `au.`, `ca.`)
+/// is removed. The encoded and the decoded forms of an id give the same base id.
 ///
 /// ```
 /// use bedrock_throttle::estimate::limits::base_model_id;
@@ -86,43 +84,7 @@ const GEO_PREFIXES: &[&str] = &["us", "eu", "apac", "global", "us-gov", "jp", "a
 /// assert_eq!(base_model_id("amazon.nova-pro-v1%3A0"), "amazon.nova-pro-v1:0");
 /// ```
 pub fn base_model_id(model: &str) -> Cow<'_, str> {
-    let model = model.trim();
-    let decoded: Cow<'_, str> = if model.contains('%') {
-        Cow::Owned(
-            model
-                .replace("%3A", ":")
-                .replace("%3a", ":")
-                .replace("%2F", "/")
-                .replace("%2f", "/"),
-        )
-    } else {
-        Cow::Borrowed(model)
-    };
-    let cut = |s: &str| -> (usize, usize) {
-        let mut start = 0;
-        if s.starts_with("arn:") {
-            if let Some(slash) = s.rfind('/') {
-                start = slash + 1;
-            }
-        }
-        let rest = &s[start..];
-        if let Some(dot) = rest.find('.') {
-            if GEO_PREFIXES.contains(&&rest[..dot]) {
-                start += dot + 1;
-            }
-        }
-        (start, s.len())
-    };
-    match decoded {
-        Cow::Borrowed(s) => {
-            let (a, b) = cut(s);
-            Cow::Borrowed(&s[a..b])
-        }
-        Cow::Owned(s) => {
-            let (a, b) = cut(&s);
-            Cow::Owned(s[a..b].to_owned())
-        }
-    }
+    crate::bedrock::model_id::base_model_id(model)
 }
 
 /// The model's default output reservation when the body sets no limit: what Bedrock

@@ -139,14 +139,7 @@ impl Operation {
     /// (`invoke`, `invoke-with-response-stream`, `converse`, `converse-stream`,
     /// `count-tokens`).
     pub fn from_path_segment(segment: &str) -> Operation {
-        match segment {
-            "invoke" => Operation::Invoke,
-            "invoke-with-response-stream" => Operation::InvokeStream,
-            "converse" => Operation::Converse,
-            "converse-stream" => Operation::ConverseStream,
-            "count-tokens" => Operation::CountTokens,
-            _ => Operation::Other,
-        }
+        crate::bedrock::path::operation(segment)
     }
 }
 
@@ -196,8 +189,9 @@ pub struct RequestInfo<'a> {
 
 impl<'a> RequestInfo<'a> {
     /// Reads the model id and operation from a Bedrock runtime path
-    /// (`/model/{modelId}/{operation}`); the model id stays percent-encoded, which every
-    /// function here accepts. A path of another form gives no model and
+    /// (`/model/{modelId}/{operation}`), as the [`EstimateLayer`] and the quota key do; the
+    /// model id stays percent-encoded, which every function here accepts. Any other path,
+    /// an empty model id or an operation Bedrock does not have gives no model and
     /// [`Operation::Other`].
     ///
     /// ```
@@ -210,22 +204,11 @@ impl<'a> RequestInfo<'a> {
     /// assert_eq!(info.operation, Operation::Invoke);
     /// ```
     pub fn from_path(path: &'a str, body: &'a [u8]) -> Self {
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        let parsed = path
-            .strip_prefix("/model/")
-            .and_then(|rest| rest.rsplit_once('/'))
-            .filter(|(model, _)| !model.is_empty());
-        match parsed {
-            Some((model, op)) => Self {
-                model: Some(model),
-                operation: Operation::from_path_segment(op),
-                body,
-            },
-            None => Self {
-                model: None,
-                operation: Operation::Other,
-                body,
-            },
+        let parsed = crate::bedrock::path::parse_path(path);
+        Self {
+            model: parsed.map(|p| p.raw_model),
+            operation: parsed.map_or(Operation::Other, |p| p.operation),
+            body,
         }
     }
 }

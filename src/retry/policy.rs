@@ -1,57 +1,16 @@
-//! Classification, backoff and the retry budget.
+//! Backoff and the retry budget.
 
 use std::{
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, SystemTime},
 };
 
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 
 use crate::config::{RetryBudget, RetrySettings};
 
-/// What a response means for retrying.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Success,
-    Throttled,
-    Transient,
-    Final,
-}
-
-/// Error codes the AWS SDK treats as throttling, whatever the status.
-const THROTTLING_CODES: [&str; 11] = [
-    "ThrottlingException",
-    "TooManyRequestsException",
-    "ThrottledException",
-    "RequestThrottledException",
-    "RequestThrottled",
-    "ProvisionedThroughputExceededException",
-    "TransactionInProgressException",
-    "RequestLimitExceeded",
-    "BandwidthLimitExceeded",
-    "LimitExceededException",
-    "SlowDown",
-];
-
-pub(crate) fn classify(status: StatusCode, headers: &HeaderMap) -> Outcome {
-    if status.is_success() || status.is_redirection() || status.is_informational() {
-        return Outcome::Success;
-    }
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return Outcome::Throttled;
-    }
-    let error_type = headers
-        .get("x-amzn-errortype")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(':').next().unwrap_or(v));
-    if error_type.is_some_and(|t| THROTTLING_CODES.contains(&t)) {
-        return Outcome::Throttled;
-    }
-    match status.as_u16() {
-        500 | 502 | 503 | 504 => Outcome::Transient,
-        _ => Outcome::Final,
-    }
-}
+// The classification is Bedrock's wire knowledge; the retry future still imports it here.
+pub(crate) use crate::bedrock::classify::{classify, Outcome};
 
 /// The server's wait hint: `x-amz-retry-after` (ms), `retry-after-ms` (ms), `Retry-After`
 /// (seconds or an HTTP date).
@@ -139,42 +98,6 @@ mod tests {
             .iter()
             .map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap()))
             .collect()
-    }
-
-    #[test]
-    fn classification_follows_bedrock_and_the_aws_sdk() {
-        let none = HeaderMap::new();
-        assert_eq!(classify(StatusCode::OK, &none), Outcome::Success);
-        assert_eq!(
-            classify(StatusCode::TOO_MANY_REQUESTS, &none),
-            Outcome::Throttled
-        );
-        for s in [500, 502, 503, 504] {
-            assert_eq!(
-                classify(StatusCode::from_u16(s).unwrap(), &none),
-                Outcome::Transient
-            );
-        }
-        for s in [400, 401, 403, 404, 408, 413, 424] {
-            assert_eq!(
-                classify(StatusCode::from_u16(s).unwrap(), &none),
-                Outcome::Final,
-                "{s}"
-            );
-        }
-        let throttling = headers(&[(
-            "x-amzn-errortype",
-            "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
-        )]);
-        assert_eq!(
-            classify(StatusCode::BAD_REQUEST, &throttling),
-            Outcome::Throttled
-        );
-        let quota = headers(&[(
-            "x-amzn-errortype",
-            "ServiceQuotaExceededException:http://x/",
-        )]);
-        assert_eq!(classify(StatusCode::BAD_REQUEST, &quota), Outcome::Final);
     }
 
     #[test]

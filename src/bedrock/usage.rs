@@ -1,4 +1,4 @@
-//! Actual usage, as Bedrock reports it in response headers and bodies.
+//! The tokens a response says it used, in its headers or its JSON body.
 
 use http::HeaderMap;
 use serde_json::Value;

@@ -1,0 +1,16 @@
+//! What Bedrock's wire says: the only place that knows its paths, errors and usage.
+//!
+//! Everything else asks here (tower-http's `classify/`):
+//! - [`path`]: a request's model, operation and Region;
+//! - [`model_id`]: the foundation model behind a profile or ARN;
+//! - [`errors`]: a response's error type, the HTTP error of a stream exception;
+//! - [`classify`]: what a status means for a retry and for a reservation;
+//! - [`throttle`]: which limit a throttle message names;
+//! - [`usage`]: the tokens a response reports, in every shape.
+
+pub(crate) mod classify;
+pub(crate) mod errors;
+pub(crate) mod model_id;
+pub(crate) mod path;
+pub(crate) mod throttle;
+pub(crate) mod usage;
