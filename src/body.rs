@@ -143,7 +143,7 @@ impl RequestTemplate {
         self.extensions
             .get::<crate::estimate::TokenEstimate>()
             .and_then(|e| e.key().cloned())
-            .unwrap_or_else(|| crate::QuotaKey::from_head(&self.uri, &self.headers).0)
+            .unwrap_or_else(|| crate::QuotaKey::from_uri(&self.uri).0)
     }
 
     /// The request's send deadline, if it has one.

@@ -11,9 +11,11 @@ use crate::{bedrock::path, estimate::Operation};
 /// Bedrock's quotas are per model (or inference profile) and per Region. The model is the
 /// percent-decoded `{modelId}` of `/model/{modelId}/<operation>`, so a cross-Region profile
 /// such as `us.anthropic.claude-sonnet-4-20250514-v1:0` is its own key, as it is its own quota
-/// at AWS. The Region comes from a `bedrock-runtime.{region}.amazonaws.com` host when the
-/// request has one. Requests that are not Bedrock model calls share the default key, whose
-/// `model` is `None`.
+/// at AWS. The Region comes from the host of an absolute URI,
+/// `bedrock-runtime.{region}.amazonaws.com` (as a client such as hyper or the AWS SDK sends
+/// it); never from a `Host` header, which in a server is the client's to choose: a Region
+/// invented there would be a fresh copy of the model's quota. Requests that are not Bedrock
+/// model calls share the default key, whose `model` is `None`.
 ///
 /// ```
 /// use bedrock_throttle::QuotaKey;
@@ -52,19 +54,19 @@ impl QuotaKey {
         self.region.as_deref()
     }
 
-    /// The key and the Bedrock operation of a request, read from its path and host.
+    /// The key and the Bedrock operation of a request, read from its path and its URI's host.
     pub fn from_request<B>(request: &Request<B>) -> (Self, Operation) {
-        Self::from_head(request.uri(), request.headers())
+        Self::from_uri(request.uri())
     }
 
-    pub(crate) fn from_head(uri: &http::Uri, headers: &http::HeaderMap) -> (Self, Operation) {
+    pub(crate) fn from_uri(uri: &http::Uri) -> (Self, Operation) {
         let (model, operation) = match path::parse_path(uri.path()) {
             Some(p) => (Some(Arc::from(p.model())), p.operation),
             None => (None, Operation::Other),
         };
         let key = Self {
             model,
-            region: path::region(uri, headers).map(Arc::from),
+            region: path::region(uri).map(Arc::from),
         };
         (key, operation)
     }
@@ -132,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn region_comes_from_the_uri_host_or_the_host_header() {
+    fn region_comes_from_the_uri_host_never_the_host_header() {
         let (k, _) = key("https://bedrock-runtime.eu-west-3.amazonaws.com/model/m/invoke");
         assert_eq!(k.region(), Some("eu-west-3"));
         let (k, _) = key("https://bedrock-runtime-fips.us-gov-west-1.amazonaws.com/model/m/invoke");
@@ -141,10 +143,9 @@ mod tests {
             .header(HOST, "bedrock-runtime.ap-northeast-1.amazonaws.com:443")
             .body(())
             .unwrap();
-        assert_eq!(
-            QuotaKey::from_request(&req).0.region(),
-            Some("ap-northeast-1")
-        );
+        // An origin-form request is a server's: its Host is the client's to choose, and a
+        // Region invented there would be a fresh copy of the model's quota.
+        assert_eq!(QuotaKey::from_request(&req).0.region(), None);
         let (k, _) = key("http://127.0.0.1:8080/model/m/invoke");
         assert_eq!(k.region(), None);
         let (k, _) = key("https://bedrock-runtime.example.org/model/m/invoke");

@@ -264,3 +264,46 @@ async fn renaming_the_tenant_does_not_escape_the_default_cap() {
         Instant::now() - start
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn invented_host_headers_share_one_quota() {
+    let cfg = ThrottleConfig::builder()
+        .quota(Quota::new(None, 100_000))
+        .headroom(Duration::ZERO)
+        .build()
+        .unwrap();
+    let full = || {
+        reply(
+            200,
+            &[
+                ("x-amzn-bedrock-input-token-count", "50000"),
+                ("x-amzn-bedrock-output-token-count", "0"),
+            ],
+            "{}",
+        )
+    };
+    let upstream = Scripted::new((0..20).map(|_| full()).collect());
+    let svc = ServiceBuilder::new()
+        .layer(GateLayer::new(cfg.clone()))
+        .service(upstream.service());
+    let start = Instant::now();
+    // Twenty requests, each naming a Region of its own in an origin-form request's Host.
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let mut r = Request::post(format!("/model/{}/invoke", MODEL.replace(':', "%3A")))
+                .header("host", format!("bedrock-runtime.xx-fake-{i}.amazonaws.com"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            r.extensions_mut().insert(TokenEstimate::new(50_000, 0));
+            tokio::spawn(svc.clone().oneshot(r))
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    // One quota of 100,000 tokens: two of them at once, not twenty.
+    let at_once = upstream.calls().iter().filter(|t| **t == start).count();
+    assert_eq!(at_once, 2);
+    for c in calls {
+        let _ = c.await.unwrap();
+    }
+    assert_eq!(cfg.stats().keys.len(), 1, "{:?}", cfg.stats().keys);
+}

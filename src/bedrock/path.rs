@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use http::{header::HOST, HeaderMap, Uri};
+use http::Uri;
 use percent_encoding::percent_decode_str;
 
 use crate::estimate::Operation;
@@ -58,15 +58,10 @@ pub(crate) fn decode_model_id(raw: &str) -> Cow<'_, str> {
     percent_decode_str(raw).decode_utf8_lossy()
 }
 
-/// The Region a request is sent to: from its URI's host, else its `Host` header.
-pub(crate) fn region<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    let host = uri.host().or_else(|| {
-        headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| h.split(':').next().unwrap_or(h))
-    });
-    host.and_then(region_from_host)
+/// The Region a request is sent to, from its URI's host; never from a `Host` header, which
+/// a server's client chooses (see [`QuotaKey`](crate::QuotaKey)).
+pub(crate) fn region(uri: &Uri) -> Option<&str> {
+    uri.host().and_then(region_from_host)
 }
 
 /// `bedrock-runtime.us-east-1.amazonaws.com` (or `-fips`, or `.amazonaws.com.cn`) → `us-east-1`.

@@ -112,7 +112,7 @@ where
                         shared,
                         ..
                     } = this.pending.take().expect("polled after completion");
-                    let (key, operation) = QuotaKey::from_head(&parts.uri, &parts.headers);
+                    let (key, operation) = QuotaKey::from_uri(&parts.uri);
                     let estimate = shared.estimator.estimate(&RequestInfo {
                         model: key.model(),
                         operation,

@@ -67,7 +67,7 @@ where
         if let Some(estimate) = request.extensions().get::<TokenEstimate>() {
             // Set by the caller: no body read. Fill in the key from the path if absent.
             if estimate.key.is_none() {
-                let (key, operation) = QuotaKey::from_head(request.uri(), request.headers());
+                let (key, operation) = QuotaKey::from_uri(request.uri());
                 let estimate = request
                     .extensions_mut()
                     .get_mut::<TokenEstimate>()

@@ -107,7 +107,7 @@ where
                 Some(e) => {
                     let (key, operation) = match e.key() {
                         Some(k) => (k.clone(), e.operation()),
-                        None => QuotaKey::from_head(request.uri(), request.headers()),
+                        None => QuotaKey::from_uri(request.uri()),
                     };
                     // Hand-set estimates teach the estimator nothing.
                     let learnable = e.method() != EstimateMethod::Manual;
@@ -116,7 +116,7 @@ where
                 }
                 None => {
                     // Used without the estimate layer: a quarter token per declared body byte.
-                    let (key, operation) = QuotaKey::from_head(request.uri(), request.headers());
+                    let (key, operation) = QuotaKey::from_uri(request.uri());
                     let len = request
                         .headers()
                         .get(CONTENT_LENGTH)
