@@ -8,7 +8,7 @@ use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{future::Charge, stream::FrameReader};
+use super::{settle::Charge, stream::FrameReader};
 use crate::usage;
 
 /// JSON bodies larger than this are passed on without looking for usage.

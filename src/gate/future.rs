@@ -20,122 +20,16 @@ use tower_service::Service;
 
 use super::{
     body::StreamSettle,
+    settle::{settle_head, Charge, Terms},
     stream::{FrameReader, StreamException},
     throttle_read::ThrottleRead,
     SettlingBody,
 };
 use crate::{
-    config::Shared,
-    diagnosis::KeyRecord,
     ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
-    telemetry::{ChargeTrace, QueueGuard, Trace},
-    usage, BoxError, QuotaKey, ThrottleError, ThrottleKind,
+    telemetry::{QueueGuard, Trace},
+    BoxError, ThrottleError, ThrottleKind,
 };
-
-/// How reported usage turns into a charge, and what the estimator may learn from it.
-#[derive(Debug)]
-pub(crate) struct Terms {
-    pub(super) burndown: f64,
-    /// Output quota tokens reserved: the output limit times the burndown.
-    pub(super) reserved_output: u64,
-    /// Where demand, grant and throttles of the key are counted.
-    pub(super) record: Arc<KeyRecord>,
-    pub(super) learn: Option<Learn>,
-    pub(super) trace: ChargeTrace,
-}
-
-/// The estimator's raw input count for a model, to compare with the reported one.
-#[derive(Debug)]
-pub(crate) struct Learn {
-    pub(super) shared: Arc<Shared>,
-    pub(super) model: QuotaKey,
-    pub(super) raw_input: u64,
-}
-
-/// A reservation (and the tenant cap's, if any) and the terms of its settlement.
-#[derive(Debug)]
-pub(crate) struct Charge {
-    reservation: Reservation,
-    cap: Option<Reservation>,
-    terms: Terms,
-}
-
-impl Charge {
-    fn new(reservation: Reservation, cap: Option<Reservation>, terms: Terms) -> Self {
-        terms.record.granted(reservation.tokens());
-        Self {
-            reservation,
-            cap,
-            terms,
-        }
-    }
-
-    pub(super) fn settle_usage(self, usage: usage::Usage) {
-        if let Some(l) = &self.terms.learn {
-            if let Some(model) = l.model.model() {
-                let actual_input = usage.input_tokens
-                    + usage.cache_read_input_tokens
-                    + usage.cache_write_input_tokens;
-                l.shared
-                    .calibration
-                    .observe(model, l.raw_input, actual_input);
-            }
-        }
-        let used_output = (usage.output_tokens as f64 * self.terms.burndown).ceil() as u64;
-        self.terms
-            .record
-            .output(self.terms.reserved_output, used_output);
-        let actual = usage.charge(self.terms.burndown);
-        let actual_input =
-            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens;
-        tracing::trace!(
-            parent: &self.terms.trace.span,
-            quota_key = %self.reservation.ledger().key(),
-            reserved = self.reservation.tokens(),
-            actual,
-            input_estimated = self.terms.trace.input_estimate,
-            input_actual = actual_input,
-            "settled"
-        );
-        self.terms.trace.settled(actual, actual_input);
-        self.reservation.settle(actual);
-        if let Some(cap) = self.cap {
-            cap.settle(actual);
-        }
-    }
-
-    fn refund(self) {
-        self.reservation.settle(0);
-        if let Some(cap) = self.cap {
-            cap.settle(0);
-        }
-    }
-
-    /// Upstream refused the request before running it (a 429): everything comes back at
-    /// once, and the key slows down.
-    pub(super) fn refused(self, kind: ThrottleKind) {
-        self.terms.record.throttled(kind);
-        self.terms.trace.throttled(false, kind);
-        let ledger = self.reservation.ledger().clone();
-        self.reservation.throttled(true, kind);
-        if let Some(cap) = self.cap {
-            cap.settle(0);
-        }
-        self.terms.trace.rates(&ledger);
-    }
-
-    /// Upstream throttled after it had started: the reservation is kept (Bedrock charges
-    /// what was generated, and the throttle empties the key's buckets anyway), and the key
-    /// slows down.
-    pub(super) fn throttled(self, kind: ThrottleKind) {
-        self.terms.record.throttled(kind);
-        self.terms.trace.throttled(true, kind);
-        let _span = self.terms.trace.span.enter();
-        let ledger = self.reservation.ledger().clone();
-        self.reservation.throttled(false, kind);
-        self.terms.trace.rates(&ledger);
-    }
-}
 
 /// Read-ahead of an event stream beyond this many bytes stops waiting for a whole first
 /// frame: the response goes to the caller as it is.
@@ -585,36 +479,6 @@ where
             }
         }
     }
-}
-
-/// Settles what the response head tells; hands the charge on when the body must tell.
-fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
-    let status = response.status();
-    if status.is_success() {
-        if let Some(u) = usage::from_headers(response.headers()) {
-            charge.settle_usage(u);
-            return None;
-        }
-        let json = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/json"));
-        // Streams and unknown bodies keep the whole reservation.
-        return json.then_some(charge);
-    }
-    match status {
-        // Refused before running, its body unread: the reservation comes back at once, and
-        // both budgets slow. (The response future reads a 429's body to tell which.)
-        StatusCode::TOO_MANY_REQUESTS => charge.refused(ThrottleKind::Unknown),
-        StatusCode::BAD_REQUEST
-        | StatusCode::FORBIDDEN
-        | StatusCode::NOT_FOUND
-        | StatusCode::PAYLOAD_TOO_LARGE
-        | StatusCode::SERVICE_UNAVAILABLE => charge.refund(),
-        _ => {}
-    }
-    None
 }
 
 impl<S, B, ResB> std::fmt::Debug for ResponseFuture<S, B, ResB>

@@ -156,6 +156,7 @@ mod body;
 mod future;
 mod layer;
 mod service;
+mod settle;
 mod stream;
 mod throttle_read;
 

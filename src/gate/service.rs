@@ -9,7 +9,8 @@ use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::{
-    future::{KeyStage, Learn, Parked, Terms},
+    future::{KeyStage, Parked},
+    settle::{Learn, Terms},
     ResponseFuture, SettlingBody,
 };
 use crate::{

@@ -10,7 +10,7 @@ use bytes::Buf;
 use http::{response::Parts, Response};
 use http_body::{Body, Frame};
 
-use super::{future::Charge, SettlingBody};
+use super::{settle::Charge, SettlingBody};
 use crate::ThrottleKind;
 
 /// A throttle body larger than this is passed on unread (Bedrock's are under 100 bytes);
