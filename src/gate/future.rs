@@ -2,9 +2,7 @@ use std::{
     collections::VecDeque,
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{ready, Context, Poll},
-    time::Duration,
 };
 
 use bytes::Buf;
@@ -15,21 +13,17 @@ use http::{
 };
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
-use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tower_service::Service;
 
 use super::{
+    admit::{Entered, Parked},
     body::StreamSettle,
-    settle::{settle_head, Charge, Terms},
+    settle::{settle_head, Charge},
     stream::{FrameReader, StreamException},
     throttle_read::ThrottleRead,
     SettlingBody,
 };
-use crate::{
-    ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
-    telemetry::{QueueGuard, Trace},
-    BoxError, ThrottleError, ThrottleKind,
-};
+use crate::{ledger::Acquire, telemetry::Trace, BoxError, ThrottleError, ThrottleKind};
 
 /// Read-ahead of an event stream beyond this many bytes stops waiting for a whole first
 /// frame: the response goes to the caller as it is.
@@ -186,178 +180,24 @@ fn is_event_stream<B>(response: &Response<B>) -> bool {
             .is_some_and(|ct| ct.starts_with("application/vnd.amazon.eventstream"))
 }
 
-/// A request waiting for admission, with the ready service that will send it.
-pub(crate) struct Parked<S, B> {
-    service: S,
-    request: Request<B>,
-    terms: Terms,
-    /// While the request waits under its tenant's cap: the key's admission that follows.
-    next: Option<KeyStage>,
-    cap: CapHold,
-    /// Its place among the waiting requests under `Overload::Backpressure`.
-    place: Option<OwnedSemaphorePermit>,
-    /// Counts the request in its key's queue depth while it waits, and times the wait.
-    pub(super) queued: Option<QueueGuard>,
-}
-
-impl<S, B> Unpin for Parked<S, B> {}
-
-impl<S, B> Parked<S, B> {
-    pub(super) fn new(
-        service: S,
-        request: Request<B>,
-        terms: Terms,
-        next: Option<KeyStage>,
-        place: Option<OwnedSemaphorePermit>,
-    ) -> Self {
-        Self {
-            service,
-            request,
-            terms,
-            next,
-            cap: CapHold(None),
-            place,
-            queued: None,
-        }
-    }
-
-    /// Admitted by the key: the service, the request, the charge to settle and how long it
-    /// waited.
-    fn admit(
-        mut self,
-        reservation: Reservation,
-        cap: Option<Reservation>,
-    ) -> (S, Request<B>, Charge, Duration) {
-        let cap = cap.or_else(|| self.cap.0.take());
-        let wait = self.queued.take().map_or(Duration::ZERO, |q| q.waited());
-        self.terms.trace.key.admitted(reservation.tokens(), wait);
-        self.terms.trace.rates(reservation.ledger());
-        let Parked {
-            service,
-            request,
-            terms,
-            ..
-        } = self;
-        (service, request, Charge::new(reservation, cap, terms), wait)
-    }
-}
-
-/// A tenant cap's reservation held while the request waits for its key: given back if the
-/// request never gets there (it timed out, was shed or dropped).
-struct CapHold(Option<Reservation>);
-
-impl Drop for CapHold {
-    fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
-            r.settle(0);
-        }
-    }
-}
-
-/// The key's admission of a request, after its tenant's cap admitted it (or at once when
-/// the tenant has none).
-#[derive(Debug)]
-pub(crate) struct KeyStage {
-    pub(super) ledger: Arc<KeyLedger>,
-    pub(super) tokens: u64,
-    pub(super) deadline: Instant,
-    pub(super) waiter: Waiter,
-    pub(super) max_queued: Option<usize>,
-}
-
-impl KeyStage {
-    /// Asks the key for room: the parked request is called at once, waits or is shed.
-    pub(super) fn enter<S, B>(
-        self,
-        cap: Option<Reservation>,
-        mut parked: Parked<S, B>,
-    ) -> Entered<S, B>
-    where
-        S: Service<Request<B>>,
-    {
-        match self
-            .ledger
-            .admit_as(self.tokens, self.deadline, &self.waiter, self.max_queued)
-        {
-            Admission::Admitted(reservation) => {
-                parked.place = None;
-                let (mut service, request, charge, wait) = parked.admit(reservation, cap);
-                Entered::Calling(service.call(request), charge, wait)
-            }
-            Admission::Queued(acquire) => {
-                parked.cap.0 = cap;
-                if parked.queued.is_none() {
-                    tracing::debug!(quota_key = %self.ledger.key(), tokens = self.tokens, "no room: queued");
-                    parked.queued = Some(parked.terms.trace.key.queued());
-                }
-                Entered::Waiting(acquire, parked)
-            }
-            Admission::Shed {
-                queued,
-                retry_after,
-            } => {
-                parked.cap.0 = cap; // given back as `parked` goes
-                parked.terms.trace.key.shed();
-                Entered::Failed(ThrottleError::Overloaded {
-                    key: self.ledger.key().clone(),
-                    queued,
-                    retry_after,
-                })
-            }
-        }
-    }
-}
-
-/// Where a request stands after asking its key for room.
-// Built once per request and moved straight into the response future: boxing the large
-// variant would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Entered<S: Service<Request<B>>, B> {
-    /// Admitted: the call, its charge, and how long it waited.
-    Calling(S::Future, Charge, Duration),
-    Waiting(Acquire, Parked<S, B>),
-    Failed(ThrottleError),
-}
-
 impl<S, B, ResB> ResponseFuture<S, B, ResB>
 where
     S: Service<Request<B>>,
     ResB: Body,
 {
-    pub(super) fn calling(future: S::Future, charge: Option<Charge>, trace: Trace) -> Self {
+    pub(super) fn new(entered: Entered<S, B>, trace: Trace) -> Self {
+        let (state, parked, charge, error) = match entered {
+            Entered::Calling(future, charge, _) => (State::Calling { future }, None, charge, None),
+            Entered::Waiting(acquire, parked) => {
+                (State::Waiting { acquire }, Some(parked), None, None)
+            }
+            Entered::Failed(error) => (State::Failed, None, None, Some(error)),
+        };
         Self {
-            state: State::Calling { future },
-            parked: None,
+            state,
+            parked,
             charge,
-            error: None,
-            trace,
-        }
-    }
-
-    pub(super) fn waiting(acquire: Acquire, parked: Parked<S, B>, trace: Trace) -> Self {
-        Self {
-            state: State::Waiting { acquire },
-            parked: Some(parked),
-            charge: None,
-            error: None,
-            trace,
-        }
-    }
-
-    pub(super) fn entered(entered: Entered<S, B>, trace: Trace) -> Self {
-        match entered {
-            Entered::Calling(future, charge, _) => Self::calling(future, Some(charge), trace),
-            Entered::Waiting(acquire, parked) => Self::waiting(acquire, parked, trace),
-            Entered::Failed(error) => Self::failed(error, trace),
-        }
-    }
-
-    pub(super) fn failed(error: ThrottleError, trace: Trace) -> Self {
-        Self {
-            state: State::Failed,
-            parked: None,
-            charge: None,
-            error: Some(error),
+            error,
             trace,
         }
     }
@@ -385,20 +225,11 @@ where
                             return Poll::Ready(Err(e));
                         }
                     };
-                    let mut parked = this.parked.take().expect("parked request");
-                    let entered = match parked.next.take() {
-                        // Admitted under the tenant's cap: now the key.
-                        Some(stage) => stage.enter(Some(reservation), parked),
-                        None => {
-                            let (mut service, request, charge, wait) =
-                                parked.admit(reservation, None);
-                            Entered::Calling(service.call(request), charge, wait)
-                        }
-                    };
-                    match entered {
+                    let parked = this.parked.take().expect("parked request");
+                    match parked.admitted(reservation) {
                         Entered::Calling(future, charge, wait) => {
                             this.trace.waited(wait);
-                            *this.charge = Some(charge);
+                            *this.charge = charge;
                             this.state.set(State::Calling { future });
                         }
                         Entered::Waiting(acquire, parked) => {

@@ -152,6 +152,7 @@
 //! Unlike tower's `RateLimit`, the gate weighs each request by its tokens, waits inside the
 //! response future (its `poll_ready` only delegates), and clones share one budget.
 
+mod admit;
 mod body;
 mod future;
 mod layer;
