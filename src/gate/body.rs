@@ -1,3 +1,5 @@
+//! The gate's response body, which settles the reservation from the usage passing through.
+
 use std::{
     collections::VecDeque,
     pin::Pin,

@@ -156,10 +156,10 @@ mod admit;
 mod body;
 mod future;
 mod layer;
+mod read_ahead;
 mod service;
 mod settle;
 mod stream;
-mod throttle_read;
 
 #[cfg(feature = "aws-sdk")]
 pub(crate) use self::future::FirstFrameException;
