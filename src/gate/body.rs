@@ -1,3 +1,5 @@
+//! The gate's response body, which settles the reservation from the usage passing through.
+
 use std::{
     collections::VecDeque,
     pin::Pin,
@@ -8,7 +10,7 @@ use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{future::Charge, stream::FrameReader};
+use super::{settle::Charge, stream::FrameReader};
 use crate::usage;
 
 /// JSON bodies larger than this are passed on without looking for usage.

@@ -1,145 +1,37 @@
+//! The gate's response future: the states of a request from its admission to its response head.
+
 use std::{
-    collections::VecDeque,
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{ready, Context, Poll},
-    time::Duration,
 };
 
-use bytes::Buf;
 use http::{
     header::{CONTENT_LENGTH, CONTENT_TYPE},
     response::Parts,
     HeaderValue, Request, Response, StatusCode,
 };
-use http_body::{Body, Frame};
+use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tower_service::Service;
 
 use super::{
+    admit::{Entered, Parked},
     body::StreamSettle,
+    read_ahead::ReadAhead,
+    settle::{settle_head, Charge},
     stream::{FrameReader, StreamException},
-    throttle_read::ThrottleRead,
     SettlingBody,
 };
-use crate::{
-    config::Shared,
-    diagnosis::KeyRecord,
-    ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
-    telemetry::{ChargeTrace, QueueGuard, Trace},
-    usage, BoxError, QuotaKey, ThrottleError, ThrottleKind,
-};
-
-/// How reported usage turns into a charge, and what the estimator may learn from it.
-#[derive(Debug)]
-pub(crate) struct Terms {
-    pub(super) burndown: f64,
-    /// Output quota tokens reserved: the output limit times the burndown.
-    pub(super) reserved_output: u64,
-    /// Where demand, grant and throttles of the key are counted.
-    pub(super) record: Arc<KeyRecord>,
-    pub(super) learn: Option<Learn>,
-    pub(super) trace: ChargeTrace,
-}
-
-/// The estimator's raw input count for a model, to compare with the reported one.
-#[derive(Debug)]
-pub(crate) struct Learn {
-    pub(super) shared: Arc<Shared>,
-    pub(super) model: QuotaKey,
-    pub(super) raw_input: u64,
-}
-
-/// A reservation (and the tenant cap's, if any) and the terms of its settlement.
-#[derive(Debug)]
-pub(crate) struct Charge {
-    reservation: Reservation,
-    cap: Option<Reservation>,
-    terms: Terms,
-}
-
-impl Charge {
-    fn new(reservation: Reservation, cap: Option<Reservation>, terms: Terms) -> Self {
-        terms.record.granted(reservation.tokens());
-        Self {
-            reservation,
-            cap,
-            terms,
-        }
-    }
-
-    pub(super) fn settle_usage(self, usage: usage::Usage) {
-        if let Some(l) = &self.terms.learn {
-            if let Some(model) = l.model.model() {
-                let actual_input = usage.input_tokens
-                    + usage.cache_read_input_tokens
-                    + usage.cache_write_input_tokens;
-                l.shared
-                    .calibration
-                    .observe(model, l.raw_input, actual_input);
-            }
-        }
-        let used_output = (usage.output_tokens as f64 * self.terms.burndown).ceil() as u64;
-        self.terms
-            .record
-            .output(self.terms.reserved_output, used_output);
-        let actual = usage.charge(self.terms.burndown);
-        let actual_input =
-            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens;
-        tracing::trace!(
-            parent: &self.terms.trace.span,
-            quota_key = %self.reservation.ledger().key(),
-            reserved = self.reservation.tokens(),
-            actual,
-            input_estimated = self.terms.trace.input_estimate,
-            input_actual = actual_input,
-            "settled"
-        );
-        self.terms.trace.settled(actual, actual_input);
-        self.reservation.settle(actual);
-        if let Some(cap) = self.cap {
-            cap.settle(actual);
-        }
-    }
-
-    fn refund(self) {
-        self.reservation.settle(0);
-        if let Some(cap) = self.cap {
-            cap.settle(0);
-        }
-    }
-
-    /// Upstream refused the request before running it (a 429): everything comes back at
-    /// once, and the key slows down.
-    pub(super) fn refused(self, kind: ThrottleKind) {
-        self.terms.record.throttled(kind);
-        self.terms.trace.throttled(false, kind);
-        let ledger = self.reservation.ledger().clone();
-        self.reservation.throttled(true, kind);
-        if let Some(cap) = self.cap {
-            cap.settle(0);
-        }
-        self.terms.trace.rates(&ledger);
-    }
-
-    /// Upstream throttled after it had started: the reservation is kept (Bedrock charges
-    /// what was generated, and the throttle empties the key's buckets anyway), and the key
-    /// slows down.
-    pub(super) fn throttled(self, kind: ThrottleKind) {
-        self.terms.record.throttled(kind);
-        self.terms.trace.throttled(true, kind);
-        let _span = self.terms.trace.span.enter();
-        let ledger = self.reservation.ledger().clone();
-        self.reservation.throttled(false, kind);
-        self.terms.trace.rates(&ledger);
-    }
-}
+use crate::{ledger::Acquire, telemetry::Trace, BoxError, ThrottleError, ThrottleKind};
 
 /// Read-ahead of an event stream beyond this many bytes stops waiting for a whole first
 /// frame: the response goes to the caller as it is.
 const MAX_PREFETCH: usize = 1 << 20;
+
+/// A throttle body larger than this is passed on unread (Bedrock's are under 100 bytes);
+/// its class is then [`ThrottleKind::Unknown`].
+const MAX_THROTTLE_BODY: usize = 64 << 10;
 
 pin_project! {
     /// Response future of [`Gate`](super::Gate): waits for room, calls the inner service,
@@ -151,109 +43,230 @@ pin_project! {
         ResB: Body,
     {
         #[pin]
-        state: State<S::Future, Prefetch<ResB>, ThrottleRead<ResB>>,
-        parked: Option<Parked<S, B>>,
-        charge: Option<Charge>,
-        error: Option<ThrottleError>,
+        state: State<S, B, ResB>,
         trace: Trace,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, P, T> {
-        Waiting { #[pin] acquire: Acquire },
-        Calling { #[pin] future: F },
-        Prefetching { prefetch: Option<P> },
-        // A 429 whose body is read to tell which limit it hit.
-        ReadingThrottle { read: Option<T> },
-        Failed,
+    #[project_replace = StateOwn]
+    enum State<S, B, R>
+    where
+        S: Service<Request<B>>,
+        R: Body,
+    {
+        /// Waiting for room under the tenant's cap or at the key.
+        Waiting { #[pin] acquire: Acquire, parked: Option<Parked<S, B>> },
+        /// Sent; the response settles `charge` (none when no quota applies).
+        Calling { #[pin] future: S::Future, charge: Option<Charge> },
+        /// A 2xx event stream whose first frame is read before the head goes to the caller.
+        FirstFrame { ahead: ReadAhead<R>, settle: StreamSettle },
+        /// A 429 whose body is read to tell which limit it hit.
+        Throttled { ahead: ReadAhead<R>, charge: Charge },
+        Failed { error: Option<ThrottleError> },
+        Done,
     }
 }
 
-/// A 2xx event stream whose first frame is being read before the head goes to the caller.
-struct Prefetch<R: Body> {
-    parts: Parts,
-    body: Pin<Box<R>>,
-    frames: VecDeque<Result<Frame<R::Data>, R::Error>>,
-    bytes: usize,
-    ended: bool,
-    settle: StreamSettle,
+impl<S, B, R> State<S, B, R>
+where
+    S: Service<Request<B>>,
+    R: Body,
+{
+    fn entered(entered: Entered<S, B>) -> Self {
+        match entered {
+            Entered::Calling(future, charge, _) => State::Calling { future, charge },
+            Entered::Waiting(acquire, parked) => State::Waiting {
+                acquire,
+                parked: Some(parked),
+            },
+            Entered::Failed(error) => State::Failed { error: Some(error) },
+        }
+    }
 }
 
-impl<R: Body> Prefetch<R> {
-    /// Reads until the first whole frame (or the end, an error, an unreadable stream).
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while self.settle.reader.frames() == 0
-            && !self.settle.reader.disabled()
-            && self.bytes <= MAX_PREFETCH
-        {
-            match ready!(self.body.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        let chunk = data.chunk();
-                        if chunk.len() == data.remaining() {
-                            self.settle.reader.feed(chunk);
-                        } else {
-                            self.settle.reader.disable();
-                        }
-                        self.bytes += data.remaining();
+impl<S, B, ResB> ResponseFuture<S, B, ResB>
+where
+    S: Service<Request<B>>,
+    ResB: Body,
+{
+    pub(super) fn new(entered: Entered<S, B>, trace: Trace) -> Self {
+        Self {
+            state: State::entered(entered),
+            trace,
+        }
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B, ResB>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ResB: Body,
+{
+    type Output = Result<Response<SettlingBody<ResB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _span = this.trace.entered();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { acquire, parked } => {
+                    let reservation = match ready!(acquire.poll(cx)) {
+                        Ok(r) => r,
+                        Err(e) => return Poll::Ready(Err(failed(this.trace, e))),
+                    };
+                    let parked = parked.take().expect("parked request");
+                    let entered = parked.admitted(reservation);
+                    if let Entered::Calling(_, _, wait) = &entered {
+                        this.trace.waited(*wait);
                     }
-                    self.frames.push_back(Ok(frame));
+                    this.state.set(State::entered(entered));
                 }
-                Some(Err(e)) => {
-                    self.frames.push_back(Err(e));
-                    self.settle.reader.disable();
-                    self.ended = true;
+                StateProj::Calling { future, charge } => {
+                    let response = match ready!(future.poll(cx)) {
+                        Ok(r) => r,
+                        Err(e) => return Poll::Ready(Err(failed(this.trace, e))),
+                    };
+                    let Some(charge) = charge.take() else {
+                        this.trace.response(response.status());
+                        return Poll::Ready(Ok(response.map(|b| SettlingBody::new(b, None))));
+                    };
+                    if is_event_stream(&response) {
+                        let ahead = ReadAhead::new(response, MAX_PREFETCH, false);
+                        let reader = FrameReader::new();
+                        let settle = StreamSettle { charge, reader };
+                        this.state.set(State::FirstFrame { ahead, settle });
+                    } else if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                        let ahead = ReadAhead::new(response, MAX_THROTTLE_BODY, true);
+                        this.state.set(State::Throttled { ahead, charge });
+                    } else {
+                        this.trace.response(response.status());
+                        let settle_from_body = settle_head(charge, &response);
+                        return Poll::Ready(Ok(
+                            response.map(|b| SettlingBody::new(b, settle_from_body))
+                        ));
+                    }
                 }
-                None => {
-                    self.settle.reader.disable();
-                    self.ended = true;
+                StateProj::FirstFrame { ahead, settle } => {
+                    let reader = &mut settle.reader;
+                    ready!(ahead.poll_read(cx, |chunk| {
+                        match chunk {
+                            Some(chunk) => reader.feed(chunk),
+                            None => reader.disable(),
+                        }
+                        reader.frames() > 0 || reader.disabled()
+                    }));
+                    // Polling again panics, as for any future.
+                    let StateOwn::FirstFrame { ahead, settle } =
+                        this.state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("reading the first frame")
+                    };
+                    let response = first_frame_read(ahead, settle);
+                    this.trace.response(response.status());
+                    return Poll::Ready(Ok(response));
                 }
+                StateProj::Throttled { ahead, .. } => {
+                    ready!(ahead.poll_read(cx, |_| false));
+                    let StateOwn::Throttled { ahead, charge } =
+                        this.state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("reading a throttle")
+                    };
+                    let response = throttle_read(ahead, charge);
+                    this.trace.response(response.status());
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Failed { error } => {
+                    let error = error.take().expect("polled after completion");
+                    return Poll::Ready(Err(failed(this.trace, error)));
+                }
+                StateProj::Done => panic!("polled after completion"),
             }
         }
-        Poll::Ready(())
     }
+}
 
-    /// The response for the caller: the stream as it came, or, when an exception frame
-    /// arrived before anything was passed on, the equivalent error response.
-    fn finish(mut self) -> Response<SettlingBody<R>> {
-        if let Some(exception) = self.settle.reader.take_exception() {
-            if let Some((status, error_type)) = error_for(&exception) {
-                let mut parts = self.parts;
-                parts.status = status;
-                parts.headers.remove(CONTENT_LENGTH);
-                parts
-                    .headers
-                    .insert("x-amzn-errortype", HeaderValue::from_static(error_type));
-                let charge = self.settle.charge;
-                let kind = ThrottleKind::from_message(&exception.message);
-                parts.extensions.insert(FirstFrameException {
-                    message: exception.message,
-                });
-                let response = if status == StatusCode::TOO_MANY_REQUESTS {
-                    parts.extensions.insert(kind);
-                    charge.refused(kind);
-                    Response::from_parts(parts, ())
-                } else {
-                    let response = Response::from_parts(parts, ());
-                    let _ = settle_head(charge, &response);
-                    response
-                };
-                let body = SettlingBody::prefetched(self.body, self.frames, true, None);
-                return response.map(|()| body);
-            }
-            // Not retryable: it goes to the caller in the stream, as Bedrock sent it.
-            self.settle.reader.disable();
-        }
-        let settle = if self.ended {
-            None // ended without usage: the whole reservation is kept
-        } else {
-            self.settle.absorb()
-        };
-        let body = SettlingBody::prefetched(self.body, self.frames, self.ended, settle);
-        Response::from_parts(self.parts, body)
+/// Records the request's failure; the error for the caller.
+fn failed(trace: &Trace, error: impl Into<BoxError>) -> BoxError {
+    let error = error.into();
+    trace.error(&error);
+    error
+}
+
+/// The response for the caller once a 2xx event stream's first frame was read (or the
+/// read gave up): the stream as it came, or, when an exception frame arrived before
+/// anything was passed on, the equivalent error response.
+fn first_frame_read<R: Body>(
+    ahead: ReadAhead<R>,
+    mut settle: StreamSettle,
+) -> Response<SettlingBody<R>> {
+    let ended = ahead.ended();
+    if ended {
+        settle.reader.disable();
     }
+    if let Some(exception) = settle.reader.take_exception() {
+        if let Some((status, error_type)) = error_for(&exception) {
+            let (parts, body, frames) = ahead.into_parts();
+            let response = exception_response(parts, status, error_type, exception, settle.charge);
+            // The head was replaced: the stream ends with the exception frame.
+            let body = SettlingBody::prefetched(body, frames, true, None);
+            return response.map(|()| body);
+        }
+        // Not retryable: it goes to the caller in the stream, as Bedrock sent it.
+        settle.reader.disable();
+    }
+    let settle = if ended {
+        None // ended without usage: the whole reservation is kept
+    } else {
+        settle.absorb()
+    };
+    let (parts, body, frames) = ahead.into_parts();
+    Response::from_parts(parts, SettlingBody::prefetched(body, frames, ended, settle))
+}
+
+/// Turns a 2xx event stream's head into the error `exception` stands for, and settles the
+/// charge as that error.
+fn exception_response(
+    mut parts: Parts,
+    status: StatusCode,
+    error_type: &'static str,
+    exception: StreamException,
+    charge: Charge,
+) -> Response<()> {
+    parts.status = status;
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .insert("x-amzn-errortype", HeaderValue::from_static(error_type));
+    let kind = ThrottleKind::from_message(&exception.message);
+    parts.extensions.insert(FirstFrameException {
+        message: exception.message,
+    });
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        parts.extensions.insert(kind);
+        charge.refused(kind);
+        Response::from_parts(parts, ())
+    } else {
+        let response = Response::from_parts(parts, ());
+        let _ = settle_head(charge, &response);
+        response
+    }
+}
+
+/// The response for the caller once a 429's body was read (or the read gave up): the limit
+/// it names is told to the ledger and set in the extensions; every byte read goes first.
+fn throttle_read<R: Body>(ahead: ReadAhead<R>, charge: Charge) -> Response<SettlingBody<R>> {
+    let kind = ahead
+        .kept()
+        .map_or(ThrottleKind::Unknown, ThrottleKind::from_error_body);
+    charge.refused(kind);
+    let ended = ahead.ended();
+    let (mut parts, body, frames) = ahead.into_parts();
+    parts.extensions.insert(kind);
+    Response::from_parts(parts, SettlingBody::prefetched(body, frames, ended, None))
 }
 
 /// Marks an error response the gate made from an event stream's first-frame exception, with
@@ -283,6 +296,7 @@ fn error_for(e: &StreamException) -> Option<(StatusCode, &'static str)> {
     }
 }
 
+/// Whether a response is a 2xx event stream (`application/vnd.amazon.eventstream`).
 fn is_event_stream<B>(response: &Response<B>) -> bool {
     response.status().is_success()
         && response
@@ -292,339 +306,18 @@ fn is_event_stream<B>(response: &Response<B>) -> bool {
             .is_some_and(|ct| ct.starts_with("application/vnd.amazon.eventstream"))
 }
 
-/// A request waiting for admission, with the ready service that will send it.
-pub(crate) struct Parked<S, B> {
-    service: S,
-    request: Request<B>,
-    terms: Terms,
-    /// While the request waits under its tenant's cap: the key's admission that follows.
-    next: Option<KeyStage>,
-    cap: CapHold,
-    /// Its place among the waiting requests under `Overload::Backpressure`.
-    place: Option<OwnedSemaphorePermit>,
-    /// Counts the request in its key's queue depth while it waits, and times the wait.
-    pub(super) queued: Option<QueueGuard>,
-}
-
-impl<S, B> Unpin for Parked<S, B> {}
-
-impl<S, B> Parked<S, B> {
-    pub(super) fn new(
-        service: S,
-        request: Request<B>,
-        terms: Terms,
-        next: Option<KeyStage>,
-        place: Option<OwnedSemaphorePermit>,
-    ) -> Self {
-        Self {
-            service,
-            request,
-            terms,
-            next,
-            cap: CapHold(None),
-            place,
-            queued: None,
-        }
-    }
-
-    /// Admitted by the key: the service, the request, the charge to settle and how long it
-    /// waited.
-    fn admit(
-        mut self,
-        reservation: Reservation,
-        cap: Option<Reservation>,
-    ) -> (S, Request<B>, Charge, Duration) {
-        let cap = cap.or_else(|| self.cap.0.take());
-        let wait = self.queued.take().map_or(Duration::ZERO, |q| q.waited());
-        self.terms.trace.key.admitted(reservation.tokens(), wait);
-        self.terms.trace.rates(reservation.ledger());
-        let Parked {
-            service,
-            request,
-            terms,
-            ..
-        } = self;
-        (service, request, Charge::new(reservation, cap, terms), wait)
-    }
-}
-
-/// A tenant cap's reservation held while the request waits for its key: given back if the
-/// request never gets there (it timed out, was shed or dropped).
-struct CapHold(Option<Reservation>);
-
-impl Drop for CapHold {
-    fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
-            r.settle(0);
-        }
-    }
-}
-
-/// The key's admission of a request, after its tenant's cap admitted it (or at once when
-/// the tenant has none).
-#[derive(Debug)]
-pub(crate) struct KeyStage {
-    pub(super) ledger: Arc<KeyLedger>,
-    pub(super) tokens: u64,
-    pub(super) deadline: Instant,
-    pub(super) waiter: Waiter,
-    pub(super) max_queued: Option<usize>,
-}
-
-impl KeyStage {
-    /// Asks the key for room: the parked request is called at once, waits or is shed.
-    pub(super) fn enter<S, B>(
-        self,
-        cap: Option<Reservation>,
-        mut parked: Parked<S, B>,
-    ) -> Entered<S, B>
-    where
-        S: Service<Request<B>>,
-    {
-        match self
-            .ledger
-            .admit_as(self.tokens, self.deadline, &self.waiter, self.max_queued)
-        {
-            Admission::Admitted(reservation) => {
-                parked.place = None;
-                let (mut service, request, charge, wait) = parked.admit(reservation, cap);
-                Entered::Calling(service.call(request), charge, wait)
-            }
-            Admission::Queued(acquire) => {
-                parked.cap.0 = cap;
-                if parked.queued.is_none() {
-                    tracing::debug!(quota_key = %self.ledger.key(), tokens = self.tokens, "no room: queued");
-                    parked.queued = Some(parked.terms.trace.key.queued());
-                }
-                Entered::Waiting(acquire, parked)
-            }
-            Admission::Shed {
-                queued,
-                retry_after,
-            } => {
-                parked.cap.0 = cap; // given back as `parked` goes
-                parked.terms.trace.key.shed();
-                Entered::Failed(ThrottleError::Overloaded {
-                    key: self.ledger.key().clone(),
-                    queued,
-                    retry_after,
-                })
-            }
-        }
-    }
-}
-
-/// Where a request stands after asking its key for room.
-// Built once per request and moved straight into the response future: boxing the large
-// variant would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Entered<S: Service<Request<B>>, B> {
-    /// Admitted: the call, its charge, and how long it waited.
-    Calling(S::Future, Charge, Duration),
-    Waiting(Acquire, Parked<S, B>),
-    Failed(ThrottleError),
-}
-
-impl<S, B, ResB> ResponseFuture<S, B, ResB>
-where
-    S: Service<Request<B>>,
-    ResB: Body,
-{
-    pub(super) fn calling(future: S::Future, charge: Option<Charge>, trace: Trace) -> Self {
-        Self {
-            state: State::Calling { future },
-            parked: None,
-            charge,
-            error: None,
-            trace,
-        }
-    }
-
-    pub(super) fn waiting(acquire: Acquire, parked: Parked<S, B>, trace: Trace) -> Self {
-        Self {
-            state: State::Waiting { acquire },
-            parked: Some(parked),
-            charge: None,
-            error: None,
-            trace,
-        }
-    }
-
-    pub(super) fn entered(entered: Entered<S, B>, trace: Trace) -> Self {
-        match entered {
-            Entered::Calling(future, charge, _) => Self::calling(future, Some(charge), trace),
-            Entered::Waiting(acquire, parked) => Self::waiting(acquire, parked, trace),
-            Entered::Failed(error) => Self::failed(error, trace),
-        }
-    }
-
-    pub(super) fn failed(error: ThrottleError, trace: Trace) -> Self {
-        Self {
-            state: State::Failed,
-            parked: None,
-            charge: None,
-            error: Some(error),
-            trace,
-        }
-    }
-}
-
-impl<S, B, ResB> Future for ResponseFuture<S, B, ResB>
-where
-    S: Service<Request<B>, Response = Response<ResB>>,
-    S::Error: Into<BoxError>,
-    ResB: Body,
-{
-    type Output = Result<Response<SettlingBody<ResB>>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let _span = this.trace.entered();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Waiting { acquire } => {
-                    let reservation = match ready!(acquire.poll(cx)) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let e = e.into();
-                            this.trace.error(&e);
-                            return Poll::Ready(Err(e));
-                        }
-                    };
-                    let mut parked = this.parked.take().expect("parked request");
-                    let entered = match parked.next.take() {
-                        // Admitted under the tenant's cap: now the key.
-                        Some(stage) => stage.enter(Some(reservation), parked),
-                        None => {
-                            let (mut service, request, charge, wait) =
-                                parked.admit(reservation, None);
-                            Entered::Calling(service.call(request), charge, wait)
-                        }
-                    };
-                    match entered {
-                        Entered::Calling(future, charge, wait) => {
-                            this.trace.waited(wait);
-                            *this.charge = Some(charge);
-                            this.state.set(State::Calling { future });
-                        }
-                        Entered::Waiting(acquire, parked) => {
-                            *this.parked = Some(parked);
-                            this.state.set(State::Waiting { acquire });
-                        }
-                        Entered::Failed(error) => {
-                            this.state.set(State::Failed);
-                            let e = error.into();
-                            this.trace.error(&e);
-                            return Poll::Ready(Err(e));
-                        }
-                    }
-                }
-                StateProj::Calling { future } => {
-                    let response = match ready!(future.poll(cx)) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let e = e.into();
-                            this.trace.error(&e);
-                            return Poll::Ready(Err(e));
-                        }
-                    };
-                    if is_event_stream(&response) {
-                        if let Some(charge) = this.charge.take() {
-                            let (parts, body) = response.into_parts();
-                            this.state.set(State::Prefetching {
-                                prefetch: Some(Prefetch {
-                                    parts,
-                                    body: Box::pin(body),
-                                    frames: VecDeque::new(),
-                                    bytes: 0,
-                                    ended: false,
-                                    settle: StreamSettle {
-                                        charge,
-                                        reader: FrameReader::new(),
-                                    },
-                                }),
-                            });
-                            continue;
-                        }
-                    }
-                    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-                        if let Some(charge) = this.charge.take() {
-                            let read = ThrottleRead::new(response, charge);
-                            this.state.set(State::ReadingThrottle { read: Some(read) });
-                            continue;
-                        }
-                    }
-                    this.trace.response(response.status());
-                    let settle_from_body =
-                        this.charge.take().and_then(|c| settle_head(c, &response));
-                    return Poll::Ready(Ok(
-                        response.map(|b| SettlingBody::new(b, settle_from_body))
-                    ));
-                }
-                StateProj::Prefetching { prefetch } => {
-                    ready!(prefetch.as_mut().expect("prefetching").poll(cx));
-                    let prefetch = prefetch.take().expect("prefetching");
-                    this.state.set(State::Failed); // polling again panics, as for any future
-                    let response = prefetch.finish();
-                    this.trace.response(response.status());
-                    return Poll::Ready(Ok(response));
-                }
-                StateProj::ReadingThrottle { read } => {
-                    ready!(read.as_mut().expect("reading a throttle").poll(cx));
-                    let read = read.take().expect("reading a throttle");
-                    this.state.set(State::Failed);
-                    let response = read.finish();
-                    this.trace.response(response.status());
-                    return Poll::Ready(Ok(response));
-                }
-                StateProj::Failed => {
-                    let error = this.error.take().expect("polled after completion").into();
-                    this.trace.error(&error);
-                    return Poll::Ready(Err(error));
-                }
-            }
-        }
-    }
-}
-
-/// Settles what the response head tells; hands the charge on when the body must tell.
-fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
-    let status = response.status();
-    if status.is_success() {
-        if let Some(u) = usage::from_headers(response.headers()) {
-            charge.settle_usage(u);
-            return None;
-        }
-        let json = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/json"));
-        // Streams and unknown bodies keep the whole reservation.
-        return json.then_some(charge);
-    }
-    match status {
-        // Refused before running, its body unread: the reservation comes back at once, and
-        // both budgets slow. (The response future reads a 429's body to tell which.)
-        StatusCode::TOO_MANY_REQUESTS => charge.refused(ThrottleKind::Unknown),
-        StatusCode::BAD_REQUEST
-        | StatusCode::FORBIDDEN
-        | StatusCode::NOT_FOUND
-        | StatusCode::PAYLOAD_TOO_LARGE
-        | StatusCode::SERVICE_UNAVAILABLE => charge.refund(),
-        _ => {}
-    }
-    None
-}
-
 impl<S, B, ResB> std::fmt::Debug for ResponseFuture<S, B, ResB>
 where
     S: Service<Request<B>>,
     ResB: Body,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let charge = match &self.state {
+            State::Calling { charge, .. } => charge.as_ref(),
+            _ => None,
+        };
         f.debug_struct("ResponseFuture")
-            .field("charge", &self.charge)
+            .field("charge", &charge)
             .finish_non_exhaustive()
     }
 }

@@ -1,3 +1,5 @@
+//! The layer that puts a [`Gate`] in front of a service.
+
 use std::sync::Arc;
 
 use tower_layer::Layer;

@@ -152,12 +152,14 @@
 //! Unlike tower's `RateLimit`, the gate weighs each request by its tokens, waits inside the
 //! response future (its `poll_ready` only delegates), and clones share one budget.
 
+mod admit;
 mod body;
 mod future;
 mod layer;
+mod read_ahead;
 mod service;
+mod settle;
 mod stream;
-mod throttle_read;
 
 #[cfg(feature = "aws-sdk")]
 pub(crate) use self::future::FirstFrameException;

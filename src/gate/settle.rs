@@ -1,0 +1,198 @@
+//! Settlement: what a reservation becomes once upstream has answered.
+//!
+//! The rules are the table under [Charging](super#charging). The response future and the
+//! body both settle through [`Charge`]; this module knows nothing of either.
+
+use std::sync::Arc;
+
+use http::{header::CONTENT_TYPE, HeaderMap, Response, StatusCode};
+
+use crate::{
+    config::Shared, diagnosis::KeyRecord, ledger::Reservation, telemetry::ChargeTrace, usage,
+    QuotaKey, ThrottleKind,
+};
+
+/// How reported usage turns into a charge, and what the estimator may learn from it.
+#[derive(Debug)]
+pub(crate) struct Terms {
+    pub(super) burndown: f64,
+    /// Output quota tokens reserved: the output limit times the burndown.
+    pub(super) reserved_output: u64,
+    /// Where demand, grant and throttles of the key are counted.
+    pub(super) record: Arc<KeyRecord>,
+    pub(super) learn: Option<Learn>,
+    pub(super) trace: ChargeTrace,
+}
+
+/// The estimator's raw input count for a model, to compare with the reported one.
+#[derive(Debug)]
+pub(crate) struct Learn {
+    pub(super) shared: Arc<Shared>,
+    pub(super) model: QuotaKey,
+    pub(super) raw_input: u64,
+}
+
+/// A reservation (and the tenant cap's, if any) and the terms of its settlement.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    reservation: Reservation,
+    cap: Option<Reservation>,
+    terms: Terms,
+}
+
+impl Charge {
+    pub(super) fn new(reservation: Reservation, cap: Option<Reservation>, terms: Terms) -> Self {
+        terms.record.granted(reservation.tokens());
+        Self {
+            reservation,
+            cap,
+            terms,
+        }
+    }
+
+    /// Upstream ran the request and reported its usage: the charge becomes that usage.
+    pub(super) fn settle_usage(self, usage: usage::Usage) {
+        if let Some(l) = &self.terms.learn {
+            if let Some(model) = l.model.model() {
+                let actual_input = usage.input_tokens
+                    + usage.cache_read_input_tokens
+                    + usage.cache_write_input_tokens;
+                l.shared
+                    .calibration
+                    .observe(model, l.raw_input, actual_input);
+            }
+        }
+        let used_output = (usage.output_tokens as f64 * self.terms.burndown).ceil() as u64;
+        self.terms
+            .record
+            .output(self.terms.reserved_output, used_output);
+        let actual = usage.charge(self.terms.burndown);
+        let actual_input =
+            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens;
+        tracing::trace!(
+            parent: &self.terms.trace.span,
+            quota_key = %self.reservation.ledger().key(),
+            reserved = self.reservation.tokens(),
+            actual,
+            input_estimated = self.terms.trace.input_estimate,
+            input_actual = actual_input,
+            "settled"
+        );
+        self.terms.trace.settled(actual, actual_input);
+        self.reservation.settle(actual);
+        if let Some(cap) = self.cap {
+            cap.settle(actual);
+        }
+    }
+
+    /// Upstream refused the request before running it for a reason that is not a throttle:
+    /// everything comes back at once.
+    fn refund(self) {
+        self.reservation.settle(0);
+        if let Some(cap) = self.cap {
+            cap.settle(0);
+        }
+    }
+
+    /// Upstream refused the request before running it (a 429): everything comes back at
+    /// once, and the key slows down.
+    pub(super) fn refused(self, kind: ThrottleKind) {
+        self.terms.record.throttled(kind);
+        self.terms.trace.throttled(false, kind);
+        let ledger = self.reservation.ledger().clone();
+        self.reservation.throttled(true, kind);
+        if let Some(cap) = self.cap {
+            cap.settle(0);
+        }
+        self.terms.trace.rates(&ledger);
+    }
+
+    /// Upstream throttled after it had started: the reservation is kept (Bedrock charges
+    /// what was generated, and the throttle empties the key's buckets anyway), and the key
+    /// slows down.
+    pub(super) fn throttled(self, kind: ThrottleKind) {
+        self.terms.record.throttled(kind);
+        self.terms.trace.throttled(true, kind);
+        let _span = self.terms.trace.span.enter();
+        let ledger = self.reservation.ledger().clone();
+        self.reservation.throttled(false, kind);
+        self.terms.trace.rates(&ledger);
+    }
+}
+
+/// Settles what the response head tells; hands the charge on when the body must tell.
+pub(super) fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
+    let status = response.status();
+    if status.is_success() {
+        if let Some(u) = usage::from_headers(response.headers()) {
+            charge.settle_usage(u);
+            return None;
+        }
+        // Streams and unknown bodies keep the whole reservation.
+        return is_json(response.headers()).then_some(charge);
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // Refused before running, its body unread: the reservation comes back at once, and
+        // both budgets slow. (The response future reads a 429's body to tell which.)
+        charge.refused(ThrottleKind::Unknown);
+    } else if refused_before_running(status) {
+        charge.refund();
+    }
+    // Any other error keeps the whole reservation.
+    None
+}
+
+/// Whether Bedrock answers with `status` only when it refused a request before running it,
+/// so that nothing of the reservation was spent (a 429 among them).
+fn refused_before_running(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_REQUEST
+            | StatusCode::FORBIDDEN
+            | StatusCode::NOT_FOUND
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::SERVICE_UNAVAILABLE
+    )
+}
+
+/// Whether a body is JSON, where a 2xx answer without usage headers carries its usage.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_statuses_bedrock_refuses_with_before_running() {
+        for code in [429, 400, 403, 404, 413, 503] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(refused_before_running(status), "{code}");
+        }
+        for code in [200, 408, 424, 500, 502, 504] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(!refused_before_running(status), "{code}");
+        }
+    }
+
+    #[test]
+    fn json_is_told_by_its_content_type() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_json(&headers));
+        headers.insert(
+            CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert!(is_json(&headers));
+        headers.insert(
+            CONTENT_TYPE,
+            "application/vnd.amazon.eventstream".parse().unwrap(),
+        );
+        assert!(!is_json(&headers));
+    }
+}
