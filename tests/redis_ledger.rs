@@ -345,7 +345,9 @@ async fn the_keys_of_a_model_share_one_hash_tag_and_expire() {
         .query(&mut c)
         .unwrap();
     keys.sort();
-    let tag = format!("{{{p}:anthropic.claude_x_:us-east-1}}");
+    // Braces would end the hash tag early: they are percent-encoded (never mapped to a
+    // character another model id could have).
+    let tag = format!("{{{p}:anthropic.claude%7Bx%7D:us-east-1}}");
     assert_eq!(
         keys,
         vec![format!("{tag}:b"), format!("{tag}:h"), format!("{tag}:q")]
