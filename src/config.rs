@@ -3,10 +3,12 @@
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use crate::{
+    bedrock::model_id::quota_model_id,
     estimate::{
         default_output_limit, limits::UNKNOWN_MODEL_OUTPUT_LIMIT, Calibration, HeuristicEstimator,
         TokenEstimator,
     },
+    keys::{canonical, KeyTable},
     ledger::{Ledger, OutagePolicy, Registry},
     quota::{default_burndown, Quota, ResolvedQuota},
     retry::RetryBudgetState,
@@ -20,6 +22,10 @@ pub const BEDROCK_MAX_BODY_BYTES: usize = 25_000_000;
 
 /// The default of [`ThrottleConfigBuilder::max_queued`]: requests that may wait per key.
 pub const DEFAULT_MAX_QUEUED: usize = 1_024;
+
+/// The default of [`ThrottleConfigBuilder::max_keys`]: models without a quota of their own
+/// that hold state at once.
+pub const DEFAULT_MAX_KEYS: usize = 1_024;
 
 /// Backoff retry settings, read by the retry layer.
 #[derive(Clone, Debug)]
@@ -83,7 +89,29 @@ pub(crate) struct Settings {
     pub(crate) tenants: TenantSettings,
 }
 
+/// Where the quota of a model id comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QuotaName<'a> {
+    /// A model quota names it exactly.
+    Own,
+    /// A model quota names the part of its ARN after the last `/`.
+    Tail(&'a str),
+    /// The default quota.
+    Default,
+}
+
 impl Settings {
+    /// Where the quota of `model` comes from (see [`quota_for`](Self::quota_for)).
+    pub(crate) fn quota_name<'a>(&self, model: &'a str) -> QuotaName<'a> {
+        if self.model_quotas.contains_key(model) {
+            return QuotaName::Own;
+        }
+        match model.rsplit_once('/') {
+            Some((_, tail)) if self.model_quotas.contains_key(tail) => QuotaName::Tail(tail),
+            _ => QuotaName::Default,
+        }
+    }
+
     /// The quota for `key`: the model's own, else the ARN's resource name's, else the default.
     pub(crate) fn quota_for(&self, key: &QuotaKey) -> Option<ResolvedQuota> {
         let model = key.model();
@@ -130,6 +158,8 @@ pub(crate) struct Shared {
     pub(crate) waiting_places: Option<Arc<tokio::sync::Semaphore>>,
     pub(crate) telemetry: Telemetry,
     pub(crate) diagnosis: crate::diagnosis::Recorder,
+    /// Which models without a quota of their own hold state (see [`crate::keys`]).
+    pub(crate) keys: KeyTable,
 }
 
 impl fmt::Debug for Shared {
@@ -186,8 +216,9 @@ impl ThrottleConfig {
     /// # Ok::<(), bedrock_throttle::ConfigError>(())
     /// ```
     pub fn effective_quota(&self, key: &QuotaKey) -> Option<Quota> {
-        let configured = self.shared.settings.quota_for(key)?;
-        let ledger = self.shared.ledger.get(key)?;
+        let key = canonical(key);
+        let configured = self.shared.settings.quota_for(&key)?;
+        let ledger = self.shared.ledger.get(&key)?;
         let (tokens, requests) = ledger.rates();
         Some(Quota {
             requests: requests.map(|r| r.round().max(1.0) as u32),
@@ -226,6 +257,7 @@ impl ThrottleConfig {
 /// | `tenant_header` | none | request header naming the [`Tenant`] when the extensions do not |
 /// | `tenant`, `default_tenant` | weight 1, no cap | [`TenantPolicy`] of a tenant, of all others |
 /// | `max_queued` | [`DEFAULT_MAX_QUEUED`] (1,024) | waiting requests per key before [`Overload`] applies |
+/// | `max_keys` | [`DEFAULT_MAX_KEYS`] (1,024) | models without a quota of their own that hold state at once |
 /// | `overload` | [`Overload::Shed`] | shed at once, or back-pressure through `poll_ready` |
 /// | `ledger` | none | a [`Ledger`](crate::Ledger) shared with other processes, e.g. [`RedisLedger`](crate::RedisLedger) |
 /// | `outage` | [`OutagePolicy::FailClosed`] | what the gate does while the shared ledger is unreachable |
@@ -253,6 +285,7 @@ pub struct ThrottleConfigBuilder {
     tenant_header: Option<String>,
     shared_ledger: Option<Arc<dyn Ledger>>,
     outage: OutagePolicy,
+    max_keys: usize,
 }
 
 impl Default for ThrottleConfigBuilder {
@@ -279,6 +312,7 @@ impl Default for ThrottleConfigBuilder {
             tenant_header: None,
             shared_ledger: None,
             outage: OutagePolicy::FailClosed,
+            max_keys: DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -431,6 +465,23 @@ impl ThrottleConfigBuilder {
         self
     }
 
+    /// Bounds the models without a quota of their own (model ids that reach the gate from
+    /// request paths, so from whoever sends requests) that hold state at once: a ledger,
+    /// counters, ~15 metric series and a diagnosis record each, about 4 KiB.
+    /// [`DEFAULT_MAX_KEYS`] (1,024) unless set.
+    ///
+    /// Past the bound a new model evicts keys idle for 10 minutes and at rest (nothing
+    /// waiting or in flight, buckets full, rates back at the quota: exactly the state a new
+    /// key starts in, so no debt is forgotten and no room invented); if none is, it spends
+    /// from its Region's overflow key, whose metrics carry `model="(other)"`. Until upstream
+    /// has answered a model with a 2xx, its requests also pass one stage shared by every
+    /// such model of the Region, with the default quota, so invented ids (which Bedrock
+    /// refuses) together never spend more than one quota. See the README's "How it decides".
+    pub fn max_keys(mut self, max: usize) -> Self {
+        self.max_keys = max;
+        self
+    }
+
     /// What happens when [`max_queued`](Self::max_queued) requests wait: shed the request
     /// with [`ThrottleError::Overloaded`](crate::ThrottleError::Overloaded) (the default),
     /// or report not ready from `poll_ready`.
@@ -494,15 +545,24 @@ impl ThrottleConfigBuilder {
                 "a shared ledger needs configured quotas: a discovered quota (Quota::discover) is found per process",
             ));
         }
+        if self.max_keys == 0 {
+            return Err(ConfigError::new(
+                "max_keys is 0, so no model without a quota of its own could hold state; use at least 1",
+            ));
+        }
         let mut model_quotas = HashMap::new();
         for (model, quota) in self.model_quotas {
             if model.is_empty() {
                 return Err(ConfigError::new("a model quota has an empty model id"));
             }
             quota.validate(&format!("the quota of {model}"))?;
-            model_quotas.insert(model, quota);
+            // Keyed as requests are: a foundation model's or system profile's ARN as its id.
+            model_quotas.insert(quota_model_id(&model).to_owned(), quota);
         }
-        for (model, rate) in &self.burndowns {
+        let burndowns = (self.burndowns.into_iter())
+            .map(|(m, b)| (quota_model_id(&m).to_owned(), b))
+            .collect::<HashMap<_, _>>();
+        for (model, rate) in &burndowns {
             if !(rate.is_finite() && *rate > 0.0) {
                 return Err(ConfigError::new(format!(
                     "the burndown of {model} is {rate}; it must be a positive finite number"
@@ -560,7 +620,7 @@ impl ThrottleConfigBuilder {
             tenants,
             default_quota: self.default_quota,
             model_quotas,
-            burndowns: self.burndowns,
+            burndowns,
             retry: RetrySettings {
                 max_attempts: self.max_attempts,
                 base_delay: self.base_delay,
@@ -584,8 +644,9 @@ impl ThrottleConfigBuilder {
                     .unwrap_or_else(|| Arc::new(HeuristicEstimator::default())),
                 calibration: Calibration::new(),
                 waiting_places,
-                telemetry: Telemetry::default(),
+                telemetry: Telemetry::new(self.max_keys),
                 diagnosis: crate::diagnosis::Recorder::new(),
+                keys: KeyTable::new(self.max_keys),
             }),
         })
     }
@@ -644,6 +705,7 @@ mod tests {
             .retry_budget(RetryBudget::new(1, 5)))
         .contains("retry budget"));
         assert!(err(ThrottleConfig::builder().model_quota("", q)).contains("empty model id"));
+        assert!(err(ThrottleConfig::builder().quota(q).max_keys(0)).contains("max_keys"));
         assert!(err(ThrottleConfig::builder()
             .quota(Quota::discover())
             .throttle_recovery(Duration::ZERO))

@@ -80,6 +80,7 @@ mod deadline;
 pub mod diagnosis;
 mod error;
 mod key;
+mod keys;
 mod layer;
 mod ledger;
 mod quota;
@@ -113,7 +114,7 @@ pub use self::ledger::RedisLedger;
 pub use self::{
     config::{
         RetryBudget, ThrottleConfig, ThrottleConfigBuilder, BEDROCK_MAX_BODY_BYTES,
-        DEFAULT_MAX_QUEUED,
+        DEFAULT_MAX_KEYS, DEFAULT_MAX_QUEUED,
     },
     deadline::SendDeadline,
     diagnosis::ThrottleKind,

@@ -237,27 +237,76 @@ impl Trace {
 }
 
 /// The per-key counters and metric handles, shared by every layer of one configuration.
-#[derive(Debug, Default)]
+///
+/// The gate creates the entries of the keys it files (bounded by [`crate::keys`]); any
+/// other layer counting against a key the gate never filed (a retry of a request no quota
+/// applies to) creates at most `max_unfiled` more, then counts against its Region's
+/// `(other)` entry.
+#[derive(Debug)]
 pub(crate) struct Telemetry {
-    keys: Mutex<HashMap<QuotaKey, Arc<KeyTelemetry>>>,
+    keys: Mutex<Keys>,
+    max_unfiled: usize,
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    map: HashMap<QuotaKey, Arc<KeyTelemetry>>,
+    /// Entries created for keys the gate had not filed.
+    unfiled: usize,
 }
 
 impl Telemetry {
-    /// The counters of `key`, created (and its metrics registered) on first use.
-    pub(crate) fn key(&self, key: &QuotaKey) -> Arc<KeyTelemetry> {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(k) = keys.get(key) {
+    pub(crate) fn new(max_unfiled: usize) -> Self {
+        Self {
+            keys: Mutex::default(),
+            max_unfiled,
+        }
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The counters of `key`, which the gate filed, created (and its metrics registered) on
+    /// first use.
+    pub(crate) fn filed(&self, key: &QuotaKey) -> Arc<KeyTelemetry> {
+        let mut keys = self.keys();
+        Self::entry(&mut keys.map, key)
+    }
+
+    fn entry(map: &mut HashMap<QuotaKey, Arc<KeyTelemetry>>, key: &QuotaKey) -> Arc<KeyTelemetry> {
+        if let Some(k) = map.get(key) {
             return k.clone();
         }
         let k = Arc::new(KeyTelemetry::new(key.clone()));
-        keys.insert(key.clone(), k.clone());
+        map.insert(key.clone(), k.clone());
         k
+    }
+
+    /// The counters a request of `key` counts against: the key's own when the gate filed it
+    /// (or while fewer than `max_unfiled` others were made), else its Region's `(other)`.
+    pub(crate) fn key(&self, key: &QuotaKey) -> Arc<KeyTelemetry> {
+        let key = crate::keys::canonical(key);
+        let mut keys = self.keys();
+        if let Some(k) = keys.map.get(&*key) {
+            return k.clone();
+        }
+        if keys.unfiled < self.max_unfiled {
+            keys.unfiled += 1;
+            return Self::entry(&mut keys.map, &key);
+        }
+        let other = QuotaKey::new(Some(crate::keys::OTHER), key.region());
+        Self::entry(&mut keys.map, &other)
+    }
+
+    /// Forgets `key` (evicted at rest: see [`crate::keys`]).
+    pub(crate) fn remove(&self, key: &QuotaKey) {
+        self.keys().map.remove(key);
     }
 
     /// Every key seen so far.
     pub(crate) fn all(&self) -> Vec<Arc<KeyTelemetry>> {
-        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.values().cloned().collect()
+        self.keys().map.values().cloned().collect()
     }
 }
 

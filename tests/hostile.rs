@@ -307,3 +307,266 @@ async fn invented_host_headers_share_one_quota() {
     }
     assert_eq!(cfg.stats().keys.len(), 1, "{:?}", cfg.stats().keys);
 }
+
+/// A field of /proc/self/status in KiB (VmRSS: now).
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A request of `model` for `tenant`, estimated by hand at `tokens`.
+fn gated(model: &str, tenant: &str, tokens: u64) -> Request<Full<Bytes>> {
+    let mut r = Request::post(format!(
+        "https://bedrock-runtime.us-east-1.amazonaws.com/model/{model}/invoke"
+    ))
+    .header("x-tenant", tenant)
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    r.extensions_mut().insert(TokenEstimate::new(tokens, 0));
+    r
+}
+
+/// Bedrock's answer to a model id it does not know.
+fn unknown_model() -> Response<Full<Bytes>> {
+    reply(
+        404,
+        &[("x-amzn-errortype", "ValidationException")],
+        r#"{"message":"The provided model identifier is invalid."}"#,
+    )
+}
+
+/// A million requests, each with a model id and a tenant never seen before, through one
+/// gate against an upstream that refuses unknown ids as Bedrock does: every one ends, the
+/// state and the metric series stay bounded, and the invented ids together never hold more
+/// than one default quota at upstream.
+#[test]
+fn a_million_invented_model_ids_hold_bounded_state_and_one_quota() {
+    const REQUESTS: u64 = 1_000_000;
+    const WORKERS: u64 = 256;
+    const QUOTA: u64 = 100_000;
+    const TOKENS: u64 = 1_000;
+    let real = "amazon.nova-micro-v1:0";
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let cfg = ThrottleConfig::builder()
+        .quota(Quota::new(None, QUOTA))
+        .tenant_header("x-tenant")
+        .build()
+        .unwrap();
+    // Tokens the upstream holds for invented ids at once, and the most it ever held.
+    let held = Arc::new(Mutex::new((0u64, 0u64)));
+    let upstream = {
+        let held = held.clone();
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let invented = !req.uri().path().contains(real);
+            let held = held.clone();
+            async move {
+                if !invented {
+                    return Ok::<_, Infallible>(reply(
+                        200,
+                        &[
+                            ("x-amzn-bedrock-input-token-count", "10"),
+                            ("x-amzn-bedrock-output-token-count", "10"),
+                        ],
+                        "{}",
+                    ));
+                }
+                {
+                    let mut h = held.lock().unwrap();
+                    h.0 += TOKENS;
+                    h.1 = h.1.max(h.0);
+                }
+                // Answer after the other callers have had their turn, so requests overlap.
+                tokio::task::yield_now().await;
+                held.lock().unwrap().0 -= TOKENS;
+                Ok(unknown_model())
+            }
+        })
+    };
+    let svc = ServiceBuilder::new()
+        .layer(GateLayer::new(cfg.clone()))
+        .service(upstream);
+    let rss_before = status_kib("VmRSS");
+    let started = std::time::Instant::now();
+    let (ended, rss_peak) = metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let workers: Vec<_> = (0..WORKERS)
+                .map(|w| {
+                    let svc = svc.clone();
+                    tokio::spawn(async move {
+                        let (mut ended, mut peak) = (0u64, 0u64);
+                        for i in (w..REQUESTS).step_by(WORKERS as usize) {
+                            // Now and then a real model, which upstream answers.
+                            let model = if i % 10_000 == 0 {
+                                real.to_owned()
+                            } else {
+                                format!("invented.model-{i}-v1%3A0")
+                            };
+                            let r = svc
+                                .clone()
+                                .oneshot(gated(&model, &format!("tenant-{i}"), TOKENS))
+                                .await
+                                .unwrap();
+                            assert!(matches!(r.status().as_u16(), 200 | 404), "{r:?}");
+                            ended += 1;
+                            if w == 0 && i % 100_000 == 0 {
+                                peak = peak.max(status_kib("VmRSS"));
+                            }
+                        }
+                        (ended, peak)
+                    })
+                })
+                .collect();
+            let mut total = (0, 0);
+            for w in workers {
+                let (ended, peak) = w.await.unwrap();
+                total = (total.0 + ended, total.1.max(peak));
+            }
+            total
+        })
+    });
+    let elapsed = started.elapsed();
+    let rss_after = status_kib("VmRSS");
+    assert_eq!(ended, REQUESTS, "every request ended");
+
+    // The invented ids waited in their Region's one stage of unproven models: never more
+    // than one quota's worth at upstream at once (256 callers would hold 256,000 tokens).
+    let most_held = held.lock().unwrap().1;
+    assert!(most_held <= QUOTA, "{most_held} tokens held at once");
+    assert!(most_held >= QUOTA / 2, "the stage was the limit: {most_held}");
+
+    // State: at most `max_keys` (1,024) invented ids hold a key, the rest share `(other)`;
+    // the real model has its own.
+    let stats = cfg.stats();
+    assert!(stats.keys.len() <= 1_026, "{} keys", stats.keys.len());
+    let other = stats
+        .key(&bedrock_throttle::QuotaKey::new(Some("(other)"), Some("us-east-1")))
+        .expect("the overflow key");
+    assert!(other.admitted > 900_000, "{other:?}");
+    assert!(stats
+        .key(&bedrock_throttle::QuotaKey::new(Some(real), Some("us-east-1")))
+        .is_some());
+
+    // Metric series: one set per key that holds state, so at most 1,026 model labels.
+    let labels: std::collections::HashSet<String> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(k, _, _, _)| {
+            k.key()
+                .labels()
+                .find(|l| l.key() == "model")
+                .map(|l| l.value().to_owned())
+        })
+        .collect();
+    assert!(labels.len() <= 1_026, "{} model labels", labels.len());
+    assert!(labels.contains("(other)") && labels.contains(real));
+
+    // Memory: 1,026 keys of about 4 KiB, their ~15,000 series in the debugging recorder,
+    // the bounded sets of names and idle tenants: a few MiB. Unbounded, a million ids would
+    // keep about 3 GiB. The bound leaves room for the allocator's own slack.
+    let grown_kib = rss_after.max(rss_peak).saturating_sub(rss_before);
+    eprintln!(
+        "{REQUESTS} requests in {elapsed:?}; RSS {rss_before} KiB before, {rss_peak} KiB peak sampled, {rss_after} KiB after; {} keys, {} model labels, {most_held} tokens held at most",
+        stats.keys.len(),
+        labels.len()
+    );
+    assert!(grown_kib < 64 * 1024, "RSS grew by {grown_kib} KiB");
+}
+
+/// Invented ids that upstream charges (a 500 keeps the whole reservation) spend from their
+/// Region's one stage of unproven models, at the pace of one default quota; a real model,
+/// once upstream has answered it, has its own key and is not held back by them.
+#[tokio::test(start_paused = true)]
+async fn invented_ids_spend_one_quota_and_a_proven_model_is_not_held_back() {
+    const QUOTA: u64 = 10_000;
+    let real = "amazon.nova-micro-v1:0";
+    let cfg = ThrottleConfig::builder()
+        .quota(Quota::new(None, QUOTA))
+        .headroom(Duration::ZERO)
+        .max_wait(Duration::from_secs(3_600))
+        .build()
+        .unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let upstream = {
+        let calls = calls.clone();
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let invented = !req.uri().path().contains(real);
+            if invented {
+                calls.lock().unwrap().push(Instant::now());
+            }
+            async move {
+                Ok::<_, Infallible>(if invented {
+                    reply(
+                        500,
+                        &[("x-amzn-errortype", "InternalServerException")],
+                        "{}",
+                    )
+                } else {
+                    reply(
+                        200,
+                        &[
+                            ("x-amzn-bedrock-input-token-count", "1000"),
+                            ("x-amzn-bedrock-output-token-count", "0"),
+                        ],
+                        "{}",
+                    )
+                })
+            }
+        })
+    };
+    let svc = ServiceBuilder::new()
+        .layer(GateLayer::new(cfg.clone()))
+        .service(upstream);
+    // The real model's first answer proves it.
+    let r = svc
+        .clone()
+        .oneshot(gated(real, "a", 1_000))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::advance(Duration::from_secs(60)).await;
+
+    let start = Instant::now();
+    let invented: Vec<_> = (0..100)
+        .map(|i| {
+            let req = gated(&format!("invented-{i}"), "b", 1_000);
+            tokio::spawn(svc.clone().oneshot(req))
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    // Each id alone would fit its own fresh key: together they got one quota's bucket.
+    assert_eq!(calls.lock().unwrap().len(), 10);
+    // The proven model is admitted at once, at its own key, while they wait.
+    for _ in 0..9 {
+        let r = svc.clone().oneshot(gated(real, "a", 1_000)).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(Instant::now(), start);
+    for c in invented {
+        assert_eq!(c.await.unwrap().unwrap().status(), 500);
+    }
+    // 100 × 1,000 tokens at 10,000 a minute, after the first full bucket: nine minutes,
+    // and no minute's window saw more than a bucket plus a minute's refill.
+    let calls = calls.lock().unwrap().clone();
+    assert!(Instant::now() - start >= Duration::from_secs(539));
+    for (i, t) in calls.iter().enumerate() {
+        let in_window = calls[i..]
+            .iter()
+            .take_while(|u| **u - *t < Duration::from_secs(60))
+            .count() as u64;
+        assert!(in_window * 1_000 <= 2 * QUOTA, "{in_window} calls in a minute");
+    }
+    let stats = cfg.stats();
+    let key = |m: &str| bedrock_throttle::QuotaKey::new(Some(m), Some("us-east-1"));
+    assert_eq!(stats.key(&key(real)).unwrap().admitted, 10);
+    assert_eq!(stats.key(&key("invented-7")).unwrap().admitted, 1);
+}

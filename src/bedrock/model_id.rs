@@ -1,4 +1,5 @@
-//! The foundation model a model id, inference profile id or ARN names.
+//! The foundation model a model id, inference profile id or ARN names, and the one spelling
+//! of a Bedrock quota.
 
 use std::borrow::Cow;
 
@@ -32,9 +33,69 @@ fn foundation(id: &str) -> &str {
     }
 }
 
+/// The one spelling of the quota a decoded model id spends from: the ARN of a foundation
+/// model (`arn:aws:bedrock:<region>:<account>:foundation-model/<id>`) or of a system
+/// inference profile (`...:inference-profile/<profile-id>`) is the id it names, since Bedrock
+/// counts both forms against one quota. Anything else is its own spelling: an application
+/// inference profile, a provisioned or imported model is a resource of its own.
+pub(crate) fn quota_model_id(id: &str) -> &str {
+    let mut fields = id.splitn(6, ':');
+    let (Some("arn"), Some(_partition), Some("bedrock"), Some(_region), Some(_account)) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return id;
+    };
+    let resource = fields.next().unwrap_or("");
+    let named = resource
+        .strip_prefix("foundation-model/")
+        .or_else(|| resource.strip_prefix("inference-profile/"));
+    match named {
+        Some(n) if !n.is_empty() && !n.contains('/') => n,
+        _ => id,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foundation_model_and_system_profile_arns_are_spelled_as_their_ids() {
+        for (arn, id) in [
+            (
+                "arn:aws:bedrock:us-west-2::foundation-model/meta.llama3-8b-instruct-v1:0",
+                "meta.llama3-8b-instruct-v1:0",
+            ),
+            (
+                "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-4-20250514-v1:0",
+                "us.anthropic.claude-sonnet-4-20250514-v1:0",
+            ),
+            (
+                "arn:aws-us-gov:bedrock:us-gov-west-1:1:inference-profile/us-gov.x:0",
+                "us-gov.x:0",
+            ),
+        ] {
+            assert_eq!(quota_model_id(arn), id, "{arn}");
+        }
+        for own in [
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            "us.anthropic.claude-sonnet-4-20250514-v1:0",
+            "arn:aws:bedrock:us-east-1:1:application-inference-profile/abc123",
+            "arn:aws:bedrock:us-east-1:1:provisioned-model/abc123",
+            "arn:aws:bedrock:us-east-1:1:imported-model/abc123",
+            "arn:aws:bedrock:us-east-1:1:inference-profile/",
+            "arn:aws:bedrock:us-east-1:1:foundation-model/a/b",
+            "arn:aws:s3:us-east-1:1:foundation-model/x",
+            "arn:aws:bedrock:us-east-1",
+            "",
+        ] {
+            assert_eq!(quota_model_id(own), own, "{own}");
+        }
+    }
 
     #[test]
     fn every_form_names_its_foundation_model() {

@@ -42,6 +42,11 @@ impl Recorder {
             .clone()
     }
 
+    /// Forgets `key` (evicted at rest: see [`crate::keys`]).
+    pub(crate) fn remove(&self, key: &QuotaKey) {
+        lock(&self.keys).remove(key);
+    }
+
     /// Every key recorded so far, in a stable order.
     pub(crate) fn keys(&self) -> Vec<(QuotaKey, Arc<KeyRecord>)> {
         let mut keys: Vec<_> = lock(&self.keys)

@@ -1,9 +1,11 @@
 //! Admission: how a request gets from its head to a reservation of its key's budgets.
 //!
-//! [`Plan::new`] decides what a request asks for and under which terms; [`Reserve::enter`]
-//! asks the tenant's cap (if any) and then the key for room. A request that has to wait is
-//! [`Parked`] with the ready service that will send it; the response future polls its
-//! place in the queue and hands the reservation back to [`Parked::admitted`].
+//! [`Plan::new`] decides what a request asks for, under which terms and through which
+//! stages; [`Reserve::enter`] asks each stage for room in turn: the tenant's cap (if any),
+//! the Region's stage of unproven models (while the model is one, see [`crate::keys`]),
+//! then the key. A request that has to wait is [`Parked`] with the ready service that will
+//! send it; the response future polls its place in the queue and hands the reservation
+//! back to [`Parked::admitted`].
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,6 +17,7 @@ use super::settle::{Charge, Learn, Terms};
 use crate::{
     config::{fallback_output_limit, Shared},
     estimate::{EstimateMethod, Operation, TokenEstimate},
+    keys::{self, Proof},
     ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
     telemetry::{ChargeTrace, QueueGuard, Trace},
     QuotaKey, ThrottleError,
@@ -83,7 +86,8 @@ impl Plan {
     /// Reads the request's key, tokens, quota and tenant, and records its demand.
     pub(super) fn new<B>(shared: &Arc<Shared>, request: &Request<B>, trace: &Trace) -> Self {
         let ask = Ask::of(request);
-        let key = ask.key;
+        // One spelling per quota: an ARN of a foundation model or profile is its id.
+        let key = keys::canonical(&ask.key).into_owned();
         let quota = match ask.operation {
             Operation::CountTokens => None, // free at Bedrock
             _ => shared.settings.quota_for(&key),
@@ -94,7 +98,9 @@ impl Plan {
         };
         let reserved_output = (ask.output_limit as f64 * quota.burndown).ceil() as u64;
         let tokens = ask.input.saturating_add(reserved_output);
-        let record = shared.diagnosis.key(&key, quota.period);
+        // The key whose state this request uses: its own, or its Region's overflow.
+        let filed = keys::file(shared, &key);
+        let record = shared.diagnosis.key(&filed.key, quota.period);
         record.demand(tokens);
         trace.reserved(tokens);
         // A discovered quota's number is only a guess: a larger request waits for a full bucket.
@@ -114,9 +120,13 @@ impl Plan {
                 model: key.clone(),
                 raw_input,
             }),
+            proof: filed.unproven.is_some().then(|| Proof {
+                shared: shared.clone(),
+                key: key.clone(),
+            }),
             trace: ChargeTrace {
                 span: trace.span.clone(),
-                key: shared.telemetry.key(&key),
+                key: shared.telemetry.filed(&filed.key),
                 input_estimate: Some(ask.input),
                 period: quota.period,
             },
@@ -126,7 +136,7 @@ impl Plan {
         let policy = tenants.policy(tenant.as_ref());
         trace.tenant(tenant.as_ref(), priority);
         let stage = KeyStage {
-            ledger: shared.ledger.key(&key, quota),
+            ledger: shared.ledger.key(&filed.key, quota),
             tokens,
             deadline: Instant::now() + shared.settings.max_wait,
             waiter: Waiter {
@@ -136,17 +146,43 @@ impl Plan {
             },
             max_queued: tenants.max_queued,
         };
-        // A capped tenant first waits for room under its cap, in its own FIFO order.
-        let cap = (tenants.cap(stage.waiter.tenant.as_ref()))
-            .map(|(owner, share)| shared.ledger.cap(&key, owner.as_ref(), quota, share));
-        Plan::Reserve(Reserve { terms, cap, stage })
+        // Asked last to first. A capped tenant first waits for room under its cap, in its
+        // own FIFO order; an unproven model then in its Region's shared stage, in fair order
+        // across tenants.
+        let mut before = Vec::new();
+        if let Some(stage) = filed.unproven {
+            before.push(Before {
+                ledger: shared.ledger.cap(&stage, None, quota, 1.0),
+                fair: true,
+            });
+        }
+        if let Some((owner, share)) = tenants.cap(stage.waiter.tenant.as_ref()) {
+            before.push(Before {
+                ledger: shared.ledger.cap(&filed.key, owner.as_ref(), quota, share),
+                fair: false,
+            });
+        }
+        Plan::Reserve(Reserve {
+            terms,
+            before,
+            stage,
+        })
     }
 }
 
-/// A reservation to make: under the tenant's cap first when it has one, then at the key.
+/// A stage a request passes before its key: its tenant's cap, or the stage of unproven
+/// models.
+struct Before {
+    ledger: Arc<KeyLedger>,
+    /// Queues in the request's fair order across tenants (a tenant's own cap: in FIFO).
+    fair: bool,
+}
+
+/// A reservation to make: under each stage before the key, then at the key.
 pub(super) struct Reserve {
     terms: Terms,
-    cap: Option<Arc<KeyLedger>>,
+    /// The stages before the key, the next one last.
+    before: Vec<Before>,
     stage: KeyStage,
 }
 
@@ -163,41 +199,22 @@ impl Reserve {
     where
         S: Service<Request<B>>,
     {
-        let Reserve { terms, cap, stage } = self;
-        let Some(cap) = cap else {
-            let parked = Parked::new(service, request, terms, None, place);
-            return stage.enter(None, parked);
+        let Reserve {
+            terms,
+            before,
+            stage,
+        } = self;
+        let parked = Parked {
+            service,
+            request,
+            terms,
+            before,
+            next: Some(stage),
+            held: StageHolds(Vec::new()),
+            place,
+            queued: None,
         };
-        // Its own queue is bounded like the key's.
-        match cap.admit_as(
-            stage.tokens,
-            stage.deadline,
-            &Waiter::default(),
-            stage.max_queued,
-        ) {
-            Admission::Admitted(r) => {
-                let parked = Parked::new(service, request, terms, None, place);
-                stage.enter(Some(r), parked)
-            }
-            Admission::Queued(acquire) => {
-                tracing::debug!(quota_key = %stage.ledger.key(), tokens = stage.tokens, "no room under the tenant's cap: queued");
-                let queued = terms.trace.key.queued();
-                let mut parked = Parked::new(service, request, terms, Some(stage), place);
-                parked.queued = Some(queued);
-                Entered::Waiting(acquire, parked)
-            }
-            Admission::Shed {
-                queued,
-                retry_after,
-            } => {
-                terms.trace.key.shed();
-                Entered::Failed(ThrottleError::Overloaded {
-                    key: stage.ledger.key().clone(),
-                    queued,
-                    retry_after,
-                })
-            }
-        }
+        parked.advance(None)
     }
 }
 
@@ -219,9 +236,12 @@ pub(super) struct Parked<S, B> {
     service: S,
     request: Request<B>,
     terms: Terms,
-    /// While the request waits under its tenant's cap: the key's admission that follows.
+    /// The stages still to pass before the key, the next one last.
+    before: Vec<Before>,
+    /// Until the request waits at its key: the key's admission.
     next: Option<KeyStage>,
-    cap: CapHold,
+    /// What the stages passed have reserved.
+    held: StageHolds,
     /// Its place among the waiting requests under `Overload::Backpressure`.
     place: Option<OwnedSemaphorePermit>,
     /// Counts the request in its key's queue depth while it waits, and times the wait.
@@ -231,42 +251,92 @@ pub(super) struct Parked<S, B> {
 impl<S, B> Unpin for Parked<S, B> {}
 
 impl<S, B> Parked<S, B> {
-    fn new(
-        service: S,
-        request: Request<B>,
-        terms: Terms,
-        next: Option<KeyStage>,
-        place: Option<OwnedSemaphorePermit>,
-    ) -> Self {
-        Self {
-            service,
-            request,
-            terms,
-            next,
-            cap: CapHold(None),
-            place,
-            queued: None,
-        }
-    }
-
-    /// Room was found where the request waited: from under its tenant's cap it goes on to
-    /// its key; admitted by its key it is sent.
-    pub(super) fn admitted(mut self, reservation: Reservation) -> Entered<S, B>
+    /// Room was found where the request waited: from a stage before its key it goes on;
+    /// admitted by its key it is sent.
+    pub(super) fn admitted(self, reservation: Reservation) -> Entered<S, B>
     where
         S: Service<Request<B>>,
     {
-        match self.next.take() {
-            Some(stage) => stage.enter(Some(reservation), self),
-            None => self.send(reservation, None),
+        self.advance(Some(reservation))
+    }
+
+    /// Asks the stages left for room, `got` the reservation of the one just passed: the
+    /// request is sent at once, waits or is shed.
+    fn advance(mut self, got: Option<Reservation>) -> Entered<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        let Some(stage) = self.next.take() else {
+            return match got {
+                Some(r) => self.send(r),
+                None => unreachable!("a request waits at its key only once"),
+            };
+        };
+        self.held.0.extend(got);
+        while let Some(before) = self.before.pop() {
+            let default = Waiter::default();
+            let waiter = if before.fair { &stage.waiter } else { &default };
+            // Its own queue is bounded like the key's.
+            match (before.ledger).admit_as(stage.tokens, stage.deadline, waiter, stage.max_queued) {
+                Admission::Admitted(r) => self.held.0.push(r),
+                Admission::Queued(acquire) => {
+                    if self.queued.is_none() {
+                        if before.fair {
+                            tracing::debug!(quota_key = %stage.ledger.key(), tokens = stage.tokens, "no room among unproven models: queued");
+                        } else {
+                            tracing::debug!(quota_key = %stage.ledger.key(), tokens = stage.tokens, "no room under the tenant's cap: queued");
+                        }
+                        self.queued = Some(self.terms.trace.key.queued());
+                    }
+                    self.next = Some(stage);
+                    return Entered::Waiting(acquire, self);
+                }
+                Admission::Shed {
+                    queued,
+                    retry_after,
+                } => return self.shed(&stage, queued, retry_after),
+            }
         }
+        match (stage.ledger).admit_as(stage.tokens, stage.deadline, &stage.waiter, stage.max_queued)
+        {
+            Admission::Admitted(reservation) => {
+                self.place = None;
+                self.send(reservation)
+            }
+            Admission::Queued(acquire) => {
+                if self.queued.is_none() {
+                    tracing::debug!(quota_key = %stage.ledger.key(), tokens = stage.tokens, "no room: queued");
+                    self.queued = Some(self.terms.trace.key.queued());
+                }
+                Entered::Waiting(acquire, self)
+            }
+            Admission::Shed {
+                queued,
+                retry_after,
+            } => self.shed(&stage, queued, retry_after),
+        }
+    }
+
+    /// A queue was full: the request fails, and what its stages reserved goes back as it
+    /// goes.
+    fn shed(self, stage: &KeyStage, queued: usize, retry_after: Duration) -> Entered<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        self.terms.trace.key.shed();
+        Entered::Failed(ThrottleError::Overloaded {
+            key: stage.ledger.key().clone(),
+            queued,
+            retry_after,
+        })
     }
 
     /// Admitted by the key: sends the request with the charge to settle.
-    fn send(mut self, reservation: Reservation, cap: Option<Reservation>) -> Entered<S, B>
+    fn send(mut self, reservation: Reservation) -> Entered<S, B>
     where
         S: Service<Request<B>>,
     {
-        let cap = cap.or_else(|| self.cap.0.take());
+        let holds = std::mem::take(&mut self.held.0);
         let wait = self.queued.take().map_or(Duration::ZERO, |q| q.waited());
         self.terms.trace.key.admitted(reservation.tokens(), wait);
         self.terms.trace.rates(reservation.ledger());
@@ -276,25 +346,38 @@ impl<S, B> Parked<S, B> {
             terms,
             ..
         } = self;
-        let charge = Charge::new(reservation, cap, terms);
+        let stages = (!holds.is_empty()).then_some(Holds(holds));
+        let charge = Charge::new(reservation, stages, terms);
         Entered::Calling(service.call(request), Some(charge), wait)
     }
 }
 
-/// A tenant cap's reservation held while the request waits for its key: given back if the
-/// request never gets there (it timed out, was shed or dropped).
-struct CapHold(Option<Reservation>);
+/// The reservations of the stages before the key, held while the request waits for its
+/// key: given back if the request never gets there (it timed out, was shed or dropped).
+struct StageHolds(Vec<Reservation>);
 
-impl Drop for CapHold {
+impl Drop for StageHolds {
     fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
+        for r in self.0.drain(..) {
             r.settle(0);
         }
     }
 }
 
-/// The key's admission of a request, after its tenant's cap admitted it (or at once when
-/// the tenant has none).
+/// The reservations of the stages before the key, settled with the key's.
+#[derive(Debug)]
+pub(crate) struct Holds(Vec<Reservation>);
+
+impl Holds {
+    /// Settles every stage's reservation to `actual`, as the key's.
+    pub(crate) fn settle(self, actual: u64) {
+        for r in self.0 {
+            r.settle(actual);
+        }
+    }
+}
+
+/// The key's admission of a request, after the stages before it admitted it.
 #[derive(Debug)]
 struct KeyStage {
     ledger: Arc<KeyLedger>,
@@ -302,42 +385,4 @@ struct KeyStage {
     deadline: Instant,
     waiter: Waiter,
     max_queued: Option<usize>,
-}
-
-impl KeyStage {
-    /// Asks the key for room: the parked request is sent at once, waits or is shed.
-    fn enter<S, B>(self, cap: Option<Reservation>, mut parked: Parked<S, B>) -> Entered<S, B>
-    where
-        S: Service<Request<B>>,
-    {
-        match self
-            .ledger
-            .admit_as(self.tokens, self.deadline, &self.waiter, self.max_queued)
-        {
-            Admission::Admitted(reservation) => {
-                parked.place = None;
-                parked.send(reservation, cap)
-            }
-            Admission::Queued(acquire) => {
-                parked.cap.0 = cap;
-                if parked.queued.is_none() {
-                    tracing::debug!(quota_key = %self.ledger.key(), tokens = self.tokens, "no room: queued");
-                    parked.queued = Some(parked.terms.trace.key.queued());
-                }
-                Entered::Waiting(acquire, parked)
-            }
-            Admission::Shed {
-                queued,
-                retry_after,
-            } => {
-                parked.cap.0 = cap; // given back as `parked` goes
-                parked.terms.trace.key.shed();
-                Entered::Failed(ThrottleError::Overloaded {
-                    key: self.ledger.key().clone(),
-                    queued,
-                    retry_after,
-                })
-            }
-        }
-    }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::{header::CONTENT_TYPE, HeaderMap, Response, StatusCode};
 
+use super::admit::Holds;
 use crate::{
     config::Shared, diagnosis::KeyRecord, ledger::Reservation, telemetry::ChargeTrace, usage,
     QuotaKey, ThrottleKind,
@@ -21,6 +22,8 @@ pub(crate) struct Terms {
     /// Where demand, grant and throttles of the key are counted.
     pub(super) record: Arc<KeyRecord>,
     pub(super) learn: Option<Learn>,
+    /// Marks an unproven model proven on a 2xx (see [`crate::keys`]).
+    pub(super) proof: Option<crate::keys::Proof>,
     pub(super) trace: ChargeTrace,
 }
 
@@ -32,16 +35,17 @@ pub(crate) struct Learn {
     pub(super) raw_input: u64,
 }
 
-/// A reservation (and the tenant cap's, if any) and the terms of its settlement.
+/// A reservation (and those of the stages before the key, if any) and the terms of its
+/// settlement.
 #[derive(Debug)]
 pub(crate) struct Charge {
     reservation: Reservation,
-    cap: Option<Reservation>,
+    cap: Option<Holds>,
     terms: Terms,
 }
 
 impl Charge {
-    pub(super) fn new(reservation: Reservation, cap: Option<Reservation>, terms: Terms) -> Self {
+    pub(super) fn new(reservation: Reservation, cap: Option<Holds>, terms: Terms) -> Self {
         terms.record.granted(reservation.tokens());
         Self {
             reservation,
@@ -124,6 +128,9 @@ impl Charge {
 pub(super) fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
     let status = response.status();
     if status.is_success() {
+        if let Some(p) = &charge.terms.proof {
+            p.proven();
+        }
         if let Some(u) = usage::from_headers(response.headers()) {
             charge.settle_usage(u);
             return None;

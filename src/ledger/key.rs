@@ -175,6 +175,15 @@ impl KeyLedger {
         state.meter.rates()
     }
 
+    /// Whether the key is in the state a new one starts in: nobody waits, its buckets are
+    /// full and its rates are the quota's. (Holders of reservations are the caller's to
+    /// rule out.)
+    pub(crate) fn at_rest(&self) -> bool {
+        let mut state = self.state();
+        state.refill(Instant::now());
+        state.queue.is_empty() && state.wakers.is_empty() && state.meter.at_rest()
+    }
+
     /// The current token level and rate multiplier, and the queue's length (for tests).
     #[cfg(test)]
     pub(crate) fn snapshot(&self) -> (f64, f64, usize) {

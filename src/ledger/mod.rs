@@ -24,7 +24,7 @@
 //! - `key`: one key's state behind one lock;
 //! - `reservation`: what an admission holds until it is settled;
 //! - `acquire`: admission, and the one future that waits for room;
-//! - this file: the registry of every key's state.
+//! - this file: the registry of every key's state, and its eviction at rest.
 
 use std::{
     collections::HashMap,
@@ -68,8 +68,9 @@ pub use self::{
 pub(crate) struct Registry {
     keys: Mutex<HashMap<QuotaKey, Arc<KeyLedger>>>,
     /// Per key, each capped tenant's cap, and (under `None`) the one cap every tenant without
-    /// a policy of its own shares (see [`crate::tenant`]).
-    caps: Mutex<HashMap<(QuotaKey, Option<Tenant>), Arc<KeyLedger>>>,
+    /// a policy of its own shares (see [`crate::tenant`]); and per Region the stage of
+    /// unproven models (see [`crate::keys`]).
+    caps: Mutex<HashMap<QuotaKey, HashMap<Option<Tenant>, Arc<KeyLedger>>>>,
     recovery: Option<Duration>,
     headroom: Duration,
     /// A ledger shared with other processes, asked after the key's own buckets.
@@ -125,8 +126,8 @@ impl Registry {
         share: f64,
     ) -> Arc<KeyLedger> {
         let mut caps = lock(&self.caps);
-        let id = (key.clone(), owner.cloned());
-        if let Some(k) = caps.get(&id) {
+        let caps = caps.entry(key.clone()).or_default();
+        if let Some(k) = caps.get(&owner.cloned()) {
             return k.clone();
         }
         let capped = ResolvedQuota {
@@ -143,8 +144,32 @@ impl Registry {
             Duration::ZERO,
             self.headroom,
         ));
-        caps.insert(id, ledger.clone());
+        caps.insert(owner.cloned(), ledger.clone());
         ledger
+    }
+
+    /// Removes the state of `key` and of its caps if every one of them is at rest (see
+    /// [`KeyLedger::at_rest`]) and nobody else holds it, so that a ledger made anew later
+    /// starts exactly where this one was; true when nothing of `key` is left.
+    pub(crate) fn evict(&self, key: &QuotaKey) -> bool {
+        let mut keys = lock(&self.keys);
+        let mut caps = lock(&self.caps);
+        // Only the registry holds a ledger at rest: no reservation, no waiter, no admission
+        // in progress.
+        let idle = |l: &Arc<KeyLedger>| Arc::strong_count(l) == 1 && l.at_rest();
+        if !keys.get(key).is_none_or(idle) || !caps.get(key).is_none_or(|c| c.values().all(idle))
+        {
+            return false;
+        }
+        keys.remove(key);
+        caps.remove(key);
+        true
+    }
+
+    /// How many keys have state (for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.keys).len()
     }
 
     /// The ledger of `key`, if it has been used.

@@ -260,3 +260,45 @@ async fn a_discovered_quota_admits_a_request_larger_than_its_guess_from_a_full_b
     assert_ready_ok!(next.poll());
     assert!(l.rates().0 > 1_000.0);
 }
+
+/// A key is evicted only at rest, so a ledger made anew in its place is the same: a
+/// reservation in flight, a debt or a throttled rate keep it.
+#[tokio::test(start_paused = true)]
+async fn a_key_is_evicted_only_at_rest() {
+    let registry = super::Registry::new(None, Duration::ZERO);
+    let key = QuotaKey::new(Some("m"), None);
+    let quota = ResolvedQuota {
+        requests: Some(10),
+        tokens: 1_000,
+        period: Duration::from_secs(60),
+        burndown: 1.0,
+        discover: false,
+    };
+    assert!(registry.evict(&key), "nothing to keep");
+    let r = admitted(registry.key(&key, quota).admit(600, far()));
+    assert!(!registry.evict(&key), "a reservation is in flight");
+    r.settle(900);
+    assert!(!registry.evict(&key), "in debt");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(!registry.evict(&key), "the debt is not refilled yet");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(registry.evict(&key));
+    assert_eq!(registry.len(), 0);
+
+    // A throttle moves the rate: kept until it is back at the quota.
+    let r = admitted(registry.key(&key, quota).admit(100, far()));
+    r.throttled(true, ThrottleKind::Tokens);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert!(!registry.evict(&key), "the rate is still recovering");
+    tokio::time::advance(Duration::from_secs(3_600)).await;
+    assert!(registry.evict(&key));
+
+    // A tenant cap of the key is part of it.
+    let cap = registry.cap(&key, None, quota, 0.5);
+    admitted(cap.admit(100, far())).settle(100);
+    drop(cap);
+    registry.key(&key, quota);
+    assert!(!registry.evict(&key), "the cap is not full");
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert!(registry.evict(&key));
+}
