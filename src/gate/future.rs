@@ -20,10 +20,17 @@ use super::{
     body::StreamSettle,
     read_ahead::ReadAhead,
     settle::{settle_head, Charge},
-    stream::{FrameReader, StreamException},
     SettlingBody,
 };
-use crate::{ledger::Acquire, telemetry::Trace, BoxError, ThrottleError, ThrottleKind};
+use crate::{
+    bedrock::{
+        errors::exception_error,
+        event_stream::{FrameReader, StreamException},
+    },
+    ledger::Acquire,
+    telemetry::Trace,
+    BoxError, ThrottleError, ThrottleKind,
+};
 
 /// Read-ahead of an event stream beyond this many bytes stops waiting for a whole first
 /// frame: the response goes to the caller as it is.
@@ -208,7 +215,7 @@ fn first_frame_read<R: Body>(
         settle.reader.disable();
     }
     if let Some(exception) = settle.reader.take_exception() {
-        if let Some((status, error_type)) = error_for(&exception) {
+        if let Some((status, error_type)) = exception_error(&exception.kind) {
             let (parts, body, frames) = ahead.into_parts();
             let response = exception_response(parts, status, error_type, exception, settle.charge);
             // The head was replaced: the stream ends with the exception frame.
@@ -276,24 +283,6 @@ fn throttle_read<R: Body>(ahead: ReadAhead<R>, charge: Charge) -> Response<Settl
 #[cfg_attr(not(feature = "aws-sdk"), allow(dead_code))]
 pub(crate) struct FirstFrameException {
     pub(crate) message: String,
-}
-
-/// The HTTP error a stream's first-frame exception stands for, when it is one the retry
-/// layer retries.
-fn error_for(e: &StreamException) -> Option<(StatusCode, &'static str)> {
-    let k = e.kind.as_str();
-    if k.eq_ignore_ascii_case("throttlingException") {
-        Some((StatusCode::TOO_MANY_REQUESTS, "ThrottlingException"))
-    } else if k.eq_ignore_ascii_case("serviceUnavailableException") {
-        Some((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailableException",
-        ))
-    } else if k.eq_ignore_ascii_case("internalServerException") {
-        Some((StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException"))
-    } else {
-        None
-    }
 }
 
 /// Whether a response is a 2xx event stream (`application/vnd.amazon.eventstream`).

@@ -5,10 +5,17 @@
 
 use std::sync::Arc;
 
-use http::{header::CONTENT_TYPE, HeaderMap, Response, StatusCode};
+use http::{header::CONTENT_TYPE, HeaderMap, Response};
 
 use crate::{
-    config::Shared, diagnosis::KeyRecord, ledger::Reservation, telemetry::ChargeTrace, usage,
+    bedrock::{
+        classify::{settlement, StatusSettlement},
+        usage,
+    },
+    config::Shared,
+    diagnosis::KeyRecord,
+    ledger::Reservation,
+    telemetry::ChargeTrace,
     QuotaKey, ThrottleKind,
 };
 
@@ -131,29 +138,14 @@ pub(super) fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<C
         // Streams and unknown bodies keep the whole reservation.
         return is_json(response.headers()).then_some(charge);
     }
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    match settlement(status) {
         // Refused before running, its body unread: the reservation comes back at once, and
         // both budgets slow. (The response future reads a 429's body to tell which.)
-        charge.refused(ThrottleKind::Unknown);
-    } else if refused_before_running(status) {
-        charge.refund();
+        StatusSettlement::Refused => charge.refused(ThrottleKind::Unknown),
+        StatusSettlement::Refund => charge.refund(),
+        StatusSettlement::Keep => {}
     }
-    // Any other error keeps the whole reservation.
     None
-}
-
-/// Whether Bedrock answers with `status` only when it refused a request before running it,
-/// so that nothing of the reservation was spent (a 429 among them).
-fn refused_before_running(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::BAD_REQUEST
-            | StatusCode::FORBIDDEN
-            | StatusCode::NOT_FOUND
-            | StatusCode::PAYLOAD_TOO_LARGE
-            | StatusCode::SERVICE_UNAVAILABLE
-    )
 }
 
 /// Whether a body is JSON, where a 2xx answer without usage headers carries its usage.
@@ -167,18 +159,6 @@ fn is_json(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_statuses_bedrock_refuses_with_before_running() {
-        for code in [429, 400, 403, 404, 413, 503] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert!(refused_before_running(status), "{code}");
-        }
-        for code in [200, 408, 424, 500, 502, 504] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert!(!refused_before_running(status), "{code}");
-        }
-    }
 
     #[test]
     fn json_is_told_by_its_content_type() {

@@ -13,11 +13,9 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::{
-    policy::{classify, delay, Outcome},
-    Attempts,
-};
+use super::{policy::delay, Attempts};
 use crate::{
+    bedrock::classify::{classify, Outcome},
     body::{CollectBody, RequestTemplate},
     config::Shared,
     telemetry::Trace,
