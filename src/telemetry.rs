@@ -50,6 +50,7 @@ pub(crate) mod names {
     pub(crate) const QUEUE_DEPTH: &str = "bedrock_throttle_queue_depth";
     pub(crate) const EFFECTIVE_TPM: &str = "bedrock_throttle_effective_tokens_per_minute";
     pub(crate) const EFFECTIVE_RPM: &str = "bedrock_throttle_effective_requests_per_minute";
+    pub(crate) const USAGE_CLAMPED: &str = "bedrock_throttle_usage_clamped_total";
 }
 
 /// The span of one request, in the request's extensions so every layer finds it.
@@ -405,6 +406,12 @@ impl KeyTelemetry {
     pub(crate) fn shed(&self) {
         self.shed.fetch_add(1, Relaxed);
         self.m.shed.increment(1);
+    }
+
+    /// Upstream reported usage beyond any plausible charge, which was clamped. Rare, so its
+    /// series is registered when it first happens.
+    pub(crate) fn usage_clamped(&self) {
+        metrics::counter!(names::USAGE_CLAMPED, &self.m.labels).increment(1);
     }
 
     /// A reservation settled to `charge` quota tokens from reported usage;

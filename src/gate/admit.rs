@@ -108,6 +108,7 @@ impl Plan {
         let terms = Terms {
             burndown: quota.burndown,
             reserved_output,
+            quota_tokens: quota.tokens,
             record,
             learn: ask.raw_input.map(|raw_input| Learn {
                 shared: shared.clone(),

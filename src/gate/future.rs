@@ -4,6 +4,7 @@ use std::{
     future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use http::{
@@ -52,6 +53,8 @@ pin_project! {
         #[pin]
         state: State<S, B, ResB>,
         trace: Trace,
+        // How long a read-ahead may hold the head back.
+        read_ahead_timeout: Duration,
     }
 }
 
@@ -98,10 +101,11 @@ where
     S: Service<Request<B>>,
     ResB: Body,
 {
-    pub(super) fn new(entered: Entered<S, B>, trace: Trace) -> Self {
+    pub(super) fn new(entered: Entered<S, B>, trace: Trace, read_ahead_timeout: Duration) -> Self {
         Self {
             state: State::entered(entered),
             trace,
+            read_ahead_timeout,
         }
     }
 }
@@ -141,12 +145,14 @@ where
                         return Poll::Ready(Ok(response.map(|b| SettlingBody::new(b, None))));
                     };
                     if is_event_stream(&response) {
-                        let ahead = ReadAhead::new(response, MAX_PREFETCH, false);
+                        let timeout = *this.read_ahead_timeout;
+                        let ahead = ReadAhead::new(response, MAX_PREFETCH, false, timeout);
                         let reader = FrameReader::new();
                         let settle = StreamSettle { charge, reader };
                         this.state.set(State::FirstFrame { ahead, settle });
                     } else if response.status() == StatusCode::TOO_MANY_REQUESTS {
-                        let ahead = ReadAhead::new(response, MAX_THROTTLE_BODY, true);
+                        let timeout = *this.read_ahead_timeout;
+                        let ahead = ReadAhead::new(response, MAX_THROTTLE_BODY, true, timeout);
                         this.state.set(State::Throttled { ahead, charge });
                     } else {
                         this.trace.response(response.status());
@@ -214,6 +220,11 @@ fn first_frame_read<R: Body>(
     if ended {
         settle.reader.disable();
     }
+    if ahead.timed_out() {
+        tracing::debug!(
+            "no whole first frame within read_ahead_timeout: the stream goes on as it is"
+        );
+    }
     if let Some(exception) = settle.reader.take_exception() {
         if let Some((status, error_type)) = exception_error(&exception.kind) {
             let (parts, body, frames) = ahead.into_parts();
@@ -266,6 +277,9 @@ fn exception_response(
 /// The response for the caller once a 429's body was read (or the read gave up): the limit
 /// it names is told to the ledger and set in the extensions; every byte read goes first.
 fn throttle_read<R: Body>(ahead: ReadAhead<R>, charge: Charge) -> Response<SettlingBody<R>> {
+    if ahead.timed_out() {
+        tracing::debug!("a 429 body stalled past read_ahead_timeout: a throttle of unknown kind");
+    }
     let kind = ahead
         .kept()
         .map_or(ThrottleKind::Unknown, ThrottleKind::from_error_body);

@@ -108,6 +108,6 @@ where
             // Only a request that reserves takes the waiting place `poll_ready` took.
             Plan::Reserve(reserve) => reserve.enter(inner, request, self.place.take()),
         };
-        ResponseFuture::new(entered, trace)
+        ResponseFuture::new(entered, trace, self.shared.settings.read_ahead_timeout)
     }
 }

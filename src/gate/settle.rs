@@ -25,6 +25,8 @@ pub(crate) struct Terms {
     pub(super) burndown: f64,
     /// Output quota tokens reserved: the output limit times the burndown.
     pub(super) reserved_output: u64,
+    /// The key's token quota per period, which bounds a plausible charge.
+    pub(super) quota_tokens: u64,
     /// Where demand, grant and throttles of the key are counted.
     pub(super) record: Arc<KeyRecord>,
     pub(super) learn: Option<Learn>,
@@ -57,13 +59,28 @@ impl Charge {
         }
     }
 
-    /// Upstream ran the request and reported its usage: the charge becomes that usage.
+    /// Upstream ran the request and reported its usage: the charge becomes that usage, up to
+    /// [`Charge::most_plausible`]; a report beyond it is clamped (and logged and counted),
+    /// and teaches the estimator nothing.
     pub(super) fn settle_usage(self, usage: usage::Usage) {
-        if let Some(l) = &self.terms.learn {
+        let reported = usage.charge(self.terms.burndown);
+        let actual_input = usage.input_total();
+        let most = self.most_plausible();
+        let plausible = reported <= most && actual_input <= most;
+        if !plausible {
+            tracing::warn!(
+                parent: &self.terms.trace.span,
+                quota_key = %self.reservation.ledger().key(),
+                reserved = self.reservation.tokens(),
+                reported,
+                actual_input,
+                clamped_to = most,
+                "upstream reported usage no request can have: charged at most the clamp"
+            );
+            self.terms.trace.key.usage_clamped();
+        }
+        if let (Some(l), true) = (&self.terms.learn, plausible) {
             if let Some(model) = l.model.model() {
-                let actual_input = usage.input_tokens
-                    + usage.cache_read_input_tokens
-                    + usage.cache_write_input_tokens;
                 l.shared
                     .calibration
                     .observe(model, l.raw_input, actual_input);
@@ -73,9 +90,8 @@ impl Charge {
         self.terms
             .record
             .output(self.terms.reserved_output, used_output);
-        let actual = usage.charge(self.terms.burndown);
-        let actual_input =
-            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens;
+        let actual = reported.min(most);
+        let actual_input = actual_input.min(most);
         tracing::trace!(
             parent: &self.terms.trace.span,
             quota_key = %self.reservation.ledger().key(),
@@ -90,6 +106,18 @@ impl Charge {
         if let Some(cap) = self.cap {
             cap.settle(actual);
         }
+    }
+
+    /// The largest charge a usage report may set: four times the reservation, or the
+    /// reservation plus a whole period of the key's quota, whichever is larger. Bedrock
+    /// refuses a request larger than its quota before running it, and input estimates are
+    /// not off by more than the calibration's range (4×), so a larger report is a broken
+    /// upstream (or a hostile one); trusting it would leave the key a debt of years.
+    fn most_plausible(&self) -> u64 {
+        let reserved = self.reservation.tokens();
+        reserved
+            .saturating_mul(4)
+            .max(reserved.saturating_add(self.terms.quota_tokens))
     }
 
     /// Upstream refused the request before running it for a reason that is not a throttle:
