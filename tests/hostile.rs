@@ -307,3 +307,38 @@ async fn invented_host_headers_share_one_quota() {
     }
     assert_eq!(cfg.stats().keys.len(), 1, "{:?}", cfg.stats().keys);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unmetered_call_in_flight_holds_no_back_pressure_place() {
+    let cfg = ThrottleConfig::builder()
+        .model_quota(MODEL, Quota::new(100, 1_000_000))
+        .max_queued(1)
+        .overload(Overload::Backpressure)
+        .build()
+        .unwrap();
+    // Upstream takes ten minutes to answer.
+    let upstream = service_fn(|_req: Request<Full<Bytes>>| async {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+    });
+    let svc = ServiceBuilder::new()
+        .layer(BedrockThrottleLayer::new(cfg))
+        .service(upstream);
+    let start = Instant::now();
+    // Free at Bedrock (CountTokens), and a model without a quota: neither is metered.
+    for path in [
+        format!("/model/{}/count-tokens", MODEL.replace(':', "%3A")),
+        "/model/somebody.unlisted-model/invoke".to_owned(),
+    ] {
+        let body = Full::new(Bytes::from_static(br#"{"messages":[]}"#));
+        tokio::spawn(svc.clone().oneshot(Request::post(path).body(body).unwrap()));
+    }
+    tokio::task::yield_now().await;
+    // Both calls are in flight; the one place is free for the next caller at once.
+    let mut next = svc.clone();
+    tokio::time::timeout(Duration::from_secs(1), next.ready())
+        .await
+        .expect("poll_ready is not held up by unmetered calls in flight")
+        .unwrap();
+    assert_eq!(Instant::now(), start);
+}
