@@ -17,7 +17,7 @@ use crate::{
     estimate::{EstimateMethod, Operation, TokenEstimate},
     ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
     telemetry::{ChargeTrace, QueueGuard, Trace},
-    QuotaKey, ThrottleError,
+    QuotaKey, SendDeadline, ThrottleError,
 };
 
 /// What a request asks for, read from the estimate attached to it or else from its head.
@@ -94,6 +94,12 @@ impl Plan {
         };
         let reserved_output = (ask.output_limit as f64 * quota.burndown).ceil() as u64;
         let tokens = ask.input.saturating_add(reserved_output);
+        if send_deadline(request).is_some_and(|d| d.passed_at(Instant::now())) {
+            return Plan::Refused(ThrottleError::SendDeadlinePassed {
+                key,
+                waited: Duration::ZERO,
+            });
+        }
         let record = shared.diagnosis.key(&key, quota.period);
         record.demand(tokens);
         trace.reserved(tokens);
@@ -129,7 +135,7 @@ impl Plan {
         let stage = KeyStage {
             ledger: shared.ledger.key(&key, quota),
             tokens,
-            deadline: Instant::now() + shared.settings.max_wait,
+            deadline: deadline(shared, request),
             waiter: Waiter {
                 tenant,
                 weight: policy.weight_value(),
@@ -231,6 +237,17 @@ pub(super) struct Parked<S, B> {
 
 impl<S, B> Unpin for Parked<S, B> {}
 
+/// The request's [`SendDeadline`], if it carries one.
+fn send_deadline<B>(request: &Request<B>) -> Option<SendDeadline> {
+    request.extensions().get().copied()
+}
+
+/// The latest a request may be admitted: after `max_wait`, or at its send deadline.
+fn deadline<B>(shared: &Shared, request: &Request<B>) -> Instant {
+    let max_wait = Instant::now() + shared.settings.max_wait;
+    send_deadline(request).map_or(max_wait, |d| d.0.min(max_wait))
+}
+
 impl<S, B> Parked<S, B> {
     fn new(
         service: S,
@@ -247,6 +264,19 @@ impl<S, B> Parked<S, B> {
             cap: CapHold(None),
             place,
             queued: None,
+        }
+    }
+
+    /// The error for a request that found no room by its deadline: a send deadline that
+    /// passed is named as such (the request must be signed again), else `max_wait`.
+    pub(super) fn timed_out(&self, error: ThrottleError) -> ThrottleError {
+        match error {
+            ThrottleError::MaxWaitExceeded { key, waited }
+                if send_deadline(&self.request).is_some_and(|d| Instant::now() >= d.0) =>
+            {
+                ThrottleError::SendDeadlinePassed { key, waited }
+            }
+            other => other,
         }
     }
 

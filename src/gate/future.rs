@@ -126,7 +126,13 @@ where
                 StateProj::Waiting { acquire, parked } => {
                     let reservation = match ready!(acquire.poll(cx)) {
                         Ok(r) => r,
-                        Err(e) => return Poll::Ready(Err(failed(this.trace, e))),
+                        Err(e) => {
+                            let e = match parked.as_ref() {
+                                Some(p) => p.timed_out(e),
+                                None => e,
+                            };
+                            return Poll::Ready(Err(failed(this.trace, e)));
+                        }
                     };
                     let parked = parked.take().expect("parked request");
                     let entered = parked.admitted(reservation);
