@@ -255,6 +255,12 @@ impl Telemetry {
         k
     }
 
+    /// The counters of `key`, if the gate has metered it.
+    pub(crate) fn get(&self, key: &QuotaKey) -> Option<Arc<KeyTelemetry>> {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.get(key).cloned()
+    }
+
     /// Every key seen so far.
     pub(crate) fn all(&self) -> Vec<Arc<KeyTelemetry>> {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);

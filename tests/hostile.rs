@@ -342,3 +342,22 @@ async fn an_unmetered_call_in_flight_holds_no_back_pressure_place() {
         .unwrap();
     assert_eq!(Instant::now(), start);
 }
+
+#[tokio::test(start_paused = true)]
+async fn retrying_a_model_without_a_quota_keeps_no_state_for_it() {
+    let cfg = ThrottleConfig::builder()
+        .model_quota(MODEL, Quota::new(100, 1_000_000))
+        .build()
+        .unwrap();
+    let upstream = Scripted::new(vec![reply(503, &[], ""), reply(503, &[], "")]);
+    let svc = ServiceBuilder::new()
+        .layer(BedrockThrottleLayer::new(cfg.clone()))
+        .service(upstream.service());
+    let response = svc
+        .oneshot(invoke("somebody.unlisted-model-v1", "hello", 10))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.calls().len(), 3, "retried twice");
+    assert!(cfg.stats().keys.is_empty(), "{:?}", cfg.stats().keys);
+}
