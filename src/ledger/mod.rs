@@ -63,13 +63,16 @@ pub use self::{
     spi::{Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, OutagePolicy},
 };
 
+/// Whose cap on which key: a tenant's own, or (`None`) the one all other tenants share.
+type CapId = (QuotaKey, Option<Tenant>);
+
 /// Quota state of every key.
 #[derive(Debug)]
 pub(crate) struct Registry {
     keys: Mutex<HashMap<QuotaKey, Arc<KeyLedger>>>,
     /// Per key, each capped tenant's cap, and (under `None`) the one cap every tenant without
     /// a policy of its own shares (see [`crate::tenant`]).
-    caps: Mutex<HashMap<(QuotaKey, Option<Tenant>), Arc<KeyLedger>>>,
+    caps: Mutex<HashMap<CapId, Arc<KeyLedger>>>,
     recovery: Option<Duration>,
     headroom: Duration,
     /// A ledger shared with other processes, asked after the key's own buckets.
