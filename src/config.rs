@@ -84,6 +84,7 @@ pub(crate) struct Settings {
     pub(crate) max_wait: Duration,
     pub(crate) body_limit: usize,
     pub(crate) body_timeout: Duration,
+    pub(crate) read_ahead_timeout: Duration,
     pub(crate) throttle_recovery: Option<Duration>,
     pub(crate) headroom: Duration,
     pub(crate) tenants: TenantSettings,
@@ -251,6 +252,7 @@ impl ThrottleConfig {
 /// | `max_wait` | 120 s | longest wait in the gate's queue per attempt |
 /// | `body_limit` | 25,000,000 bytes | largest request body |
 /// | `body_timeout` | 60 s | longest time for a request body to arrive in full |
+/// | `read_ahead_timeout` | 5 s | longest the gate holds a response head back while it reads a 429's body or a stream's first frame |
 /// | `throttle_recovery` | 1.5 × the key's quota period | how long the gate takes after an upstream throttle to return to the rate that was throttled |
 /// | `headroom` | 100 ms | refill time each bucket keeps unused, for upstream counting a request a little after the gate admitted it |
 /// | `estimator` | [`HeuristicEstimator`] | the [`TokenEstimator`] |
@@ -278,6 +280,7 @@ pub struct ThrottleConfigBuilder {
     max_wait: Duration,
     body_limit: usize,
     body_timeout: Duration,
+    read_ahead_timeout: Duration,
     throttle_recovery: Option<Duration>,
     headroom: Duration,
     estimator: Option<Arc<dyn TokenEstimator>>,
@@ -302,6 +305,7 @@ impl Default for ThrottleConfigBuilder {
             max_wait: Duration::from_secs(120),
             body_limit: BEDROCK_MAX_BODY_BYTES,
             body_timeout: Duration::from_secs(60),
+            read_ahead_timeout: Duration::from_secs(5),
             throttle_recovery: None,
             headroom: Duration::from_millis(100),
             estimator: None,
@@ -399,6 +403,18 @@ impl ThrottleConfigBuilder {
     /// stops sending holds no place in a queue. 60 s unless set.
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
         self.body_timeout = timeout;
+        self
+    }
+
+    /// How long the gate may hold a response head back from the caller while it reads the
+    /// start of the body: a 429's body (to tell which limit it names) and a 2xx event
+    /// stream's first frame (to retry an exception there). Past it the head goes on with
+    /// what was read in front of the rest: a 429 counts as a throttle of unknown kind, a
+    /// stream passes as it is (its usage is still read as it flows). Bedrock sends both at
+    /// once (a throttle in the first frame comes before the model runs), so only a broken
+    /// upstream or proxy meets this; 5 s unless set.
+    pub fn read_ahead_timeout(mut self, timeout: Duration) -> Self {
+        self.read_ahead_timeout = timeout;
         self
     }
 
@@ -630,6 +646,7 @@ impl ThrottleConfigBuilder {
             max_wait: self.max_wait,
             body_limit: self.body_limit,
             body_timeout: self.body_timeout,
+            read_ahead_timeout: self.read_ahead_timeout,
             throttle_recovery: self.throttle_recovery,
             headroom: self.headroom,
         };
@@ -644,7 +661,7 @@ impl ThrottleConfigBuilder {
                     .unwrap_or_else(|| Arc::new(HeuristicEstimator::default())),
                 calibration: Calibration::new(),
                 waiting_places,
-                telemetry: Telemetry::new(self.max_keys),
+                telemetry: Telemetry::default(),
                 diagnosis: crate::diagnosis::Recorder::new(),
                 keys: KeyTable::new(self.max_keys),
             }),

@@ -86,8 +86,6 @@ mod ledger;
 mod quota;
 mod stats;
 mod telemetry;
-// Shim: the gate still reads usage at its old path.
-use bedrock::usage;
 
 #[cfg(feature = "aws-sdk")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aws-sdk")))]

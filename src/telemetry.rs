@@ -50,6 +50,7 @@ pub(crate) mod names {
     pub(crate) const QUEUE_DEPTH: &str = "bedrock_throttle_queue_depth";
     pub(crate) const EFFECTIVE_TPM: &str = "bedrock_throttle_effective_tokens_per_minute";
     pub(crate) const EFFECTIVE_RPM: &str = "bedrock_throttle_effective_requests_per_minute";
+    pub(crate) const USAGE_CLAMPED: &str = "bedrock_throttle_usage_clamped_total";
 }
 
 /// The span of one request, in the request's extensions so every layer finds it.
@@ -238,75 +239,43 @@ impl Trace {
 
 /// The per-key counters and metric handles, shared by every layer of one configuration.
 ///
-/// The gate creates the entries of the keys it files (bounded by [`crate::keys`]); any
-/// other layer counting against a key the gate never filed (a retry of a request no quota
-/// applies to) creates at most `max_unfiled` more, then counts against its Region's
-/// `(other)` entry.
-#[derive(Debug)]
-pub(crate) struct Telemetry {
-    keys: Mutex<Keys>,
-    max_unfiled: usize,
-}
-
+/// Only the gate creates entries, for the keys it files (bounded: see [`crate::keys`]).
 #[derive(Debug, Default)]
-struct Keys {
-    map: HashMap<QuotaKey, Arc<KeyTelemetry>>,
-    /// Entries created for keys the gate had not filed.
-    unfiled: usize,
+pub(crate) struct Telemetry {
+    keys: Mutex<HashMap<QuotaKey, Arc<KeyTelemetry>>>,
 }
 
 impl Telemetry {
-    pub(crate) fn new(max_unfiled: usize) -> Self {
-        Self {
-            keys: Mutex::default(),
-            max_unfiled,
-        }
-    }
-
-    fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<QuotaKey, Arc<KeyTelemetry>>> {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The counters of `key`, which the gate filed, created (and its metrics registered) on
     /// first use.
-    pub(crate) fn filed(&self, key: &QuotaKey) -> Arc<KeyTelemetry> {
+    pub(crate) fn key(&self, key: &QuotaKey) -> Arc<KeyTelemetry> {
         let mut keys = self.keys();
-        Self::entry(&mut keys.map, key)
-    }
-
-    fn entry(map: &mut HashMap<QuotaKey, Arc<KeyTelemetry>>, key: &QuotaKey) -> Arc<KeyTelemetry> {
-        if let Some(k) = map.get(key) {
+        if let Some(k) = keys.get(key) {
             return k.clone();
         }
         let k = Arc::new(KeyTelemetry::new(key.clone()));
-        map.insert(key.clone(), k.clone());
+        keys.insert(key.clone(), k.clone());
         k
     }
 
-    /// The counters a request of `key` counts against: the key's own when the gate filed it
-    /// (or while fewer than `max_unfiled` others were made), else its Region's `(other)`.
-    pub(crate) fn key(&self, key: &QuotaKey) -> Arc<KeyTelemetry> {
-        let key = crate::keys::canonical(key);
-        let mut keys = self.keys();
-        if let Some(k) = keys.map.get(&*key) {
-            return k.clone();
-        }
-        if keys.unfiled < self.max_unfiled {
-            keys.unfiled += 1;
-            return Self::entry(&mut keys.map, &key);
-        }
-        let other = QuotaKey::new(Some(crate::keys::OTHER), key.region());
-        Self::entry(&mut keys.map, &other)
+    /// The counters of `key`, if the gate has metered it (under that spelling or its
+    /// canonical one, see [`crate::keys::canonical`]).
+    pub(crate) fn get(&self, key: &QuotaKey) -> Option<Arc<KeyTelemetry>> {
+        self.keys().get(&*crate::keys::canonical(key)).cloned()
     }
 
     /// Forgets `key` (evicted at rest: see [`crate::keys`]).
     pub(crate) fn remove(&self, key: &QuotaKey) {
-        self.keys().map.remove(key);
+        self.keys().remove(key);
     }
 
     /// Every key seen so far.
     pub(crate) fn all(&self) -> Vec<Arc<KeyTelemetry>> {
-        self.keys().map.values().cloned().collect()
+        self.keys().values().cloned().collect()
     }
 }
 
@@ -454,6 +423,12 @@ impl KeyTelemetry {
     pub(crate) fn shed(&self) {
         self.shed.fetch_add(1, Relaxed);
         self.m.shed.increment(1);
+    }
+
+    /// Upstream reported usage beyond any plausible charge, which was clamped. Rare, so its
+    /// series is registered when it first happens.
+    pub(crate) fn usage_clamped(&self) {
+        metrics::counter!(names::USAGE_CLAMPED, &self.m.labels).increment(1);
     }
 
     /// A reservation settled to `charge` quota tokens from reported usage;

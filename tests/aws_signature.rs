@@ -20,7 +20,7 @@ use aws_smithy_runtime_api::client::{
     runtime_components::RuntimeComponents,
 };
 use aws_smithy_types::body::SdkBody;
-use bedrock_throttle::{aws::ThrottledHttpClient, Quota, ThrottleConfig};
+use bedrock_throttle::{aws::ThrottledHttpClient, Quota, ThrottleConfig, ThrottleError};
 use sdk::{anthropic_body, sdk_client, MODEL};
 use tokio::time::Instant;
 
@@ -132,5 +132,93 @@ async fn a_bearer_token_request_keeps_every_attempt() {
             .iter()
             .all(|(_, a)| a == "Bearer bedrock-api-key-test"),
         "{attempts:?}"
+    );
+}
+
+/// An upstream that answers at once and reports `input` + `output` tokens used, recording
+/// when each request came.
+#[derive(Clone, Debug, Default)]
+struct Billing {
+    calls: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl HttpConnector for Billing {
+    fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+        self.calls.lock().unwrap().push(Instant::now());
+        let response = http::Response::builder()
+            .header("content-type", "application/json")
+            .header("x-amzn-bedrock-input-token-count", "100")
+            .header("x-amzn-bedrock-output-token-count", "900")
+            .body(SdkBody::from("{}"))
+            .unwrap();
+        HttpConnectorFuture::ready(Ok(HttpResponse::try_from(response).unwrap()))
+    }
+}
+
+impl HttpClient for Billing {
+    fn http_connector(
+        &self,
+        _: &HttpConnectorSettings,
+        _: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(self.clone())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sigv4_request_still_waiting_when_its_signature_runs_out_is_never_sent() {
+    let upstream = Billing::default();
+    // 1,000 tokens a minute and each call uses all of them: call n waits about n minutes.
+    let cfg = ThrottleConfig::builder()
+        .model_quota(MODEL, Quota::tokens_per_minute(1_000))
+        .max_wait(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let client = sdk_client(
+        "http://127.0.0.1:9",
+        ThrottledHttpClient::new(upstream.clone(), cfg),
+        RetryConfig::disabled(),
+    );
+    let start = Instant::now();
+    let calls: Vec<_> = (0..7)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .invoke_model()
+                    .model_id(MODEL)
+                    .body(anthropic_body("hello", 880))
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    let (mut ok, mut expired) = (0, 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+                let mut found = false;
+                while let Some(s) = source {
+                    if let Some(t) = s.downcast_ref::<ThrottleError>() {
+                        assert!(matches!(t, ThrottleError::SendDeadlinePassed { .. }), "{t}");
+                        found = true;
+                    }
+                    source = s.source();
+                }
+                assert!(found, "{e:?}");
+                expired += 1;
+            }
+        }
+    }
+    let sent = upstream.calls.lock().unwrap().clone();
+    assert_eq!(ok, sent.len());
+    println!("{ok} sent, {expired} expired");
+    assert!(ok >= 4 && expired >= 1, "{ok} sent, {expired} expired");
+    // Nothing left with a signature older than the window.
+    assert!(
+        sent.iter().all(|t| *t - start <= Duration::from_secs(270)),
+        "{sent:?}"
     );
 }

@@ -308,6 +308,60 @@ async fn invented_host_headers_share_one_quota() {
     assert_eq!(cfg.stats().keys.len(), 1, "{:?}", cfg.stats().keys);
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_unmetered_call_in_flight_holds_no_back_pressure_place() {
+    let cfg = ThrottleConfig::builder()
+        .model_quota(MODEL, Quota::new(100, 1_000_000))
+        .max_queued(1)
+        .overload(Overload::Backpressure)
+        .build()
+        .unwrap();
+    // Upstream takes ten minutes to answer.
+    let upstream = service_fn(|_req: Request<Full<Bytes>>| async {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+    });
+    let svc = ServiceBuilder::new()
+        .layer(BedrockThrottleLayer::new(cfg))
+        .service(upstream);
+    let start = Instant::now();
+    // Free at Bedrock (CountTokens), and a model without a quota: neither is metered.
+    for path in [
+        format!("/model/{}/count-tokens", MODEL.replace(':', "%3A")),
+        "/model/somebody.unlisted-model/invoke".to_owned(),
+    ] {
+        let body = Full::new(Bytes::from_static(br#"{"messages":[]}"#));
+        tokio::spawn(svc.clone().oneshot(Request::post(path).body(body).unwrap()));
+    }
+    tokio::task::yield_now().await;
+    // Both calls are in flight; the one place is free for the next caller at once.
+    let mut next = svc.clone();
+    tokio::time::timeout(Duration::from_secs(1), next.ready())
+        .await
+        .expect("poll_ready is not held up by unmetered calls in flight")
+        .unwrap();
+    assert_eq!(Instant::now(), start);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retrying_a_model_without_a_quota_keeps_no_state_for_it() {
+    let cfg = ThrottleConfig::builder()
+        .model_quota(MODEL, Quota::new(100, 1_000_000))
+        .build()
+        .unwrap();
+    let upstream = Scripted::new(vec![reply(503, &[], ""), reply(503, &[], "")]);
+    let svc = ServiceBuilder::new()
+        .layer(BedrockThrottleLayer::new(cfg.clone()))
+        .service(upstream.service());
+    let response = svc
+        .oneshot(invoke("somebody.unlisted-model-v1", "hello", 10))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.calls().len(), 3, "retried twice");
+    assert!(cfg.stats().keys.is_empty(), "{:?}", cfg.stats().keys);
+}
+
 /// A field of /proc/self/status in KiB (VmRSS: now).
 fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -61,10 +61,6 @@ pub(crate) enum StatusSettlement {
 
 /// The settlement of a non-2xx status: 429 is refused; 400, 403, 404, 413 and 503 are
 /// refunded; anything else is kept.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the gate asks here once it drops its own copy")
-)]
 pub(crate) fn settlement(status: StatusCode) -> StatusSettlement {
     match status {
         StatusCode::TOO_MANY_REQUESTS => StatusSettlement::Refused,

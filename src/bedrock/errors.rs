@@ -12,10 +12,6 @@ pub(crate) fn error_type(headers: &HeaderMap) -> Option<&str> {
 /// The HTTP status and error type an event stream's exception frame stands for, for the
 /// exceptions the retry layer retries; `None` for the others (validation, model errors),
 /// which reach the caller in the stream.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the gate asks here once it drops its own copy")
-)]
 pub(crate) fn exception_error(exception_type: &str) -> Option<(StatusCode, &'static str)> {
     let is = |name: &str| exception_type.eq_ignore_ascii_case(name);
     if is("throttlingException") {

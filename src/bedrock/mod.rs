@@ -6,10 +6,12 @@
 //! - [`errors`]: a response's error type, the HTTP error of a stream exception;
 //! - [`classify`]: what a status means for a retry and for a reservation;
 //! - [`throttle`]: which limit a throttle message names;
-//! - [`usage`]: the tokens a response reports, in every shape.
+//! - [`usage`]: the tokens a response reports, in every shape;
+//! - [`event_stream`]: usage and exceptions in an event stream's frames as they pass.
 
 pub(crate) mod classify;
 pub(crate) mod errors;
+pub(crate) mod event_stream;
 pub(crate) mod model_id;
 pub(crate) mod path;
 pub(crate) mod throttle;

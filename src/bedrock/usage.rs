@@ -13,11 +13,19 @@ pub(crate) struct Usage {
 }
 
 impl Usage {
-    /// Bedrock's final charge: input + cache writes + output × burndown.
+    /// Bedrock's final charge: input + cache writes + output × burndown (saturating: the
+    /// numbers come from the wire).
     pub(crate) fn charge(&self, burndown: f64) -> u64 {
         self.input_tokens
-            + self.cache_write_input_tokens
-            + (self.output_tokens as f64 * burndown).ceil() as u64
+            .saturating_add(self.cache_write_input_tokens)
+            .saturating_add((self.output_tokens as f64 * burndown).ceil() as u64)
+    }
+
+    /// Every input token, cache reads and writes included (saturating).
+    pub(crate) fn input_total(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.cache_read_input_tokens)
+            .saturating_add(self.cache_write_input_tokens)
     }
 }
 

@@ -138,7 +138,7 @@ impl KeyRecord {
         let mut w = lock(&self.window);
         let s = w.slot(m);
         s.demand_requests += 1;
-        s.demand_tokens += tokens;
+        s.demand_tokens = s.demand_tokens.saturating_add(tokens);
     }
 
     /// An attempt was admitted with `tokens` quota tokens reserved.
@@ -147,7 +147,7 @@ impl KeyRecord {
         let mut w = lock(&self.window);
         let s = w.slot(m);
         s.granted_requests += 1;
-        s.granted_tokens += tokens;
+        s.granted_tokens = s.granted_tokens.saturating_add(tokens);
     }
 
     /// Upstream throttled an attempt of this key.
@@ -159,8 +159,9 @@ impl KeyRecord {
     /// `used` of them were spent.
     pub(crate) fn output(&self, reserved: u64, used: u64) {
         let mut w = lock(&self.window);
-        w.reserved_output_tokens += reserved;
-        w.wasted_output_tokens += reserved.saturating_sub(used);
+        w.reserved_output_tokens = w.reserved_output_tokens.saturating_add(reserved);
+        w.wasted_output_tokens =
+            (w.wasted_output_tokens).saturating_add(reserved.saturating_sub(used));
     }
 
     /// Peak and p95 per period over the whole periods of the last sixty (the period in

@@ -20,7 +20,7 @@ use crate::{
     keys::{self, Proof},
     ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
     telemetry::{ChargeTrace, QueueGuard, Trace},
-    QuotaKey, ThrottleError,
+    QuotaKey, SendDeadline, ThrottleError,
 };
 
 /// What a request asks for, read from the estimate attached to it or else from its head.
@@ -98,6 +98,12 @@ impl Plan {
         };
         let reserved_output = (ask.output_limit as f64 * quota.burndown).ceil() as u64;
         let tokens = ask.input.saturating_add(reserved_output);
+        if send_deadline(request).is_some_and(|d| d.passed_at(Instant::now())) {
+            return Plan::Refused(ThrottleError::SendDeadlinePassed {
+                key,
+                waited: Duration::ZERO,
+            });
+        }
         // The key whose state this request uses: its own, or its Region's overflow.
         let filed = keys::file(shared, &key);
         let record = shared.diagnosis.key(&filed.key, quota.period);
@@ -114,6 +120,7 @@ impl Plan {
         let terms = Terms {
             burndown: quota.burndown,
             reserved_output,
+            quota_tokens: quota.tokens,
             record,
             learn: ask.raw_input.map(|raw_input| Learn {
                 shared: shared.clone(),
@@ -126,7 +133,7 @@ impl Plan {
             }),
             trace: ChargeTrace {
                 span: trace.span.clone(),
-                key: shared.telemetry.filed(&filed.key),
+                key: shared.telemetry.key(&filed.key),
                 input_estimate: Some(ask.input),
                 period: quota.period,
             },
@@ -138,7 +145,7 @@ impl Plan {
         let stage = KeyStage {
             ledger: shared.ledger.key(&filed.key, quota),
             tokens,
-            deadline: Instant::now() + shared.settings.max_wait,
+            deadline: deadline(shared, request),
             waiter: Waiter {
                 tenant,
                 weight: policy.weight_value(),
@@ -250,7 +257,31 @@ pub(super) struct Parked<S, B> {
 
 impl<S, B> Unpin for Parked<S, B> {}
 
+/// The request's [`SendDeadline`], if it carries one.
+fn send_deadline<B>(request: &Request<B>) -> Option<SendDeadline> {
+    request.extensions().get().copied()
+}
+
+/// The latest a request may be admitted: after `max_wait`, or at its send deadline.
+fn deadline<B>(shared: &Shared, request: &Request<B>) -> Instant {
+    let max_wait = Instant::now() + shared.settings.max_wait;
+    send_deadline(request).map_or(max_wait, |d| d.0.min(max_wait))
+}
+
 impl<S, B> Parked<S, B> {
+    /// The error for a request that found no room by its deadline: a send deadline that
+    /// passed is named as such (the request must be signed again), else `max_wait`.
+    pub(super) fn timed_out(&self, error: ThrottleError) -> ThrottleError {
+        match error {
+            ThrottleError::MaxWaitExceeded { key, waited }
+                if send_deadline(&self.request).is_some_and(|d| Instant::now() >= d.0) =>
+            {
+                ThrottleError::SendDeadlinePassed { key, waited }
+            }
+            other => other,
+        }
+    }
+
     /// Room was found where the request waited: from a stage before its key it goes on;
     /// admitted by its key it is sent.
     pub(super) fn admitted(self, reservation: Reservation) -> Entered<S, B>

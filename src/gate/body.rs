@@ -10,8 +10,8 @@ use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{settle::Charge, stream::FrameReader};
-use crate::usage;
+use super::settle::Charge;
+use crate::bedrock::{event_stream::FrameReader, usage};
 
 /// JSON bodies larger than this are passed on without looking for usage.
 const MAX_USAGE_BODY: usize = 4 << 20;

@@ -4,6 +4,7 @@ use std::{
     future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use http::{
@@ -20,10 +21,17 @@ use super::{
     body::StreamSettle,
     read_ahead::ReadAhead,
     settle::{settle_head, Charge},
-    stream::{FrameReader, StreamException},
     SettlingBody,
 };
-use crate::{ledger::Acquire, telemetry::Trace, BoxError, ThrottleError, ThrottleKind};
+use crate::{
+    bedrock::{
+        errors::exception_error,
+        event_stream::{FrameReader, StreamException},
+    },
+    ledger::Acquire,
+    telemetry::Trace,
+    BoxError, ThrottleError, ThrottleKind,
+};
 
 /// Read-ahead of an event stream beyond this many bytes stops waiting for a whole first
 /// frame: the response goes to the caller as it is.
@@ -45,6 +53,8 @@ pin_project! {
         #[pin]
         state: State<S, B, ResB>,
         trace: Trace,
+        // How long a read-ahead may hold the head back.
+        read_ahead_timeout: Duration,
     }
 }
 
@@ -91,10 +101,11 @@ where
     S: Service<Request<B>>,
     ResB: Body,
 {
-    pub(super) fn new(entered: Entered<S, B>, trace: Trace) -> Self {
+    pub(super) fn new(entered: Entered<S, B>, trace: Trace, read_ahead_timeout: Duration) -> Self {
         Self {
             state: State::entered(entered),
             trace,
+            read_ahead_timeout,
         }
     }
 }
@@ -115,7 +126,13 @@ where
                 StateProj::Waiting { acquire, parked } => {
                     let reservation = match ready!(acquire.poll(cx)) {
                         Ok(r) => r,
-                        Err(e) => return Poll::Ready(Err(failed(this.trace, e))),
+                        Err(e) => {
+                            let e = match parked.as_ref() {
+                                Some(p) => p.timed_out(e),
+                                None => e,
+                            };
+                            return Poll::Ready(Err(failed(this.trace, e)));
+                        }
                     };
                     let parked = parked.take().expect("parked request");
                     let entered = parked.admitted(reservation);
@@ -134,12 +151,14 @@ where
                         return Poll::Ready(Ok(response.map(|b| SettlingBody::new(b, None))));
                     };
                     if is_event_stream(&response) {
-                        let ahead = ReadAhead::new(response, MAX_PREFETCH, false);
+                        let timeout = *this.read_ahead_timeout;
+                        let ahead = ReadAhead::new(response, MAX_PREFETCH, false, timeout);
                         let reader = FrameReader::new();
                         let settle = StreamSettle { charge, reader };
                         this.state.set(State::FirstFrame { ahead, settle });
                     } else if response.status() == StatusCode::TOO_MANY_REQUESTS {
-                        let ahead = ReadAhead::new(response, MAX_THROTTLE_BODY, true);
+                        let timeout = *this.read_ahead_timeout;
+                        let ahead = ReadAhead::new(response, MAX_THROTTLE_BODY, true, timeout);
                         this.state.set(State::Throttled { ahead, charge });
                     } else {
                         this.trace.response(response.status());
@@ -207,8 +226,13 @@ fn first_frame_read<R: Body>(
     if ended {
         settle.reader.disable();
     }
+    if ahead.timed_out() {
+        tracing::debug!(
+            "no whole first frame within read_ahead_timeout: the stream goes on as it is"
+        );
+    }
     if let Some(exception) = settle.reader.take_exception() {
-        if let Some((status, error_type)) = error_for(&exception) {
+        if let Some((status, error_type)) = exception_error(&exception.kind) {
             let (parts, body, frames) = ahead.into_parts();
             let response = exception_response(parts, status, error_type, exception, settle.charge);
             // The head was replaced: the stream ends with the exception frame.
@@ -259,6 +283,9 @@ fn exception_response(
 /// The response for the caller once a 429's body was read (or the read gave up): the limit
 /// it names is told to the ledger and set in the extensions; every byte read goes first.
 fn throttle_read<R: Body>(ahead: ReadAhead<R>, charge: Charge) -> Response<SettlingBody<R>> {
+    if ahead.timed_out() {
+        tracing::debug!("a 429 body stalled past read_ahead_timeout: a throttle of unknown kind");
+    }
     let kind = ahead
         .kept()
         .map_or(ThrottleKind::Unknown, ThrottleKind::from_error_body);
@@ -276,24 +303,6 @@ fn throttle_read<R: Body>(ahead: ReadAhead<R>, charge: Charge) -> Response<Settl
 #[cfg_attr(not(feature = "aws-sdk"), allow(dead_code))]
 pub(crate) struct FirstFrameException {
     pub(crate) message: String,
-}
-
-/// The HTTP error a stream's first-frame exception stands for, when it is one the retry
-/// layer retries.
-fn error_for(e: &StreamException) -> Option<(StatusCode, &'static str)> {
-    let k = e.kind.as_str();
-    if k.eq_ignore_ascii_case("throttlingException") {
-        Some((StatusCode::TOO_MANY_REQUESTS, "ThrottlingException"))
-    } else if k.eq_ignore_ascii_case("serviceUnavailableException") {
-        Some((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailableException",
-        ))
-    } else if k.eq_ignore_ascii_case("internalServerException") {
-        Some((StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException"))
-    } else {
-        None
-    }
 }
 
 /// Whether a response is a 2xx event stream (`application/vnd.amazon.eventstream`).

@@ -159,7 +159,6 @@ mod layer;
 mod read_ahead;
 mod service;
 mod settle;
-mod stream;
 
 #[cfg(feature = "aws-sdk")]
 pub(crate) use self::future::FirstFrameException;

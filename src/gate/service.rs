@@ -102,12 +102,15 @@ where
         // not give while the ready ones sit idle.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The waiting place `poll_ready` took goes with a request that reserves (it holds it
+        // while it waits); any other gives it back now, or an unmetered call in flight (or
+        // this service, never called again) would keep it from every other caller.
+        let place = self.place.take();
         let entered = match plan {
             Plan::Unmetered => Entered::Calling(inner.call(request), None, Duration::ZERO),
             Plan::Refused(error) => Entered::Failed(error),
-            // Only a request that reserves takes the waiting place `poll_ready` took.
-            Plan::Reserve(reserve) => reserve.enter(inner, request, self.place.take()),
+            Plan::Reserve(reserve) => reserve.enter(inner, request, place),
         };
-        ResponseFuture::new(entered, trace)
+        ResponseFuture::new(entered, trace, self.shared.settings.read_ahead_timeout)
     }
 }

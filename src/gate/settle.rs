@@ -5,11 +5,18 @@
 
 use std::sync::Arc;
 
-use http::{header::CONTENT_TYPE, HeaderMap, Response, StatusCode};
+use http::{header::CONTENT_TYPE, HeaderMap, Response};
 
 use super::admit::Holds;
 use crate::{
-    config::Shared, diagnosis::KeyRecord, ledger::Reservation, telemetry::ChargeTrace, usage,
+    bedrock::{
+        classify::{settlement, StatusSettlement},
+        usage,
+    },
+    config::Shared,
+    diagnosis::KeyRecord,
+    ledger::Reservation,
+    telemetry::ChargeTrace,
     QuotaKey, ThrottleKind,
 };
 
@@ -19,6 +26,8 @@ pub(crate) struct Terms {
     pub(super) burndown: f64,
     /// Output quota tokens reserved: the output limit times the burndown.
     pub(super) reserved_output: u64,
+    /// The key's token quota per period, which bounds a plausible charge.
+    pub(super) quota_tokens: u64,
     /// Where demand, grant and throttles of the key are counted.
     pub(super) record: Arc<KeyRecord>,
     pub(super) learn: Option<Learn>,
@@ -54,13 +63,28 @@ impl Charge {
         }
     }
 
-    /// Upstream ran the request and reported its usage: the charge becomes that usage.
+    /// Upstream ran the request and reported its usage: the charge becomes that usage, up to
+    /// [`Charge::most_plausible`]; a report beyond it is clamped (and logged and counted),
+    /// and teaches the estimator nothing.
     pub(super) fn settle_usage(self, usage: usage::Usage) {
-        if let Some(l) = &self.terms.learn {
+        let reported = usage.charge(self.terms.burndown);
+        let actual_input = usage.input_total();
+        let most = self.most_plausible();
+        let plausible = reported <= most && actual_input <= most;
+        if !plausible {
+            tracing::warn!(
+                parent: &self.terms.trace.span,
+                quota_key = %self.reservation.ledger().key(),
+                reserved = self.reservation.tokens(),
+                reported,
+                actual_input,
+                clamped_to = most,
+                "upstream reported usage no request can have: charged at most the clamp"
+            );
+            self.terms.trace.key.usage_clamped();
+        }
+        if let (Some(l), true) = (&self.terms.learn, plausible) {
             if let Some(model) = l.model.model() {
-                let actual_input = usage.input_tokens
-                    + usage.cache_read_input_tokens
-                    + usage.cache_write_input_tokens;
                 l.shared
                     .calibration
                     .observe(model, l.raw_input, actual_input);
@@ -70,9 +94,8 @@ impl Charge {
         self.terms
             .record
             .output(self.terms.reserved_output, used_output);
-        let actual = usage.charge(self.terms.burndown);
-        let actual_input =
-            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens;
+        let actual = reported.min(most);
+        let actual_input = actual_input.min(most);
         tracing::trace!(
             parent: &self.terms.trace.span,
             quota_key = %self.reservation.ledger().key(),
@@ -87,6 +110,18 @@ impl Charge {
         if let Some(cap) = self.cap {
             cap.settle(actual);
         }
+    }
+
+    /// The largest charge a usage report may set: four times the reservation, or the
+    /// reservation plus a whole period of the key's quota, whichever is larger. Bedrock
+    /// refuses a request larger than its quota before running it, and input estimates are
+    /// not off by more than the calibration's range (4×), so a larger report is a broken
+    /// upstream (or a hostile one); trusting it would leave the key a debt of years.
+    fn most_plausible(&self) -> u64 {
+        let reserved = self.reservation.tokens();
+        reserved
+            .saturating_mul(4)
+            .max(reserved.saturating_add(self.terms.quota_tokens))
     }
 
     /// Upstream refused the request before running it for a reason that is not a throttle:
@@ -138,29 +173,14 @@ pub(super) fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<C
         // Streams and unknown bodies keep the whole reservation.
         return is_json(response.headers()).then_some(charge);
     }
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    match settlement(status) {
         // Refused before running, its body unread: the reservation comes back at once, and
         // both budgets slow. (The response future reads a 429's body to tell which.)
-        charge.refused(ThrottleKind::Unknown);
-    } else if refused_before_running(status) {
-        charge.refund();
+        StatusSettlement::Refused => charge.refused(ThrottleKind::Unknown),
+        StatusSettlement::Refund => charge.refund(),
+        StatusSettlement::Keep => {}
     }
-    // Any other error keeps the whole reservation.
     None
-}
-
-/// Whether Bedrock answers with `status` only when it refused a request before running it,
-/// so that nothing of the reservation was spent (a 429 among them).
-fn refused_before_running(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::BAD_REQUEST
-            | StatusCode::FORBIDDEN
-            | StatusCode::NOT_FOUND
-            | StatusCode::PAYLOAD_TOO_LARGE
-            | StatusCode::SERVICE_UNAVAILABLE
-    )
 }
 
 /// Whether a body is JSON, where a 2xx answer without usage headers carries its usage.
@@ -174,18 +194,6 @@ fn is_json(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_statuses_bedrock_refuses_with_before_running() {
-        for code in [429, 400, 403, 404, 413, 503] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert!(refused_before_running(status), "{code}");
-        }
-        for code in [200, 408, 424, 500, 502, 504] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert!(!refused_before_running(status), "{code}");
-        }
-    }
 
     #[test]
     fn json_is_told_by_its_content_type() {

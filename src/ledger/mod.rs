@@ -63,6 +63,10 @@ pub use self::{
     spi::{Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, OutagePolicy},
 };
 
+/// The caps on one key, by whose they are: a tenant's own, or (`None`) the one all other
+/// tenants share.
+type Caps = HashMap<Option<Tenant>, Arc<KeyLedger>>;
+
 /// Quota state of every key.
 #[derive(Debug)]
 pub(crate) struct Registry {
@@ -70,7 +74,7 @@ pub(crate) struct Registry {
     /// Per key, each capped tenant's cap, and (under `None`) the one cap every tenant without
     /// a policy of its own shares (see [`crate::tenant`]); and per Region the stage of
     /// unproven models (see [`crate::keys`]).
-    caps: Mutex<HashMap<QuotaKey, HashMap<Option<Tenant>, Arc<KeyLedger>>>>,
+    caps: Mutex<HashMap<QuotaKey, Caps>>,
     recovery: Option<Duration>,
     headroom: Duration,
     /// A ledger shared with other processes, asked after the key's own buckets.

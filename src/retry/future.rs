@@ -13,11 +13,9 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::{
-    policy::{classify, delay, Outcome},
-    Attempts,
-};
+use super::{policy::delay, Attempts};
 use crate::{
+    bedrock::classify::{classify, Outcome},
     body::{CollectBody, RequestTemplate},
     config::Shared,
     telemetry::Trace,
@@ -202,10 +200,14 @@ where
     }
 }
 
-/// Counts a retry against the request's quota key.
+/// Counts a retry against the request's quota key, if the gate meters that key: a retry
+/// never creates metric series of its own (a model without a quota has none).
 fn retried(shared: &Shared, template: &Option<RequestTemplate>) {
-    if let Some(t) = template {
-        shared.telemetry.key(&t.quota_key()).retried();
+    if let Some(k) = template
+        .as_ref()
+        .and_then(|t| shared.telemetry.get(&t.quota_key()))
+    {
+        k.retried();
     }
 }
 

@@ -10,7 +10,6 @@ use http::HeaderMap;
 use crate::config::{RetryBudget, RetrySettings};
 
 // The classification is Bedrock's wire knowledge; the retry future still imports it here.
-pub(crate) use crate::bedrock::classify::{classify, Outcome};
 
 /// The server's wait hint: `x-amz-retry-after` (ms), `retry-after-ms` (ms), `Retry-After`
 /// (seconds or an HTTP date).

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use memchr::memmem::Finder;
 use serde_json::Value;
 
-use crate::usage::Usage;
+use super::usage::Usage;
 
 /// Frames larger than this turn the reader off: the stream passes on unread and the
 /// reservation is kept.
@@ -160,7 +160,7 @@ impl FrameReader {
                 if !checksums_ok(frame) {
                     return self.disable();
                 }
-                if let Some(u) = crate::usage::from_json(payload) {
+                if let Some(u) = super::usage::from_json(payload) {
                     self.usage = Some(u);
                 }
             }
