@@ -764,6 +764,25 @@ mod tests {
         assert_eq!(q("amazon.nova-pro-v1:0").tokens, 1_000);
         assert_eq!(s.quota_for(&QuotaKey::default()).unwrap().burndown, 1.0);
 
+        use QuotaName::*;
+        assert_eq!(s.quota_name("meta.llama3-70b-instruct-v1:0"), Own);
+        assert_eq!(
+            s.quota_name("arn:aws:bedrock:us-east-1:1:application-inference-profile/meta.llama3-70b-instruct-v1:0"),
+            Tail("meta.llama3-70b-instruct-v1:0")
+        );
+        assert_eq!(s.quota_name("x/invented"), Default);
+
+        // A quota configured under a foundation model's or profile's ARN is keyed as its id,
+        // as requests are.
+        let arn = ThrottleConfig::builder()
+            .model_quota(
+                "arn:aws:bedrock:us-west-2::foundation-model/amazon.nova-pro-v1:0",
+                Quota::tokens_per_minute(7),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(arn.shared.settings.quota_name("amazon.nova-pro-v1:0"), Own);
+
         let no_default = ThrottleConfig::builder()
             .model_quota("m", Quota::tokens_per_minute(5))
             .build()

@@ -316,7 +316,10 @@ mod tests {
         assert_eq!(table.file(&key(&long), None, later, evict).key, key(OTHER));
         // A proven model does, once there is room.
         table.prove(&key("real2"));
-        assert_eq!(table.file(&key("real2"), None, later, evict).key, key("real2"));
+        assert_eq!(
+            table.file(&key("real2"), None, later, evict).key,
+            key("real2")
+        );
     }
 
     #[test]

@@ -72,6 +72,9 @@ impl Ask {
 }
 
 /// How a request is to be admitted.
+// Made once per request and taken apart at once: boxing the large variant would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Plan {
     /// No quota applies (counting tokens is free at Bedrock, or the key has no quota): the
     /// request is sent at once and charged nothing.
@@ -328,8 +331,12 @@ impl<S, B> Parked<S, B> {
                 } => return self.shed(&stage, queued, retry_after),
             }
         }
-        match (stage.ledger).admit_as(stage.tokens, stage.deadline, &stage.waiter, stage.max_queued)
-        {
+        match (stage.ledger).admit_as(
+            stage.tokens,
+            stage.deadline,
+            &stage.waiter,
+            stage.max_queued,
+        ) {
             Admission::Admitted(reservation) => {
                 self.place = None;
                 self.send(reservation)

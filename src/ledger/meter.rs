@@ -200,16 +200,12 @@ impl Meter {
     /// Where a new meter starts: full buckets, the rates not moved since (no request bucket
     /// learned from a throttle), so a new one in its place would be the same.
     pub(super) fn at_rest(&self) -> bool {
-        let unmoved = |c: &Controller| {
-            c.scale == 1.0 && matches!(c.phase, Phase::Full | Phase::SlowStart)
-        };
+        let unmoved =
+            |c: &Controller| c.scale == 1.0 && matches!(c.phase, Phase::Full | Phase::SlowStart);
         unmoved(&self.ctl)
             && self.req_ctl.phase == Phase::Full
             && self.tokens.level >= self.tokens.capacity
-            && self
-                .requests
-                .as_ref()
-                .is_none_or(|r| r.level >= r.capacity)
+            && self.requests.as_ref().is_none_or(|r| r.level >= r.capacity)
     }
 
     /// Both multipliers at their cap: the rates are constant.

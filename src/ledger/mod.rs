@@ -161,8 +161,7 @@ impl Registry {
         // Only the registry holds a ledger at rest: no reservation, no waiter, no admission
         // in progress.
         let idle = |l: &Arc<KeyLedger>| Arc::strong_count(l) == 1 && l.at_rest();
-        if !keys.get(key).is_none_or(idle) || !caps.get(key).is_none_or(|c| c.values().all(idle))
-        {
+        if !keys.get(key).is_none_or(idle) || !caps.get(key).is_none_or(|c| c.values().all(idle)) {
             return false;
         }
         keys.remove(key);
