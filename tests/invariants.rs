@@ -263,6 +263,11 @@ async fn send_as(
     let future = client.call(request);
     let up = up.clone();
     let reserved = (input + output) as i64;
+    // The gate trusts a usage report up to the most a request can cost: 4 × its reservation
+    // or its reservation plus a period of the quota, whichever is larger; beyond that it
+    // charges the bound (a broken upstream).
+    let most = ((input + output) * 4).max(input + output + TPM);
+    let charged = move |input: u64, output: u64| (input + output).min(most) as i64;
     let handle = tokio::spawn(async move {
         let result: Result<_, BoxError> = future.await;
         let response = match result {
@@ -278,14 +283,14 @@ async fn send_as(
         };
         let reply = up.log().replies[&id];
         let given_back = match reply {
-            Reply::Headers { input, output } => reserved - (input + output) as i64,
+            Reply::Headers { input, output } => reserved - charged(input, output),
             Reply::Json {
                 input,
                 output,
                 read: true,
             } => {
                 response.into_body().collect().await.unwrap();
-                reserved - (input + output) as i64
+                reserved - charged(input, output)
             }
             Reply::Json { read: false, .. } | Reply::ServerError => 0,
             Reply::Throttle | Reply::BadRequest => reserved,
