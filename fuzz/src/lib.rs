@@ -342,9 +342,10 @@ pub async fn back_to_full(cfg: &ThrottleConfig, periods: u32) -> Vec<String> {
                 Some(_) => (quota.tokens() / 2).max(1),
             };
             failures.extend(probe(cfg, &k.key, model, tokens, tenant).await);
+            // The probe took the buckets, and models not yet proven share one stage: let
+            // them fill again before the next probe.
+            tokio::time::sleep(longest * periods).await;
         }
-        // The probes took the buckets: let them fill again for the next round.
-        tokio::time::sleep(longest * periods).await;
     }
     failures
 }
