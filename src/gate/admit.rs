@@ -13,7 +13,7 @@ use http::{header::CONTENT_LENGTH, Request};
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tower_service::Service;
 
-use super::settle::{Charge, Learn, Terms};
+use super::settle::{Charge, Holds, Learn, Terms};
 use crate::{
     config::{fallback_output_limit, Shared},
     estimate::{EstimateMethod, Operation, TokenEstimate},
@@ -384,7 +384,7 @@ impl<S, B> Parked<S, B> {
             terms,
             ..
         } = self;
-        let stages = (!holds.is_empty()).then_some(Holds(holds));
+        let stages = (!holds.is_empty()).then_some(Holds::new(holds));
         let charge = Charge::new(reservation, stages, terms);
         Entered::Calling(service.call(request), Some(charge), wait)
     }
@@ -398,19 +398,6 @@ impl Drop for StageHolds {
     fn drop(&mut self) {
         for r in self.0.drain(..) {
             r.settle(0);
-        }
-    }
-}
-
-/// The reservations of the stages before the key, settled with the key's.
-#[derive(Debug)]
-pub(crate) struct Holds(Vec<Reservation>);
-
-impl Holds {
-    /// Settles every stage's reservation to `actual`, as the key's.
-    pub(crate) fn settle(self, actual: u64) {
-        for r in self.0 {
-            r.settle(actual);
         }
     }
 }

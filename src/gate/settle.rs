@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use http::{header::CONTENT_TYPE, HeaderMap, Response};
 
-use super::admit::Holds;
 use crate::{
     bedrock::{
         classify::{settlement, StatusSettlement},
@@ -19,6 +18,24 @@ use crate::{
     telemetry::ChargeTrace,
     QuotaKey, ThrottleKind,
 };
+
+/// The reservations of the stages before the key (a tenant's cap, the unproven models'
+/// stage), settled with the key's.
+#[derive(Debug)]
+pub(crate) struct Holds(Vec<Reservation>);
+
+impl Holds {
+    pub(crate) fn new(reservations: Vec<Reservation>) -> Self {
+        Self(reservations)
+    }
+
+    /// Settles every stage's reservation to `actual`, as the key's.
+    pub(crate) fn settle(self, actual: u64) {
+        for r in self.0 {
+            r.settle(actual);
+        }
+    }
+}
 
 /// How reported usage turns into a charge, and what the estimator may learn from it.
 #[derive(Debug)]
