@@ -17,6 +17,8 @@ const SLOW_START_DOUBLING: f64 = 0.15;
 /// A refusal on a configured quota cuts only when another came within this many periods
 /// before it (see [`Controller::refused`]).
 const STRIKE_PERIODS: f64 = 1.0;
+/// A strike on a curve near the rate of its last cut takes it back to this share of it.
+const STEP_BACK: f64 = 0.9;
 /// A refusal tells the rate it was drawn at only when the key drew at least this share of
 /// its current rate over the last period.
 const TESTED: f64 = 0.5;
@@ -156,8 +158,8 @@ impl Controller {
     ///
     /// - the first refusal after a quiet spell (none counted within a period) is a strike:
     ///   the caller empties the bucket, which brings the gate's account in line with
-    ///   upstream's, and the rate stays (a curve probing above the rate of its last cut
-    ///   returns to that rate, which the refusal has found again);
+    ///   upstream's, and the rate stays (a curve back near the rate of its last cut, which
+    ///   the refusal has found again, steps back to 0.9 × that rate);
     /// - a refusal of a request admitted after that, within the period, is evidence the
     ///   rate is too high: when the key drew at least half its rate (`TESTED`), the rate is
     ///   cut from the rate drawn, as [`cut`](Self::cut) with a measurement;
@@ -186,12 +188,14 @@ impl Controller {
         };
         if !within(self.last_mark, STRIKE_PERIODS * self.period) {
             self.last_mark = Some(now);
-            // A curve probing above the rate of its last cut has found that rate again:
-            // back to it, no lower.
+            // A curve near or above the rate of its last cut has found that rate again:
+            // a step back just below it, not a cut.
             if let Phase::Cubic { last_max, clock } = &mut self.phase {
-                if *clock > self.recovery {
-                    *clock = self.recovery;
-                    self.scale = last_max.clamp(FLOOR, self.cap);
+                let x = -((1.0 - STEP_BACK) / (1.0 - BETA)).cbrt();
+                let back = self.recovery * (1.0 + x);
+                if *clock > back {
+                    *clock = back;
+                    self.scale = (STEP_BACK * *last_max).clamp(FLOOR, self.cap);
                 }
             }
             return false;
@@ -263,6 +267,12 @@ mod tests {
         // And again on new evidence (admitted after the cut), as before.
         assert!(c.refused(t0 + s(8), t0 + s(6), Some(0.9)));
         assert!((c.scale - 0.441).abs() < 1e-9, "{}", c.scale);
+
+        // Back near the rate of that cut, a strike steps back to 0.9 × it, no lower.
+        (0..200).for_each(|_| c.step(0.6, true));
+        assert!(c.scale > 0.63, "{}", c.scale);
+        assert!(!c.refused(t0 + s(200), t0 + s(199), Some(0.9)));
+        assert!((c.scale - 0.9 * 0.63).abs() < 1e-9, "{}", c.scale);
 
         // Refusals a period apart are each a strike: none cuts.
         let mut c = Controller::new(false, s(90), period());
