@@ -5,7 +5,15 @@
 //! cargo run --release --example load_demo --features emulator
 //! cargo run --release --example load_demo --features emulator -- --stacks layer-http,retry --requests 600 --callers 128
 //! cargo run --release --example load_demo --all-features -- --scenario unknown-quota --stacks sdk-adaptive,layer-http,layer-sdk
+//! cargo run --release --example load_demo --features emulator,aws-sdk -- --workload one-model --period-secs 60 --callers 48 --requests 400 --stacks sdk-adaptive,layer-http
 //! ```
+//!
+//! `--workload one-model` is issue 21's: one model with RPM 400 and TPM 300,000, 30 % documents
+//! of 20,000 to 60,000 characters (`max_tokens` 1,024), the rest 300 to 2,000 characters
+//! (`max_tokens` 256 or 512), outputs of 30 to 100 % of `max_tokens`, 50 ms + 0.5 ms per
+//! output token; with `--period-secs 60` it runs in real time (minutes of it).
+//! `--clock-offset-secs` and `--admission-delay-ms` skew the emulator against the gate (see
+//! `EmulatorBuilder::clock_offset` and `admission_delay`).
 //!
 //! `--scenario` sets what the layer stacks are told about the quotas: `known` (the default:
 //! the emulator's numbers), `unknown-quota` (nothing: `Quota::discover()`, found from
@@ -70,10 +78,19 @@ const MODELS: [(&str, Option<u64>, u64); 3] = [
     ("amazon.nova-pro-v1:0", None, 100_000),
 ];
 
+/// The `one-model` workload's model (burndown 1), RPM and TPM per period.
+const ONE_MODEL: [(&str, Option<u64>, u64); 1] = [(
+    "anthropic.claude-3-5-haiku-20241022-v1:0",
+    Some(400),
+    300_000,
+)];
+
 /// The emulated model's latency: first token, then per output token; outputs of 50..400.
 const FIRST_TOKEN: Duration = Duration::from_millis(300);
 const PER_OUTPUT_TOKEN: Duration = Duration::from_millis(4);
 const MIN_OUTPUT: u64 = 50;
+
+const WORKLOADS: [&str; 2] = ["mixed", "one-model"];
 
 const ALL_STACKS: [&str; 6] = [
     "none",
@@ -88,6 +105,11 @@ const SCENARIOS: [&str; 3] = ["known", "unknown-quota", "double-quota"];
 
 struct Options {
     scenario: String,
+    workload: String,
+    /// How far the emulator's buckets run behind the gate's, and how long after arrival it
+    /// counts a request.
+    clock_offset: Duration,
+    admission_delay: Duration,
     callers: usize,
     requests: usize,
     period: Duration,
@@ -102,6 +124,9 @@ impl Options {
     fn parse() -> Self {
         let mut o = Options {
             scenario: "known".into(),
+            workload: "mixed".into(),
+            clock_offset: Duration::ZERO,
+            admission_delay: Duration::ZERO,
             callers: 64,
             requests: 360,
             period: Duration::from_secs(6),
@@ -129,6 +154,21 @@ impl Options {
                 "--seed" => o.seed = value().parse().unwrap_or_else(|_| fail("--seed N")),
                 "--stacks" => o.stacks = value().split(',').map(str::to_string).collect(),
                 "--scenario" => o.scenario = value(),
+                "--workload" => o.workload = value(),
+                "--clock-offset-secs" => {
+                    o.clock_offset = Duration::from_secs_f64(
+                        value()
+                            .parse()
+                            .unwrap_or_else(|_| fail("--clock-offset-secs F")),
+                    )
+                }
+                "--admission-delay-ms" => {
+                    o.admission_delay = Duration::from_millis(
+                        value()
+                            .parse()
+                            .unwrap_or_else(|_| fail("--admission-delay-ms N")),
+                    )
+                }
                 "--out" => o.out = value(),
                 "--runs" => {
                     o.runs = value()
@@ -147,6 +187,13 @@ impl Options {
                 SCENARIOS.join(",")
             ));
         }
+        if !WORKLOADS.contains(&o.workload.as_str()) {
+            fail(&format!(
+                "unknown workload {}; workloads: {}",
+                o.workload,
+                WORKLOADS.join(",")
+            ));
+        }
         for s in &o.stacks {
             if !ALL_STACKS.contains(&s.as_str()) {
                 fail(&format!(
@@ -157,12 +204,50 @@ impl Options {
         }
         o
     }
+
+    fn one_model(&self) -> bool {
+        self.workload == "one-model"
+    }
+
+    /// (model id, RPM, TPM) per period.
+    fn models(&self) -> &'static [(&'static str, Option<u64>, u64)] {
+        if self.one_model() {
+            &ONE_MODEL
+        } else {
+            &MODELS
+        }
+    }
+
+    /// The emulated model's latency.
+    fn latency(&self) -> LatencyModel {
+        if self.one_model() {
+            LatencyModel {
+                first_token: Duration::from_millis(50),
+                per_output_token: Duration::from_micros(500),
+            }
+        } else {
+            LatencyModel {
+                first_token: FIRST_TOKEN,
+                per_output_token: PER_OUTPUT_TOKEN,
+            }
+        }
+    }
+
+    /// The shortest a request can take.
+    fn shortest(&self) -> Duration {
+        if self.one_model() {
+            // 30 % of the smallest max_tokens, 256.
+            self.latency().total(77)
+        } else {
+            self.latency().total(MIN_OUTPUT)
+        }
+    }
 }
 
 fn fail(msg: &str) -> ! {
     eprintln!("{msg}");
     eprintln!(
-        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg] [--runs N]",
+        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--workload mixed|one-model] [--clock-offset-secs F] [--admission-delay-ms N] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg] [--runs N]",
         ALL_STACKS.join(",")
     );
     std::process::exit(2)
@@ -175,9 +260,14 @@ struct Job {
     body: Bytes,
 }
 
-/// 70 % chat (a few hundred to a few thousand characters), 30 % RAG (8 to 40 KB of context).
-fn workload(n: usize, seed: u64) -> Vec<Job> {
-    let mut rng = fastrand::Rng::with_seed(seed);
+/// `mixed`: 70 % chat (a few hundred to a few thousand characters), 30 % RAG (8 to 40 KB of
+/// context), over three models. `one-model`: issue 21's, one model, 30 % documents of 20 to
+/// 60 KB with `max_tokens` 1,024, the rest 300 to 2,000 characters with 256 or 512.
+fn workload(n: usize, opts: &Options) -> Vec<Job> {
+    if opts.one_model() {
+        return one_model_workload(n, opts.seed);
+    }
+    let mut rng = fastrand::Rng::with_seed(opts.seed);
     let sentence =
         "The pump on Broad Street was the source, and removing its handle ended the outbreak. ";
     (0..n)
@@ -205,6 +295,31 @@ fn workload(n: usize, seed: u64) -> Vec<Job> {
             };
             Job {
                 model,
+                body: Bytes::from(body.to_string()),
+            }
+        })
+        .collect()
+}
+
+fn one_model_workload(n: usize, seed: u64) -> Vec<Job> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let sentence =
+        "The pump on Broad Street was the source, and removing its handle ended the outbreak. ";
+    (0..n)
+        .map(|_| {
+            let (chars, max_tokens) = if rng.f64() < 0.3 {
+                (rng.usize(20_000..60_000), 1_024)
+            } else {
+                (rng.usize(300..2_000), if rng.bool() { 256 } else { 512 })
+            };
+            let text = &sentence.repeat(chars / sentence.len() + 1)[..chars];
+            let body = serde_json::json!({
+                "anthropic_version": "bedrock-2023-05-31",
+                "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": text}],
+            });
+            Job {
+                model: ONE_MODEL[0].0,
                 body: Bytes::from(body.to_string()),
             }
         })
@@ -291,7 +406,7 @@ fn stack(name: &str, base: &str, opts: &Options) -> (Stack, Option<ThrottleConfi
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let config = || {
         let mut b = ThrottleConfig::builder();
-        for (model, rpm, tpm) in MODELS {
+        for &(model, rpm, tpm) in opts.models() {
             let rpm = rpm.map(|r| r as u32);
             let quota = match opts.scenario.as_str() {
                 "unknown-quota" => Quota::discover(),
@@ -341,18 +456,22 @@ fn stack(name: &str, base: &str, opts: &Options) -> (Stack, Option<ThrottleConfi
 }
 
 async fn emulator(opts: &Options) -> EmulatorHandle {
-    let mut b = Emulator::builder()
-        .latency(LatencyModel {
-            first_token: FIRST_TOKEN,
-            per_output_token: PER_OUTPUT_TOKEN,
-        })
-        .chars_per_token(3.6)
-        .output_tokens(OutputLength::Uniform {
+    let output = if opts.one_model() {
+        OutputLength::PercentOfLimit { min: 30, max: 100 }
+    } else {
+        OutputLength::Uniform {
             min: MIN_OUTPUT,
             max: 400,
-        })
+        }
+    };
+    let mut b = Emulator::builder()
+        .latency(opts.latency())
+        .chars_per_token(3.6)
+        .output_tokens(output)
+        .clock_offset(opts.clock_offset)
+        .admission_delay(opts.admission_delay)
         .seed(opts.seed);
-    for (model, rpm, tpm) in MODELS {
+    for &(model, rpm, tpm) in opts.models() {
         b = b.model_quota(
             model,
             EmulatedQuota {
@@ -393,7 +512,8 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
     let (svc, layer_config) = stack(name, &base, opts);
     // One queue per model, each served by its share of the callers: the models' traffic is
     // independent, as it is in a real application, so no model's queue starves another's.
-    let queues: Vec<_> = MODELS
+    let models = opts.models();
+    let queues: Vec<_> = models
         .iter()
         .map(|(model, _, _)| {
             let jobs: VecDeque<Job> = jobs.iter().filter(|j| j.model == *model).cloned().collect();
@@ -409,7 +529,7 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
 
     let start = Instant::now();
     let quota_rate: f64 =
-        MODELS.iter().map(|(_, _, tpm)| *tpm as f64).sum::<f64>() / opts.period.as_secs_f64();
+        models.iter().map(|(_, _, tpm)| *tpm as f64).sum::<f64>() / opts.period.as_secs_f64();
     let finished = Arc::new(Mutex::new(start));
     let callers: Vec<_> = (0..opts.callers)
         .map(|i| {
@@ -461,9 +581,9 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
     // The ideal: each model's billed work pushed through its quotas back to back (the first
     // period's worth is free: buckets start full), plus the shortest a request can take,
     // since the last one is billed only when it ends.
-    let shortest = FIRST_TOKEN + PER_OUTPUT_TOKEN * MIN_OUTPUT as u32;
+    let shortest = opts.shortest();
     let mut ideal_admission = Duration::ZERO;
-    for (model, rpm, tpm) in MODELS {
+    for &(model, rpm, tpm) in models {
         let m = stats.model(model);
         let per_sec = |n: u64| n as f64 / opts.period.as_secs_f64();
         let by_tokens = (m.tokens_billed.saturating_sub(tpm)) as f64 / per_sec(tpm);
@@ -640,14 +760,15 @@ fn svg(results: &[StackResult]) -> String {
 #[tokio::main]
 async fn main() {
     let opts = Options::parse();
-    let jobs = workload(opts.requests, opts.seed);
+    let jobs = workload(opts.requests, &opts);
     println!(
-        "{} requests ({} callers) over {} models, quotas per {:.1} s, scenario {}; stacks: {}",
+        "{} requests ({} callers) over {} models, quotas per {:.1} s, scenario {}, workload {}; stacks: {}",
         jobs.len(),
         opts.callers,
-        MODELS.len(),
+        opts.models().len(),
         opts.period.as_secs_f64(),
         opts.scenario,
+        opts.workload,
         opts.stacks.join(", ")
     );
     // With several runs the stacks take turns round by round, so a machine that slows down

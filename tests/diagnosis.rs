@@ -113,8 +113,9 @@ async fn each_class_of_throttle_drives_its_own_budget() {
         last.unwrap()
     };
 
-    // 2 RPM upstream: the third request is refused for requests.
-    let (status, kind, body) = send(RPM_MODEL, 3).await;
+    // 2 RPM upstream: the third and fourth requests are refused for requests (the first
+    // refusal empties the bucket and keeps the rate; the second, recurring, cuts it).
+    let (status, kind, body) = send(RPM_MODEL, 4).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(kind, Some(ThrottleKind::Requests));
     // The caller still gets Bedrock's whole body.
@@ -125,8 +126,9 @@ async fn each_class_of_throttle_drives_its_own_budget() {
     let q = cfg.effective_quota(&key(RPM_MODEL)).unwrap();
     assert_eq!((q.requests(), q.tokens()), (Some(7), 1_000_000));
 
-    // 2,000 TPM upstream: the third request of 700 is refused for tokens.
-    let (status, kind, _) = send(TPM_MODEL, 3).await;
+    // 2,000 TPM upstream: the third and fifth requests of 700 are refused for tokens (the
+    // fourth waited for the bucket the first refusal emptied, and fit).
+    let (status, kind, _) = send(TPM_MODEL, 5).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(kind, Some(ThrottleKind::Tokens));
     let q = cfg.effective_quota(&key(TPM_MODEL)).unwrap();
@@ -156,9 +158,9 @@ async fn each_class_of_throttle_drives_its_own_budget() {
     let report = cfg.capacity_report();
     println!("{report}");
     let row = |m: &str| report.row(&key(m)).unwrap().clone();
-    assert_eq!(row(RPM_MODEL).throttles.requests, 1);
+    assert_eq!(row(RPM_MODEL).throttles.requests, 2);
     assert_eq!(row(RPM_MODEL).binding, BindingLimit::Requests);
-    assert_eq!(row(TPM_MODEL).throttles.tokens, 1);
+    assert_eq!(row(TPM_MODEL).throttles.tokens, 2);
     assert_eq!(row(TPM_MODEL).binding, BindingLimit::Tokens);
     assert_eq!(row(DAILY_MODEL).throttles.daily_tokens, 1);
     assert_eq!(row(DAILY_MODEL).binding, BindingLimit::DailyTokens);
@@ -175,8 +177,8 @@ async fn each_class_of_throttle_drives_its_own_budget() {
             k.throttled_unknown,
         )
     };
-    assert_eq!(classes(RPM_MODEL), (1, 1, 0, 0, 0));
-    assert_eq!(classes(TPM_MODEL), (1, 0, 1, 0, 0));
+    assert_eq!(classes(RPM_MODEL), (2, 2, 0, 0, 0));
+    assert_eq!(classes(TPM_MODEL), (2, 0, 2, 0, 0));
     assert_eq!(classes(DAILY_MODEL), (1, 0, 0, 1, 0));
     emu.shutdown().await;
 }
@@ -321,8 +323,8 @@ async fn the_sdk_still_reads_the_throttle_the_gate_classified() {
     let body = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100,
         "messages": [{"role": "user", "content": "hello"}]});
     let mut last = None;
-    // 2 RPM upstream.
-    for _ in 0..3 {
+    // 2 RPM upstream: the third and fourth are refused; the second refusal cuts the rate.
+    for _ in 0..4 {
         last = Some(
             client
                 .invoke_model()

@@ -88,6 +88,14 @@ pub enum OutputLength {
     },
     /// Always exactly the request's output limit, as a model that never stops early.
     MaxTokens,
+    /// A percentage of the request's output limit, uniformly drawn from `min..=max`
+    /// (`30..=100`: 30 % to all of its `max_tokens`), rounded to the nearest token.
+    PercentOfLimit {
+        /// Smallest percentage.
+        min: u64,
+        /// Largest percentage.
+        max: u64,
+    },
 }
 
 impl Default for OutputLength {

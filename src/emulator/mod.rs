@@ -138,6 +138,8 @@ pub struct EmulatorBuilder {
     context_window: u64,
     model_context_windows: HashMap<String, u64>,
     stream_chunk_tokens: u64,
+    admission_delay: Duration,
+    clock_offset: Duration,
     addr: SocketAddr,
 }
 
@@ -158,6 +160,8 @@ impl Default for EmulatorBuilder {
             context_window: 200_000,
             model_context_windows: HashMap::new(),
             stream_chunk_tokens: 5,
+            admission_delay: Duration::ZERO,
+            clock_offset: Duration::ZERO,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
@@ -259,6 +263,25 @@ impl EmulatorBuilder {
         self
     }
 
+    /// How long after a request arrives the quota check counts it (default none): the
+    /// window in which a client's gate has admitted a request that upstream has not
+    /// counted yet (network, load balancers, queues in front of the model). The refusal
+    /// of a request that does not fit comes after this delay too.
+    pub fn admission_delay(mut self, delay: Duration) -> Self {
+        self.admission_delay = delay;
+        self
+    }
+
+    /// How far the quota buckets' clock runs behind the clients' (default none): each
+    /// key's buckets start full but refill nothing for `offset` after their first use, so
+    /// until they are next full they hold `offset` of refill less than a client's bucket
+    /// that started full at the same moment, as an upstream whose quota period began
+    /// before the client's (or that another client drew from first) does.
+    pub fn clock_offset(mut self, offset: Duration) -> Self {
+        self.clock_offset = offset;
+        self
+    }
+
     /// The address to listen on (default `127.0.0.1:0`, a free port).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
@@ -273,7 +296,11 @@ impl EmulatorBuilder {
         let listener = TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
         let service_quotas = service_quotas::listing(&self.model_quotas, &self.display_names);
-        let ledger = Arc::new(Ledger::new(self.default_quota, self.model_quotas));
+        let ledger = Arc::new(Ledger::new(
+            self.default_quota,
+            self.model_quotas,
+            self.clock_offset,
+        ));
         let shared = Arc::new(Shared {
             ledger: Arc::clone(&ledger),
             latency: self.latency,
@@ -287,6 +314,7 @@ impl EmulatorBuilder {
             context_window: self.context_window,
             model_context_windows: self.model_context_windows,
             stream_chunk_tokens: self.stream_chunk_tokens,
+            admission_delay: self.admission_delay,
             seen: Mutex::new(HashMap::new()),
             service_quotas,
         });

@@ -144,18 +144,20 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(capacity: u64, period: Duration, now: Instant) -> Self {
+    /// A full bucket whose refill starts at `refill_from` (see `Ledger::new`).
+    fn new(capacity: u64, period: Duration, refill_from: Instant) -> Self {
         Bucket {
             capacity: capacity as f64,
             level: capacity as f64,
             period,
-            updated: now,
+            updated: refill_from,
         }
     }
 
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated);
-        self.updated = now;
+        // Never back: before `refill_from` nothing refills.
+        self.updated = self.updated.max(now);
         if self.period.is_zero() {
             self.level = self.capacity;
             return;
@@ -190,8 +192,10 @@ struct KeyState {
 }
 
 impl KeyState {
-    fn new(quota: EmulatedQuota, now: Instant) -> Self {
+    /// Full buckets that refill from `now + clock_offset` on.
+    fn new(quota: EmulatedQuota, now: Instant, clock_offset: Duration) -> Self {
         let day = quota.period.saturating_mul(1440);
+        let now = now + clock_offset;
         KeyState {
             quota,
             requests: quota.rpm.map(|r| Bucket::new(r, quota.period, now)),
@@ -220,18 +224,34 @@ pub(crate) struct Ledger {
     default_quota: EmulatedQuota,
     model_quotas: HashMap<String, EmulatedQuota>,
     keys: Mutex<HashMap<String, KeyState>>,
+    /// How far upstream's clock runs behind its clients' (see
+    /// `EmulatorBuilder::clock_offset`).
+    clock_offset: Duration,
 }
 
 impl Ledger {
     pub(crate) fn new(
         default_quota: EmulatedQuota,
         model_quotas: HashMap<String, EmulatedQuota>,
+        clock_offset: Duration,
     ) -> Self {
         Ledger {
             default_quota,
             model_quotas,
             keys: Mutex::new(HashMap::new()),
+            clock_offset,
         }
+    }
+
+    /// A key's state, created (full) on first use.
+    fn state<'a>(
+        &self,
+        keys: &'a mut HashMap<String, KeyState>,
+        key: &str,
+        now: Instant,
+    ) -> &'a mut KeyState {
+        keys.entry(key.to_owned())
+            .or_insert_with(|| KeyState::new(self.quota_for(key), now, self.clock_offset))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, KeyState>> {
@@ -249,9 +269,7 @@ impl Ledger {
     pub(crate) fn with_stats<R>(&self, key: &str, f: impl FnOnce(&mut ModelStats) -> R) -> R {
         let now = Instant::now();
         let mut keys = self.lock();
-        let state = keys
-            .entry(key.to_owned())
-            .or_insert_with(|| KeyState::new(self.quota_for(key), now));
+        let state = self.state(&mut keys, key, now);
         f(&mut state.stats)
     }
 
@@ -263,9 +281,7 @@ impl Ledger {
     ) -> Result<Reservation, Refusal> {
         let now = Instant::now();
         let mut keys = self.lock();
-        let state = keys
-            .entry(key.to_owned())
-            .or_insert_with(|| KeyState::new(self.quota_for(key), now));
+        let state = self.state(&mut keys, key, now);
         state.refill(now);
         let amount = tokens as f64;
         let refusal = if state.requests.as_ref().is_some_and(|b| !b.fits(1.0)) {
@@ -340,9 +356,7 @@ impl Ledger {
     pub(crate) fn snapshot(&self, key: &str) -> QuotaSnapshot {
         let now = Instant::now();
         let mut keys = self.lock();
-        let state = keys
-            .entry(key.to_owned())
-            .or_insert_with(|| KeyState::new(self.quota_for(key), now));
+        let state = self.state(&mut keys, key, now);
         state.refill(now);
         QuotaSnapshot {
             quota: state.quota,

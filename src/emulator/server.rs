@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) context_window: u64,
     pub(crate) model_context_windows: HashMap<String, u64>,
     pub(crate) stream_chunk_tokens: u64,
+    /// How long after arrival the quota check counts a request.
+    pub(crate) admission_delay: Duration,
     /// How often each (model, operation, body) was seen: the per-request random numbers
     /// depend on it, so identical requests still differ and arrival order never matters
     /// between different bodies.
@@ -109,6 +111,14 @@ impl Shared {
                 rng.u64(lo..=hi)
             }
             OutputLength::MaxTokens => limit,
+            OutputLength::PercentOfLimit { min, max } => {
+                let (lo, hi) = if min <= max { (min, max) } else { (max, min) };
+                let percent = rng.u64(lo..=hi);
+                (u128::from(limit) * u128::from(percent) + 50)
+                    .div_euclid(100)
+                    .try_into()
+                    .unwrap_or(u64::MAX)
+            }
         };
         n.min(limit)
     }
@@ -317,6 +327,9 @@ pub(crate) async fn handle(
         ));
     }
 
+    if !shared.admission_delay.is_zero() {
+        sleep(shared.admission_delay).await;
+    }
     let reserve = input.saturating_add(limit.saturating_mul(burndown));
     let reservation = match ledger.reserve(&model, reserve) {
         Ok(r) => r.with_input(input),

@@ -137,10 +137,11 @@ impl KeyLedger {
         Entry::Queued(id)
     }
 
-    /// Upstream refused a request admitted at `admitted_at` for lack of quota, naming the
-    /// limit it hit (`kind`). Whatever room this ledger thought it had in that limit is
-    /// gone, and its rate is cut unless the request was admitted before that rate's last cut
-    /// (its refusal is news of the rate already corrected):
+    /// Upstream throttled a request admitted at `admitted_at` after it had started (inside
+    /// an event stream), naming the limit it hit (`kind`). Whatever room this ledger
+    /// thought it had in that limit is gone, and its rate is cut unless the request was
+    /// admitted before that rate's last cut (its refusal is news of the rate already
+    /// corrected):
     ///
     /// - [`ThrottleKind::Tokens`]: the token bucket;
     /// - [`ThrottleKind::Requests`]: the request bucket. A key without one (a quota with no
@@ -151,19 +152,44 @@ impl KeyLedger {
     /// - [`ThrottleKind::DailyTokens`]: nothing; a per-minute rate cannot fix a daily
     ///   quota, and cutting it would only slow the key down after the day turns.
     pub(crate) fn throttled(&self, admitted_at: Instant, kind: ThrottleKind) {
+        self.slow_down(admitted_at, kind, false);
+    }
+
+    /// Upstream refused a request admitted at `admitted_at` before running it (a 429, or a
+    /// throttle as an event stream's first frame). The buckets `kind` names are emptied as
+    /// for [`throttled`](Self::throttled), which brings the gate's account in line with
+    /// upstream's; a configured rate is cut only when the refusals recur (see the `rate`
+    /// module's `Controller::refused`): one stray refusal costs the refused request's retry,
+    /// not a quota period of slower admissions.
+    pub(crate) fn refused(&self, admitted_at: Instant, kind: ThrottleKind) {
+        self.slow_down(admitted_at, kind, true);
+    }
+
+    fn slow_down(&self, admitted_at: Instant, kind: ThrottleKind, refused: bool) {
         let now = Instant::now();
         let mut state = self.state();
         state.refill(now);
         // Only while requests queue is the rate drawn the rate the gate allowed.
         let queued = !state.queue.is_empty();
-        if state.meter.throttle(now, admitted_at, kind, queued) {
-            let (token_rate_scale, request_rate_scale) = state.meter.scales();
+        let cut = state
+            .meter
+            .throttle(now, admitted_at, kind, queued, refused);
+        let (token_rate_scale, request_rate_scale) = state.meter.scales();
+        if cut {
             tracing::debug!(
                 quota_key = %self.key,
                 ?kind,
                 token_rate_scale,
                 request_rate_scale,
                 "upstream throttled: slowing down"
+            );
+        } else if refused {
+            tracing::debug!(
+                quota_key = %self.key,
+                ?kind,
+                token_rate_scale,
+                request_rate_scale,
+                "upstream refused: emptied the bucket, kept the rate"
             );
         }
     }

@@ -116,13 +116,16 @@ impl Meter {
 
     /// Empties the buckets `kind` names and cuts their rates for a throttle of a request
     /// admitted at `admitted_at` (see `KeyLedger::throttled`); `queued`: requests were
-    /// waiting, so the rate drawn was the rate allowed. True when a rate was cut.
+    /// waiting, so the rate drawn was the rate allowed; `refused`: upstream refused the
+    /// request before running it, and a configured rate is cut only on evidence (see
+    /// `Controller::refused`). True when a rate was cut.
     pub(super) fn throttle(
         &mut self,
         now: Instant,
         admitted_at: Instant,
         kind: ThrottleKind,
         queued: bool,
+        refused: bool,
     ) -> bool {
         let m = self;
         let (cut_tokens, cut_requests) = match kind {
@@ -136,9 +139,14 @@ impl Meter {
             // Before its first throttle a discovered rate is a probe, not a rate anyone vouched
             // for: what was really drawn is the better estimate even when nothing waited.
             let probing = m.ctl.phase == Phase::SlowStart;
-            let measured = (queued || probing).then(|| m.measured());
+            let measured = m.measured();
+            let told = (queued || probing).then_some(measured);
             m.tokens.level = m.tokens.level.min(0.0);
-            cut |= m.ctl.cut(now, admitted_at, measured);
+            cut |= match (refused, m.ctl.discovers()) {
+                (true, false) => m.ctl.refused(now, admitted_at, Some(measured)),
+                (true, true) => m.ctl.refused(now, admitted_at, told),
+                (false, _) => m.ctl.cut(now, admitted_at, told),
+            };
         }
         if cut_requests {
             if m.requests.is_none() {
@@ -157,11 +165,16 @@ impl Meter {
                 // Measured at the throttle: the rate drawn was the bucket's whole rate.
                 cut |= m.req_ctl.cut(now, admitted_at, Some(1.0));
             } else {
-                let measured = if queued { m.measured_requests() } else { None };
+                let measured = m.measured_requests();
+                let told = if queued { measured } else { None };
                 if let Some(r) = &mut m.requests {
                     r.level = r.level.min(0.0);
                 }
-                cut |= m.req_ctl.cut(now, admitted_at, measured);
+                cut |= match (refused, m.req_ctl.discovers()) {
+                    (true, false) => m.req_ctl.refused(now, admitted_at, measured),
+                    (true, true) => m.req_ctl.refused(now, admitted_at, told),
+                    (false, _) => m.req_ctl.cut(now, admitted_at, told),
+                };
             }
         }
         if cut {

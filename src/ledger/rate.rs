@@ -14,6 +14,14 @@ const DISCOVER_CAP: f64 = 10_000.0;
 /// periods while the key is busy (slow start): from the starting guess to ten times it in
 /// half a period, so a short burst of load finds its quota before it is over.
 const SLOW_START_DOUBLING: f64 = 0.15;
+/// A refusal on a configured quota cuts only when another came within this many periods
+/// before it (see [`Controller::refused`]).
+const STRIKE_PERIODS: f64 = 1.0;
+/// A strike on a curve near the rate of its last cut takes it back to this share of it.
+const STEP_BACK: f64 = 0.9;
+/// A refusal tells the rate it was drawn at only when the key drew at least this share of
+/// its current rate over the last period.
+const TESTED: f64 = 0.5;
 
 /// Where the rate curve is.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +57,9 @@ pub(super) struct Controller {
     /// When the last cut happened: throttles of requests admitted before it were caused by
     /// the rate it already corrected, so they do not cut again.
     last_cut: Option<Instant>,
+    /// When a refusal last counted (a strike or a cut): refusals of requests admitted
+    /// before it are no news.
+    last_mark: Option<Instant>,
 }
 
 impl Controller {
@@ -64,7 +75,13 @@ impl Controller {
             recovery: recovery.as_secs_f64(),
             period: period.as_secs_f64(),
             last_cut: None,
+            last_mark: None,
         }
+    }
+
+    /// Whether the rate is being discovered (no configured quota caps it).
+    pub(super) fn discovers(&self) -> bool {
+        self.cap > 1.0
     }
 
     /// Whether throttles move the rate at all (`throttle_recovery` is not zero).
@@ -128,7 +145,70 @@ impl Controller {
             clock: 0.0,
         };
         self.last_cut = Some(now);
+        self.last_mark = Some(now);
         true
+    }
+
+    /// Upstream refused before running a request admitted at `admitted_at` (a 429, or a
+    /// throttle as an event stream's first frame), `measured` the multiplier the key drew at
+    /// over the last period. On a configured quota a refusal cuts only on evidence, since a
+    /// refusal the gate's own accounting did not expect is more often a skew between its
+    /// bucket and upstream's (a period that began earlier upstream, another client's draw,
+    /// a refusal for capacity) than a wrong quota:
+    ///
+    /// - the first refusal after a quiet spell (none counted within a period) is a strike:
+    ///   the caller empties the bucket, which brings the gate's account in line with
+    ///   upstream's, and the rate stays (a curve back near the rate of its last cut, which
+    ///   the refusal has found again, steps back to 0.9 × that rate);
+    /// - a refusal of a request admitted after that, within the period, is evidence the
+    ///   rate is too high: when the key drew at least half its rate (`TESTED`), the rate is
+    ///   cut from the rate drawn, as [`cut`](Self::cut) with a measurement;
+    /// - a key that drew far less than its rate learns nothing about it from a refusal
+    ///   (upstream refused for something else, typically capacity): the rate is cut from
+    ///   the limit at most once per recovery, so such refusals never compound.
+    ///
+    /// Refusals of requests admitted before the last strike or cut are no news. A
+    /// discovered rate has only throttles to go by: each cuts as [`cut`](Self::cut) does
+    /// (the caller then passes `measured` only when it means something). True when the
+    /// rate was cut.
+    pub(super) fn refused(
+        &mut self,
+        now: Instant,
+        admitted_at: Instant,
+        measured: Option<f64>,
+    ) -> bool {
+        if self.discovers() {
+            return self.cut(now, admitted_at, measured);
+        }
+        if self.recovery == 0.0 || self.last_mark.is_some_and(|m| admitted_at <= m) {
+            return false;
+        }
+        let within = |t: Option<Instant>, secs: f64| {
+            t.is_some_and(|t| now.saturating_duration_since(t).as_secs_f64() < secs)
+        };
+        if !within(self.last_mark, STRIKE_PERIODS * self.period) {
+            self.last_mark = Some(now);
+            // A curve near or above the rate of its last cut has found that rate again:
+            // a step back just below it, not a cut.
+            if let Phase::Cubic { last_max, clock } = &mut self.phase {
+                let x = -((1.0 - STEP_BACK) / (1.0 - BETA)).cbrt();
+                let back = self.recovery * (1.0 + x);
+                if *clock > back {
+                    *clock = back;
+                    self.scale = (STEP_BACK * *last_max).clamp(FLOOR, self.cap);
+                }
+            }
+            return false;
+        }
+        let measured = measured.unwrap_or(0.0);
+        if measured >= TESTED * self.scale {
+            self.cut(now, admitted_at, Some(measured))
+        } else if !within(self.last_cut, self.recovery) {
+            self.cut(now, admitted_at, None)
+        } else {
+            self.last_mark = Some(now);
+            false
+        }
     }
 }
 
@@ -167,5 +247,69 @@ mod tests {
         assert!((d.scale - 1.4).abs() < 1e-9);
         (0..200).for_each(|_| d.step(0.6, true));
         assert!((d.scale - 2.6).abs() < 1e-9, "{}", d.scale);
+    }
+
+    #[test]
+    fn a_stray_refusal_strikes_and_only_a_recurring_one_cuts() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = Controller::new(false, s(90), period());
+        // The first refusal after a quiet spell: a strike, the rate stays.
+        assert!(!c.refused(t0, t0 - s(1), Some(1.0)));
+        assert_eq!(c.scale, 1.0);
+        // Refusals of requests admitted before the strike are no news.
+        assert!(!c.refused(t0 + s(1), t0 - s(1), Some(1.0)));
+        assert_eq!(c.scale, 1.0);
+        // One admitted after it, within the period, while the key drew its rate: a cut,
+        // from the rate drawn.
+        assert!(c.refused(t0 + s(5), t0 + s(2), Some(0.9)));
+        assert!((c.scale - 0.63).abs() < 1e-9, "{}", c.scale);
+        // And again on new evidence (admitted after the cut), as before.
+        assert!(c.refused(t0 + s(8), t0 + s(6), Some(0.9)));
+        assert!((c.scale - 0.441).abs() < 1e-9, "{}", c.scale);
+
+        // Back near the rate of that cut, a strike steps back to 0.9 × it, no lower.
+        (0..200).for_each(|_| c.step(0.6, true));
+        assert!(c.scale > 0.63, "{}", c.scale);
+        assert!(!c.refused(t0 + s(200), t0 + s(199), Some(0.9)));
+        assert!((c.scale - 0.9 * 0.63).abs() < 1e-9, "{}", c.scale);
+
+        // Refusals a period apart are each a strike: none cuts.
+        let mut c = Controller::new(false, s(90), period());
+        for i in 0..5 {
+            let at = t0 + s(61 * i);
+            assert!(!c.refused(at, at - s(1), Some(1.0)));
+        }
+        assert_eq!(c.scale, 1.0);
+    }
+
+    #[test]
+    fn refusals_of_a_rate_far_from_used_cut_at_most_once_per_recovery() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = Controller::new(false, s(90), period());
+        // A key drawing 1 % of its rate, refused every few seconds (for capacity, say).
+        assert!(!c.refused(t0, t0 - s(1), Some(0.01)));
+        // Recurring: cut from the limit, not from the 1 % drawn ...
+        assert!(c.refused(t0 + s(3), t0 + s(2), Some(0.01)));
+        assert!((c.scale - 0.7).abs() < 1e-9, "{}", c.scale);
+        // ... and never again within the recovery, however many.
+        for i in 2..30 {
+            let at = t0 + s(3 * i);
+            c.step(3.0, false);
+            assert!(!c.refused(at, at - s(1), Some(0.01)), "{i}");
+        }
+        assert!(c.scale > 0.7);
+        // After it, a recurring refusal may cut once more.
+        let at = t0 + s(95);
+        assert!(c.refused(at, at - s(1), Some(0.01)));
+    }
+
+    #[test]
+    fn a_discovered_rate_cuts_on_every_fresh_refusal() {
+        let t0 = Instant::now();
+        let mut d = Controller::new(true, period(), period());
+        assert!(d.refused(t0, t0 - Duration::from_secs(1), Some(1.0)));
+        assert!((d.scale - 0.7).abs() < 1e-9);
     }
 }

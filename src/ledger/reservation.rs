@@ -58,13 +58,15 @@ impl Reservation {
     /// Upstream refused this request for lack of quota. `refund`: it refused before running
     /// (a 429), so the whole reservation comes back at once; otherwise (a throttle inside a
     /// stream) it stays charged. Either way the key slows down (see
-    /// [`KeyLedger::throttled`]).
+    /// [`KeyLedger::refused`] and [`KeyLedger::throttled`]).
     pub(crate) fn throttled(self, refund: bool, kind: ThrottleKind) {
         let ledger = self.ledger.clone();
         let admitted_at = self.admitted_at;
         if refund {
             self.settle(0);
+            ledger.refused(admitted_at, kind);
+        } else {
+            ledger.throttled(admitted_at, kind);
         }
-        ledger.throttled(admitted_at, kind);
     }
 }

@@ -149,6 +149,33 @@ async fn a_throttle_empties_the_buckets_and_cuts_the_rate_once_per_cut() {
     assert!((l.snapshot().1 - FLOOR).abs() < 1e-3);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stray_refusal_empties_the_bucket_and_keeps_the_rate_a_recurring_one_cuts() {
+    let l = ledger(Some(60), 6_000);
+    // The key draws its rate: a period's quota at once.
+    admitted(l.admit(6_000, far())).settle(6_000);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    // A 429 of a request admitted now: refunded and refused.
+    let r = admitted(l.admit(200, far()));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    r.throttled(true, ThrottleKind::Tokens);
+    let (level, scale, _) = l.snapshot();
+    assert_eq!((level, scale), (0.0, 1.0), "emptied, rate kept");
+    // A refusal of one admitted after it, within the period: the rate is cut from the rate
+    // drawn (the whole quota).
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let r = admitted(l.admit(100, far()));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    r.throttled(true, ThrottleKind::Tokens);
+    let (tokens, requests) = l.rates();
+    assert!((tokens - 4_200.0).abs() < 1e-6, "{tokens}");
+    assert_eq!(
+        requests,
+        Some(60.0),
+        "a token refusal leaves the request rate"
+    );
+}
+
 /// The current rates per period: (tokens, requests).
 fn rates(l: &KeyLedger) -> (f64, Option<f64>) {
     l.rates()
