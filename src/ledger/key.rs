@@ -205,9 +205,10 @@ impl KeyLedger {
     /// full and its rates are the quota's. (Holders of reservations are the caller's to
     /// rule out.)
     pub(crate) fn at_rest(&self) -> bool {
+        let now = Instant::now();
         let mut state = self.state();
-        state.refill(Instant::now());
-        state.queue.is_empty() && state.wakers.is_empty() && state.meter.at_rest()
+        state.refill(now);
+        state.queue.is_empty() && state.wakers.is_empty() && state.meter.at_rest(now)
     }
 
     /// The current token level and rate multiplier, and the queue's length (for tests).

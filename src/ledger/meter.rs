@@ -212,9 +212,10 @@ impl Meter {
 
     /// Where a new meter starts: full buckets, the rates not moved since (no request bucket
     /// learned from a throttle), so a new one in its place would be the same.
-    pub(super) fn at_rest(&self) -> bool {
-        let unmoved =
-            |c: &Controller| c.scale == 1.0 && matches!(c.phase, Phase::Full | Phase::SlowStart);
+    pub(super) fn at_rest(&self, now: Instant) -> bool {
+        let unmoved = |c: &Controller| {
+            c.scale == 1.0 && matches!(c.phase, Phase::Full | Phase::SlowStart) && !c.remembers(now)
+        };
         unmoved(&self.ctl)
             && self.req_ctl.phase == Phase::Full
             && self.tokens.level >= self.tokens.capacity

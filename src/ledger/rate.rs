@@ -79,6 +79,16 @@ impl Controller {
         }
     }
 
+    /// Whether a past throttle still counts at `now`: a strike that a refusal within
+    /// `STRIKE_PERIODS` would turn into a cut, or a cut still within its recovery. A
+    /// controller that remembers nothing is one made anew.
+    pub(super) fn remembers(&self, now: Instant) -> bool {
+        let within = |t: Option<Instant>, secs: f64| {
+            t.is_some_and(|t| now.saturating_duration_since(t).as_secs_f64() < secs)
+        };
+        within(self.last_mark, STRIKE_PERIODS * self.period) || within(self.last_cut, self.recovery)
+    }
+
     /// Whether the rate is being discovered (no configured quota caps it).
     pub(super) fn discovers(&self) -> bool {
         self.cap > 1.0

@@ -312,9 +312,19 @@ async fn a_key_is_evicted_only_at_rest() {
     assert!(registry.evict(&key));
     assert_eq!(registry.len(), 0);
 
-    // A throttle moves the rate: kept until it is back at the quota.
+    // A refusal leaves a strike: kept while the strike counts.
     let r = admitted(registry.key(&key, quota).admit(100, far()));
     r.throttled(true, ThrottleKind::Tokens);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(!registry.evict(&key), "the strike still counts");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(registry.evict(&key), "a strike a period old is forgotten");
+    // A throttle that moves the rate: kept until it is back at the quota.
+    let l = registry.key(&key, quota);
+    admitted(l.admit(100, far())).throttled(true, ThrottleKind::Tokens);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    l.refused(Instant::now(), ThrottleKind::Tokens);
+    drop(l);
     tokio::time::advance(Duration::from_secs(60)).await;
     assert!(!registry.evict(&key), "the rate is still recovering");
     tokio::time::advance(Duration::from_secs(3_600)).await;
