@@ -15,7 +15,7 @@ use bedrock_throttle::{
     ThrottleConfig, ThrottleError,
 };
 use bytes::Bytes;
-use common::invoke;
+use common::{invoke, status_kib};
 use http::{Request, Response};
 use http_body_util::Full;
 use tokio::time::Instant;
@@ -360,16 +360,6 @@ async fn retrying_a_model_without_a_quota_keeps_no_state_for_it() {
     assert_eq!(response.status(), 200);
     assert_eq!(upstream.calls().len(), 3, "retried twice");
     assert!(cfg.stats().keys.is_empty(), "{:?}", cfg.stats().keys);
-}
-
-/// A field of /proc/self/status in KiB (VmRSS: now).
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// A request of `model` for `tenant`, estimated by hand at `tokens`.

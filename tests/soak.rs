@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use bedrock_throttle::{BedrockThrottleLayer, Quota, ThrottleConfig, ThrottleError};
-use common::{invoke, MockBedrock, SONNET_4};
+use common::{invoke, status_kib, MockBedrock, SONNET_4};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -18,16 +18,6 @@ const CALLERS: u64 = 10_000;
 const RPM: u32 = 800;
 const TPM: u64 = 2_000_000;
 const HOUR: Duration = Duration::from_secs(3_600);
-
-/// A field of /proc/self/status in KiB (VmRSS: now; VmHWM: the peak so far).
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_callers_for_an_hour_end_within_quota_in_bounded_memory() {

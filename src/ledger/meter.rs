@@ -373,21 +373,14 @@ mod tests {
     }
 
     fn meter(discover: bool) -> Meter {
-        let now = Instant::now();
-        let step = period() / STEPS_PER_PERIOD;
-        Meter {
-            tokens: Bucket::full(6_000.0, period(), Duration::from_millis(100)),
-            requests: Some(Bucket::full(60.0, period(), Duration::from_millis(100))),
-            ctl: Controller::new(discover, period(), period()),
-            req_ctl: Controller::new(false, period(), period()),
-            drawn_requests: vec![0.0; STEPS_PER_PERIOD as usize],
-            started: now,
-            updated: now,
-            step_end: now + step,
-            step,
-            drawn: vec![0.0; STEPS_PER_PERIOD as usize],
-            slot: 0,
-        }
+        let quota = ResolvedQuota {
+            requests: Some(60),
+            tokens: 6_000,
+            period: period(),
+            burndown: 1.0,
+            discover,
+        };
+        Meter::new(quota, period(), Duration::from_millis(100))
     }
 
     #[test]

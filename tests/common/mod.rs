@@ -283,3 +283,14 @@ impl Service<Request<Full<Bytes>>> for MockBedrock {
         Box::pin(async move { Ok(this.handle(req).await) })
     }
 }
+
+/// A field of /proc/self/status in KiB (VmRSS: now; VmHWM: the peak so far); 0 where there
+/// is no such file.
+pub fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
