@@ -145,8 +145,11 @@ where
                             }
                             let retryable =
                                 matches!(outcome, Outcome::Throttled | Outcome::Transient);
-                            let wait = delay(settings, attempts, Some(response.headers()));
-                            if retryable && can_retry(wait) {
+                            // The wait (and its header parsing) only for a response to retry.
+                            let wait = retryable
+                                .then(|| delay(settings, attempts, Some(response.headers())))
+                                .filter(|&wait| can_retry(wait));
+                            if let Some(wait) = wait {
                                 tracing::debug!(status = %response.status(), attempts, ?wait, "retrying");
                                 retried(this.shared, this.template);
                                 this.state.set(State::Sleeping {
