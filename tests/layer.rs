@@ -14,6 +14,7 @@ use bedrock_throttle::{
     estimate::TokenEstimate,
     retry::{Attempts, RetryLayer},
     BedrockThrottleLayer, BoxError, Quota, RetryBudget, ThrottleConfig, ThrottleError,
+    ThrottleKind,
 };
 use bytes::Bytes;
 use common::{invoke, throttle, MockBedrock, SONNET_4};
@@ -601,4 +602,94 @@ async fn a_timeout_below_the_gate_is_retried_then_reported() {
         }
         other => panic!("{other}"),
     }
+}
+
+/// An error response with a JSON body, and an `x-amzn-errortype` when given.
+fn json_error(code: u16, error_type: Option<&str>, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    if let Some(t) = error_type {
+        r = with_header(r, "x-amzn-errortype", t);
+    }
+    r
+}
+
+/// The layer of [`an_upstream_throttle_slows_the_gate_down`], over `up`.
+fn slowed_by_throttles(
+    up: &Scripted,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<impl http_body::Body>,
+    Error = BoxError,
+    Future = impl Send,
+> {
+    let cfg = ThrottleConfig::builder()
+        .quota(Quota::tokens_per_minute(60_000))
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    BedrockThrottleLayer::new(cfg).layer(up.service())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_context_length_error_about_too_many_tokens_is_no_throttle() {
+    let up = Scripted::new(vec![Ok(json_error(
+        400,
+        Some("ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/"),
+        r#"{"message":"Too many tokens, please wait before trying again."}"#,
+    ))]);
+    let resp = slowed_by_throttles(&up)
+        .oneshot(manual(7_000))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.extensions().get::<ThrottleKind>(), None);
+    assert_eq!(up.calls().len(), 1, "a validation error is final");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_not_ready_429_is_retried_without_slowing_the_gate() {
+    let up = Scripted::new(vec![Ok(json_error(
+        429,
+        Some("ModelNotReadyException"),
+        r#"{"message":"Model is not ready for inference. Too many requests"}"#,
+    ))]);
+    let resp = slowed_by_throttles(&up)
+        .oneshot(manual(7_000))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let calls = up.calls();
+    assert_eq!(calls.len(), 2);
+    // Its reservation came back and no budget was cut: the retry waits only its backoff.
+    assert!(
+        calls[1] - calls[0] < Duration::from_secs(1),
+        "{:?}",
+        calls[1] - calls[0]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttle_named_only_in_its_body_slows_the_gate_and_is_retried() {
+    // No header: the body's `__type` names the throttle, as the AWS SDK reads it.
+    let up = Scripted::new(vec![Ok(json_error(
+        400,
+        None,
+        r#"{"__type":"com.amazon.coral#ThrottlingException","message":"Too many tokens, please wait before trying again."}"#,
+    ))]);
+    slowed_by_throttles(&up)
+        .oneshot(manual(7_000))
+        .await
+        .unwrap();
+    let calls = up.calls();
+    assert_eq!(calls.len(), 2);
+    assert!(
+        calls[1] - calls[0] >= Duration::from_secs(7),
+        "{:?}",
+        calls[1] - calls[0]
+    );
 }

@@ -1,12 +1,54 @@
 //! What an error says it is: the error type of a response, the HTTP error of a stream exception.
+//!
+//! Read as the AWS SDK for Rust reads a restJson1 error (`json_errors.rs` of
+//! `aws-sdk-bedrockruntime` 1.153): the code is the `x-amzn-errortype` header, else the
+//! body's `code`, else its `__type`; a trailing `:…` (Bedrock appends
+//! `:http://internal.amazon.com/coral/com.amazon.bedrock/`) and a leading `…#` namespace are
+//! trimmed; the message is the body's `message`, `Message` or `errorMessage`.
 
 use http::{HeaderMap, StatusCode};
 
-/// A response's error type: `x-amzn-errortype` up to its first `:` (Bedrock appends a
-/// namespace, as in `ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/`).
+/// A response's error type from its `x-amzn-errortype` header, trimmed as the SDK trims it.
 pub(crate) fn error_type(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get("x-amzn-errortype")?.to_str().ok()?;
-    value.split(':').next()
+    Some(sanitize_error_code(value))
+}
+
+/// An error code without its trailing `:…` URL and its leading `…#` namespace (the SDK's
+/// `sanitize_error_code`).
+fn sanitize_error_code(code: &str) -> &str {
+    let code = code.split(':').next().unwrap_or(code);
+    code.rsplit_once('#').map_or(code, |(_, name)| name)
+}
+
+/// The fields of a JSON error body the AWS SDK reads.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ErrorBody {
+    /// `code`, else `__type`, untrimmed.
+    code: Option<String>,
+    /// `message`, `Message` or `errorMessage`.
+    pub(crate) message: Option<String>,
+}
+
+impl ErrorBody {
+    /// The error fields of `body`; empty when it is not a JSON object.
+    pub(crate) fn parse(body: &[u8]) -> Self {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(body) else {
+            return Self::default();
+        };
+        let text = |key: &str| fields.get(key).and_then(|v| v.as_str()).map(String::from);
+        Self {
+            code: text("code").or_else(|| text("__type")),
+            message: text("message")
+                .or_else(|| text("Message"))
+                .or_else(|| text("errorMessage")),
+        }
+    }
+}
+
+/// The error code of a response: its header first, then its body's, trimmed.
+pub(crate) fn error_code<'a>(headers: &'a HeaderMap, body: &'a ErrorBody) -> Option<&'a str> {
+    error_type(headers).or_else(|| body.code.as_deref().map(sanitize_error_code))
 }
 
 /// The HTTP status and error type an event stream's exception frame stands for, for the
@@ -47,6 +89,40 @@ mod tests {
         assert_eq!(error_type(&h), Some("ValidationException"));
         h.insert("x-amzn-errortype", ":x".parse().unwrap());
         assert_eq!(error_type(&h), Some(""));
+        h.insert(
+            "x-amzn-errortype",
+            "com.amazon.coral#ThrottlingException:http://x/"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(error_type(&h), Some("ThrottlingException"));
+    }
+
+    #[test]
+    fn the_code_is_the_header_then_the_body_code_then_its_type() {
+        let body = ErrorBody::parse(
+            br#"{"__type":"aws#ValidationException","code":"ThrottlingException","message":"m"}"#,
+        );
+        assert_eq!(body.message.as_deref(), Some("m"));
+        let mut h = HeaderMap::new();
+        assert_eq!(error_code(&h, &body), Some("ThrottlingException"));
+        h.insert(
+            "x-amzn-errortype",
+            "ModelNotReadyException:x".parse().unwrap(),
+        );
+        assert_eq!(error_code(&h, &body), Some("ModelNotReadyException"));
+        let typed = ErrorBody::parse(br#"{"__type":"aws#ValidationException:u","Message":"M"}"#);
+        assert_eq!(
+            error_code(&HeaderMap::new(), &typed),
+            Some("ValidationException")
+        );
+        assert_eq!(typed.message.as_deref(), Some("M"));
+        let lambda = ErrorBody::parse(br#"{"errorMessage":"e","code":7}"#);
+        assert_eq!(lambda.message.as_deref(), Some("e"));
+        assert_eq!(error_code(&HeaderMap::new(), &lambda), None);
+        for not_an_object in [&b"<html>"[..], b"[]", b"\"oops\"", b""] {
+            assert_eq!(ErrorBody::parse(not_an_object), ErrorBody::default());
+        }
     }
 
     #[test]

@@ -20,12 +20,13 @@ use super::{
     admit::{Entered, Parked},
     body::StreamSettle,
     read_ahead::ReadAhead,
-    settle::{settle_head, Charge},
+    settle::{settle_head, settle_not_throttled, Charge},
     SettlingBody,
 };
 use crate::{
     bedrock::{
-        errors::exception_error,
+        classify::{classify, Outcome},
+        errors::{error_type, exception_error},
         event_stream::{FrameReader, StreamException},
     },
     ledger::Acquire,
@@ -37,8 +38,8 @@ use crate::{
 /// frame: the response goes to the caller as it is.
 const MAX_PREFETCH: usize = 1 << 20;
 
-/// A throttle body larger than this is passed on unread (Bedrock's are under 100 bytes);
-/// its class is then [`ThrottleKind::Unknown`].
+/// An error body larger than this is passed on unread (Bedrock's are under 100 bytes); a
+/// throttle's class is then [`ThrottleKind::Unknown`].
 const MAX_THROTTLE_BODY: usize = 64 << 10;
 
 pin_project! {
@@ -72,7 +73,8 @@ pin_project! {
         Calling { #[pin] future: S::Future, charge: Option<Charge> },
         /// A 2xx event stream whose first frame is read before the head goes to the caller.
         FirstFrame { ahead: ReadAhead<R>, settle: StreamSettle },
-        /// A 429 whose body is read to tell which limit it hit.
+        /// An error whose body is read to tell whether it is a throttle, and which limit it
+        /// hit.
         Throttled { ahead: ReadAhead<R>, charge: Charge },
         Failed { error: Option<ThrottleError> },
         Done,
@@ -156,7 +158,7 @@ where
                         let reader = FrameReader::new();
                         let settle = StreamSettle { charge, reader };
                         this.state.set(State::FirstFrame { ahead, settle });
-                    } else if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                    } else if may_be_throttle(&response) {
                         let timeout = *this.read_ahead_timeout;
                         let ahead = ReadAhead::new(response, MAX_THROTTLE_BODY, true, timeout);
                         this.state.set(State::Throttled { ahead, charge });
@@ -280,19 +282,49 @@ fn exception_response(
     }
 }
 
-/// The response for the caller once a 429's body was read (or the read gave up): the limit
-/// it names is told to the ledger and set in the extensions; every byte read goes first.
+/// Whether an error response's body must be read to settle it: its head reads as a throttle
+/// (a 429 or a throttling `x-amzn-errortype`), or it is a JSON error without the header,
+/// whose body's `code` or `__type` then tells (as the AWS SDK reads it).
+fn may_be_throttle<B>(response: &Response<B>) -> bool {
+    let (status, headers) = (response.status(), response.headers());
+    if status.is_success() {
+        return false;
+    }
+    classify(status, headers) == Outcome::Throttled
+        || (error_type(headers).is_none() && status.as_u16() >= 400 && is_json(headers))
+}
+
+/// Whether a head says its body is JSON.
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"))
+}
+
+/// The response for the caller once an error's body was read (or the read gave up): a
+/// throttle by its code and status ([`ThrottleKind::from_response`]) is told to the ledger
+/// with the limit its message names, which is set in the extensions; any other error
+/// settles by its status. Every byte read goes first.
 fn throttle_read<R: Body>(ahead: ReadAhead<R>, charge: Charge) -> Response<SettlingBody<R>> {
     if ahead.timed_out() {
-        tracing::debug!("a 429 body stalled past read_ahead_timeout: a throttle of unknown kind");
+        tracing::debug!("an error body stalled past read_ahead_timeout: its head decides");
     }
-    let kind = ahead
-        .kept()
-        .map_or(ThrottleKind::Unknown, ThrottleKind::from_error_body);
-    charge.refused(kind);
+    let head = ahead.head();
+    let kind = match ahead.kept() {
+        Some(body) => ThrottleKind::from_response(head.status, &head.headers, body),
+        None => (classify(head.status, &head.headers) == Outcome::Throttled)
+            .then_some(ThrottleKind::Unknown),
+    };
+    match kind {
+        Some(kind) => charge.refused(kind),
+        None => settle_not_throttled(charge, head.status, &head.headers),
+    }
     let ended = ahead.ended();
     let (mut parts, body, frames) = ahead.into_parts();
-    parts.extensions.insert(kind);
+    if let Some(kind) = kind {
+        parts.extensions.insert(kind);
+    }
     Response::from_parts(parts, SettlingBody::prefetched(body, frames, ended, None))
 }
 

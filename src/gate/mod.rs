@@ -44,7 +44,8 @@
 //! | 2xx event stream with a `throttlingException` frame after bytes reached the caller | the whole reservation, and the key slows down as for a 429 |
 //! | 2xx event stream with any other exception frame after bytes reached the caller | the whole reservation |
 //! | 2xx without usage (unknown APIs), or a body dropped unread | the whole reservation (the safe side) |
-//! | 429, 400, 403, 404, 413, 503 | nothing: Bedrock refused before running |
+//! | a throttle (a throttling error code on any status, or a 429 without a code) | nothing: Bedrock refused before running; the key slows down |
+//! | 429 with another code (`ModelNotReadyException`), 400, 403, 404, 413, 503 | nothing: Bedrock refused before running |
 //! | other errors, connection failures, a caller that drops the response future | the whole reservation |
 //!
 //! The request count is never given back: a sent request is a request. A reservation kept
@@ -125,8 +126,13 @@
 //!   the rate already corrected (the burst of in-flight refusals counts once).
 //!
 //! Each bucket has a multiplier of its own, and a throttle moves the one it names: the
-//! gate reads the message of the 429's JSON body (or of a `throttlingException` inside an
-//! event stream) into a [`ThrottleKind`](crate::ThrottleKind). "Too many tokens" empties
+//! gate reads the message of the throttle's JSON body (or of a `throttlingException` inside
+//! an event stream) into a [`ThrottleKind`](crate::ThrottleKind). Whether an error is a
+//! throttle goes by its error code and status first, as the AWS SDK reads them
+//! ([`ThrottleKind::from_response`](crate::ThrottleKind::from_response)): a
+//! `ValidationException` that says "too many tokens" (a prompt over the context window) is
+//! no throttle, nor is a 429 `ModelNotReadyException`; a JSON error without
+//! `x-amzn-errortype` is read for its body's `code` or `__type`. "Too many tokens" empties
 //! and cuts the token bucket, "Too many requests" the request bucket, a message it does not
 //! recognise both. A key with no request quota (none configured, or a
 //! [`Quota::discover`](crate::Quota::discover)) gets a request bucket at its first

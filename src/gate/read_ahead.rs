@@ -123,6 +123,11 @@ impl<R: Body> ReadAhead<R> {
         Poll::Ready(())
     }
 
+    /// The response's head.
+    pub(crate) fn head(&self) -> &Parts {
+        &self.head
+    }
+
     /// Whether reading gave up because the body stalled past the timeout.
     pub(crate) fn timed_out(&self) -> bool {
         self.timed_out

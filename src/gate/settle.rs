@@ -143,7 +143,7 @@ impl Charge {
 
     /// Upstream refused the request before running it for a reason that is not a throttle:
     /// everything comes back at once.
-    fn refund(self) {
+    pub(super) fn refund(self) {
         self.reservation.settle(0);
         if let Some(cap) = self.cap {
             cap.settle(0);
@@ -190,14 +190,24 @@ pub(super) fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<C
         // Streams and unknown bodies keep the whole reservation.
         return is_json(response.headers()).then_some(charge);
     }
-    match settlement(status) {
+    match settlement(status, response.headers()) {
         // Refused before running, its body unread: the reservation comes back at once, and
-        // both budgets slow. (The response future reads a 429's body to tell which.)
+        // both budgets slow. (The response future reads a throttle's body to tell which.)
         StatusSettlement::Refused => charge.refused(ThrottleKind::Unknown),
         StatusSettlement::Refund => charge.refund(),
         StatusSettlement::Keep => {}
     }
     None
+}
+
+/// Settles an error response whose body was read and found no throttle: what its status
+/// says, and a refund where the head alone would have read a throttle (the body's error
+/// code said otherwise: the request did not run).
+pub(super) fn settle_not_throttled(charge: Charge, status: http::StatusCode, headers: &HeaderMap) {
+    match settlement(status, headers) {
+        StatusSettlement::Refused | StatusSettlement::Refund => charge.refund(),
+        StatusSettlement::Keep => {}
+    }
 }
 
 /// Whether a body is JSON, where a 2xx answer without usage headers carries its usage.

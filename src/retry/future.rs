@@ -139,9 +139,14 @@ where
                     match result {
                         Ok(mut response) => {
                             let mut outcome = classify(response.status(), response.headers());
-                            // The day's tokens are gone: retrying within minutes cannot help.
-                            if response.extensions().get() == Some(&ThrottleKind::DailyTokens) {
-                                outcome = Outcome::Final;
+                            match response.extensions().get::<ThrottleKind>() {
+                                // The day's tokens are gone: retrying within minutes cannot help.
+                                Some(ThrottleKind::DailyTokens) => outcome = Outcome::Final,
+                                // The gate below read a throttle's code in its body.
+                                Some(_) if !response.status().is_success() => {
+                                    outcome = Outcome::Throttled
+                                }
+                                _ => {}
                             }
                             let retryable =
                                 matches!(outcome, Outcome::Throttled | Outcome::Transient);

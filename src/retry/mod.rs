@@ -31,9 +31,11 @@
 //! # What is retried
 //! | outcome | retried |
 //! |---|---|
-//! | 429 (ThrottlingException, ModelNotReadyException, any 429) | yes |
-//! | a 429 the gate below read as "Too many tokens per day" ([`ThrottleKind::DailyTokens`](crate::ThrottleKind)) | no: the quota returns only as the day turns |
-//! | a throttling error type on another status (`x-amzn-errortype` such as `ThrottlingException`, `TooManyRequestsException`, `SlowDown`) | yes |
+//! | a throttle: a throttling error code (`x-amzn-errortype` such as `ThrottlingException`, `TooManyRequestsException`, `SlowDown`, the AWS SDK's list) on any error status, or a 429 without an error code | yes, as a throttle |
+//! | a throttle the gate below read from the body's `code` or `__type` (no header) | yes, as a throttle |
+//! | a throttle the gate below read as "Too many tokens per day" ([`ThrottleKind::DailyTokens`](crate::ThrottleKind)) | no: the quota returns only as the day turns |
+//! | `ModelNotReadyException` (a 429), `RequestTimeout`, `RequestTimeoutException` | yes, as transient (no throttle) |
+//! | a 429 with another named error code (`ValidationException`…) | no: the code goes before the status, as in the AWS SDK |
 //! | 500, 502, 503, 504 | yes |
 //! | an error from the inner service (a connection error, a timeout) | yes |
 //! | other 4xx (validation, access, quota-exceeded, model timeout 408, 424) | no |
