@@ -243,7 +243,7 @@ impl ThrottleConfig {
 /// |---|---|---|
 /// | `quota` | none | quota of every model without its own |
 /// | `model_quota` | none | quota of one model id or inference profile |
-/// | `burndown` | 5 for Claude 3.7 / 4+, else 1 | quota tokens per output token |
+/// | `burndown` | 5 for Claude 4 and later, else 1 ([`default_burndown`](crate::default_burndown)) | quota tokens per output token |
 /// | `max_attempts` | 8 | attempts per request, the first included |
 /// | `base_delay` | 1 s | first backoff ceiling |
 /// | `max_delay` | 20 s | largest backoff ceiling |

@@ -101,9 +101,8 @@ impl Quota {
         self
     }
 
-    /// Quota tokens one output token consumes. Unset, it follows the model: 5 for Claude 3.7
-    /// Sonnet, Claude 4 and later (Bedrock's documented burndown), 1 otherwise
-    /// (see [`default_burndown`]).
+    /// Quota tokens one output token consumes. Unset, it follows the model: 5 for Claude 4
+    /// and later (AWS's published burndown table), 1 otherwise (see [`default_burndown`]).
     pub fn with_burndown(mut self, rate: f64) -> Self {
         self.burndown = Some(rate);
         self
@@ -162,8 +161,19 @@ impl Quota {
     }
 }
 
-/// Bedrock's output burndown for a model id: 5 quota tokens per output token for Claude 3.7
-/// Sonnet and Claude 4 and later (Opus, Sonnet, Haiku), 1 for every other model.
+/// Bedrock's output burndown for a model id: 5 quota tokens per output token for Claude 4
+/// and later (every family, `claude-opus-4…`, `claude-sonnet-4-5…`, `claude-haiku-4-5…`, and
+/// any later major version), 1 for every other model, Claude 3.7 Sonnet included.
+///
+/// Source: AWS, "How tokens are counted in Amazon Bedrock"
+/// (<https://docs.aws.amazon.com/bedrock/latest/userguide/quotas-token-burndown.html>):
+/// "The burndown rate for the following models is 5x for output tokens (1 output token
+/// consumes 5 tokens from your quotas)", listing Anthropic Claude Opus 4, Claude Sonnet 4 and
+/// the Claude 4 models after them; the quotas page links it as "Token burndown rate for
+/// Anthropic Claude 4 models". An AWS employee's article on the Claude 4 launch
+/// (<https://community.aws/content/2xVZmCM5E7XXw0yqTEGgXYxRowk/bedrock-claude-4-burndown-rates>)
+/// says the same. No AWS source lists Claude 3.7 Sonnet or any earlier model, so they count 1
+/// (their output counted as 5 would reserve five times what Bedrock takes).
 ///
 /// Cross-Region prefixes and ARNs are understood. Override with [`Quota::with_burndown`] or
 /// `ThrottleConfigBuilder::burndown` when AWS changes the list.
@@ -172,7 +182,8 @@ impl Quota {
 /// use bedrock_throttle::default_burndown;
 ///
 /// assert_eq!(default_burndown("us.anthropic.claude-sonnet-4-20250514-v1:0"), 5.0);
-/// assert_eq!(default_burndown("anthropic.claude-3-7-sonnet-20250219-v1:0"), 5.0);
+/// assert_eq!(default_burndown("global.anthropic.claude-opus-4-5-20251101-v1:0"), 5.0);
+/// assert_eq!(default_burndown("anthropic.claude-3-7-sonnet-20250219-v1:0"), 1.0);
 /// assert_eq!(default_burndown("anthropic.claude-3-5-sonnet-20240620-v1:0"), 1.0);
 /// assert_eq!(default_burndown("meta.llama3-70b-instruct-v1:0"), 1.0);
 /// ```
@@ -181,18 +192,15 @@ pub fn default_burndown(model: &str) -> f64 {
         return 1.0;
     };
     let mut parts = name.split(['-', '.', ':']);
-    let newer = match (parts.next(), parts.next()) {
-        (Some("opus" | "sonnet" | "haiku"), Some(major)) => {
-            major.parse::<u32>().is_ok_and(|m| (4..100).contains(&m))
-        }
-        (Some(major), Some(minor)) => match major.parse::<u32>() {
-            Ok(3) => minor == "7",
-            Ok(m) => (4..100).contains(&m),
-            Err(_) => false,
-        },
-        _ => false,
+    // `claude-<family>-<major>…` (Claude 4 on) or `claude-<major>-…` (Claude 3.x and before).
+    let major = match parts.next() {
+        Some(family) if family.chars().all(|c| c.is_ascii_alphabetic()) => parts.next(),
+        first => first,
     };
-    if newer {
+    let claude_4_or_later = major
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|m| (4..100).contains(&m));
+    if claude_4_or_later {
         5.0
     } else {
         1.0
@@ -221,11 +229,16 @@ mod tests {
             "anthropic.claude-opus-4-1-20250805-v1:0",
             "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
             "global.anthropic.claude-haiku-4-5-20251001-v1:0",
-            "eu.anthropic.claude-3-7-sonnet-20250219-v1:0",
+            "us.anthropic.claude-opus-4-6-v1",
+            "anthropic.claude-sonnet-5-20260301-v1:0",
+            "arn:aws:bedrock:us-east-1:1:inference-profile/us.anthropic.claude-sonnet-4-20250514-v1:0",
         ] {
             assert_eq!(default_burndown(m), 5.0, "{m}");
         }
         for m in [
+            // No AWS source lists Claude 3.7 Sonnet.
+            "eu.anthropic.claude-3-7-sonnet-20250219-v1:0",
+            "anthropic.claude-3-7-sonnet-20250219-v1:0",
             "anthropic.claude-3-5-sonnet-20241022-v2:0",
             "anthropic.claude-3-haiku-20240307-v1:0",
             "anthropic.claude-v2:1",

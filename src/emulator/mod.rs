@@ -46,7 +46,7 @@
 //! `max_tokens`); a request that does not fit is refused at once with Bedrock's 429
 //! `ThrottlingException`. When the emulated latency has passed it is charged
 //! `input + output × burndown` and the rest of the reservation returns to the buckets.
-//! Burndown is 5 for Claude 3.7 and Claude 4 or later, 1 otherwise
+//! Burndown is 5 for Claude 4 or later, 1 otherwise
 //! ([`crate::default_burndown`]); [`EmulatorBuilder::burndown`] overrides it per model.
 //!
 //! Input tokens are `ceil(text characters / chars_per_token)`, where the text is taken from
