@@ -84,6 +84,7 @@ mod keys;
 mod layer;
 mod ledger;
 mod quota;
+mod scope;
 mod stats;
 mod telemetry;
 
@@ -123,6 +124,7 @@ pub use self::{
         Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
     },
     quota::{default_burndown, Quota, DISCOVER_START_TPM},
+    scope::{ContextWindow, Scope},
     stats::{KeyStats, ThrottleStats},
     tenant::{Overload, Priority, Tenant, TenantPolicy},
 };

@@ -3,17 +3,48 @@
 
 #![cfg(all(feature = "service-quotas", feature = "emulator"))]
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use aws_sdk_servicequotas::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_servicequotas::config::{
+    interceptors::BeforeTransmitInterceptorContextRef, BehaviorVersion, ConfigBag, Credentials,
+    Intercept, Region, RuntimeComponents,
+};
 use bedrock_throttle::{
     emulator::{EmulatedQuota, Emulator},
-    service_quotas::{AppliedQuotas, Scope},
-    Quota, QuotaKey, ThrottleConfig,
+    service_quotas::{AppliedQuotas, Limit, Scope},
+    BoxError, Quota, QuotaKey, ThrottleConfig,
 };
 
 const SONNET_35: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 const SONNET_4_US: &str = "us.anthropic.claude-sonnet-4-20250514-v1:0";
+const SONNET_4_GLOBAL: &str = "global.anthropic.claude-sonnet-4-20250514-v1:0";
+
+/// Records the body of every request the client sends.
+#[derive(Clone, Debug, Default)]
+struct Bodies(Arc<Mutex<Vec<String>>>);
+
+impl Intercept for Bodies {
+    fn name(&self) -> &'static str {
+        "Bodies"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        self.0
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(body).into_owned());
+        Ok(())
+    }
+}
 
 fn quota(rpm: Option<u64>, tpm: u64, tpd: Option<u64>) -> EmulatedQuota {
     EmulatedQuota {
@@ -25,7 +56,12 @@ fn quota(rpm: Option<u64>, tpm: u64, tpd: Option<u64>) -> EmulatedQuota {
 }
 
 fn client(endpoint: &str) -> aws_sdk_servicequotas::Client {
+    recording_client(endpoint, Bodies::default())
+}
+
+fn recording_client(endpoint: &str, bodies: Bodies) -> aws_sdk_servicequotas::Client {
     let conf = aws_sdk_servicequotas::Config::builder()
+        .interceptor(bodies)
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("eu-west-1"))
         .endpoint_url(endpoint)
@@ -42,10 +78,16 @@ async fn applied_quotas_load_through_every_page_and_configure_the_gate() {
         .quota_display_name(SONNET_35, "Anthropic Claude 3.5 Sonnet")
         .model_quota(SONNET_4_US, quota(None, 200_000, Some(288_000_000)))
         .quota_display_name(SONNET_4_US, "Anthropic Claude Sonnet 4")
+        .model_quota(
+            SONNET_4_GLOBAL,
+            quota(Some(400), 500_000, Some(720_000_000)),
+        )
+        .quota_display_name(SONNET_4_GLOBAL, "Anthropic Claude Sonnet 4")
         .spawn()
         .await
         .unwrap();
-    let client = client(&emu.endpoint_url());
+    let bodies = Bodies::default();
+    let client = recording_client(&emu.endpoint_url(), bodies.clone());
 
     // The raw listing, two to a page: the SDK's paginator follows NextToken.
     let pages: Vec<_> = client
@@ -57,19 +99,41 @@ async fn applied_quotas_load_through_every_page_and_configure_the_gate() {
         .try_collect()
         .await
         .unwrap();
-    assert_eq!(pages.len(), 3, "6 quotas, 2 to a page");
-    let names: Vec<String> = pages
+    assert_eq!(pages.len(), 5, "9 quotas, 2 to a page");
+    let listed: Vec<(String, bool)> = pages
         .iter()
         .flat_map(|p| p.quotas())
-        .map(|q| q.quota_name().unwrap().to_owned())
+        .map(|q| (q.quota_name().unwrap().to_owned(), q.adjustable()))
         .collect();
-    assert!(names.contains(
-        &"Cross-Region InvokeModel tokens per minute for Anthropic Claude Sonnet 4".to_owned()
-    ));
+    // Named as accounts list them, adjustability kept.
+    for (name, adjustable) in [
+        ("Cross-region model inference tokens per minute for Anthropic Claude Sonnet 4 V1", true),
+        ("Cross-region model inference tokens per day for Anthropic Claude Sonnet 4 V1", false),
+        ("Global cross-region model inference requests per minute for Anthropic Claude Sonnet 4 V1", true),
+        ("On-demand model inference tokens per minute for Anthropic Claude 3.5 Sonnet", true),
+        ("Cross-Model Account-Level Tokens Per Day", false),
+    ] {
+        assert!(listed.contains(&(name.to_owned(), adjustable)), "{name}: {listed:#?}");
+    }
     let arn = pages[0].quotas()[0].quota_arn().unwrap();
     assert!(arn.starts_with("arn:aws:servicequotas:eu-west-1:"), "{arn}");
+    // Without a page size the API answers a small page.
+    let first = client
+        .list_service_quotas()
+        .service_code("bedrock")
+        .send()
+        .await
+        .unwrap();
+    assert!(first.next_token().is_some());
+    assert_eq!(first.quotas().len(), 8);
 
+    bodies.0.lock().unwrap().clear();
     let applied = AppliedQuotas::load(&client).await.unwrap();
+    // One call, with the largest page the API allows.
+    let asked = bodies.0.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0].contains(r#""MaxResults":100"#), "{}", asked[0]);
+
     let s35 = applied
         .get("Anthropic Claude 3.5 Sonnet", Scope::OnDemand)
         .unwrap();
@@ -79,15 +143,32 @@ async fn applied_quotas_load_through_every_page_and_configure_the_gate() {
         .unwrap();
     assert_eq!(s4.quota(), Some(Quota::tokens_per_minute(200_000)));
     assert_eq!(s4.tokens_per_day, Some(288_000_000));
+    // The global profile's quota is its own, and its RPM is filled where listed.
+    let global = applied
+        .get("Anthropic Claude Sonnet 4", Scope::Global)
+        .unwrap();
+    assert_eq!(global.quota(), Some(Quota::new(400, 500_000)));
     // The on-demand Sonnet 4 quota is not in the account, and is not made up.
     assert!(applied
         .get("Anthropic Claude Sonnet 4", Scope::OnDemand)
         .is_none());
+    assert_eq!(applied.account_tokens_per_day(), Some(10_000_000_000));
+    let daily = applied
+        .listed()
+        .iter()
+        .find(|l| {
+            l.parsed
+                .as_ref()
+                .is_some_and(|p| p.limit == Limit::TokensPerDay && p.model.is_some())
+        })
+        .unwrap();
+    assert_eq!(daily.adjustable, Some(false));
 
     let models = [
         (SONNET_35, "Anthropic Claude 3.5 Sonnet"),
         (SONNET_4_US, "Anthropic Claude Sonnet 4"),
-        // The on-demand id of a model the account has only a cross-Region quota for.
+        (SONNET_4_GLOBAL, "Anthropic Claude Sonnet 4 V1"),
+        // The on-demand id of a model the account has only profile quotas for.
         (
             "anthropic.claude-sonnet-4-20250514-v1:0",
             "Anthropic Claude Sonnet 4",
@@ -105,15 +186,13 @@ async fn applied_quotas_load_through_every_page_and_configure_the_gate() {
     // Configured, unused yet.
     assert_eq!(cfg.effective_quota(&report_key), None);
 
-    // What could not be mapped is reported, with why; non-inference quotas are left aside.
+    // Nothing per-model is left unread; non-inference quotas are left aside.
     let unmapped: Vec<(String, String)> = applied
         .unmapped()
         .into_iter()
         .map(|u| (u.name, u.reason))
         .collect();
-    println!("{unmapped:#?}");
-    let names: Vec<&str> = unmapped.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["Cross-Model Max Tokens Per Day"]);
+    assert_eq!(unmapped, []);
     assert_eq!(applied.ignored(), 1, "Batch inference job size");
     emu.shutdown().await;
 }
@@ -150,6 +229,7 @@ async fn other_services_and_operations_are_refused_as_service_quotas_would() {
     // No model quotas configured: only the two account-wide ones.
     let applied = AppliedQuotas::load(&client).await.unwrap();
     assert_eq!(applied.iter().count(), 0);
-    assert_eq!(applied.unmapped().len(), 1);
+    assert_eq!(applied.unmapped().len(), 0);
+    assert_eq!(applied.account_tokens_per_day(), Some(10_000_000_000));
     emu.shutdown().await;
 }

@@ -57,14 +57,16 @@
 //! The same port answers the Service Quotas call `ListServiceQuotas` (awsJson1_1,
 //! `X-Amz-Target: ServiceQuotasV20190624.ListServiceQuotas`, paginated with `NextToken`
 //! and `MaxResults`) for the service code `bedrock`: each
-//! [`model_quota`](EmulatorBuilder::model_quota) is listed under the names Bedrock's
-//! quotas have in an account, `On-demand InvokeModel tokens per minute for {model}` (or
-//! `Cross-Region …` for a `us.`/`eu.`/`apac.`/`global.` profile), `… requests per minute
-//! for {model}` when it has an RPM and `Model invocation max tokens per day for {model}`
-//! when it has a daily limit, `{model}` set by
+//! [`model_quota`](EmulatorBuilder::model_quota) is listed under the names real accounts
+//! list, `On-demand model inference tokens per minute for {model}` (or `Cross-region model
+//! inference … for {model} V1` for a geographic profile, `Global cross-region model
+//! inference … for {model} V1` for a `global.` one), `… requests per minute …` when it has
+//! an RPM and `… tokens per day …` when it has a daily limit, `{model}` set by
 //! [`quota_display_name`](EmulatorBuilder::quota_display_name); two account-wide quotas
-//! (`Cross-Model Max Tokens Per Day`, `Batch inference job size (in GB)`) come with them.
-//! Point an `aws-sdk-servicequotas` client's `endpoint_url` at it.
+//! (`Cross-Model Account-Level Tokens Per Day`, `Batch inference job size (in GB)`) come
+//! with them. Per-minute quotas are adjustable, daily ones not. A request without
+//! `MaxResults` gets a page of 8, as the real API's default page is small. Point an
+//! `aws-sdk-servicequotas` client's `endpoint_url` at it.
 //!
 //! # Time and randomness
 //! Only tokio's clock is used, so under `#[tokio::test(start_paused = true)]` the emulator

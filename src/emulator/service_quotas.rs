@@ -1,17 +1,20 @@
 //! The Service Quotas side: `ListServiceQuotas` (awsJson1_1) with the emulated quotas under
 //! the names Bedrock's quotas carry in an AWS account.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::{config::EmulatedQuota, wire::EmulatorBody};
+use crate::Scope;
 
 /// The `X-Amz-Target` prefix of the Service Quotas API.
 const TARGET_PREFIX: &str = "ServiceQuotasV20190624.";
-/// The page size when the request sets no `MaxResults` (the API's default).
-const DEFAULT_PAGE: usize = 100;
+/// The page size when the request sets no `MaxResults`: small, as the real API's default
+/// page is (AWS documents only the maximum, 100), so a loader that does not ask for a page
+/// size makes many calls.
+const DEFAULT_PAGE: usize = 8;
 /// The account id in quota ARNs.
 const ACCOUNT: &str = "123456789012";
 
@@ -23,26 +26,30 @@ pub(crate) struct ListedQuota {
     pub(crate) adjustable: bool,
 }
 
-/// Cross-Region inference profile ids start with a geography.
-fn cross_region(model: &str) -> bool {
-    [
-        "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
-    ]
-    .iter()
-    .any(|p| model.starts_with(p))
+/// The words a real account's quota names start with for a model id's scope, and whether
+/// they end the model's display name with ` V1` (accounts list cross-Region and global
+/// quotas as `… for Anthropic Claude Sonnet 4 V1`).
+fn scope_words(id: &str) -> (&'static str, &'static str) {
+    match Scope::of_model(id) {
+        Scope::Global => ("Global cross-region model inference", " V1"),
+        Scope::CrossRegion => ("Cross-region model inference", " V1"),
+        _ => ("On-demand model inference", ""),
+    }
 }
 
-/// The Bedrock quotas of an account with these model quotas, sorted by name: per model
-/// id, its tokens per minute, its requests per minute when limited, its tokens per day when
-/// limited, named after `display_names` (the id without its geography prefix by default),
-/// "On-demand" or "Cross-Region" by the id; then two account-wide quotas real accounts list
-/// too.
+/// The Bedrock quotas of an account with these model quotas, sorted by name, named as real
+/// accounts list them: per model id, its tokens per minute, its requests per minute when
+/// limited and its tokens per day when limited (`On-demand model inference … for
+/// ${model}`, `Cross-region model inference … for ${model} V1`, `Global cross-region model
+/// inference … for ${model} V1`), named after `display_names` (the id without its
+/// geography prefix by default); then two account-wide quotas real accounts list too
+/// (`Cross-Model Account-Level Tokens Per Day` and a batch quota). Per-minute quotas are
+/// adjustable, daily ones not.
 pub(crate) fn listing(
     model_quotas: &HashMap<String, EmulatedQuota>,
     display_names: &HashMap<String, String>,
 ) -> Vec<ListedQuota> {
     let mut out = BTreeMap::new();
-    let mut daily_seen = HashSet::new();
     let mut put = |name: String, value: f64, adjustable: bool| {
         out.entry(name.clone()).or_insert(ListedQuota {
             name,
@@ -51,40 +58,38 @@ pub(crate) fn listing(
         });
     };
     for (id, q) in model_quotas {
-        let cross = cross_region(id);
-        let display = display_names.get(id).cloned().unwrap_or_else(|| {
-            if cross {
-                id.split_once('.')
-                    .map_or(id.clone(), |(_, rest)| rest.to_owned())
-            } else {
-                id.clone()
-            }
-        });
-        let scope = if cross { "Cross-Region" } else { "On-demand" };
+        let display = display_names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| match Scope::of_model(id) {
+                Scope::OnDemand => id.clone(),
+                _ => id
+                    .split_once('.')
+                    .map_or(id.clone(), |(_, rest)| rest.to_owned()),
+            });
+        let (scope, v1) = scope_words(id);
         put(
-            format!("{scope} InvokeModel tokens per minute for {display}"),
+            format!("{scope} tokens per minute for {display}{v1}"),
             q.tpm as f64,
             true,
         );
         if let Some(rpm) = q.rpm {
             put(
-                format!("{scope} InvokeModel requests per minute for {display}"),
+                format!("{scope} requests per minute for {display}{v1}"),
                 rpm as f64,
                 true,
             );
         }
         if let Some(tpd) = q.tpd {
-            if daily_seen.insert(display.clone()) {
-                put(
-                    format!("Model invocation max tokens per day for {display}"),
-                    tpd as f64,
-                    true,
-                );
-            }
+            put(
+                format!("{scope} tokens per day for {display}{v1}"),
+                tpd as f64,
+                false,
+            );
         }
     }
     put(
-        "Cross-Model Max Tokens Per Day".to_owned(),
+        "Cross-Model Account-Level Tokens Per Day".to_owned(),
         10_000_000_000.0,
         false,
     );
@@ -251,26 +256,33 @@ mod tests {
             list,
             [
                 ("Batch inference job size (in GB)".to_owned(), 5.0),
-                ("Cross-Model Max Tokens Per Day".to_owned(), 1e10),
+                ("Cross-Model Account-Level Tokens Per Day".to_owned(), 1e10),
                 (
-                    format!("Cross-Region InvokeModel tokens per minute for {s4}"),
-                    200_000.0
-                ),
-                (
-                    format!("Model invocation max tokens per day for {s4}"),
+                    format!("Cross-region model inference tokens per day for {s4} V1"),
                     288_000_000.0
                 ),
                 (
-                    "On-demand InvokeModel requests per minute for Anthropic Claude 3.5 Sonnet"
+                    format!("Cross-region model inference tokens per minute for {s4} V1"),
+                    200_000.0
+                ),
+                (
+                    "On-demand model inference requests per minute for Anthropic Claude 3.5 Sonnet"
                         .to_owned(),
                     50.0
                 ),
                 (
-                    "On-demand InvokeModel tokens per minute for Anthropic Claude 3.5 Sonnet"
+                    "On-demand model inference tokens per minute for Anthropic Claude 3.5 Sonnet"
                         .to_owned(),
                     400_000.0
                 ),
             ]
         );
+        // Every name is one the loader reads.
+        #[cfg(feature = "service-quotas")]
+        for q in listing(&models, &names) {
+            let read = crate::service_quotas::QuotaName::parse(&q.name);
+            assert_eq!(read.is_some(), !q.name.starts_with("Batch"), "{}", q.name);
+            assert_eq!(q.adjustable, q.name.contains("per minute"), "{}", q.name);
+        }
     }
 }
