@@ -14,7 +14,7 @@ use crate::{
     retry::RetryBudgetState,
     telemetry::Telemetry,
     tenant::{Overload, Tenant, TenantPolicy, TenantSettings},
-    ConfigError, QuotaKey,
+    ConfigError, ContextWindow, QuotaKey,
 };
 
 /// Bedrock's largest request body, the default body limit.
@@ -79,6 +79,8 @@ impl Default for RetryBudget {
 pub(crate) struct Settings {
     default_quota: Option<Quota>,
     model_quotas: HashMap<String, Quota>,
+    /// Quotas of models' 1M-token context variant.
+    long_context_quotas: HashMap<String, Quota>,
     burndowns: HashMap<String, f64>,
     pub(crate) retry: RetrySettings,
     pub(crate) max_wait: Duration,
@@ -104,25 +106,35 @@ pub(crate) enum QuotaName<'a> {
 impl Settings {
     /// Where the quota of `model` comes from (see [`quota_for`](Self::quota_for)).
     pub(crate) fn quota_name<'a>(&self, model: &'a str) -> QuotaName<'a> {
-        if self.model_quotas.contains_key(model) {
+        let configured =
+            |m: &str| self.model_quotas.contains_key(m) || self.long_context_quotas.contains_key(m);
+        if configured(model) {
             return QuotaName::Own;
         }
         match model.rsplit_once('/') {
-            Some((_, tail)) if self.model_quotas.contains_key(tail) => QuotaName::Tail(tail),
+            Some((_, tail)) if configured(tail) => QuotaName::Tail(tail),
             _ => QuotaName::Default,
         }
     }
 
     /// The quota for `key`: the model's own, else the ARN's resource name's, else the default.
+    /// A 1M-context key looks for a [long-context quota](ThrottleConfigBuilder::long_context_quota)
+    /// first and otherwise gets the standard one's numbers, as a bucket of its own.
     pub(crate) fn quota_for(&self, key: &QuotaKey) -> Option<ResolvedQuota> {
         let model = key.model();
-        let quota = model
-            .and_then(|m| {
-                self.model_quotas.get(m).or_else(|| {
-                    let (_, tail) = m.rsplit_once('/')?;
-                    self.model_quotas.get(tail)
-                })
+        fn find<'q>(quotas: &'q HashMap<String, Quota>, model: Option<&str>) -> Option<&'q Quota> {
+            let m = model?;
+            quotas.get(m).or_else(|| {
+                let (_, tail) = m.rsplit_once('/')?;
+                quotas.get(tail)
             })
+        }
+        let long = match key.context() {
+            ContextWindow::OneMillion => find(&self.long_context_quotas, model),
+            _ => None,
+        };
+        let quota = long
+            .or_else(|| find(&self.model_quotas, model))
             .or(self.default_quota.as_ref())?;
         Some(ResolvedQuota {
             requests: quota.requests,
@@ -271,6 +283,7 @@ impl ThrottleConfig {
 pub struct ThrottleConfigBuilder {
     default_quota: Option<Quota>,
     model_quotas: Vec<(String, Quota)>,
+    long_context_quotas: Vec<(String, Quota)>,
     burndowns: HashMap<String, f64>,
     max_attempts: u32,
     base_delay: Duration,
@@ -296,6 +309,7 @@ impl Default for ThrottleConfigBuilder {
         Self {
             default_quota: None,
             model_quotas: Vec::new(),
+            long_context_quotas: Vec::new(),
             burndowns: HashMap::new(),
             max_attempts: 8,
             base_delay: Duration::from_secs(1),
@@ -336,6 +350,27 @@ impl ThrottleConfigBuilder {
     /// the last `/` also matches.
     pub fn model_quota(mut self, model: impl Into<String>, quota: Quota) -> Self {
         self.model_quotas.push((model.into(), quota));
+        self
+    }
+
+    /// The quota of one model id's 1M-token context variant (Service Quotas' `… 1M Context
+    /// Length`): requests over 200,000 estimated input tokens, or with Anthropic's
+    /// `context-1m` beta flag, spend from it ([`QuotaKey::context`](crate::QuotaKey::context)).
+    /// Without one such requests get a bucket of their own with the model's standard quota.
+    /// The id is matched as in [`model_quota`](Self::model_quota).
+    ///
+    /// ```
+    /// use bedrock_throttle::{Quota, ThrottleConfig};
+    ///
+    /// let sonnet = "us.anthropic.claude-sonnet-4-20250514-v1:0";
+    /// let cfg = ThrottleConfig::builder()
+    ///     .model_quota(sonnet, Quota::tokens_per_minute(200_000))
+    ///     .long_context_quota(sonnet, Quota::tokens_per_minute(100_000))
+    ///     .build()?;
+    /// # Ok::<(), bedrock_throttle::ConfigError>(())
+    /// ```
+    pub fn long_context_quota(mut self, model: impl Into<String>, quota: Quota) -> Self {
+        self.long_context_quotas.push((model.into(), quota));
         self
     }
 
@@ -524,7 +559,10 @@ impl ThrottleConfigBuilder {
 
     /// Checks the configuration and creates the budget it governs.
     pub fn build(self) -> Result<ThrottleConfig, ConfigError> {
-        if self.default_quota.is_none() && self.model_quotas.is_empty() {
+        if self.default_quota.is_none()
+            && self.model_quotas.is_empty()
+            && self.long_context_quotas.is_empty()
+        {
             return Err(ConfigError::new(
                 "no quota configured: set .quota(Quota) for every model or .model_quota(id, Quota) for some",
             ));
@@ -537,6 +575,7 @@ impl ThrottleConfigBuilder {
                 .default_quota
                 .iter()
                 .chain(self.model_quotas.iter().map(|(_, q)| q))
+                .chain(self.long_context_quotas.iter().map(|(_, q)| q))
                 .any(Quota::discovers)
         {
             return Err(ConfigError::new(
@@ -555,6 +594,7 @@ impl ThrottleConfigBuilder {
                 .default_quota
                 .iter()
                 .chain(self.model_quotas.iter().map(|(_, q)| q))
+                .chain(self.long_context_quotas.iter().map(|(_, q)| q))
                 .any(Quota::discovers)
         {
             return Err(ConfigError::new(
@@ -567,13 +607,22 @@ impl ThrottleConfigBuilder {
             ));
         }
         let mut model_quotas = HashMap::new();
-        for (model, quota) in self.model_quotas {
+        let mut long_context_quotas = HashMap::new();
+        let all = (self.model_quotas.into_iter().map(|q| (q, false)))
+            .chain(self.long_context_quotas.into_iter().map(|q| (q, true)));
+        for ((model, quota), long) in all {
             if model.is_empty() {
                 return Err(ConfigError::new("a model quota has an empty model id"));
             }
-            quota.validate(&format!("the quota of {model}"))?;
+            let what = if long { "1M-context quota" } else { "quota" };
+            quota.validate(&format!("the {what} of {model}"))?;
             // Keyed as requests are: a foundation model's or system profile's ARN as its id.
-            model_quotas.insert(quota_model_id(&model).to_owned(), quota);
+            let into = if long {
+                &mut long_context_quotas
+            } else {
+                &mut model_quotas
+            };
+            into.insert(quota_model_id(&model).to_owned(), quota);
         }
         let burndowns = (self.burndowns.into_iter())
             .map(|(m, b)| (quota_model_id(&m).to_owned(), b))
@@ -636,6 +685,7 @@ impl ThrottleConfigBuilder {
             tenants,
             default_quota: self.default_quota,
             model_quotas,
+            long_context_quotas,
             burndowns,
             retry: RetrySettings {
                 max_attempts: self.max_attempts,
@@ -763,6 +813,32 @@ mod tests {
         assert_eq!(q("amazon.nova-pro-v1:0").burndown, 3.0);
         assert_eq!(q("amazon.nova-pro-v1:0").tokens, 1_000);
         assert_eq!(s.quota_for(&QuotaKey::default()).unwrap().burndown, 1.0);
+        // A 1M-context key without a long-context quota gets the standard numbers.
+        let long = |m: &str| {
+            let key = QuotaKey::new(Some(m), None).with_context(ContextWindow::OneMillion);
+            s.quota_for(&key).unwrap()
+        };
+        assert_eq!(
+            long("us.anthropic.claude-sonnet-4-20250514-v1:0").tokens,
+            2_000
+        );
+        let with_long = ThrottleConfig::builder()
+            .model_quota("m", Quota::new(20, 2_000))
+            .long_context_quota("m", Quota::tokens_per_minute(500))
+            .build()
+            .unwrap();
+        let s2 = &with_long.shared.settings;
+        let key = QuotaKey::new(Some("m"), None);
+        assert_eq!(s2.quota_for(&key).unwrap().tokens, 2_000);
+        let key = key.with_context(ContextWindow::OneMillion);
+        assert_eq!(
+            s2.quota_for(&key).map(|q| (q.requests, q.tokens)),
+            Some((None, 500))
+        );
+        assert!(
+            err(ThrottleConfig::builder().long_context_quota("m", Quota::tokens_per_minute(0)))
+                .contains("1M-context quota of m")
+        );
 
         use QuotaName::*;
         assert_eq!(s.quota_name("meta.llama3-70b-instruct-v1:0"), Own);

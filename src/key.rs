@@ -1,17 +1,24 @@
-//! Which quota a request spends from: the model (or inference profile) and the Region.
+//! Which quota a request spends from: the model (or inference profile), its context window and
+//! the Region.
 
 use std::{fmt, sync::Arc};
 
 use http::Request;
 
-use crate::{bedrock::path, estimate::Operation};
+use crate::{bedrock::path, estimate::Operation, ContextWindow, Scope};
 
 /// The quota a request is charged to.
 ///
-/// Bedrock's quotas are per model (or inference profile) and per Region. The model is the
-/// percent-decoded `{modelId}` of `/model/{modelId}/<operation>`, so a cross-Region profile
-/// such as `us.anthropic.claude-sonnet-4-20250514-v1:0` is its own key, as it is its own quota
-/// at AWS. The Region comes from the host of an absolute URI,
+/// Bedrock's quotas are per model (or inference profile), per scope, per context window and
+/// per Region. The model is the percent-decoded `{modelId}` of `/model/{modelId}/<operation>`,
+/// so the scope ([`Scope::of_model`]) follows from it: an on-demand id, a geographic
+/// cross-Region profile such as `us.anthropic.claude-sonnet-4-20250514-v1:0` and a `global.`
+/// profile are keys of their own, as they are quotas of their own at AWS ("Quotas for the
+/// bedrock-runtime endpoint",
+/// <https://docs.aws.amazon.com/bedrock/latest/userguide/quotas-runtime.html>). The context
+/// window is [`ContextWindow::Standard`] unless the estimate layer finds the request uses the
+/// model's 1M-token context (over 200,000 input tokens, or Anthropic's `context-1m` beta):
+/// that variant has quotas of its own (`… 1M Context Length` in Service Quotas). The Region comes from the host of an absolute URI,
 /// `bedrock-runtime.{region}.amazonaws.com` (as a client such as hyper or the AWS SDK sends
 /// it); never from a `Host` header, which in a server is the client's to choose: a Region
 /// invented there would be a fresh copy of the model's quota. Requests that are not Bedrock
@@ -33,15 +40,42 @@ use crate::{bedrock::path, estimate::Operation};
 pub struct QuotaKey {
     model: Option<Arc<str>>,
     region: Option<Arc<str>>,
+    context: ContextWindow,
 }
 
 impl QuotaKey {
-    /// A key for `model` in `region`; `None` for either leaves it unknown.
+    /// A key for `model` in `region`, standard context; `None` for either leaves it unknown.
     pub fn new(model: Option<&str>, region: Option<&str>) -> Self {
         Self {
             model: model.map(Arc::from),
             region: region.map(Arc::from),
+            context: ContextWindow::Standard,
         }
+    }
+
+    /// The same key in context window `context`.
+    ///
+    /// ```
+    /// use bedrock_throttle::{ContextWindow, QuotaKey};
+    ///
+    /// let standard = QuotaKey::new(Some("us.anthropic.claude-sonnet-4-20250514-v1:0"), None);
+    /// let long = standard.clone().with_context(ContextWindow::OneMillion);
+    /// assert_ne!(standard, long);
+    /// assert_eq!(long.to_string(), "us.anthropic.claude-sonnet-4-20250514-v1:0 (1M context)");
+    /// ```
+    pub fn with_context(mut self, context: ContextWindow) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// The context window whose quota the request spends.
+    pub fn context(&self) -> ContextWindow {
+        self.context
+    }
+
+    /// The scope of the model's quota ([`Scope::of_model`]); on-demand for the default key.
+    pub fn scope(&self) -> Scope {
+        self.model().map_or(Scope::OnDemand, Scope::of_model)
     }
 
     /// The model id or inference profile, percent-decoded.
@@ -67,6 +101,7 @@ impl QuotaKey {
         let key = Self {
             model,
             region: path::region(uri).map(Arc::from),
+            context: ContextWindow::Standard,
         };
         (key, operation)
     }
@@ -79,6 +114,10 @@ impl fmt::Display for QuotaKey {
             (Some(m), None) => write!(f, "{m}"),
             (None, Some(r)) => write!(f, "the default quota in {r}"),
             (None, None) => write!(f, "the default quota"),
+        }?;
+        match self.context {
+            ContextWindow::OneMillion => f.write_str(" (1M context)"),
+            _ => Ok(()),
         }
     }
 }

@@ -55,9 +55,9 @@ pub(crate) const UNPROVEN: &str = "(unproven)";
 /// `key` with its model spelled as its quota (see [`quota_model_id`]).
 pub(crate) fn canonical(key: &QuotaKey) -> Cow<'_, QuotaKey> {
     match key.model() {
-        Some(m) if quota_model_id(m).len() != m.len() => {
-            Cow::Owned(QuotaKey::new(Some(quota_model_id(m)), key.region()))
-        }
+        Some(m) if quota_model_id(m).len() != m.len() => Cow::Owned(
+            QuotaKey::new(Some(quota_model_id(m)), key.region()).with_context(key.context()),
+        ),
         _ => Cow::Borrowed(key),
     }
 }
@@ -202,10 +202,11 @@ impl Inner {
 /// The Region's shared key named `name` for the models with the quota `key` has: the
 /// default one, or that of the ARN tail `tail` (`name/tail`, which resolves to it).
 fn stage_key(name: &str, tail: Option<&str>, key: &QuotaKey) -> QuotaKey {
-    match tail {
+    let stage = match tail {
         Some(t) => QuotaKey::new(Some(&format!("{name}/{t}")), key.region()),
         None => QuotaKey::new(Some(name), key.region()),
-    }
+    };
+    stage.with_context(key.context())
 }
 
 /// Marks a model proven when upstream answers its request with a 2xx.

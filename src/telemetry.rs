@@ -326,10 +326,14 @@ fn label(v: Option<&str>) -> SharedString {
 
 impl KeyTelemetry {
     fn new(key: QuotaKey) -> Self {
-        let labels = [
+        let mut labels = vec![
             ("model", label(key.model())),
             ("region", label(key.region())),
         ];
+        // The 1M-context variant is a quota of its own: its series are told apart.
+        if key.context() == crate::ContextWindow::OneMillion {
+            labels.push(("context", SharedString::const_str("1m")));
+        }
         let l = || {
             labels
                 .iter()

@@ -13,8 +13,8 @@ use std::{
 use bedrock_throttle::{
     estimate::TokenEstimate,
     retry::{Attempts, RetryLayer},
-    BedrockThrottleLayer, BoxError, Quota, RetryBudget, ThrottleConfig, ThrottleError,
-    ThrottleKind,
+    BedrockThrottleLayer, BoxError, ContextWindow, Quota, QuotaKey, RetryBudget, ThrottleConfig,
+    ThrottleError, ThrottleKind,
 };
 use bytes::Bytes;
 use common::{invoke, throttle, MockBedrock, SONNET_4};
@@ -692,4 +692,69 @@ async fn a_throttle_named_only_in_its_body_slows_the_gate_and_is_retried() {
         "{:?}",
         calls[1] - calls[0]
     );
+}
+
+/// Sonnet 4's cross-Region profile with a small standard quota and a large 1M-context one.
+fn sonnet_with_long_context() -> ThrottleConfig {
+    ThrottleConfig::builder()
+        .model_quota(SONNET_4, Quota::tokens_per_minute(60_000))
+        .long_context_quota(SONNET_4, Quota::tokens_per_minute(1_200_000))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_over_200k_input_tokens_spends_the_1m_context_quota() {
+    let cfg = sonnet_with_long_context();
+    let up = Scripted::new(vec![]);
+    let svc = BedrockThrottleLayer::new(cfg.clone()).layer(up.service());
+    let start = Instant::now();
+    // 250K input tokens never fit the standard 60K quota; they fit the 1M-context one.
+    svc.clone().oneshot(manual(250_000)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let long = QuotaKey::new(Some(SONNET_4), None).with_context(ContextWindow::OneMillion);
+    assert_eq!(
+        cfg.effective_quota(&long).map(|q| q.tokens()),
+        Some(1_200_000)
+    );
+    let standard = QuotaKey::new(Some(SONNET_4), None);
+    assert_eq!(
+        cfg.effective_quota(&standard),
+        None,
+        "the standard key was never used"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_1m_beta_flag_spends_its_own_bucket_while_the_standard_one_is_empty() {
+    let cfg = sonnet_with_long_context();
+    let up = Scripted::new(vec![]);
+    let svc = BedrockThrottleLayer::new(cfg.clone()).layer(up.service());
+    // Empty the standard bucket.
+    svc.clone().oneshot(manual(60_000)).await.unwrap();
+    let start = Instant::now();
+    let body = serde_json::json!({
+        "anthropic_version": "bedrock-2023-05-31",
+        "anthropic_beta": ["context-1m-2025-08-07"],
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hello"}],
+    });
+    let mut flagged = invoke(SONNET_4, "", 100);
+    *flagged.body_mut() = Full::new(Bytes::from(body.to_string()));
+    svc.clone().oneshot(flagged).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO, "the 1M bucket was full");
+    // The same request without the flag waits for the standard bucket to refill.
+    svc.clone()
+        .oneshot(invoke(SONNET_4, "hello", 100))
+        .await
+        .unwrap();
+    assert!(start.elapsed() > Duration::ZERO);
+    let keys: Vec<_> = cfg
+        .stats()
+        .keys
+        .into_iter()
+        .map(|k| k.key.context())
+        .collect();
+    assert!(keys.contains(&ContextWindow::OneMillion), "{keys:?}");
+    assert!(keys.contains(&ContextWindow::Standard), "{keys:?}");
 }

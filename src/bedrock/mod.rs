@@ -5,11 +5,13 @@
 //! - [`model_id`]: the foundation model behind a profile or ARN;
 //! - [`errors`]: a response's error type, the HTTP error of a stream exception;
 //! - [`classify`]: what a status means for a retry and for a reservation;
+//! - [`context`]: whether a request uses the model's 1M-token context window;
 //! - [`throttle`]: which limit a throttle message names;
 //! - [`usage`]: the tokens a response reports, in every shape;
 //! - [`event_stream`]: usage and exceptions in an event stream's frames as they pass.
 
 pub(crate) mod classify;
+pub(crate) mod context;
 pub(crate) mod errors;
 pub(crate) mod event_stream;
 pub(crate) mod model_id;

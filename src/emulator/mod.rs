@@ -196,6 +196,16 @@ impl EmulatorBuilder {
         self
     }
 
+    /// The quota of one model id's 1M-token context variant, listed in Service Quotas with
+    /// the suffix `1M Context Length`. Requests with Anthropic's `context-1m` beta flag, or
+    /// over 200,000 input tokens, spend from the quota key `{model_id} (1M context)` (its
+    /// statistics are under that name); without this quota that key gets the model's.
+    pub fn long_context_quota(mut self, model_id: impl AsRef<str>, quota: EmulatedQuota) -> Self {
+        self.model_quotas
+            .insert(long_context_key(model_id.as_ref()), quota);
+        self
+    }
+
     /// How long requests take.
     pub fn latency(mut self, latency: LatencyModel) -> Self {
         self.latency = latency;
@@ -292,6 +302,8 @@ impl EmulatorBuilder {
 
     /// Binds the listener and starts serving on the current tokio runtime.
     ///
+    /// A model's 1M-context key without a quota of its own gets the model's.
+    ///
     /// # Errors
     /// When the address cannot be bound.
     pub async fn spawn(self) -> io::Result<EmulatorHandle> {
@@ -380,3 +392,11 @@ impl Drop for EmulatorHandle {
         }
     }
 }
+
+/// The emulator's quota key for the 1M-context variant of `model`.
+pub(crate) fn long_context_key(model: &str) -> String {
+    format!("{model}{LONG_CONTEXT_SUFFIX}")
+}
+
+/// What [`long_context_key`] appends.
+pub(crate) const LONG_CONTEXT_SUFFIX: &str = " (1M context)";

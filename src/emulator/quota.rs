@@ -259,8 +259,10 @@ impl Ledger {
     }
 
     fn quota_for(&self, key: &str) -> EmulatedQuota {
+        let base = key.strip_suffix(super::LONG_CONTEXT_SUFFIX);
         self.model_quotas
             .get(key)
+            .or_else(|| self.model_quotas.get(base?))
             .copied()
             .unwrap_or(self.default_quota)
     }

@@ -331,7 +331,12 @@ pub(crate) async fn handle(
         sleep(shared.admission_delay).await;
     }
     let reserve = input.saturating_add(limit.saturating_mul(burndown));
-    let reservation = match ledger.reserve(&model, reserve) {
+    // The 1M-context variant spends a quota of its own.
+    let quota_key = match crate::bedrock::context::context_window(&bytes, input) {
+        crate::ContextWindow::OneMillion => super::long_context_key(&model),
+        _ => model.clone(),
+    };
+    let reservation = match ledger.reserve(&quota_key, reserve) {
         Ok(r) => r.with_input(input),
         Err(refusal) => {
             tracing::debug!(%model, reserve, ?refusal, "emulator throttled a request");

@@ -57,7 +57,12 @@ pub(crate) fn listing(
             adjustable,
         });
     };
-    for (id, q) in model_quotas {
+    for (key, q) in model_quotas {
+        let (id, context) = match key.strip_suffix(super::LONG_CONTEXT_SUFFIX) {
+            Some(id) => (id.to_owned(), " 1M Context Length"),
+            None => (key.clone(), ""),
+        };
+        let id = &id;
         let display = display_names
             .get(id)
             .cloned()
@@ -69,20 +74,20 @@ pub(crate) fn listing(
             });
         let (scope, v1) = scope_words(id);
         put(
-            format!("{scope} tokens per minute for {display}{v1}"),
+            format!("{scope} tokens per minute for {display}{v1}{context}"),
             q.tpm as f64,
             true,
         );
         if let Some(rpm) = q.rpm {
             put(
-                format!("{scope} requests per minute for {display}{v1}"),
+                format!("{scope} requests per minute for {display}{v1}{context}"),
                 rpm as f64,
                 true,
             );
         }
         if let Some(tpd) = q.tpd {
             put(
-                format!("{scope} tokens per day for {display}{v1}"),
+                format!("{scope} tokens per day for {display}{v1}{context}"),
                 tpd as f64,
                 false,
             );

@@ -11,6 +11,8 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use crate::bedrock::context::context_window;
+
 use super::{RequestInfo, TokenEstimate};
 use crate::{body::CollectBody, config::Shared, telemetry::Trace, BoxError, QuotaKey};
 
@@ -130,6 +132,7 @@ where
                         method = ?estimate.method,
                         "estimated request"
                     );
+                    let key = key.with_context(context_window(&bytes, calibrated));
                     (this.trace).describe(
                         &key,
                         calibrated,

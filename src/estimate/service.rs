@@ -9,6 +9,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::{ResponseFuture, TokenEstimate};
+use crate::bedrock::context::context_window_of_input;
 use crate::{config::Shared, telemetry::Trace, BoxError, QuotaKey, ThrottleConfig};
 
 /// Reads each request body once and attaches a [`TokenEstimate`] to the request. See the
@@ -72,7 +73,8 @@ where
                     .extensions_mut()
                     .get_mut::<TokenEstimate>()
                     .expect("present");
-                estimate.key = Some(key);
+                let context = context_window_of_input(estimate.input_tokens);
+                estimate.key = Some(key.with_context(context));
                 estimate.operation = operation;
             }
             return ResponseFuture::calling(inner.call(request), trace);

@@ -234,7 +234,8 @@ impl RedisLedger {
     }
 }
 
-/// `{<prefix>:<model>:<region>}`, one name per quota key: `%`, braces (which would end the
+/// `{<prefix>:<model>:<region>}` (`{<prefix>:<model>:<region>:1m}` for a 1M-context key),
+/// one name per quota key: `%`, braces (which would end the
 /// hash tag early) and, in the Region, `:` are percent-encoded, and an empty id is `%`, so
 /// no two keys share a name. Model ids as Bedrock spells them need no encoding.
 fn hash_tag(prefix: &str, key: &QuotaKey) -> String {
@@ -254,8 +255,14 @@ fn hash_tag(prefix: &str, key: &QuotaKey) -> String {
                 .collect(),
         }
     }
+    // The 1M-context variant of a model is a quota of its own; standard keys keep their
+    // names. The region's colons are encoded, so the suffix cannot be mistaken.
+    let context = match key.context() {
+        crate::ContextWindow::OneMillion => ":1m",
+        _ => "",
+    };
     format!(
-        "{{{prefix}:{}:{}}}",
+        "{{{prefix}:{}:{}{context}}}",
         encode(key.model(), false),
         encode(key.region(), true)
     )
@@ -383,6 +390,12 @@ mod tests {
         assert_eq!(
             hash_tag("bt", &sonnet),
             "{bt:us.anthropic.claude-sonnet-4-20250514-v1:0:us-east-1}"
+        );
+        // The 1M-context variant is a quota of its own, named apart.
+        let long = sonnet.with_context(crate::ContextWindow::OneMillion);
+        assert_eq!(
+            hash_tag("bt", &long),
+            "{bt:us.anthropic.claude-sonnet-4-20250514-v1:0:us-east-1:1m}"
         );
     }
 }

@@ -278,7 +278,9 @@ impl AppliedQuotas {
 
     /// Adds a [`model_quota`](ThrottleConfigBuilder::model_quota) for each (model id, display
     /// name) that has an applied tokens-per-minute quota in the id's scope, with its
-    /// requests per minute where the account lists one; ids without one are left out (see
+    /// requests per minute where the account lists one, and a
+    /// [`long_context_quota`](ThrottleConfigBuilder::long_context_quota) where the account
+    /// lists the scope's `… 1M Context Length` quota; ids without one are left out (see
     /// [`unmapped`](Self::unmapped) and [`missing`](Self::missing)).
     pub fn configure(
         &self,
@@ -288,6 +290,10 @@ impl AppliedQuotas {
         for (id, name) in models {
             if let Some(q) = self.quota_for(id, name) {
                 builder = builder.model_quota(*id, q);
+            }
+            let long = self.get_context(name, Scope::of_model(id), ContextWindow::OneMillion);
+            if let Some(q) = long.and_then(AppliedQuota::quota) {
+                builder = builder.long_context_quota(*id, q);
             }
         }
         builder
