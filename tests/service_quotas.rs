@@ -233,3 +233,51 @@ async fn other_services_and_operations_are_refused_as_service_quotas_would() {
     assert_eq!(applied.account_tokens_per_day(), Some(10_000_000_000));
     emu.shutdown().await;
 }
+
+/// Sends three small requests for `model` through a gate configured from `applied`, and
+/// returns when the last one was sent, from the start.
+async fn third_request_after(applied: &AppliedQuotas, model: &str, display: &str) -> Duration {
+    use bedrock_throttle::{estimate::TokenEstimate, BedrockThrottleLayer};
+    use tower::{service_fn, Layer, ServiceExt};
+
+    let cfg = applied
+        .configure(ThrottleConfig::builder(), &[(model, display)])
+        .build()
+        .unwrap();
+    type Body = http_body_util::Full<bytes::Bytes>;
+    let svc = BedrockThrottleLayer::new(cfg).layer(service_fn(|_req: http::Request<Body>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Body::default()))
+    }));
+    let start = tokio::time::Instant::now();
+    for _ in 0..3 {
+        let path = format!("/model/{model}/invoke");
+        let mut req = http::Request::post(path).body(Body::default()).unwrap();
+        req.extensions_mut().insert(TokenEstimate::new(10, 10));
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    start.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loader_fills_rpm_where_the_account_lists_it_and_only_there() {
+    let display = "Amazon Nova Pro";
+    let tpm = (
+        "On-demand model inference tokens per minute for Amazon Nova Pro".to_owned(),
+        1_000_000.0,
+    );
+    let rpm = (
+        "On-demand model inference requests per minute for Amazon Nova Pro".to_owned(),
+        2.0,
+    );
+    let model = "amazon.nova-pro-v1:0";
+    // Two requests a minute listed: the third waits for the request bucket (30 s a request).
+    let with_rpm = AppliedQuotas::from_entries([tpm.clone(), rpm]);
+    let waited = third_request_after(&with_rpm, model, display).await;
+    assert!(waited >= Duration::from_secs(29), "{waited:?}");
+    // Only TPM listed: no request limit is made up.
+    let tpm_only = AppliedQuotas::from_entries([tpm]);
+    assert_eq!(
+        third_request_after(&tpm_only, model, display).await,
+        Duration::ZERO
+    );
+}
