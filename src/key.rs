@@ -60,8 +60,8 @@ impl QuotaKey {
     }
 
     pub(crate) fn from_uri(uri: &http::Uri) -> (Self, Operation) {
-        let (model, operation) = match path::parse_path(uri.path()) {
-            Some(p) => (Some(Arc::from(p.model())), p.operation),
+        let (model, operation) = match path::model_and_operation(uri) {
+            Some((model, operation)) => (model.map(Arc::from), operation),
             None => (None, Operation::Other),
         };
         let key = Self {

@@ -35,8 +35,14 @@
 //! # What it speaks
 //! bedrock-runtime's restJson1 over HTTP/1.1: `POST /model/{modelId}/invoke`,
 //! `/invoke-with-response-stream`, `/converse`, `/converse-stream` and `/count-tokens`, with
-//! the model id percent-decoded. It ignores `Authorization`, so requests signed by the real
-//! AWS SDK work, and so do unsigned ones.
+//! the model id percent-decoded; and OpenAI-compatible Chat Completions at
+//! `/openai/v1/chat/completions` and `/v1/chat/completions` (the model in the body, OpenAI's
+//! `chat.completion` answer with `usage.prompt_tokens` and `completion_tokens`, or with
+//! `"stream": true` `chat.completion.chunk` server-sent events ending in `data: [DONE]`, the
+//! last chunk carrying `usage` when `stream_options.include_usage` is set), charged to the
+//! model's quota as InvokeModel and Converse are; the faults below apply to the native
+//! routes only. It ignores `Authorization`, so requests signed by the real AWS SDK work,
+//! and so do unsigned ones.
 //!
 //! # How it charges
 //! Each quota key (the model id as given: `us.anthropic...` cross-Region profiles are keys of
@@ -80,6 +86,7 @@
 //! - Quotas are exact buckets; real Bedrock's are coarser and vary by account.
 
 mod config;
+mod openai;
 mod quota;
 mod request;
 mod server;

@@ -60,21 +60,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn burndown(&self, model: &str) -> u64 {
+    pub(crate) fn burndown(&self, model: &str) -> u64 {
         self.burndown
             .get(model)
             .copied()
             .unwrap_or_else(|| crate::default_burndown(model).round() as u64)
     }
 
-    fn max_output(&self, model: &str) -> u64 {
+    pub(crate) fn max_output(&self, model: &str) -> u64 {
         self.max_output
             .get(model)
             .copied()
             .unwrap_or_else(|| crate::estimate::default_output_limit(model))
     }
 
-    fn context_window(&self, model: &str) -> u64 {
+    pub(crate) fn context_window(&self, model: &str) -> u64 {
         self.model_context_windows
             .get(model)
             .copied()
@@ -83,7 +83,7 @@ impl Shared {
 
     /// A random number generator for one request, from the seed, the request's content and
     /// how many identical requests came before it.
-    fn request_rng(&self, model: &str, op: Operation, body: &[u8]) -> fastrand::Rng {
+    pub(crate) fn request_rng(&self, model: &str, op: Operation, body: &[u8]) -> fastrand::Rng {
         let mut h = Fnv::new();
         h.write(model.as_bytes());
         h.write(&[op as u8]);
@@ -103,7 +103,7 @@ impl Shared {
         fastrand::Rng::with_seed(splitmix(self.seed ^ splitmix(hash ^ splitmix(n))))
     }
 
-    fn draw_output(&self, rng: &mut fastrand::Rng, limit: u64) -> u64 {
+    pub(crate) fn draw_output(&self, rng: &mut fastrand::Rng, limit: u64) -> u64 {
         let n = match self.output {
             OutputLength::Fixed(n) => n,
             OutputLength::Uniform { min, max } => {
@@ -195,7 +195,7 @@ pub(crate) async fn serve(
     }
 }
 
-fn request_id(rng: &mut fastrand::Rng) -> String {
+pub(crate) fn request_id(rng: &mut fastrand::Rng) -> String {
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
         rng.u32(..),
@@ -215,7 +215,8 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<EmulatorBody>, DroppedConnection> {
-    let route = parse_path(req.uri().path());
+    let path = req.uri().path().to_owned();
+    let route = parse_path(&path);
     let method_ok = req.method() == Method::POST;
     let service_quotas = super::service_quotas::target(req.headers())
         .map(|t| (t, super::service_quotas::region(req.headers())));
@@ -238,6 +239,9 @@ pub(crate) async fn handle(
             &region,
             &bytes,
         ));
+    }
+    if method_ok && super::openai::is_route(&path) {
+        return Ok(super::openai::handle(shared, bytes).await);
     }
     let Some((model, op)) = route.filter(|_| method_ok) else {
         return Ok(error_response(

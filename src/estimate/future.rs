@@ -11,7 +11,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{RequestInfo, TokenEstimate};
+use super::{Operation, RequestInfo, TokenEstimate};
 use crate::{body::CollectBody, config::Shared, telemetry::Trace, BoxError, QuotaKey};
 
 pin_project! {
@@ -112,7 +112,12 @@ where
                         shared,
                         ..
                     } = this.pending.take().expect("polled after completion");
-                    let (key, operation) = QuotaKey::from_uri(&parts.uri);
+                    let (mut key, operation) = QuotaKey::from_uri(&parts.uri);
+                    if operation == Operation::ChatCompletions {
+                        // Its model is in the body, and so is its quota.
+                        let model = crate::bedrock::chat::model(&bytes);
+                        key = QuotaKey::new(model.as_deref(), key.region());
+                    }
                     let estimate = shared.estimator.estimate(&RequestInfo {
                         model: key.model(),
                         operation,
