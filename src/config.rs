@@ -79,6 +79,7 @@ impl Default for RetryBudget {
 pub(crate) struct Settings {
     default_quota: Option<Quota>,
     model_quotas: HashMap<String, Quota>,
+    reserved_quotas: HashMap<String, Quota>,
     burndowns: HashMap<String, f64>,
     pub(crate) retry: RetrySettings,
     pub(crate) max_wait: Duration,
@@ -113,17 +114,26 @@ impl Settings {
         }
     }
 
-    /// The quota for `key`: the model's own, else the ARN's resource name's, else the default.
+    /// The quota for `key`: the model's own, else the ARN's resource name's, else the default;
+    /// for a reserved-tier key only its model's `reserved_quota` (the same way).
     pub(crate) fn quota_for(&self, key: &QuotaKey) -> Option<ResolvedQuota> {
         let model = key.model();
-        let quota = model
-            .and_then(|m| {
-                self.model_quotas.get(m).or_else(|| {
-                    let (_, tail) = m.rsplit_once('/')?;
-                    self.model_quotas.get(tail)
-                })
+        let quotas = if key.is_reserved() {
+            &self.reserved_quotas
+        } else {
+            &self.model_quotas
+        };
+        let own = model.and_then(|m| {
+            quotas.get(m).or_else(|| {
+                let (_, tail) = m.rsplit_once('/')?;
+                quotas.get(tail)
             })
-            .or(self.default_quota.as_ref())?;
+        });
+        let quota = match own {
+            Some(q) => q,
+            None if key.is_reserved() => return None,
+            None => self.default_quota.as_ref()?,
+        };
         Some(ResolvedQuota {
             requests: quota.requests,
             tokens: quota.tokens,
@@ -243,6 +253,7 @@ impl ThrottleConfig {
 /// |---|---|---|
 /// | `quota` | none | quota of every model without its own |
 /// | `model_quota` | none | quota of one model id or inference profile |
+/// | `reserved_quota` | none | quota of one model's `reserved` service tier capacity |
 /// | `burndown` | 5 for Claude 3.7 / 4+, else 1 | quota tokens per output token |
 /// | `max_attempts` | 8 | attempts per request, the first included |
 /// | `base_delay` | 1 s | first backoff ceiling |
@@ -271,6 +282,7 @@ impl ThrottleConfig {
 pub struct ThrottleConfigBuilder {
     default_quota: Option<Quota>,
     model_quotas: Vec<(String, Quota)>,
+    reserved_quotas: Vec<(String, Quota)>,
     burndowns: HashMap<String, f64>,
     max_attempts: u32,
     base_delay: Duration,
@@ -296,6 +308,7 @@ impl Default for ThrottleConfigBuilder {
         Self {
             default_quota: None,
             model_quotas: Vec::new(),
+            reserved_quotas: Vec::new(),
             burndowns: HashMap::new(),
             max_attempts: 8,
             base_delay: Duration::from_secs(1),
@@ -336,6 +349,14 @@ impl ThrottleConfigBuilder {
     /// the last `/` also matches.
     pub fn model_quota(mut self, model: impl Into<String>, quota: Quota) -> Self {
         self.model_quotas.push((model.into(), quota));
+        self
+    }
+
+    /// The quota of one model's `reserved` [service tier](crate::service_tier) capacity
+    /// (named as in [`model_quota`](Self::model_quota)): requests that ask for that tier
+    /// spend it instead of the on-demand quota. Without one they are not gated.
+    pub fn reserved_quota(mut self, model: impl Into<String>, quota: Quota) -> Self {
+        self.reserved_quotas.push((model.into(), quota));
         self
     }
 
@@ -524,7 +545,10 @@ impl ThrottleConfigBuilder {
 
     /// Checks the configuration and creates the budget it governs.
     pub fn build(self) -> Result<ThrottleConfig, ConfigError> {
-        if self.default_quota.is_none() && self.model_quotas.is_empty() {
+        if self.default_quota.is_none()
+            && self.model_quotas.is_empty()
+            && self.reserved_quotas.is_empty()
+        {
             return Err(ConfigError::new(
                 "no quota configured: set .quota(Quota) for every model or .model_quota(id, Quota) for some",
             ));
@@ -574,6 +598,19 @@ impl ThrottleConfigBuilder {
             quota.validate(&format!("the quota of {model}"))?;
             // Keyed as requests are: a foundation model's or system profile's ARN as its id.
             model_quotas.insert(quota_model_id(&model).to_owned(), quota);
+        }
+        let mut reserved_quotas = HashMap::new();
+        for (model, quota) in self.reserved_quotas {
+            if model.is_empty() {
+                return Err(ConfigError::new("a reserved quota has an empty model id"));
+            }
+            if quota.discovers() {
+                return Err(ConfigError::new(format!(
+                    "the reserved quota of {model} is discovered (Quota::discover); reserved capacity is bought, so give its number"
+                )));
+            }
+            quota.validate(&format!("the reserved quota of {model}"))?;
+            reserved_quotas.insert(quota_model_id(&model).to_owned(), quota);
         }
         let burndowns = (self.burndowns.into_iter())
             .map(|(m, b)| (quota_model_id(&m).to_owned(), b))
@@ -636,6 +673,7 @@ impl ThrottleConfigBuilder {
             tenants,
             default_quota: self.default_quota,
             model_quotas,
+            reserved_quotas,
             burndowns,
             retry: RetrySettings {
                 max_attempts: self.max_attempts,

@@ -33,6 +33,7 @@ use crate::{bedrock::path, estimate::Operation};
 pub struct QuotaKey {
     model: Option<Arc<str>>,
     region: Option<Arc<str>>,
+    reserved: bool,
 }
 
 impl QuotaKey {
@@ -41,7 +42,20 @@ impl QuotaKey {
         Self {
             model: model.map(Arc::from),
             region: region.map(Arc::from),
+            reserved: false,
         }
+    }
+
+    /// The same model and Region on Bedrock's `reserved` [service tier](crate::service_tier),
+    /// whose capacity is bought apart from the on-demand quota: a key of its own.
+    pub fn reserved(mut self) -> Self {
+        self.reserved = true;
+        self
+    }
+
+    /// Whether this is a [reserved-tier](Self::reserved) key.
+    pub fn is_reserved(&self) -> bool {
+        self.reserved
     }
 
     /// The model id or inference profile, percent-decoded.
@@ -67,6 +81,7 @@ impl QuotaKey {
         let key = Self {
             model,
             region: path::region(uri).map(Arc::from),
+            reserved: false,
         };
         (key, operation)
     }
@@ -75,11 +90,15 @@ impl QuotaKey {
 impl fmt::Display for QuotaKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.model, &self.region) {
-            (Some(m), Some(r)) => write!(f, "{m} in {r}"),
-            (Some(m), None) => write!(f, "{m}"),
-            (None, Some(r)) => write!(f, "the default quota in {r}"),
-            (None, None) => write!(f, "the default quota"),
+            (Some(m), Some(r)) => write!(f, "{m} in {r}")?,
+            (Some(m), None) => write!(f, "{m}")?,
+            (None, Some(r)) => write!(f, "the default quota in {r}")?,
+            (None, None) => write!(f, "the default quota")?,
         }
+        if self.reserved {
+            f.write_str(" (reserved tier)")?;
+        }
+        Ok(())
     }
 }
 

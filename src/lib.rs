@@ -99,6 +99,7 @@ pub mod retry;
 #[cfg(feature = "service-quotas")]
 #[cfg_attr(docsrs, doc(cfg(feature = "service-quotas")))]
 pub mod service_quotas;
+pub mod service_tier;
 pub mod tenant;
 
 /// The README's examples, compiled and run as doctests.
@@ -123,6 +124,7 @@ pub use self::{
         Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
     },
     quota::{default_burndown, Quota, DISCOVER_START_TPM},
+    service_tier::ServiceTier,
     stats::{KeyStats, ThrottleStats},
     tenant::{Overload, Priority, Tenant, TenantPolicy},
 };

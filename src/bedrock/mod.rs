@@ -6,6 +6,7 @@
 //! - [`model_id`]: the foundation model behind a profile or ARN;
 //! - [`errors`]: a response's error type, the HTTP error of a stream exception;
 //! - [`classify`]: what a status means for a retry and for a reservation;
+//! - [`service_tier`]: the service tier a request names, in its header or body;
 //! - [`throttle`]: which limit a throttle message names;
 //! - [`usage`]: the tokens a response reports, in every shape;
 //! - [`sse`]: usage in a Chat Completions server-sent event stream as it passes;
@@ -17,6 +18,7 @@ pub(crate) mod errors;
 pub(crate) mod event_stream;
 pub(crate) mod model_id;
 pub(crate) mod path;
+pub(crate) mod service_tier;
 pub(crate) mod sse;
 pub(crate) mod throttle;
 pub(crate) mod usage;

@@ -41,7 +41,12 @@
 //! `"stream": true` `chat.completion.chunk` server-sent events ending in `data: [DONE]`, the
 //! last chunk carrying `usage` when `stream_options.include_usage` is set), charged to the
 //! model's quota as InvokeModel and Converse are; the faults below apply to the native
-//! routes only. It ignores `Authorization`, so requests signed by the real AWS SDK work,
+//! routes only. Service tiers: InvokeModel's `X-Amzn-Bedrock-Service-Tier` header and
+//! Converse's `"serviceTier": {"type": …}` are read (an unknown tier is a
+//! `ValidationException`) and echoed (the response header; Converse's `serviceTier`, the
+//! ConverseStream `metadata` event's); `priority`, `default` and `flex` share the model's
+//! quota, `reserved` spends [`reserved_quota`](EmulatorBuilder::reserved_quota). It ignores
+//! `Authorization`, so requests signed by the real AWS SDK work,
 //! and so do unsigned ones.
 //!
 //! # How it charges
@@ -91,6 +96,7 @@ mod quota;
 mod request;
 mod server;
 mod service_quotas;
+mod tiers;
 mod wire;
 
 #[cfg(test)]
@@ -133,6 +139,7 @@ impl Emulator {
 pub struct EmulatorBuilder {
     default_quota: EmulatedQuota,
     model_quotas: HashMap<String, EmulatedQuota>,
+    reserved_quotas: HashMap<String, EmulatedQuota>,
     display_names: HashMap<String, String>,
     latency: LatencyModel,
     chars_per_token: f64,
@@ -155,6 +162,7 @@ impl Default for EmulatorBuilder {
         EmulatorBuilder {
             default_quota: EmulatedQuota::default(),
             model_quotas: HashMap::new(),
+            reserved_quotas: HashMap::new(),
             display_names: HashMap::new(),
             latency: LatencyModel::default(),
             chars_per_token: 3.6,
@@ -198,6 +206,15 @@ impl EmulatorBuilder {
     /// the request path.
     pub fn model_quota(mut self, model_id: impl Into<String>, quota: EmulatedQuota) -> Self {
         self.model_quotas.insert(model_id.into(), quota);
+        self
+    }
+
+    /// The quota of one model's `reserved` service tier capacity: requests that ask for that
+    /// tier (InvokeModel's `X-Amzn-Bedrock-Service-Tier` header, Converse's
+    /// `serviceTier.type`) are charged to it and counted in [`EmulatorStats`] under
+    /// `"{model} (reserved)"`. Without one that key has the default quota.
+    pub fn reserved_quota(mut self, model_id: impl Into<String>, quota: EmulatedQuota) -> Self {
+        self.reserved_quotas.insert(model_id.into(), quota);
         self
     }
 
@@ -302,12 +319,12 @@ impl EmulatorBuilder {
     pub async fn spawn(self) -> io::Result<EmulatorHandle> {
         let listener = TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
+        let mut quotas = self.model_quotas.clone();
+        for (model, quota) in &self.reserved_quotas {
+            quotas.insert(tiers::reserved_key(model), *quota);
+        }
         let service_quotas = service_quotas::listing(&self.model_quotas, &self.display_names);
-        let ledger = Arc::new(Ledger::new(
-            self.default_quota,
-            self.model_quotas,
-            self.clock_offset,
-        ));
+        let ledger = Arc::new(Ledger::new(self.default_quota, quotas, self.clock_offset));
         let shared = Arc::new(Shared {
             ledger: Arc::clone(&ledger),
             latency: self.latency,

@@ -216,6 +216,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<EmulatorBody>, DroppedConnection> {
     let path = req.uri().path().to_owned();
+    let headers = req.headers().clone();
     let route = parse_path(&path);
     let method_ok = req.method() == Method::POST;
     let service_quotas = super::service_quotas::target(req.headers())
@@ -257,15 +258,29 @@ pub(crate) async fn handle(
         return Ok(count_tokens(&shared, &model, &bytes, &rid));
     }
     let ledger = &shared.ledger;
-    ledger.with_stats(&model, |s| s.requests += 1);
-
     let body: Value = match serde_json::from_slice(&bytes) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
-            ledger.with_stats(&model, |s| s.validation_errors += 1);
+            ledger.with_stats(&model, |s| {
+                s.requests += 1;
+                s.validation_errors += 1;
+            });
             return Ok(validation_response(MSG_MALFORMED, &rid));
         }
     };
+    // The tier: reserved capacity is a quota of its own, the others share the model's.
+    let tier = match super::tiers::of_request(op, &headers, &body) {
+        Ok(tier) => tier,
+        Err(()) => {
+            ledger.with_stats(&model, |s| {
+                s.requests += 1;
+                s.validation_errors += 1;
+            });
+            return Ok(validation_response(super::tiers::MSG_BAD_TIER, &rid));
+        }
+    };
+    let quota_key = super::tiers::quota_key(&model, tier);
+    ledger.with_stats(&quota_key, |s| s.requests += 1);
     let facts = if op.is_converse() {
         converse_facts(&body)
     } else {
@@ -273,7 +288,7 @@ pub(crate) async fn handle(
     };
     let input = facts.input_tokens(shared.chars_per_token);
     if input > shared.context_window(&model) {
-        ledger.with_stats(&model, |s| s.validation_errors += 1);
+        ledger.with_stats(&quota_key, |s| s.validation_errors += 1);
         return Ok(validation_response(MSG_TOO_LONG, &rid));
     }
     let limit = facts
@@ -295,7 +310,7 @@ pub(crate) async fn handle(
     let rfirst_throttle = rng.f64();
 
     if r503 < faults.http_503 {
-        ledger.with_stats(&model, |s| {
+        ledger.with_stats(&quota_key, |s| {
             s.faults += 1;
             s.faults_503 += 1;
         });
@@ -307,7 +322,7 @@ pub(crate) async fn handle(
         ));
     }
     if r500 < faults.http_500 {
-        ledger.with_stats(&model, |s| {
+        ledger.with_stats(&quota_key, |s| {
             s.faults += 1;
             s.faults_500 += 1;
         });
@@ -320,7 +335,7 @@ pub(crate) async fn handle(
     }
 
     if op.is_stream() && rfirst_throttle < faults.stream_throttle_first {
-        ledger.with_stats(&model, |s| {
+        ledger.with_stats(&quota_key, |s| {
             s.faults += 1;
             s.faults_stream_throttle_first += 1;
         });
@@ -335,16 +350,16 @@ pub(crate) async fn handle(
         sleep(shared.admission_delay).await;
     }
     let reserve = input.saturating_add(limit.saturating_mul(burndown));
-    let reservation = match ledger.reserve(&model, reserve) {
+    let reservation = match ledger.reserve(&quota_key, reserve) {
         Ok(r) => r.with_input(input),
         Err(refusal) => {
-            tracing::debug!(%model, reserve, ?refusal, "emulator throttled a request");
+            tracing::debug!(%quota_key, reserve, ?refusal, "emulator throttled a request");
             return Ok(throttle_response(refusal, &rid));
         }
     };
 
     let extra = if rslow < faults.slow {
-        ledger.with_stats(&model, |s| {
+        ledger.with_stats(&quota_key, |s| {
             s.faults += 1;
             s.faults_slow += 1;
         });
@@ -354,7 +369,7 @@ pub(crate) async fn handle(
     };
 
     if rdrop < faults.drop_connection {
-        ledger.with_stats(&model, |s| {
+        ledger.with_stats(&quota_key, |s| {
             s.faults += 1;
             s.faults_dropped += 1;
         });
@@ -365,6 +380,8 @@ pub(crate) async fn handle(
 
     let job = Job {
         model,
+        quota_key,
+        tier,
         shape: facts.shape,
         input,
         output,
@@ -378,7 +395,7 @@ pub(crate) async fn handle(
 
     if op.is_stream() {
         let throttle_at = (rthrottle < faults.stream_throttle).then(|| {
-            ledger.with_stats(&job.model, |s| {
+            ledger.with_stats(&job.quota_key, |s| {
                 s.faults += 1;
                 s.faults_stream_throttle += 1;
             });
@@ -386,7 +403,11 @@ pub(crate) async fn handle(
         });
         let (tx, rx) = mpsc::channel(64);
         let converse = op.is_converse();
-        let resp = stream_response(EmulatorBody::stream(rx), &job.request_id, converse);
+        let mut resp = stream_response(EmulatorBody::stream(rx), &job.request_id, converse);
+        if let (Some(tier), false) = (job.tier, converse) {
+            let tier = HeaderValue::from_static(tier);
+            resp.headers_mut().insert(super::tiers::HEADER, tier);
+        }
         tokio::spawn(stream_job(job, reservation, tx, converse, throttle_at));
         return Ok(resp);
     }
@@ -427,6 +448,10 @@ fn stream_response(body: EmulatorBody, request_id: &str, converse: bool) -> Resp
 #[derive(Debug)]
 struct Job {
     model: String,
+    /// Where the job is charged and counted: the model, or its reserved capacity.
+    quota_key: String,
+    /// The service tier the request asked for, echoed in the answer.
+    tier: Option<&'static str>,
     shape: BodyShape,
     input: u64,
     output: u64,
@@ -478,6 +503,9 @@ fn invoke_response(job: &Job, total: Duration) -> Response<EmulatorBody> {
     };
     let mut resp = json_response(StatusCode::OK, &body, &job.request_id);
     let h = resp.headers_mut();
+    if let Some(tier) = job.tier {
+        h.insert(super::tiers::HEADER, HeaderValue::from_static(tier));
+    }
     h.insert("x-amzn-bedrock-input-token-count", job.input.into());
     h.insert("x-amzn-bedrock-output-token-count", job.output.into());
     h.insert("x-amzn-bedrock-invocation-latency", millis(total).into());
@@ -485,7 +513,7 @@ fn invoke_response(job: &Job, total: Duration) -> Response<EmulatorBody> {
 }
 
 fn converse_response(job: &Job, total: Duration) -> Response<EmulatorBody> {
-    let body = json!({
+    let mut body = json!({
         "output": {"message": {
             "role": "assistant",
             "content": [{"text": output_text(0, job.output)}],
@@ -498,6 +526,9 @@ fn converse_response(job: &Job, total: Duration) -> Response<EmulatorBody> {
         },
         "metrics": {"latencyMs": millis(total)},
     });
+    if let Some(tier) = job.tier {
+        body["serviceTier"] = json!({"type": tier});
+    }
     json_response(StatusCode::OK, &body, &job.request_id)
 }
 
@@ -589,17 +620,20 @@ async fn stream_job(
         vec![
             event_frame("contentBlockStop", &json!({"contentBlockIndex": 0})),
             event_frame("messageStop", &json!({"stopReason": stop_reason})),
-            event_frame(
-                "metadata",
-                &json!({
+            event_frame("metadata", &{
+                let mut metadata = json!({
                     "usage": {
                         "inputTokens": job.input,
                         "outputTokens": job.output,
                         "totalTokens": job.input + job.output,
                     },
                     "metrics": {"latencyMs": millis(total)},
-                }),
-            ),
+                });
+                if let Some(tier) = job.tier {
+                    metadata["serviceTier"] = json!({"type": tier});
+                }
+                metadata
+            }),
         ]
     } else {
         vec![

@@ -12,7 +12,10 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{Operation, RequestInfo, TokenEstimate};
-use crate::{body::CollectBody, config::Shared, telemetry::Trace, BoxError, QuotaKey};
+use crate::{
+    bedrock::service_tier, body::CollectBody, config::Shared, telemetry::Trace, BoxError, QuotaKey,
+    ServiceTier,
+};
 
 pin_project! {
     /// Response future of [`Estimate`](super::Estimate): reads the body, then calls the
@@ -117,6 +120,19 @@ where
                         // Its model is in the body, and so is its quota.
                         let model = crate::bedrock::chat::model(&bytes);
                         key = QuotaKey::new(model.as_deref(), key.region());
+                    }
+                    let tier = match parts.extensions.get::<ServiceTier>() {
+                        Some(tier) => Some(*tier),
+                        None => {
+                            let tier = service_tier::of_request(&parts.headers, operation, &bytes);
+                            if let Some(tier) = tier {
+                                parts.extensions.insert(tier);
+                            }
+                            tier
+                        }
+                    };
+                    if tier == Some(ServiceTier::Reserved) {
+                        key = key.reserved();
                     }
                     let estimate = shared.estimator.estimate(&RequestInfo {
                         model: key.model(),

@@ -9,7 +9,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::{ResponseFuture, TokenEstimate};
-use crate::{config::Shared, telemetry::Trace, BoxError, QuotaKey, ThrottleConfig};
+use crate::{bedrock::service_tier, config::Shared, telemetry::Trace, BoxError, ThrottleConfig};
 
 /// Reads each request body once and attaches a [`TokenEstimate`] to the request. See the
 /// [module docs](super).
@@ -67,7 +67,11 @@ where
         if let Some(estimate) = request.extensions().get::<TokenEstimate>() {
             // Set by the caller: no body read. Fill in the key from the path if absent.
             if estimate.key.is_none() {
-                let (key, operation) = QuotaKey::from_uri(request.uri());
+                let (key, operation) = service_tier::key_of_head(
+                    request.uri(),
+                    request.headers(),
+                    request.extensions(),
+                );
                 let estimate = request
                     .extensions_mut()
                     .get_mut::<TokenEstimate>()
