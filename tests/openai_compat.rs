@@ -21,7 +21,7 @@ use tower::{ServiceBuilder, ServiceExt};
 const GPT_OSS: &str = "openai.gpt-oss-20b-1:0";
 const TPM: u64 = 100_000;
 
-async fn emulator(latency: LatencyModel) -> EmulatorHandle {
+async fn emulator(latency: LatencyModel, require_authorization: bool) -> EmulatorHandle {
     Emulator::builder()
         .model_quota(
             GPT_OSS,
@@ -33,6 +33,7 @@ async fn emulator(latency: LatencyModel) -> EmulatorHandle {
             },
         )
         .latency(latency)
+        .require_authorization(require_authorization)
         .output_tokens(OutputLength::Uniform { min: 5, max: 40 })
         .stream_chunk_tokens(4)
         .seed(19)
@@ -112,7 +113,7 @@ const PROMPT: &str =
 
 #[tokio::test(start_paused = true)]
 async fn a_chat_completion_is_keyed_by_its_body_model_and_settled_from_its_usage() {
-    let emu = emulator(LatencyModel::default()).await;
+    let emu = emulator(LatencyModel::default(), false).await;
     let cfg = config();
     let svc = throttled(&cfg);
     let url = format!("{}/openai/v1/chat/completions", emu.endpoint_url());
@@ -153,7 +154,7 @@ async fn a_chat_completion_is_keyed_by_its_body_model_and_settled_from_its_usage
 
 #[tokio::test(start_paused = true)]
 async fn a_streamed_chat_completion_settles_from_its_last_chunk() {
-    let emu = emulator(LatencyModel::default()).await;
+    let emu = emulator(LatencyModel::default(), false).await;
     let cfg = config();
     let svc = throttled(&cfg);
     let url = format!("{}/openai/v1/chat/completions", emu.endpoint_url());
@@ -207,7 +208,7 @@ async fn a_streamed_chat_completion_settles_from_its_last_chunk() {
 /// Enough concurrent chat completions to overrun the quota unthrottled stay inside it.
 #[tokio::test(start_paused = true)]
 async fn chat_completions_share_the_gate_and_stay_inside_the_quota() {
-    let emu = emulator(LatencyModel::default()).await;
+    let emu = emulator(LatencyModel::default(), false).await;
     let cfg = config();
     let svc = throttled(&cfg);
     let url = format!("{}/v1/chat/completions", emu.endpoint_url());
@@ -276,10 +277,15 @@ async fn the_openai_python_client_through_the_layer() {
             return;
         }
     }
-    let emu = emulator(LatencyModel {
-        first_token: Duration::from_millis(1),
-        per_output_token: Duration::ZERO,
-    })
+    // The client sends its API key as `Authorization: Bearer …`, which the emulator then
+    // requires, as bedrock-runtime does.
+    let emu = emulator(
+        LatencyModel {
+            first_token: Duration::from_millis(1),
+            per_output_token: Duration::ZERO,
+        },
+        true,
+    )
     .await;
     let cfg = config();
     let proxy = proxy(throttled(&cfg), emu.addr()).await;

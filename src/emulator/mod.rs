@@ -45,9 +45,12 @@
 //! Converse's `"serviceTier": {"type": …}` are read (an unknown tier is a
 //! `ValidationException`) and echoed (the response header; Converse's `serviceTier`, the
 //! ConverseStream `metadata` event's); `priority`, `default` and `flex` share the model's
-//! quota, `reserved` spends [`reserved_quota`](EmulatorBuilder::reserved_quota). It ignores
-//! `Authorization`, so requests signed by the real AWS SDK work,
-//! and so do unsigned ones.
+//! quota, `reserved` spends [`reserved_quota`](EmulatorBuilder::reserved_quota). It reads
+//! `Authorization` as AWS does: a SigV4 signature or a Bedrock API key
+//! (`Authorization: Bearer …`, as the AWS SDK sends one set with `bearer_token`), neither
+//! verified; unsigned requests work too unless
+//! [`require_authorization`](EmulatorBuilder::require_authorization) is on, and any other
+//! `Authorization` is refused with 403 `UnrecognizedClientException`.
 //!
 //! # How it charges
 //! Each quota key (the model id as given: `us.anthropic...` cross-Region profiles are keys of
@@ -90,6 +93,7 @@
 //! - The model's text is filler; only its token count means anything.
 //! - Quotas are exact buckets; real Bedrock's are coarser and vary by account.
 
+mod auth;
 mod config;
 mod openai;
 mod quota;
@@ -153,6 +157,7 @@ pub struct EmulatorBuilder {
     model_context_windows: HashMap<String, u64>,
     stream_chunk_tokens: u64,
     admission_delay: Duration,
+    require_authorization: bool,
     clock_offset: Duration,
     addr: SocketAddr,
 }
@@ -176,6 +181,7 @@ impl Default for EmulatorBuilder {
             model_context_windows: HashMap::new(),
             stream_chunk_tokens: 5,
             admission_delay: Duration::ZERO,
+            require_authorization: false,
             clock_offset: Duration::ZERO,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
@@ -215,6 +221,14 @@ impl EmulatorBuilder {
     /// `"{model} (reserved)"`. Without one that key has the default quota.
     pub fn reserved_quota(mut self, model_id: impl Into<String>, quota: EmulatedQuota) -> Self {
         self.reserved_quotas.insert(model_id.into(), quota);
+        self
+    }
+
+    /// Refuses requests without an `Authorization` header (SigV4 or a Bedrock API key's
+    /// `Bearer …`) with 403 `MissingAuthenticationTokenException`, as AWS does. Off by
+    /// default, so unsigned requests work; a malformed header is refused either way.
+    pub fn require_authorization(mut self, required: bool) -> Self {
+        self.require_authorization = required;
         self
     }
 
@@ -339,6 +353,7 @@ impl EmulatorBuilder {
             model_context_windows: self.model_context_windows,
             stream_chunk_tokens: self.stream_chunk_tokens,
             admission_delay: self.admission_delay,
+            require_authorization: self.require_authorization,
             seen: Mutex::new(HashMap::new()),
             service_quotas,
         });

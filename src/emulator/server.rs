@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) stream_chunk_tokens: u64,
     /// How long after arrival the quota check counts a request.
     pub(crate) admission_delay: Duration,
+    /// Whether a request without `Authorization` is refused.
+    pub(crate) require_authorization: bool,
     /// How often each (model, operation, body) was seen: the per-request random numbers
     /// depend on it, so identical requests still differ and arrival order never matters
     /// between different bodies.
@@ -217,6 +219,15 @@ pub(crate) async fn handle(
 ) -> Result<Response<EmulatorBody>, DroppedConnection> {
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
+    if let Err((error_type, message)) = super::auth::check(&headers, shared.require_authorization) {
+        let rid = "00000000-0000-4000-8000-000000000000";
+        return Ok(error_response(
+            super::auth::STATUS,
+            error_type,
+            message,
+            rid,
+        ));
+    }
     let route = parse_path(&path);
     let method_ok = req.method() == Method::POST;
     let service_quotas = super::service_quotas::target(req.headers())
