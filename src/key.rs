@@ -14,8 +14,10 @@ use crate::{bedrock::path, estimate::Operation};
 /// at AWS. The Region comes from the host of an absolute URI,
 /// `bedrock-runtime.{region}.amazonaws.com` (as a client such as hyper or the AWS SDK sends
 /// it); never from a `Host` header, which in a server is the client's to choose: a Region
-/// invented there would be a fresh copy of the model's quota. Requests that are not Bedrock
-/// model calls share the default key, whose `model` is `None`.
+/// invented there would be a fresh copy of the model's quota. An OpenAI-compatible Chat
+/// Completions request names its model in the body, where the estimate layer reads it; a
+/// request on the `reserved` service tier is its model's [reserved](Self::reserved) key.
+/// Requests that are not Bedrock model calls share the default key, whose `model` is `None`.
 ///
 /// ```
 /// use bedrock_throttle::QuotaKey;
