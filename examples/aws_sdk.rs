@@ -1,8 +1,10 @@
 //! The AWS SDK for Rust's bedrock-runtime client with the throttle as its HTTP client: a
 //! burst of Converse calls that together ask for more than the quota.
 //!
-//! Against Bedrock, with the usual environment credentials (`AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, optionally `AWS_SESSION_TOKEN`, and `AWS_REGION`):
+//! Against Bedrock, with a Bedrock API key in `AWS_BEARER_TOKEN_BEDROCK` (sent as
+//! `Authorization: Bearer …`), or else the usual environment credentials
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optionally `AWS_SESSION_TOKEN`), and
+//! `AWS_REGION`:
 //!
 //! ```text
 //! cargo run --example aws_sdk -- --model us.anthropic.claude-3-5-haiku-20241022-v1:0 --tpm 20000
@@ -27,7 +29,7 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_bedrockruntime::{
-    config::{retry::RetryConfig, BehaviorVersion, Credentials, Region},
+    config::{retry::RetryConfig, BehaviorVersion, Credentials, Region, Token},
     types::{ContentBlock, ConversationRole, InferenceConfiguration, Message},
     Client,
 };
@@ -127,13 +129,18 @@ async fn main() -> Result<(), BoxError> {
                 cfg.clone(),
             )),
         None => {
-            conf.credentials_provider(env_credentials()?)
-                .http_client(ThrottledHttpClient::new(
-                    aws_smithy_http_client::Builder::new()
-                        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-                        .build_https(),
-                    cfg.clone(),
-                ))
+            // A Bedrock API key if there is one (as the SDK's shared config reads it), else
+            // SigV4 credentials.
+            let conf = match std::env::var("AWS_BEARER_TOKEN_BEDROCK") {
+                Ok(key) if !key.is_empty() => conf.bearer_token(Token::new(key, None)),
+                _ => conf.credentials_provider(env_credentials()?),
+            };
+            conf.http_client(ThrottledHttpClient::new(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                    .build_https(),
+                cfg.clone(),
+            ))
         }
     };
     let client = Client::from_conf(conf.build());

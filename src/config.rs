@@ -81,6 +81,7 @@ pub(crate) struct Settings {
     model_quotas: HashMap<String, Quota>,
     /// Quotas of models' 1M-token context variant.
     long_context_quotas: HashMap<String, Quota>,
+    reserved_quotas: HashMap<String, Quota>,
     burndowns: HashMap<String, f64>,
     pub(crate) retry: RetrySettings,
     pub(crate) max_wait: Duration,
@@ -119,7 +120,8 @@ impl Settings {
 
     /// The quota for `key`: the model's own, else the ARN's resource name's, else the default.
     /// A 1M-context key looks for a [long-context quota](ThrottleConfigBuilder::long_context_quota)
-    /// first and otherwise gets the standard one's numbers, as a bucket of its own.
+    /// first and otherwise gets the standard one's numbers, as a bucket of its own. A
+    /// reserved-tier key gets only its model's `reserved_quota` (found the same way).
     pub(crate) fn quota_for(&self, key: &QuotaKey) -> Option<ResolvedQuota> {
         let model = key.model();
         fn find<'q>(quotas: &'q HashMap<String, Quota>, model: Option<&str>) -> Option<&'q Quota> {
@@ -129,13 +131,16 @@ impl Settings {
                 quotas.get(tail)
             })
         }
-        let long = match key.context() {
-            ContextWindow::OneMillion => find(&self.long_context_quotas, model),
-            _ => None,
+        let quota = if key.is_reserved() {
+            find(&self.reserved_quotas, model)?
+        } else {
+            let long = match key.context() {
+                ContextWindow::OneMillion => find(&self.long_context_quotas, model),
+                _ => None,
+            };
+            long.or_else(|| find(&self.model_quotas, model))
+                .or(self.default_quota.as_ref())?
         };
-        let quota = long
-            .or_else(|| find(&self.model_quotas, model))
-            .or(self.default_quota.as_ref())?;
         Some(ResolvedQuota {
             requests: quota.requests,
             tokens: quota.tokens,
@@ -256,6 +261,7 @@ impl ThrottleConfig {
 /// | `quota` | none | quota of every model without its own |
 /// | `model_quota` | none | quota of one model id or inference profile |
 /// | `burndown` | 5 for Claude 4 and later, else 1 ([`default_burndown`](crate::default_burndown)) | quota tokens per output token |
+/// | `reserved_quota` | none | quota of one model's `reserved` service tier capacity |
 /// | `max_attempts` | 8 | attempts per request, the first included |
 /// | `base_delay` | 1 s | first backoff ceiling |
 /// | `max_delay` | 20 s | largest backoff ceiling |
@@ -284,6 +290,7 @@ pub struct ThrottleConfigBuilder {
     default_quota: Option<Quota>,
     model_quotas: Vec<(String, Quota)>,
     long_context_quotas: Vec<(String, Quota)>,
+    reserved_quotas: Vec<(String, Quota)>,
     burndowns: HashMap<String, f64>,
     max_attempts: u32,
     base_delay: Duration,
@@ -310,6 +317,7 @@ impl Default for ThrottleConfigBuilder {
             default_quota: None,
             model_quotas: Vec::new(),
             long_context_quotas: Vec::new(),
+            reserved_quotas: Vec::new(),
             burndowns: HashMap::new(),
             max_attempts: 8,
             base_delay: Duration::from_secs(1),
@@ -371,6 +379,14 @@ impl ThrottleConfigBuilder {
     /// ```
     pub fn long_context_quota(mut self, model: impl Into<String>, quota: Quota) -> Self {
         self.long_context_quotas.push((model.into(), quota));
+        self
+    }
+
+    /// The quota of one model's `reserved` [service tier](crate::service_tier) capacity
+    /// (named as in [`model_quota`](Self::model_quota)): requests that ask for that tier
+    /// spend it instead of the on-demand quota. Without one they are not gated.
+    pub fn reserved_quota(mut self, model: impl Into<String>, quota: Quota) -> Self {
+        self.reserved_quotas.push((model.into(), quota));
         self
     }
 
@@ -562,6 +578,7 @@ impl ThrottleConfigBuilder {
         if self.default_quota.is_none()
             && self.model_quotas.is_empty()
             && self.long_context_quotas.is_empty()
+            && self.reserved_quotas.is_empty()
         {
             return Err(ConfigError::new(
                 "no quota configured: set .quota(Quota) for every model or .model_quota(id, Quota) for some",
@@ -623,6 +640,19 @@ impl ThrottleConfigBuilder {
                 &mut model_quotas
             };
             into.insert(quota_model_id(&model).to_owned(), quota);
+        }
+        let mut reserved_quotas = HashMap::new();
+        for (model, quota) in self.reserved_quotas {
+            if model.is_empty() {
+                return Err(ConfigError::new("a reserved quota has an empty model id"));
+            }
+            if quota.discovers() {
+                return Err(ConfigError::new(format!(
+                    "the reserved quota of {model} is discovered (Quota::discover); reserved capacity is bought, so give its number"
+                )));
+            }
+            quota.validate(&format!("the reserved quota of {model}"))?;
+            reserved_quotas.insert(quota_model_id(&model).to_owned(), quota);
         }
         let burndowns = (self.burndowns.into_iter())
             .map(|(m, b)| (quota_model_id(&m).to_owned(), b))
@@ -686,6 +716,7 @@ impl ThrottleConfigBuilder {
             default_quota: self.default_quota,
             model_quotas,
             long_context_quotas,
+            reserved_quotas,
             burndowns,
             retry: RetrySettings {
                 max_attempts: self.max_attempts,

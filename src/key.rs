@@ -21,8 +21,10 @@ use crate::{bedrock::path, estimate::Operation, ContextWindow, Scope};
 /// that variant has quotas of its own (`… 1M Context Length` in Service Quotas). The Region comes from the host of an absolute URI,
 /// `bedrock-runtime.{region}.amazonaws.com` (as a client such as hyper or the AWS SDK sends
 /// it); never from a `Host` header, which in a server is the client's to choose: a Region
-/// invented there would be a fresh copy of the model's quota. Requests that are not Bedrock
-/// model calls share the default key, whose `model` is `None`.
+/// invented there would be a fresh copy of the model's quota. An OpenAI-compatible Chat
+/// Completions request names its model in the body, where the estimate layer reads it; a
+/// request on the `reserved` service tier is its model's [reserved](Self::reserved) key.
+/// Requests that are not Bedrock model calls share the default key, whose `model` is `None`.
 ///
 /// ```
 /// use bedrock_throttle::QuotaKey;
@@ -41,6 +43,7 @@ pub struct QuotaKey {
     model: Option<Arc<str>>,
     region: Option<Arc<str>>,
     context: ContextWindow,
+    reserved: bool,
 }
 
 impl QuotaKey {
@@ -50,6 +53,7 @@ impl QuotaKey {
             model: model.map(Arc::from),
             region: region.map(Arc::from),
             context: ContextWindow::Standard,
+            reserved: false,
         }
     }
 
@@ -78,6 +82,18 @@ impl QuotaKey {
         self.model().map_or(Scope::OnDemand, Scope::of_model)
     }
 
+    /// The same model and Region on Bedrock's `reserved` [service tier](crate::service_tier),
+    /// whose capacity is bought apart from the on-demand quota: a key of its own.
+    pub fn reserved(mut self) -> Self {
+        self.reserved = true;
+        self
+    }
+
+    /// Whether this is a [reserved-tier](Self::reserved) key.
+    pub fn is_reserved(&self) -> bool {
+        self.reserved
+    }
+
     /// The model id or inference profile, percent-decoded.
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
@@ -94,14 +110,15 @@ impl QuotaKey {
     }
 
     pub(crate) fn from_uri(uri: &http::Uri) -> (Self, Operation) {
-        let (model, operation) = match path::parse_path(uri.path()) {
-            Some(p) => (Some(Arc::from(p.model())), p.operation),
+        let (model, operation) = match path::model_and_operation(uri) {
+            Some((model, operation)) => (model.map(Arc::from), operation),
             None => (None, Operation::Other),
         };
         let key = Self {
             model,
             region: path::region(uri).map(Arc::from),
             context: ContextWindow::Standard,
+            reserved: false,
         };
         (key, operation)
     }
@@ -110,15 +127,18 @@ impl QuotaKey {
 impl fmt::Display for QuotaKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.model, &self.region) {
-            (Some(m), Some(r)) => write!(f, "{m} in {r}"),
-            (Some(m), None) => write!(f, "{m}"),
-            (None, Some(r)) => write!(f, "the default quota in {r}"),
-            (None, None) => write!(f, "the default quota"),
-        }?;
-        match self.context {
-            ContextWindow::OneMillion => f.write_str(" (1M context)"),
-            _ => Ok(()),
+            (Some(m), Some(r)) => write!(f, "{m} in {r}")?,
+            (Some(m), None) => write!(f, "{m}")?,
+            (None, Some(r)) => write!(f, "the default quota in {r}")?,
+            (None, None) => write!(f, "the default quota")?,
         }
+        if self.context == ContextWindow::OneMillion {
+            f.write_str(" (1M context)")?;
+        }
+        if self.reserved {
+            f.write_str(" (reserved tier)")?;
+        }
+        Ok(())
     }
 }
 

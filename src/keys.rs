@@ -55,9 +55,15 @@ pub(crate) const UNPROVEN: &str = "(unproven)";
 /// `key` with its model spelled as its quota (see [`quota_model_id`]).
 pub(crate) fn canonical(key: &QuotaKey) -> Cow<'_, QuotaKey> {
     match key.model() {
-        Some(m) if quota_model_id(m).len() != m.len() => Cow::Owned(
-            QuotaKey::new(Some(quota_model_id(m)), key.region()).with_context(key.context()),
-        ),
+        Some(m) if quota_model_id(m).len() != m.len() => {
+            let canonical =
+                QuotaKey::new(Some(quota_model_id(m)), key.region()).with_context(key.context());
+            Cow::Owned(if key.is_reserved() {
+                canonical.reserved()
+            } else {
+                canonical
+            })
+        }
         _ => Cow::Borrowed(key),
     }
 }
@@ -73,7 +79,11 @@ pub(crate) struct Filed {
 
 /// Files a metered request of `key` (canonical): see the module docs.
 pub(crate) fn file(shared: &Shared, key: &QuotaKey) -> Filed {
-    let quota = key.model().map(|m| shared.settings.quota_name(m));
+    // Only a configured `reserved_quota` meters a reserved key: as fixed as `model_quota`.
+    let quota = key
+        .model()
+        .filter(|_| !key.is_reserved())
+        .map(|m| shared.settings.quota_name(m));
     let tail = match quota {
         // Non-Bedrock requests, and models with a quota of their own.
         None | Some(QuotaName::Own) => {

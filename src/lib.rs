@@ -100,6 +100,7 @@ pub mod retry;
 #[cfg(feature = "service-quotas")]
 #[cfg_attr(docsrs, doc(cfg(feature = "service-quotas")))]
 pub mod service_quotas;
+pub mod service_tier;
 pub mod tenant;
 
 /// The README's examples, compiled and run as doctests.
@@ -125,6 +126,7 @@ pub use self::{
     },
     quota::{default_burndown, Quota, DISCOVER_START_TPM},
     scope::{ContextWindow, Scope},
+    service_tier::ServiceTier,
     stats::{KeyStats, ThrottleStats},
     tenant::{Overload, Priority, Tenant, TenantPolicy},
 };

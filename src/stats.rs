@@ -150,6 +150,15 @@ pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
             }
         })
         .collect();
-    keys.sort_by(|a, b| (a.key.model(), a.key.region()).cmp(&(b.key.model(), b.key.region())));
+    keys.sort_by(|a, b| {
+        let order = |k: &QuotaKey| {
+            (
+                k.model().map(str::to_owned),
+                k.region().map(str::to_owned),
+                k.is_reserved(),
+            )
+        };
+        order(&a.key).cmp(&order(&b.key))
+    });
     ThrottleStats { keys }
 }

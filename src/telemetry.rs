@@ -34,8 +34,8 @@ fn kind_index(kind: ThrottleKind) -> usize {
         .unwrap_or(ThrottleKind::ALL.len() - 1)
 }
 
-/// Names of the metrics, all labelled `model` and `region`, the throttle counter also `kind`
-/// (see the README's table).
+/// Names of the metrics, all labelled `model` and `region` (and `tier="reserved"` for a
+/// reserved-tier key), the throttle counter also `kind` (see the README's table).
 pub(crate) mod names {
     pub(crate) const ADMITTED: &str = "bedrock_throttle_admitted_total";
     pub(crate) const WAITED: &str = "bedrock_throttle_waited_total";
@@ -334,6 +334,11 @@ impl KeyTelemetry {
         if key.context() == crate::ContextWindow::OneMillion {
             labels.push(("context", SharedString::const_str("1m")));
         }
+        // A model's reserved capacity is a key of its own: its series must not be the
+        // on-demand key's.
+        if key.is_reserved() {
+            labels.push(("tier", SharedString::const_str("reserved")));
+        }
         let l = || {
             labels
                 .iter()
@@ -531,6 +536,55 @@ mod tests {
         .unwrap();
         req.extensions_mut().insert(TokenEstimate::new(300, 100));
         req
+    }
+
+    /// A model's reserved-tier key reports series of its own, told apart by `tier`.
+    #[test]
+    fn a_reserved_key_has_series_of_its_own() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let on_demand = QuotaKey::new(Some("m"), Some("us-east-1"));
+            super::KeyTelemetry::new(on_demand.clone())
+                .m
+                .admitted
+                .increment(1);
+            super::KeyTelemetry::new(on_demand.reserved())
+                .m
+                .admitted
+                .increment(2);
+        });
+        let mut admitted: Vec<(Vec<String>, DebugValue)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| k.key().name() == names::ADMITTED)
+            .map(|(k, _, _, v)| {
+                let labels = k
+                    .key()
+                    .labels()
+                    .map(|l| format!("{}={}", l.key(), l.value()));
+                (labels.collect(), v)
+            })
+            .collect();
+        admitted.sort_by_key(|(labels, _)| labels.len());
+        assert_eq!(
+            admitted,
+            [
+                (
+                    vec!["model=m".to_owned(), "region=us-east-1".to_owned()],
+                    DebugValue::Counter(1)
+                ),
+                (
+                    vec![
+                        "model=m".to_owned(),
+                        "region=us-east-1".to_owned(),
+                        "tier=reserved".to_owned()
+                    ],
+                    DebugValue::Counter(2)
+                ),
+            ]
+        );
     }
 
     /// One request meets an upstream 429, is retried, waits in the emptied bucket and

@@ -12,9 +12,11 @@
 //! soon as it sends again. Requests without a tenant belong to one default tenant of
 //! weight 1.
 //!
-//! Within a tenant, [`Priority::Interactive`] requests go before [`Priority::Batch`] ones,
-//! but while batch requests wait, at least one admission in four of the tenant goes to its
-//! oldest batch request, so batch work slows down but never stops.
+//! Within a tenant, [`Priority::Critical`] requests go before [`Priority::Interactive`] ones,
+//! and those before [`Priority::Batch`] ones, but while batch requests wait, at least one
+//! admission in four of the tenant goes to its oldest batch request, so batch work slows
+//! down but never stops. A request without a `Priority` waits as its Bedrock
+//! [service tier](crate::service_tier) says (`priority`, `default`, `flex`).
 //!
 //! ```
 //! use bedrock_throttle::{BedrockThrottleLayer, Priority, Quota, Tenant, TenantPolicy, ThrottleConfig};
@@ -84,7 +86,10 @@ impl From<String> for Tenant {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Priority {
-    /// Someone is waiting for the answer: goes first.
+    /// Latency-critical work (Bedrock's `priority` [service tier](crate::ServiceTier)): goes
+    /// before the tenant's interactive and batch requests.
+    Critical,
+    /// Someone is waiting for the answer: goes before batch requests.
     #[default]
     Interactive,
     /// Background work: goes after the tenant's interactive requests, with at least one
@@ -163,7 +168,8 @@ pub(crate) struct TenantSettings {
 }
 
 impl TenantSettings {
-    /// The tenant and priority of a request: its extensions first, then the tenant header.
+    /// The tenant and priority of a request: its extensions first, then the tenant header;
+    /// the priority from a [`Priority`] extension, else the request's service tier.
     pub(crate) fn classify(
         &self,
         extensions: &http::Extensions,
@@ -173,7 +179,13 @@ impl TenantSettings {
             let value = headers.get(self.header.as_ref()?)?.to_str().ok()?.trim();
             (!value.is_empty()).then(|| Tenant::new(value))
         });
-        let priority = extensions.get::<Priority>().copied().unwrap_or_default();
+        // The caller's own priority first, then the service tier the request names.
+        let priority = extensions
+            .get::<Priority>()
+            .copied()
+            .or_else(|| Some(extensions.get::<crate::ServiceTier>()?.priority()))
+            .or_else(|| Some(crate::bedrock::service_tier::from_header(headers)?.priority()))
+            .unwrap_or_default();
         (tenant, priority)
     }
 
@@ -221,5 +233,34 @@ impl TenantSettings {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServiceTier;
+
+    #[test]
+    fn a_caller_priority_wins_then_the_tier_extension_then_the_header() {
+        let settings = TenantSettings::default();
+        let priority = |extensions: &http::Extensions, headers: &http::HeaderMap| {
+            settings.classify(extensions, headers).1
+        };
+        let mut headers = http::HeaderMap::new();
+        let mut extensions = http::Extensions::new();
+        assert_eq!(priority(&extensions, &headers), Priority::Interactive);
+        headers.insert("x-amzn-bedrock-service-tier", "flex".parse().unwrap());
+        assert_eq!(priority(&extensions, &headers), Priority::Batch);
+        extensions.insert(ServiceTier::Priority);
+        assert_eq!(priority(&extensions, &headers), Priority::Critical);
+        extensions.insert(Priority::Batch);
+        assert_eq!(priority(&extensions, &headers), Priority::Batch);
+        // `default` and `reserved` wait as requests without a tier do.
+        let mut extensions = http::Extensions::new();
+        for tier in [ServiceTier::Default, ServiceTier::Reserved] {
+            extensions.insert(tier);
+            assert_eq!(priority(&extensions, &headers), Priority::Interactive);
+        }
     }
 }

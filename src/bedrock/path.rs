@@ -4,6 +4,15 @@
 //! id, an inference profile id or an ARN, usually percent-encoded (`:` as `%3A`, `/` as
 //! `%2F`), though an ARN's `/` may also come raw: the model is everything between
 //! `/model/` and the last `/`. This is the only parser of such paths in the crate.
+//!
+//! bedrock-runtime also serves OpenAI's Create chat completion API, whose model is in the
+//! body: at `/openai/v1/chat/completions` ("Invoke a model with the OpenAI Chat Completions
+//! API", <https://docs.aws.amazon.com/bedrock/latest/userguide/inference-chat-completions.html>)
+//! and at `/v1/chat/completions` ("Inference using the Chat Completions API",
+//! <https://docs.aws.amazon.com/bedrock/latest/userguide/inference-chat-completions-mantle.html>).
+//! The first is recognised on any host, as `/model/…` paths are; the second only on a
+//! bedrock-runtime host, because the same path on `bedrock-mantle.{region}.api.aws` (or on
+//! any OpenAI-compatible server) is charged to other quotas.
 
 use std::borrow::Cow;
 
@@ -38,6 +47,30 @@ pub(crate) fn parse_path(path: &str) -> Option<ModelPath<'_>> {
         raw_model,
         operation,
     })
+}
+
+/// The path of the OpenAI-compatible Chat Completions route that is recognised on any host.
+const OPENAI_CHAT_COMPLETIONS: &str = "/openai/v1/chat/completions";
+/// The path bedrock-runtime also serves Chat Completions at; recognised on its hosts only.
+const V1_CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+
+/// Whether `path` (a query or fragment is ignored) is bedrock-runtime's OpenAI-compatible
+/// Chat Completions route, given whether the request goes to a bedrock-runtime host (see
+/// the [module docs](self)).
+pub(crate) fn is_chat_completions(path: &str, bedrock_runtime_host: bool) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    path == OPENAI_CHAT_COMPLETIONS || (bedrock_runtime_host && path == V1_CHAT_COMPLETIONS)
+}
+
+/// The model id and operation of a request to `uri`: a `/model/{modelId}/{operation}` call
+/// (the id percent-decoded), or a Chat Completions call, whose model is in its body
+/// (`None` here); `None` for anything else.
+pub(crate) fn model_and_operation(uri: &Uri) -> Option<(Option<Cow<'_, str>>, Operation)> {
+    if let Some(p) = parse_path(uri.path()) {
+        return Some((Some(p.model()), p.operation));
+    }
+    is_chat_completions(uri.path(), region(uri).is_some())
+        .then_some((None, Operation::ChatCompletions))
 }
 
 /// The operation a path's last segment names, exactly as Bedrock spells it.
@@ -141,6 +174,43 @@ mod tests {
         assert_eq!(
             parts("/model/%20/invoke"),
             Some((" ".into(), Operation::Invoke))
+        );
+    }
+
+    #[test]
+    fn chat_completions_on_bedrock_runtime() {
+        let op = |uri: &str| {
+            let uri: Uri = uri.parse().unwrap();
+            model_and_operation(&uri).map(|(m, op)| (m.map(Cow::into_owned), op))
+        };
+        let chat = Some((None, Operation::ChatCompletions));
+        assert_eq!(op("/openai/v1/chat/completions"), chat);
+        assert_eq!(
+            op("http://127.0.0.1:9/openai/v1/chat/completions?x=1"),
+            chat
+        );
+        assert_eq!(
+            op("https://bedrock-runtime.us-west-2.amazonaws.com/openai/v1/chat/completions"),
+            chat
+        );
+        assert_eq!(
+            op("https://bedrock-runtime.us-west-2.amazonaws.com/v1/chat/completions"),
+            chat
+        );
+        // Elsewhere `/v1/chat/completions` is some other service's, mantle's included.
+        for uri in [
+            "/v1/chat/completions",
+            "http://127.0.0.1:9/v1/chat/completions",
+            "https://bedrock-mantle.us-east-1.api.aws/v1/chat/completions",
+            "https://bedrock-runtime.us-west-2.amazonaws.com/openai/v1/chat/completions/",
+            "https://bedrock-runtime.us-west-2.amazonaws.com/openai/v1/responses",
+            "/openai/v1/chat/completion",
+        ] {
+            assert_eq!(op(uri), None, "{uri}");
+        }
+        assert_eq!(
+            op("/model/m%3A0/converse"),
+            Some((Some("m:0".into()), Operation::Converse))
         );
     }
 

@@ -40,7 +40,8 @@ pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Usage> {
     })
 }
 
-/// From a JSON response body: Converse `usage`, Anthropic `usage`, Llama, Titan, Cohere.
+/// From a JSON response body: Converse `usage`, OpenAI Chat Completions `usage`, Anthropic
+/// `usage`, Llama, Titan, Cohere.
 pub(crate) fn from_json(body: &[u8]) -> Option<Usage> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
@@ -52,6 +53,16 @@ pub(crate) fn from_json(body: &[u8]) -> Option<Usage> {
                 output_tokens: o,
                 cache_read_input_tokens: n(u, "cacheReadInputTokens").unwrap_or(0),
                 cache_write_input_tokens: n(u, "cacheWriteInputTokens").unwrap_or(0),
+            });
+        }
+        // OpenAI Chat Completions. `prompt_tokens` includes the cached ones
+        // (`prompt_tokens_details.cached_tokens`); AWS does not say whether bedrock-runtime
+        // counts those toward the quota, so all are charged as input, the safe side.
+        if let (Some(i), Some(o)) = (n(u, "prompt_tokens"), n(u, "completion_tokens")) {
+            return Some(Usage {
+                input_tokens: i,
+                output_tokens: o,
+                ..Usage::default()
             });
         }
         if let (Some(i), Some(o)) = (n(u, "input_tokens"), n(u, "output_tokens")) {
@@ -123,6 +134,10 @@ mod tests {
                 (11, 21, 4),
             ),
             (
+                r#"{"object":"chat.completion","usage":{"prompt_tokens":15,"completion_tokens":25,"total_tokens":40,"prompt_tokens_details":{"cached_tokens":5}}}"#,
+                (15, 25, 0),
+            ),
+            (
                 r#"{"generation":"x","prompt_token_count":12,"generation_token_count":22}"#,
                 (12, 22, 0),
             ),
@@ -148,6 +163,8 @@ mod tests {
             "{",
             "[]",
             r#"{"usage":{"inputTokens":"x"}}"#,
+            r#"{"usage":null}"#,
+            r#"{"usage":{"prompt_tokens":3}}"#,
             r#"{"output":{}}"#,
         ] {
             assert_eq!(from_json(body.as_bytes()), None, "{body}");

@@ -35,8 +35,22 @@
 //! # What it speaks
 //! bedrock-runtime's restJson1 over HTTP/1.1: `POST /model/{modelId}/invoke`,
 //! `/invoke-with-response-stream`, `/converse`, `/converse-stream` and `/count-tokens`, with
-//! the model id percent-decoded. It ignores `Authorization`, so requests signed by the real
-//! AWS SDK work, and so do unsigned ones.
+//! the model id percent-decoded; and OpenAI-compatible Chat Completions at
+//! `/openai/v1/chat/completions` and `/v1/chat/completions` (the model in the body, OpenAI's
+//! `chat.completion` answer with `usage.prompt_tokens` and `completion_tokens`, or with
+//! `"stream": true` `chat.completion.chunk` server-sent events ending in `data: [DONE]`, the
+//! last chunk carrying `usage` when `stream_options.include_usage` is set), charged to the
+//! model's quota as InvokeModel and Converse are; the faults below apply to the native
+//! routes only. Service tiers: InvokeModel's `X-Amzn-Bedrock-Service-Tier` header and
+//! Converse's `"serviceTier": {"type": …}` are read (an unknown tier is a
+//! `ValidationException`) and echoed (the response header; Converse's `serviceTier`, the
+//! ConverseStream `metadata` event's); `priority`, `default` and `flex` share the model's
+//! quota, `reserved` spends [`reserved_quota`](EmulatorBuilder::reserved_quota). It reads
+//! `Authorization` as AWS does: a SigV4 signature or a Bedrock API key
+//! (`Authorization: Bearer …`, as the AWS SDK sends one set with `bearer_token`), neither
+//! verified; unsigned requests work too unless
+//! [`require_authorization`](EmulatorBuilder::require_authorization) is on, and any other
+//! `Authorization` is refused with 403 `UnrecognizedClientException`.
 //!
 //! # How it charges
 //! Each quota key (the model id as given: `us.anthropic...` cross-Region profiles are keys of
@@ -81,11 +95,14 @@
 //! - The model's text is filler; only its token count means anything.
 //! - Quotas are exact buckets; real Bedrock's are coarser and vary by account.
 
+mod auth;
 mod config;
+mod openai;
 mod quota;
 mod request;
 mod server;
 mod service_quotas;
+mod tiers;
 mod wire;
 
 #[cfg(test)]
@@ -128,6 +145,7 @@ impl Emulator {
 pub struct EmulatorBuilder {
     default_quota: EmulatedQuota,
     model_quotas: HashMap<String, EmulatedQuota>,
+    reserved_quotas: HashMap<String, EmulatedQuota>,
     display_names: HashMap<String, String>,
     latency: LatencyModel,
     chars_per_token: f64,
@@ -141,6 +159,7 @@ pub struct EmulatorBuilder {
     model_context_windows: HashMap<String, u64>,
     stream_chunk_tokens: u64,
     admission_delay: Duration,
+    require_authorization: bool,
     clock_offset: Duration,
     addr: SocketAddr,
 }
@@ -150,6 +169,7 @@ impl Default for EmulatorBuilder {
         EmulatorBuilder {
             default_quota: EmulatedQuota::default(),
             model_quotas: HashMap::new(),
+            reserved_quotas: HashMap::new(),
             display_names: HashMap::new(),
             latency: LatencyModel::default(),
             chars_per_token: 3.6,
@@ -163,6 +183,7 @@ impl Default for EmulatorBuilder {
             model_context_windows: HashMap::new(),
             stream_chunk_tokens: 5,
             admission_delay: Duration::ZERO,
+            require_authorization: false,
             clock_offset: Duration::ZERO,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
@@ -203,6 +224,23 @@ impl EmulatorBuilder {
     pub fn long_context_quota(mut self, model_id: impl AsRef<str>, quota: EmulatedQuota) -> Self {
         self.model_quotas
             .insert(long_context_key(model_id.as_ref()), quota);
+        self
+    }
+
+    /// The quota of one model's `reserved` service tier capacity: requests that ask for that
+    /// tier (InvokeModel's `X-Amzn-Bedrock-Service-Tier` header, Converse's
+    /// `serviceTier.type`) are charged to it and counted in [`EmulatorStats`] under
+    /// `"{model} (reserved)"`. Without one that key has the default quota.
+    pub fn reserved_quota(mut self, model_id: impl Into<String>, quota: EmulatedQuota) -> Self {
+        self.reserved_quotas.insert(model_id.into(), quota);
+        self
+    }
+
+    /// Refuses requests without an `Authorization` header (SigV4 or a Bedrock API key's
+    /// `Bearer …`) with 403 `MissingAuthenticationTokenException`, as AWS does. Off by
+    /// default, so unsigned requests work; a malformed header is refused either way.
+    pub fn require_authorization(mut self, required: bool) -> Self {
+        self.require_authorization = required;
         self
     }
 
@@ -309,12 +347,12 @@ impl EmulatorBuilder {
     pub async fn spawn(self) -> io::Result<EmulatorHandle> {
         let listener = TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
+        let mut quotas = self.model_quotas.clone();
+        for (model, quota) in &self.reserved_quotas {
+            quotas.insert(tiers::reserved_key(model), *quota);
+        }
         let service_quotas = service_quotas::listing(&self.model_quotas, &self.display_names);
-        let ledger = Arc::new(Ledger::new(
-            self.default_quota,
-            self.model_quotas,
-            self.clock_offset,
-        ));
+        let ledger = Arc::new(Ledger::new(self.default_quota, quotas, self.clock_offset));
         let shared = Arc::new(Shared {
             ledger: Arc::clone(&ledger),
             latency: self.latency,
@@ -329,6 +367,7 @@ impl EmulatorBuilder {
             model_context_windows: self.model_context_windows,
             stream_chunk_tokens: self.stream_chunk_tokens,
             admission_delay: self.admission_delay,
+            require_authorization: self.require_authorization,
             seen: Mutex::new(HashMap::new()),
             service_quotas,
         });

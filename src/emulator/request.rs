@@ -16,6 +16,8 @@ pub(crate) enum Operation {
     Converse,
     ConverseStream,
     CountTokens,
+    /// OpenAI-compatible Chat Completions (its own routes, see `openai`).
+    ChatCompletions,
 }
 
 impl Operation {
@@ -100,7 +102,7 @@ pub(crate) fn count_tokens(chars: u64, chars_per_token: f64) -> u64 {
     (chars as f64 / ratio).ceil() as u64
 }
 
-fn as_u64(v: Option<&Value>) -> Option<u64> {
+pub(crate) fn as_u64(v: Option<&Value>) -> Option<u64> {
     let v = v?;
     v.as_u64()
         .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
@@ -182,13 +184,13 @@ pub(crate) fn invoke_facts(body: &Value) -> RequestFacts {
 /// reads (block types, roles, binary payloads) and counting image blocks as
 /// [`IMAGE_TOKENS`].
 #[derive(Debug, Default)]
-struct TextCounter {
-    chars: u64,
-    images: u64,
+pub(crate) struct TextCounter {
+    pub(crate) chars: u64,
+    pub(crate) images: u64,
 }
 
 impl TextCounter {
-    fn walk(&mut self, v: &Value, key: Option<&str>) {
+    pub(crate) fn walk(&mut self, v: &Value, key: Option<&str>) {
         match v {
             Value::String(s) => {
                 if !matches!(

@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) stream_chunk_tokens: u64,
     /// How long after arrival the quota check counts a request.
     pub(crate) admission_delay: Duration,
+    /// Whether a request without `Authorization` is refused.
+    pub(crate) require_authorization: bool,
     /// How often each (model, operation, body) was seen: the per-request random numbers
     /// depend on it, so identical requests still differ and arrival order never matters
     /// between different bodies.
@@ -60,21 +62,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn burndown(&self, model: &str) -> u64 {
+    pub(crate) fn burndown(&self, model: &str) -> u64 {
         self.burndown
             .get(model)
             .copied()
             .unwrap_or_else(|| crate::default_burndown(model).round() as u64)
     }
 
-    fn max_output(&self, model: &str) -> u64 {
+    pub(crate) fn max_output(&self, model: &str) -> u64 {
         self.max_output
             .get(model)
             .copied()
             .unwrap_or_else(|| crate::estimate::default_output_limit(model))
     }
 
-    fn context_window(&self, model: &str) -> u64 {
+    pub(crate) fn context_window(&self, model: &str) -> u64 {
         self.model_context_windows
             .get(model)
             .copied()
@@ -83,7 +85,7 @@ impl Shared {
 
     /// A random number generator for one request, from the seed, the request's content and
     /// how many identical requests came before it.
-    fn request_rng(&self, model: &str, op: Operation, body: &[u8]) -> fastrand::Rng {
+    pub(crate) fn request_rng(&self, model: &str, op: Operation, body: &[u8]) -> fastrand::Rng {
         let mut h = Fnv::new();
         h.write(model.as_bytes());
         h.write(&[op as u8]);
@@ -103,7 +105,7 @@ impl Shared {
         fastrand::Rng::with_seed(splitmix(self.seed ^ splitmix(hash ^ splitmix(n))))
     }
 
-    fn draw_output(&self, rng: &mut fastrand::Rng, limit: u64) -> u64 {
+    pub(crate) fn draw_output(&self, rng: &mut fastrand::Rng, limit: u64) -> u64 {
         let n = match self.output {
             OutputLength::Fixed(n) => n,
             OutputLength::Uniform { min, max } => {
@@ -195,7 +197,7 @@ pub(crate) async fn serve(
     }
 }
 
-fn request_id(rng: &mut fastrand::Rng) -> String {
+pub(crate) fn request_id(rng: &mut fastrand::Rng) -> String {
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
         rng.u32(..),
@@ -215,7 +217,18 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<EmulatorBody>, DroppedConnection> {
-    let route = parse_path(req.uri().path());
+    let path = req.uri().path().to_owned();
+    let headers = req.headers().clone();
+    if let Err((error_type, message)) = super::auth::check(&headers, shared.require_authorization) {
+        let rid = "00000000-0000-4000-8000-000000000000";
+        return Ok(error_response(
+            super::auth::STATUS,
+            error_type,
+            message,
+            rid,
+        ));
+    }
+    let route = parse_path(&path);
     let method_ok = req.method() == Method::POST;
     let service_quotas = super::service_quotas::target(req.headers())
         .map(|t| (t, super::service_quotas::region(req.headers())));
@@ -239,6 +252,9 @@ pub(crate) async fn handle(
             &bytes,
         ));
     }
+    if method_ok && super::openai::is_route(&path) {
+        return Ok(super::openai::handle(shared, bytes).await);
+    }
     let Some((model, op)) = route.filter(|_| method_ok) else {
         return Ok(error_response(
             StatusCode::NOT_FOUND,
@@ -253,15 +269,29 @@ pub(crate) async fn handle(
         return Ok(count_tokens(&shared, &model, &bytes, &rid));
     }
     let ledger = &shared.ledger;
-    ledger.with_stats(&model, |s| s.requests += 1);
-
     let body: Value = match serde_json::from_slice(&bytes) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
-            ledger.with_stats(&model, |s| s.validation_errors += 1);
+            ledger.with_stats(&model, |s| {
+                s.requests += 1;
+                s.validation_errors += 1;
+            });
             return Ok(validation_response(MSG_MALFORMED, &rid));
         }
     };
+    // The tier: reserved capacity is a quota of its own, the others share the model's.
+    let tier = match super::tiers::of_request(op, &headers, &body) {
+        Ok(tier) => tier,
+        Err(()) => {
+            ledger.with_stats(&model, |s| {
+                s.requests += 1;
+                s.validation_errors += 1;
+            });
+            return Ok(validation_response(super::tiers::MSG_BAD_TIER, &rid));
+        }
+    };
+    let quota_key = super::tiers::quota_key(&model, tier);
+    ledger.with_stats(&quota_key, |s| s.requests += 1);
     let facts = if op.is_converse() {
         converse_facts(&body)
     } else {
@@ -269,7 +299,7 @@ pub(crate) async fn handle(
     };
     let input = facts.input_tokens(shared.chars_per_token);
     if input > shared.context_window(&model) {
-        ledger.with_stats(&model, |s| s.validation_errors += 1);
+        ledger.with_stats(&quota_key, |s| s.validation_errors += 1);
         return Ok(validation_response(MSG_TOO_LONG, &rid));
     }
     let limit = facts
@@ -291,7 +321,7 @@ pub(crate) async fn handle(
     let rfirst_throttle = rng.f64();
 
     if r503 < faults.http_503 {
-        ledger.with_stats(&model, |s| {
+        ledger.with_stats(&quota_key, |s| {
             s.faults += 1;
             s.faults_503 += 1;
         });
@@ -303,7 +333,7 @@ pub(crate) async fn handle(
         ));
     }
     if r500 < faults.http_500 {
-        ledger.with_stats(&model, |s| {
+        ledger.with_stats(&quota_key, |s| {
             s.faults += 1;
             s.faults_500 += 1;
         });
@@ -316,7 +346,7 @@ pub(crate) async fn handle(
     }
 
     if op.is_stream() && rfirst_throttle < faults.stream_throttle_first {
-        ledger.with_stats(&model, |s| {
+        ledger.with_stats(&quota_key, |s| {
             s.faults += 1;
             s.faults_stream_throttle_first += 1;
         });
@@ -333,19 +363,19 @@ pub(crate) async fn handle(
     let reserve = input.saturating_add(limit.saturating_mul(burndown));
     // The 1M-context variant spends a quota of its own.
     let quota_key = match crate::bedrock::context::context_window(&bytes, input) {
-        crate::ContextWindow::OneMillion => super::long_context_key(&model),
-        _ => model.clone(),
+        crate::ContextWindow::OneMillion => super::long_context_key(&quota_key),
+        _ => quota_key,
     };
     let reservation = match ledger.reserve(&quota_key, reserve) {
         Ok(r) => r.with_input(input),
         Err(refusal) => {
-            tracing::debug!(%model, reserve, ?refusal, "emulator throttled a request");
+            tracing::debug!(%quota_key, reserve, ?refusal, "emulator throttled a request");
             return Ok(throttle_response(refusal, &rid));
         }
     };
 
     let extra = if rslow < faults.slow {
-        ledger.with_stats(&model, |s| {
+        ledger.with_stats(&quota_key, |s| {
             s.faults += 1;
             s.faults_slow += 1;
         });
@@ -355,7 +385,7 @@ pub(crate) async fn handle(
     };
 
     if rdrop < faults.drop_connection {
-        ledger.with_stats(&model, |s| {
+        ledger.with_stats(&quota_key, |s| {
             s.faults += 1;
             s.faults_dropped += 1;
         });
@@ -366,6 +396,8 @@ pub(crate) async fn handle(
 
     let job = Job {
         model,
+        quota_key,
+        tier,
         shape: facts.shape,
         input,
         output,
@@ -379,7 +411,7 @@ pub(crate) async fn handle(
 
     if op.is_stream() {
         let throttle_at = (rthrottle < faults.stream_throttle).then(|| {
-            ledger.with_stats(&job.model, |s| {
+            ledger.with_stats(&job.quota_key, |s| {
                 s.faults += 1;
                 s.faults_stream_throttle += 1;
             });
@@ -387,7 +419,11 @@ pub(crate) async fn handle(
         });
         let (tx, rx) = mpsc::channel(64);
         let converse = op.is_converse();
-        let resp = stream_response(EmulatorBody::stream(rx), &job.request_id, converse);
+        let mut resp = stream_response(EmulatorBody::stream(rx), &job.request_id, converse);
+        if let (Some(tier), false) = (job.tier, converse) {
+            let tier = HeaderValue::from_static(tier);
+            resp.headers_mut().insert(super::tiers::HEADER, tier);
+        }
         tokio::spawn(stream_job(job, reservation, tx, converse, throttle_at));
         return Ok(resp);
     }
@@ -428,6 +464,10 @@ fn stream_response(body: EmulatorBody, request_id: &str, converse: bool) -> Resp
 #[derive(Debug)]
 struct Job {
     model: String,
+    /// Where the job is charged and counted: the model, or its reserved capacity.
+    quota_key: String,
+    /// The service tier the request asked for, echoed in the answer.
+    tier: Option<&'static str>,
     shape: BodyShape,
     input: u64,
     output: u64,
@@ -479,6 +519,9 @@ fn invoke_response(job: &Job, total: Duration) -> Response<EmulatorBody> {
     };
     let mut resp = json_response(StatusCode::OK, &body, &job.request_id);
     let h = resp.headers_mut();
+    if let Some(tier) = job.tier {
+        h.insert(super::tiers::HEADER, HeaderValue::from_static(tier));
+    }
     h.insert("x-amzn-bedrock-input-token-count", job.input.into());
     h.insert("x-amzn-bedrock-output-token-count", job.output.into());
     h.insert("x-amzn-bedrock-invocation-latency", millis(total).into());
@@ -486,7 +529,7 @@ fn invoke_response(job: &Job, total: Duration) -> Response<EmulatorBody> {
 }
 
 fn converse_response(job: &Job, total: Duration) -> Response<EmulatorBody> {
-    let body = json!({
+    let mut body = json!({
         "output": {"message": {
             "role": "assistant",
             "content": [{"text": output_text(0, job.output)}],
@@ -499,6 +542,9 @@ fn converse_response(job: &Job, total: Duration) -> Response<EmulatorBody> {
         },
         "metrics": {"latencyMs": millis(total)},
     });
+    if let Some(tier) = job.tier {
+        body["serviceTier"] = json!({"type": tier});
+    }
     json_response(StatusCode::OK, &body, &job.request_id)
 }
 
@@ -590,17 +636,20 @@ async fn stream_job(
         vec![
             event_frame("contentBlockStop", &json!({"contentBlockIndex": 0})),
             event_frame("messageStop", &json!({"stopReason": stop_reason})),
-            event_frame(
-                "metadata",
-                &json!({
+            event_frame("metadata", &{
+                let mut metadata = json!({
                     "usage": {
                         "inputTokens": job.input,
                         "outputTokens": job.output,
                         "totalTokens": job.input + job.output,
                     },
                     "metrics": {"latencyMs": millis(total)},
-                }),
-            ),
+                });
+                if let Some(tier) = job.tier {
+                    metadata["serviceTier"] = json!({"type": tier});
+                }
+                metadata
+            }),
         ]
     } else {
         vec![

@@ -22,6 +22,7 @@ const OPERATIONS: &[Operation] = &[
     Operation::Invoke,
     Operation::Converse,
     Operation::CountTokens,
+    Operation::ChatCompletions,
     Operation::Other,
 ];
 
@@ -114,6 +115,9 @@ fn shaped_bodies(text: &str) -> Vec<String> {
         format!(
             r#"{{"messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{PNG}"}}}},{{"type":"text","text":{text}}}]}}]}}"#
         ),
+        format!(
+            r#"{{"model":"openai.gpt-oss-20b-1:0","messages":[{{"role":"developer","content":{text}}},{{"role":"assistant","content":null,"tool_calls":[{{"id":"c","type":"function","function":{{"name":"f","arguments":{text}}}}}]}},{{"role":"tool","tool_call_id":"c","content":[{{"type":"text","text":{text}}}]}}],"tools":[{{"type":"function","function":{{"name":"f","description":{text}}}}}],"max_tokens":7,"max_completion_tokens":null,"stream":true,"stream_options":{{"include_usage":true}}}}"#
+        ),
     ]
 }
 
@@ -157,6 +161,7 @@ const SHAPES: &[Shape] = &[
     Shape::CohereEmbed,
     Shape::Jamba,
     Shape::Converse,
+    Shape::OpenAiChat,
 ];
 
 /// Every shape walks every shaped body to the same measure, images and wrong types

@@ -11,10 +11,14 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::bedrock::context::context_window;
-
-use super::{RequestInfo, TokenEstimate};
-use crate::{body::CollectBody, config::Shared, telemetry::Trace, BoxError, QuotaKey};
+use super::{Operation, RequestInfo, TokenEstimate};
+use crate::{
+    bedrock::{context::context_window, service_tier},
+    body::CollectBody,
+    config::Shared,
+    telemetry::Trace,
+    BoxError, QuotaKey, ServiceTier,
+};
 
 pin_project! {
     /// Response future of [`Estimate`](super::Estimate): reads the body, then calls the
@@ -114,7 +118,25 @@ where
                         shared,
                         ..
                     } = this.pending.take().expect("polled after completion");
-                    let (key, operation) = QuotaKey::from_uri(&parts.uri);
+                    let (mut key, operation) = QuotaKey::from_uri(&parts.uri);
+                    if operation == Operation::ChatCompletions {
+                        // Its model is in the body, and so is its quota.
+                        let model = crate::bedrock::chat::model(&bytes);
+                        key = QuotaKey::new(model.as_deref(), key.region());
+                    }
+                    let tier = match parts.extensions.get::<ServiceTier>() {
+                        Some(tier) => Some(*tier),
+                        None => {
+                            let tier = service_tier::of_request(&parts.headers, operation, &bytes);
+                            if let Some(tier) = tier {
+                                parts.extensions.insert(tier);
+                            }
+                            tier
+                        }
+                    };
+                    if tier == Some(ServiceTier::Reserved) {
+                        key = key.reserved();
+                    }
                     let estimate = shared.estimator.estimate(&RequestInfo {
                         model: key.model(),
                         operation,

@@ -91,7 +91,7 @@
 mod future;
 mod layer;
 mod minimal;
-mod scan;
+pub(crate) mod scan;
 mod service;
 
 #[cfg(test)]
@@ -130,6 +130,10 @@ pub enum Operation {
     ConverseStream,
     /// `POST /model/{modelId}/count-tokens`: free, estimated as zero tokens.
     CountTokens,
+    /// `POST /openai/v1/chat/completions` (and `/v1/chat/completions` on a bedrock-runtime
+    /// host): OpenAI-compatible Chat Completions, streamed or not, the model named in the
+    /// body. It shares the model's quota with InvokeModel and Converse.
+    ChatCompletions,
     /// Anything else.
     Other,
 }
@@ -190,7 +194,9 @@ pub struct RequestInfo<'a> {
 impl<'a> RequestInfo<'a> {
     /// Reads the model id and operation from a Bedrock runtime path
     /// (`/model/{modelId}/{operation}`), as the [`EstimateLayer`] and the quota key do; the
-    /// model id stays percent-encoded, which every function here accepts. Any other path,
+    /// model id stays percent-encoded, which every function here accepts.
+    /// `/openai/v1/chat/completions` is [`Operation::ChatCompletions`] with no model (its
+    /// model is in the body; set `model` from there). Any other path,
     /// an empty model id or an operation Bedrock does not have gives no model and
     /// [`Operation::Other`].
     ///
@@ -205,9 +211,15 @@ impl<'a> RequestInfo<'a> {
     /// ```
     pub fn from_path(path: &'a str, body: &'a [u8]) -> Self {
         let parsed = crate::bedrock::path::parse_path(path);
+        // A path alone has no host: only the Chat Completions path valid on any host counts.
+        let chat = parsed.is_none() && crate::bedrock::path::is_chat_completions(path, false);
         Self {
             model: parsed.map(|p| p.raw_model),
-            operation: parsed.map_or(Operation::Other, |p| p.operation),
+            operation: match parsed {
+                Some(p) => p.operation,
+                None if chat => Operation::ChatCompletions,
+                None => Operation::Other,
+            },
             body,
         }
     }

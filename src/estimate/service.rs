@@ -9,8 +9,12 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::{ResponseFuture, TokenEstimate};
-use crate::bedrock::context::context_window_of_input;
-use crate::{config::Shared, telemetry::Trace, BoxError, QuotaKey, ThrottleConfig};
+use crate::{
+    bedrock::{context::context_window_of_input, service_tier},
+    config::Shared,
+    telemetry::Trace,
+    BoxError, ThrottleConfig,
+};
 
 /// Reads each request body once and attaches a [`TokenEstimate`] to the request. See the
 /// [module docs](super).
@@ -68,7 +72,11 @@ where
         if let Some(estimate) = request.extensions().get::<TokenEstimate>() {
             // Set by the caller: no body read. Fill in the key from the path if absent.
             if estimate.key.is_none() {
-                let (key, operation) = QuotaKey::from_uri(request.uri());
+                let (key, operation) = service_tier::key_of_head(
+                    request.uri(),
+                    request.headers(),
+                    request.extensions(),
+                );
                 let estimate = request
                     .extensions_mut()
                     .get_mut::<TokenEstimate>()

@@ -83,6 +83,9 @@ pub enum Shape {
     Jamba,
     /// Converse and ConverseStream: `system`, `messages`, `toolConfig`, `inferenceConfig.maxTokens`.
     Converse,
+    /// OpenAI-compatible Chat Completions: `messages` (string or parts content, `tool_calls`),
+    /// `tools`, `max_completion_tokens` or else the older `max_tokens`.
+    OpenAiChat,
 }
 
 impl Shape {

@@ -34,11 +34,21 @@ struct Ask {
     method: Option<EstimateMethod>,
 }
 
+/// The key and operation of a request by its head alone (see
+/// [`key_of_head`](crate::bedrock::service_tier::key_of_head)).
+fn head_key<B>(request: &Request<B>) -> (QuotaKey, Operation) {
+    crate::bedrock::service_tier::key_of_head(
+        request.uri(),
+        request.headers(),
+        request.extensions(),
+    )
+}
+
 impl Ask {
     fn of<B>(request: &Request<B>) -> Self {
         let Some(e) = request.extensions().get::<TokenEstimate>() else {
             // Used without the estimate layer: a quarter token per declared body byte.
-            let (key, operation) = QuotaKey::from_uri(request.uri());
+            let (key, operation) = head_key(request);
             let len = request
                 .headers()
                 .get(CONTENT_LENGTH)
@@ -56,7 +66,7 @@ impl Ask {
         };
         let (key, operation) = match e.key() {
             Some(k) => (k.clone(), e.operation()),
-            None => QuotaKey::from_uri(request.uri()),
+            None => head_key(request),
         };
         // Hand-set estimates teach the estimator nothing.
         let learnable = e.method() != EstimateMethod::Manual;

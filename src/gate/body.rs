@@ -10,8 +10,8 @@ use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::settle::Charge;
-use crate::bedrock::{event_stream::FrameReader, usage};
+use super::settle::{BodyUsage, Charge};
+use crate::bedrock::{event_stream::FrameReader, sse::SseReader, usage};
 
 /// JSON bodies larger than this are passed on without looking for usage.
 const MAX_USAGE_BODY: usize = 4 << 20;
@@ -19,8 +19,9 @@ const MAX_USAGE_BODY: usize = 4 << 20;
 pin_project! {
     /// The response body of [`Gate`](super::Gate): passes every frame through unchanged and
     /// settles the reservation from the usage it reads on the way: at the end of a JSON body
-    /// whose head carried no usage, or in the last frames of an event stream
-    /// (`application/vnd.amazon.eventstream`). See the [module docs](super#charging).
+    /// whose head carried no usage, in the last frames of an event stream
+    /// (`application/vnd.amazon.eventstream`), or in the last chunk of a streamed Chat
+    /// Completions answer (`text/event-stream`). See the [module docs](super#charging).
     ///
     /// For an event stream the gate has already read the first frame (to retry an exception
     /// that arrives before any byte reached the caller); this body yields those frames first,
@@ -55,6 +56,7 @@ enum Settle {
     Nothing,
     Json { charge: Charge, buf: Vec<u8> },
     Stream(StreamSettle),
+    ServerSentEvents { charge: Charge, reader: SseReader },
 }
 
 /// An event stream's pending settlement and the reader that looks for its usage.
@@ -86,15 +88,19 @@ impl StreamSettle {
 }
 
 impl<B: Body> SettlingBody<B> {
-    pub(crate) fn new(inner: B, charge: Option<Charge>) -> Self {
+    pub(crate) fn new(inner: B, charge: Option<(Charge, BodyUsage)>) -> Self {
         Self {
             inner: Inner::Direct { body: inner },
             prefix: VecDeque::new(),
             inner_done: false,
             settle: match charge {
-                Some(charge) => Settle::Json {
+                Some((charge, BodyUsage::Json)) => Settle::Json {
                     charge,
                     buf: Vec::new(),
+                },
+                Some((charge, BodyUsage::ServerSentEvents)) => Settle::ServerSentEvents {
+                    charge,
+                    reader: SseReader::new(),
                 },
                 None => Settle::Nothing,
             },
@@ -224,6 +230,23 @@ fn observe(settle: &mut Settle, data: &impl Buf) {
                 *settle = Settle::Nothing; // unreadable: keep the reservation
             }
         }
+        Settle::ServerSentEvents { reader, .. } => {
+            if whole {
+                reader.feed(chunk);
+            } else {
+                reader.disable();
+            }
+            if reader.has_news() || reader.disabled() {
+                if let Settle::ServerSentEvents { charge, mut reader } =
+                    std::mem::replace(settle, Settle::Nothing)
+                {
+                    // An unreadable stream keeps its whole reservation.
+                    if let Some(u) = reader.take_usage() {
+                        charge.settle_usage(u);
+                    }
+                }
+            }
+        }
         Settle::Stream(s) => {
             if whole {
                 s.reader.feed(chunk);
@@ -241,7 +264,8 @@ fn observe(settle: &mut Settle, data: &impl Buf) {
     }
 }
 
-/// The body ended: a JSON body settles from its usage; anything else keeps the reservation.
+/// The body ended: a JSON body settles from its usage; anything else (a stream that ended
+/// without usage) keeps the reservation.
 fn finish(settle: &mut Settle) {
     if let Settle::Json { charge, buf } = std::mem::replace(settle, Settle::Nothing) {
         if let Some(u) = usage::from_json(&buf) {
@@ -256,6 +280,7 @@ impl<B: Body> std::fmt::Debug for SettlingBody<B> {
             Settle::Nothing => "nothing",
             Settle::Json { .. } => "json",
             Settle::Stream(_) => "event stream",
+            Settle::ServerSentEvents { .. } => "server-sent events",
         };
         f.debug_struct("SettlingBody")
             .field("pending", &pending)

@@ -38,7 +38,9 @@
 //! | response | settled to |
 //! |---|---|
 //! | 2xx with `x-amzn-bedrock-*-token-count` headers | `input + cache_write + output × burndown` |
-//! | 2xx JSON body with usage (Converse, Anthropic, Llama, Titan, Cohere) | the same, when the body has been read to its end |
+//! | 2xx JSON body with usage (Converse, Chat Completions, Anthropic, Llama, Titan, Cohere) | the same, when the body has been read to its end |
+//! | 2xx `text/event-stream` (streamed Chat Completions) | the same, from the `usage` of the last chunk as soon as its event ends; the request must set `stream_options.include_usage` for there to be one |
+//! | 2xx `text/event-stream` that ends or fails without usage | the whole reservation |
 //! | 2xx event stream (InvokeModelWithResponseStream, ConverseStream) | the same, from `amazon-bedrock-invocationMetrics` in a `chunk` event or `usage` in the `metadata` event, as soon as that frame passes |
 //! | 2xx event stream that ends, fails or is dropped before its usage | the whole reservation |
 //! | 2xx event stream with a `throttlingException` frame after bytes reached the caller | the whole reservation, and the key slows down as for a 429 |

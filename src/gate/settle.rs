@@ -176,8 +176,20 @@ impl Charge {
     }
 }
 
+/// Where a response body that must tell its usage carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyUsage {
+    /// At the end of a JSON body (Converse, InvokeModel bodies, Chat Completions).
+    Json,
+    /// In the last chunk of a `text/event-stream` (streamed Chat Completions).
+    ServerSentEvents,
+}
+
 /// Settles what the response head tells; hands the charge on when the body must tell.
-pub(super) fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<Charge> {
+pub(super) fn settle_head<B>(
+    charge: Charge,
+    response: &Response<B>,
+) -> Option<(Charge, BodyUsage)> {
     let status = response.status();
     if status.is_success() {
         if let Some(p) = &charge.terms.proof {
@@ -187,8 +199,8 @@ pub(super) fn settle_head<B>(charge: Charge, response: &Response<B>) -> Option<C
             charge.settle_usage(u);
             return None;
         }
-        // Streams and unknown bodies keep the whole reservation.
-        return is_json(response.headers()).then_some(charge);
+        // Event streams are read elsewhere; unknown bodies keep the whole reservation.
+        return body_usage(response.headers()).map(|kind| (charge, kind));
     }
     match settlement(status, response.headers()) {
         // Refused before running, its body unread: the reservation comes back at once, and
@@ -210,12 +222,16 @@ pub(super) fn settle_not_throttled(charge: Charge, status: http::StatusCode, hea
     }
 }
 
-/// Whether a body is JSON, where a 2xx answer without usage headers carries its usage.
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"))
+/// Where a 2xx answer without usage headers carries its usage, by its content type.
+fn body_usage(headers: &HeaderMap) -> Option<BodyUsage> {
+    let ct = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    if ct.starts_with("application/json") {
+        Some(BodyUsage::Json)
+    } else if ct.starts_with("text/event-stream") {
+        Some(BodyUsage::ServerSentEvents)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -223,18 +239,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_is_told_by_its_content_type() {
+    fn body_usage_is_told_by_its_content_type() {
         let mut headers = HeaderMap::new();
-        assert!(!is_json(&headers));
-        headers.insert(
-            CONTENT_TYPE,
-            "application/json; charset=utf-8".parse().unwrap(),
-        );
-        assert!(is_json(&headers));
-        headers.insert(
-            CONTENT_TYPE,
-            "application/vnd.amazon.eventstream".parse().unwrap(),
-        );
-        assert!(!is_json(&headers));
+        assert_eq!(body_usage(&headers), None);
+        for (ct, kind) in [
+            ("application/json; charset=utf-8", Some(BodyUsage::Json)),
+            (
+                "text/event-stream; charset=utf-8",
+                Some(BodyUsage::ServerSentEvents),
+            ),
+            ("application/vnd.amazon.eventstream", None),
+            ("text/plain", None),
+        ] {
+            headers.insert(CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(body_usage(&headers), kind, "{ct}");
+        }
     }
 }

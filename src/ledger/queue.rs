@@ -1,5 +1,5 @@
 //! The waiters of one key in service order: start-time fair queueing across tenants,
-//! interactive before batch within a tenant.
+//! critical before interactive before batch within a tenant.
 //!
 //! Each tenant with waiters has one candidate, its *head*, tagged with a virtual start time
 //! `S = max(V, F)`: `V` the start tag of the last admitted request of the key, `F` the
@@ -11,9 +11,10 @@
 //! waiters lends its share to the others until it comes back. With one tenant this is plain
 //! FIFO.
 //!
-//! Within a tenant, interactive requests go before batch ones, except that while batch
-//! requests wait, every [`BATCH_EVERY`]th admission of the tenant goes to its oldest batch
-//! request: batch gets at least one admission in `BATCH_EVERY` and is never starved.
+//! Within a tenant, critical requests go before interactive ones and both before batch
+//! ones, except that while batch requests wait, every [`BATCH_EVERY`]th admission of the
+//! tenant goes to its oldest batch request: batch gets at least one admission in
+//! `BATCH_EVERY` and is never starved, by either.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -47,9 +48,10 @@ struct TenantQueue {
     /// Finish tag of the tenant's last admission.
     finish: f64,
     /// Waiter ids, growing with arrival (their costs are in `WaitQueue::places`).
+    critical: BTreeSet<u64>,
     interactive: BTreeSet<u64>,
     batch: BTreeSet<u64>,
-    /// Admissions of interactive requests since the last batch one, while batch waited.
+    /// Admissions of other requests since the last batch one, while batch waited.
     since_batch: u32,
     /// The candidate and its start tag, while the tenant has waiters.
     head: Option<(Tag, u64)>,
@@ -57,12 +59,13 @@ struct TenantQueue {
 
 impl TenantQueue {
     fn is_empty(&self) -> bool {
-        self.interactive.is_empty() && self.batch.is_empty()
+        self.critical.is_empty() && self.interactive.is_empty() && self.batch.is_empty()
     }
 
     /// The waiter the tenant puts forward next.
     fn pick(&self) -> Option<u64> {
-        let i = self.interactive.first();
+        // Critical before interactive; batch takes its turns against either.
+        let i = self.critical.first().or(self.interactive.first());
         let b = self.batch.first();
         match (i, b) {
             (Some(&i), Some(&b)) => Some(if self.since_batch + 1 >= BATCH_EVERY {
@@ -143,6 +146,7 @@ impl WaitQueue {
             });
         t.weight = weight;
         match priority {
+            Priority::Critical => t.critical.insert(id),
             Priority::Interactive => t.interactive.insert(id),
             Priority::Batch => t.batch.insert(id),
         };
@@ -186,6 +190,7 @@ impl WaitQueue {
             .expect("a waiter's tenant has a queue");
         let had_batch = !t.batch.is_empty();
         match place.priority {
+            Priority::Critical => t.critical.remove(&id),
             Priority::Interactive => t.interactive.remove(&id),
             Priority::Batch => t.batch.remove(&id),
         };
@@ -204,8 +209,8 @@ impl WaitQueue {
             next_start = Tag::new(self.virtual_time.max(t.finish));
             match place.priority {
                 Priority::Batch => t.since_batch = 0,
-                Priority::Interactive if had_batch => t.since_batch += 1,
-                Priority::Interactive => {}
+                Priority::Critical | Priority::Interactive if had_batch => t.since_batch += 1,
+                Priority::Critical | Priority::Interactive => {}
             }
         }
         if t.is_empty() {
@@ -349,6 +354,28 @@ mod tests {
         for w in order[..=last_batch].windows(BATCH_EVERY as usize) {
             assert!(w.iter().any(|id| *id < 10), "{order:?}");
         }
+    }
+
+    /// Bedrock's tiers: priority (critical) before default (interactive) before flex
+    /// (batch), and flex still gets one admission in `BATCH_EVERY`.
+    #[test]
+    fn critical_goes_before_interactive_and_batch_is_never_starved() {
+        let mut q = WaitQueue::default();
+        for id in 0..3 {
+            q.push(id, None, 1.0, Priority::Batch, 0.1);
+        }
+        for id in 10..14 {
+            q.push(id, None, 1.0, Priority::Interactive, 0.1);
+        }
+        for id in 20..26 {
+            q.push(id, None, 1.0, Priority::Critical, 0.1);
+        }
+        let order = drain(&mut q);
+        assert_eq!(
+            order,
+            vec![20, 21, 22, 0, 23, 24, 25, 1, 10, 11, 12, 2, 13],
+            "{order:?}"
+        );
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl Shape {
     ) -> Option<Shape> {
         match operation {
             Operation::Converse | Operation::ConverseStream => return Some(Shape::Converse),
+            Operation::ChatCompletions => return Some(Shape::OpenAiChat),
             Operation::CountTokens => return None,
             _ => {}
         }

@@ -71,6 +71,7 @@ impl Shape {
     pub(crate) fn detect(model: Option<&str>, operation: Operation, body: &Value) -> Option<Shape> {
         match operation {
             Operation::Converse | Operation::ConverseStream => return Some(Shape::Converse),
+            Operation::ChatCompletions => return Some(Shape::OpenAiChat),
             Operation::CountTokens => return None,
             _ => {}
         }
@@ -160,6 +161,14 @@ pub(crate) fn measure(
                 w.json(docs);
             }
             output_field(b.get("max_tokens"), "max_tokens")
+        }
+        Shape::OpenAiChat => {
+            w.messages(b.get("messages"), "content");
+            w.tools(b.get("tools"));
+            match b.get("max_completion_tokens") {
+                Some(v) if !v.is_null() => output_field(Some(v), "max_completion_tokens"),
+                _ => output_field(b.get("max_tokens"), "max_tokens"),
+            }
         }
         Shape::CohereCommand => {
             w.text(b.get("message"), "message");

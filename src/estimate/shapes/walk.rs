@@ -102,6 +102,16 @@ pub(crate) fn measure_raw(
             }
             raw_output_field(max_tokens, "max_tokens")
         }
+        Shape::OpenAiChat => {
+            let [messages, tools, max_completion, max_tokens] =
+                b.fields(["messages", "tools", "max_completion_tokens", "max_tokens"]);
+            w.messages(messages, "content");
+            w.tools(tools);
+            match (max_completion, max_tokens) {
+                (Some(v), _) if !v.is_null() => raw_output_field(Some(v), "max_completion_tokens"),
+                (_, v) => raw_output_field(v, "max_tokens"),
+            }
+        }
         Shape::CohereCommand => {
             let [message, preamble, history, documents, tools, max_tokens] = b.fields([
                 "message",
@@ -575,6 +585,27 @@ mod tests {
             json!({"prompt": "\n\nHuman: a\n\nAssistant:", "max_tokens_to_sample": 300}),
         );
         assert_eq!(a.output, OutputField::Value(300));
+        let o = m(
+            Shape::OpenAiChat,
+            json!({
+                "model": "openai.gpt-oss-120b-1:0",
+                "messages": [
+                    {"role": "developer", "content": "a b"},
+                    {"role": "user", "content": [{"type": "text", "text": "c"}]},
+                ],
+                "max_tokens": 50,
+                "max_completion_tokens": 9,
+            }),
+        );
+        // 4 + 2, then 4 + 1: the model name is not text the model reads.
+        assert_eq!((o.input_tokens, o.output), (11, OutputField::Value(9)));
+        let o = m(
+            Shape::OpenAiChat,
+            json!({"messages": [], "max_tokens": 50, "max_completion_tokens": null}),
+        );
+        assert_eq!(o.output, OutputField::Value(50));
+        let o = m(Shape::OpenAiChat, json!({"messages": []}));
+        assert_eq!(o.output, OutputField::Absent);
     }
 
     #[test]
