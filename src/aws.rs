@@ -551,6 +551,7 @@ mod tests {
         let e = into_connector_error(Box::new(ThrottleError::MaxWaitExceeded {
             key: QuotaKey::default(),
             waited: Duration::from_secs(1),
+            retry_after: Duration::from_secs(2),
         }));
         assert!(e.is_other() && e.as_other().is_none() && source_is::<ThrottleError>(&e));
     }

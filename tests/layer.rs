@@ -241,8 +241,18 @@ async fn waiting_past_max_wait_fails_before_sending() {
     let start = Instant::now();
     let err = svc.oneshot(manual(900)).await.unwrap_err();
     match throttle_error(&err) {
-        ThrottleError::MaxWaitExceeded { waited, key } => {
+        ThrottleError::MaxWaitExceeded {
+            waited,
+            key,
+            retry_after,
+        } => {
             assert_eq!(*waited, Duration::from_secs(10));
+            // 900 tokens of a 1 000-token minute queued: 54 s to drain.
+            assert!(
+                (retry_after.as_secs_f64() - 54.0).abs() < 0.01,
+                "{retry_after:?}"
+            );
+            assert_eq!(throttle_error(&err).retry_after(), Some(*retry_after));
             assert_eq!(key.model(), Some(SONNET_4));
         }
         other => panic!("{other}"),

@@ -105,6 +105,7 @@ impl Plan {
             return Plan::Refused(ThrottleError::SendDeadlinePassed {
                 key,
                 waited: Duration::ZERO,
+                retry_after: Duration::ZERO,
             });
         }
         // The key whose state this request uses: its own, or its Region's overflow.
@@ -276,10 +277,16 @@ impl<S, B> Parked<S, B> {
     /// passed is named as such (the request must be signed again), else `max_wait`.
     pub(super) fn timed_out(&self, error: ThrottleError) -> ThrottleError {
         match error {
-            ThrottleError::MaxWaitExceeded { key, waited }
-                if send_deadline(&self.request).is_some_and(|d| Instant::now() >= d.0) =>
-            {
-                ThrottleError::SendDeadlinePassed { key, waited }
+            ThrottleError::MaxWaitExceeded {
+                key,
+                waited,
+                retry_after,
+            } if send_deadline(&self.request).is_some_and(|d| Instant::now() >= d.0) => {
+                ThrottleError::SendDeadlinePassed {
+                    key,
+                    waited,
+                    retry_after,
+                }
             }
             other => other,
         }

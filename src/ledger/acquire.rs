@@ -205,11 +205,14 @@ impl Future for Acquire {
                 if let Some(remote) = this.remote.as_mut() {
                     remote.abandon();
                 }
+                // Measured while it still counts in the queue: a retry joins its back.
+                let retry_after = state.drain_time().max(state.time_to_fit(tokens));
                 state.leave(id, false);
                 this.ticket.done = true;
                 return Poll::Ready(Err(ThrottleError::MaxWaitExceeded {
                     key: key.clone(),
                     waited: now.saturating_duration_since(this.ticket.queued_at),
+                    retry_after,
                 }));
             }
             state.register(id, cx.waker());

@@ -124,7 +124,7 @@ impl KeyLedger {
             state.refill(now);
             return Entry::Shed {
                 queued: state.queue.len(),
-                retry_after: state.meter.drain_time(state.queue.queued_periods()),
+                retry_after: state.drain_time(),
             };
         }
         let id = state.next_id;
@@ -252,6 +252,11 @@ impl KeyState {
 
     pub(super) fn time_to_fit(&self, tokens: u64) -> Duration {
         self.meter.time_to_fit(tokens)
+    }
+
+    /// How long the queued requests take to be admitted at the current rate.
+    pub(super) fn drain_time(&self) -> Duration {
+        self.meter.drain_time(self.queue.queued_periods())
     }
 
     /// Whether waiter `id` is the one the queue serves next.
