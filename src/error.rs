@@ -37,8 +37,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// # On the wire
 ///
 /// A server in front of Bedrock answers each error the way Bedrock itself would
-/// ([`to_response`](Self::to_response)), so AWS SDKs, boto3 and code written for Bedrock's
-/// errors read it as they read Bedrock's:
+/// ([`to_response`](Self::to_response), or the whole stack at once with
+/// [`ErrorResponseLayer`](crate::error_response::ErrorResponseLayer)), so AWS SDKs, boto3
+/// and code written for Bedrock's errors read it as they read Bedrock's:
 ///
 /// | variant | [`status_code`](Self::status_code) | [`error_type`](Self::error_type) (`x-amzn-errortype`) | [`retry_after`](Self::retry_after) |
 /// |---|---|---|---|
@@ -87,19 +88,20 @@ pub enum ThrottleError {
         /// How long it waited.
         waited: Duration,
         /// How long the requests queued with it (itself included) take to be admitted at
-        /// the key's current rate: when a retry would no longer queue behind them.
+        /// the key's current rate, and at least how long until it would fit the key's
+        /// buckets: when a retry would no longer queue behind them.
         retry_after: Duration,
     },
     /// The key's queue already held `max_queued` waiting requests, so this one was shed
     /// at once (see `ThrottleConfigBuilder::max_queued`); nothing was sent upstream. Send it
-    /// again after `retry_after`, the time the queue ahead takes to drain at the current
-    /// rate, or slow down.
+    /// again after `retry_after`, or slow down.
     Overloaded {
         /// The quota key whose queue was full.
         key: QuotaKey,
         /// Requests waiting when this one arrived.
         queued: usize,
-        /// How long the waiting requests take to be admitted at the key's current rate.
+        /// How long the waiting requests take to be admitted at the key's current rate, and
+        /// at least how long until this request would fit the key's buckets.
         retry_after: Duration,
     },
     /// The request's [`SendDeadline`](crate::SendDeadline) (on the AWS SDK path: the end of

@@ -1,12 +1,19 @@
+//! Bedrock-shaped error responses.
+//!
 //! `ThrottleError::to_response` as the real `aws-sdk-bedrockruntime` client reads it: each
 //! refusal becomes the SDK's own modelled error (or, for a body timeout, an unmodelled one
 //! that its retry logic treats as transient), with the message intact. Virtual time.
+//!
+//! `ErrorResponseLayer` over the whole stack: a service a server can take (`Error =
+//! Infallible`), through tower's `ServiceBuilder` in virtual time and behind a real hyper
+//! server over loopback, called by the real SDK client.
 
 #![cfg(feature = "aws-sdk")]
 
 mod sdk;
 
 use std::{
+    convert::Infallible,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -23,9 +30,18 @@ use aws_smithy_runtime_api::client::{
     runtime_components::RuntimeComponents,
 };
 use aws_smithy_types::body::SdkBody;
-use bedrock_throttle::{LedgerError, QuotaKey, ThrottleError};
+use bedrock_throttle::{
+    error_response::ErrorResponseLayer, BedrockThrottleLayer, LedgerError, Quota, QuotaKey,
+    ThrottleConfig, ThrottleError,
+};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn as hyper_service_fn};
+use hyper_util::rt::TokioIo;
 use sdk::{anthropic_body, sdk_client, MODEL};
 use tokio::time::Instant;
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
 /// An upstream that answers every request with `error.to_response()` and records when.
 #[derive(Clone, Debug)]
@@ -205,4 +221,231 @@ async fn the_sdk_retries_what_waiting_can_fix() {
         assert!(result.is_err());
         assert_eq!(upstream.attempts().len(), attempts, "{name}");
     }
+}
+
+/// What axum's `Router::route_service` asks of a service (with axum's `Body` for `B`).
+fn assert_servable<S, B>(_: &S)
+where
+    S: Service<Request<B>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
+}
+
+/// An upstream that answers 200 with `{}` and no usage (so the whole reservation stands),
+/// or fails when the prompt says so.
+async fn upstream(request: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let body = request.into_body().collect().await.unwrap().to_bytes();
+    if body.windows(4).any(|w| w == b"FAIL") {
+        return Err(std::io::Error::other("connection reset by 10.0.0.9"));
+    }
+    Ok(Response::new(Full::new(Bytes::from_static(b"{}"))))
+}
+
+/// A 1 000-token quota for [`MODEL`] that sheds as soon as a request would wait.
+fn shedding() -> ThrottleConfig {
+    sdk::config(Quota::tokens_per_minute(1_000))
+        .max_queued(0)
+        .max_attempts(2)
+        .build()
+        .unwrap()
+}
+
+fn invoke(prompt: &str, max_tokens: u64) -> Request<Full<Bytes>> {
+    let body = serde_json::json!({
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    Request::post("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+async fn json(
+    response: Response<impl http_body::Body<Data = Bytes, Error: std::fmt::Debug>>,
+) -> serde_json::Value {
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_answers_every_refusal_and_passes_every_answer() {
+    let gateway = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .layer(BedrockThrottleLayer::new(shedding()))
+        .service(service_fn(upstream));
+    assert_servable::<_, Full<Bytes>>(&gateway);
+
+    // Fits: upstream's answer, untouched.
+    let ok = gateway.clone().oneshot(invoke("hi", 900)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(json(ok).await, serde_json::json!({}));
+
+    // Would wait behind the first: shed, as Bedrock's 429.
+    let shed = gateway.clone().oneshot(invoke("hi", 900)).await.unwrap();
+    assert_eq!(shed.status(), 429);
+    assert_eq!(shed.headers()["x-amzn-errortype"], "ThrottlingException");
+    let after: u64 = shed.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Until ~900 tokens of a 1 000-token minute have flowed back.
+    assert!((50..=60).contains(&after), "{after}");
+    let message = json(shed).await["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("queue of"), "{message}");
+
+    // Can never fit the quota: 400.
+    let never = gateway.clone().oneshot(invoke("hi", 5_000)).await.unwrap();
+    assert_eq!(never.status(), 400);
+    assert_eq!(never.headers()["x-amzn-errortype"], "ValidationException");
+    assert!(never.headers().get("retry-after").is_none());
+
+    // Upstream fails on every attempt: 502, no detail of the failure.
+    tokio::time::sleep(Duration::from_secs(120)).await; // the quota refills
+    let failed = gateway.clone().oneshot(invoke("FAIL", 10)).await.unwrap();
+    assert_eq!(failed.status(), 502);
+    assert_eq!(
+        failed.headers()["x-amzn-errortype"],
+        "ServiceUnavailableException"
+    );
+    let message = json(failed).await["message"].as_str().unwrap().to_owned();
+    assert_eq!(message, "upstream failed after 2 attempt(s)");
+}
+
+/// An error that is not the crate's, from `call` and from `poll_ready`, is a 502 that
+/// names none of it; a `ThrottleError` wrapped in another error is still found.
+#[tokio::test]
+async fn other_errors_are_bad_gateways() {
+    let failing = service_fn(|_req: Request<Full<Bytes>>| async {
+        Err::<Response<Full<Bytes>>, _>(std::io::Error::other("secret.internal:443 refused"))
+    });
+    let response = ErrorResponseLayer::new()
+        .layer(failing)
+        .oneshot(invoke("hi", 1))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let message = json(response).await["message"].as_str().unwrap().to_owned();
+    assert!(!message.contains("secret"), "{message}");
+
+    #[derive(Debug)]
+    struct Wrapped(ThrottleError);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "wrapped")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    let wrapping = service_fn(|_req: Request<Full<Bytes>>| async {
+        Err::<Response<Full<Bytes>>, _>(Wrapped(ThrottleError::BodyTooLarge { limit: 3 }))
+    });
+    let response = ErrorResponseLayer::new()
+        .layer(wrapping)
+        .oneshot(invoke("hi", 1))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    let mut not_ready = ErrorResponseLayer::new().layer(NeverReady);
+    let response = not_ready
+        .ready()
+        .await
+        .unwrap()
+        .call(invoke("hi", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        503,
+        "the poll_ready error's own response"
+    );
+    assert_eq!(
+        response.headers()["x-amzn-errortype"],
+        "ServiceUnavailableException"
+    );
+}
+
+/// A service whose `poll_ready` fails with a lost ledger.
+struct NeverReady;
+
+impl Service<Request<Full<Bytes>>> for NeverReady {
+    type Response = Response<Full<Bytes>>;
+    type Error = ThrottleError;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Err(ThrottleError::LedgerUnavailable {
+            key: key(),
+            source: "down".into(),
+        }))
+    }
+
+    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+        unreachable!("never made ready")
+    }
+}
+
+/// The gateway behind a real hyper server over loopback, called by the real SDK client: a
+/// shed request reaches it as its `ThrottlingException`, with `Retry-After` on the wire.
+#[tokio::test]
+async fn a_hyper_server_answers_the_sdk_with_its_throttling_exception() {
+    let gateway = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .layer(BedrockThrottleLayer::new(shedding()))
+        .service(service_fn(upstream));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let gateway = gateway.clone();
+            tokio::spawn(async move {
+                let svc = hyper_service_fn(move |request: Request<Incoming>| {
+                    let gateway = gateway.clone();
+                    async move {
+                        // The stack takes bodies made from bytes (axum's `Body` is one).
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        let request = Request::from_parts(parts, Full::new(body));
+                        gateway.oneshot(request).await
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+
+    let inner = aws_smithy_http_client::Builder::new().build_http();
+    let client = sdk_client(&url, inner, RetryConfig::disabled());
+    let send = || {
+        client
+            .invoke_model()
+            .model_id(MODEL)
+            .body(anthropic_body("hi", 900))
+            .send()
+    };
+    send().await.unwrap();
+    let err = send().await.unwrap_err();
+    let retry_after = err
+        .raw_response()
+        .unwrap()
+        .headers()
+        .get("retry-after")
+        .map(str::to_owned);
+    let e = err.into_service_error();
+    assert!(e.is_throttling_exception(), "{e:?}");
+    assert!(e.message().unwrap().contains("queue of"), "{e:?}");
+    let after: u64 = retry_after.unwrap().parse().unwrap();
+    assert!((50..=60).contains(&after), "{after}");
+    server.abort();
 }

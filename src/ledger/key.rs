@@ -124,7 +124,9 @@ impl KeyLedger {
             state.refill(now);
             return Entry::Shed {
                 queued: state.queue.len(),
-                retry_after: state.drain_time(),
+                // At least until this request would fit: with few (or no) places the
+                // queue ahead may be empty while the buckets are not.
+                retry_after: state.drain_time().max(state.time_to_fit(tokens)),
             };
         }
         let id = state.next_id;
