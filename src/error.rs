@@ -9,7 +9,7 @@ use crate::{
     bedrock::errors::{
         error_response, REQUEST_TIMEOUT, SERVICE_UNAVAILABLE, THROTTLING, VALIDATION,
     },
-    OutagePolicy, QuotaKey,
+    OutagePolicy, QuotaKey, Tenant,
 };
 
 /// A boxed error, as tower's services return.
@@ -85,6 +85,10 @@ pub enum ThrottleError {
     MaxWaitExceeded {
         /// The quota key the request waited on.
         key: QuotaKey,
+        /// The request's tenant, if it named one.
+        tenant: Option<Tenant>,
+        /// Where it waited: [`RefusedBy::TenantCap`] or [`RefusedBy::ModelQuota`].
+        refused_by: RefusedBy,
         /// How long it waited.
         waited: Duration,
         /// How long the requests queued with it (itself included) take to be admitted at
@@ -98,6 +102,10 @@ pub enum ThrottleError {
     Overloaded {
         /// The quota key whose queue was full.
         key: QuotaKey,
+        /// The request's tenant, if it named one.
+        tenant: Option<Tenant>,
+        /// Which queue was full: [`RefusedBy::TenantQueue`] or [`RefusedBy::ModelQueue`].
+        refused_by: RefusedBy,
         /// Requests waiting when this one arrived.
         queued: usize,
         /// How long the waiting requests take to be admitted at the key's current rate, and
@@ -155,20 +163,47 @@ impl fmt::Display for ThrottleError {
             ),
             Self::MaxWaitExceeded {
                 key,
+                tenant,
+                refused_by,
                 waited,
                 retry_after,
-            } => write!(
-                f,
-                "no room in the quota of {key} after waiting {waited:?}; nothing was sent (retry after {retry_after:?} or raise max_wait)"
-            ),
+            } => {
+                match (refused_by, tenant) {
+                    (RefusedBy::TenantCap, Some(t)) => {
+                        write!(f, "no room under the cap of tenant {t} on {key}")?
+                    }
+                    (RefusedBy::TenantCap, None) => {
+                        write!(f, "no room under the cap of the default tenant on {key}")?
+                    }
+                    (_, t) => write!(f, "no room in the quota of {key}{}", for_tenant(t))?,
+                }
+                write!(
+                    f,
+                    " after waiting {waited:?}; nothing was sent (retry after {retry_after:?} or raise max_wait)"
+                )
+            }
             Self::Overloaded {
                 key,
+                tenant,
+                refused_by,
                 queued,
                 retry_after,
-            } => write!(
-                f,
-                "the queue of {key} is full ({queued} requests waiting); nothing was sent (retry after {retry_after:?})"
-            ),
+            } => {
+                match (refused_by, tenant) {
+                    (RefusedBy::TenantQueue, Some(t)) => {
+                        write!(f, "the queue of tenant {t} under its cap on {key} is full")?
+                    }
+                    (RefusedBy::TenantQueue, None) => write!(
+                        f,
+                        "the queue of the default tenant under its cap on {key} is full"
+                    )?,
+                    (_, t) => write!(f, "the queue of {key} is full{}", for_tenant(t))?,
+                }
+                write!(
+                    f,
+                    " ({queued} requests waiting); nothing was sent (retry after {retry_after:?})"
+                )
+            }
             Self::SendDeadlinePassed { key, waited, .. } => write!(
                 f,
                 "the send deadline of a request for {key} (its signature's validity) passed after waiting {waited:?} for room; nothing was sent (sign it again and resend)"
@@ -181,6 +216,46 @@ impl fmt::Display for ThrottleError {
                 write!(f, "upstream failed after {attempts} attempt(s): {source}")
             }
         }
+    }
+}
+
+/// `" for tenant t"`, or nothing for a request without a tenant.
+fn for_tenant(tenant: &Option<Tenant>) -> String {
+    tenant
+        .as_ref()
+        .map_or_else(String::new, |t| format!(" for tenant {t}"))
+}
+
+/// Which limit refused a request that was shed or timed out: the request's tenant's cap
+/// (see [`TenantPolicy::with_cap`](crate::TenantPolicy::with_cap)) or its model's quota,
+/// and for a shed, which queue was full.
+///
+/// A model not yet proven (see `ThrottleConfigBuilder::max_keys`) first waits in its
+/// Region's stage for such models; that stage counts as the model's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefusedBy {
+    /// The tenant's cap had no room by the deadline.
+    TenantCap,
+    /// The queue of requests waiting for the tenant's cap was full: it holds
+    /// `max_queued × cap` of them (rounded up), as many as the cap admits while the
+    /// model's full queue drains.
+    TenantQueue,
+    /// The model's queue was full and the tenant held its weighted share of it (see
+    /// `ThrottleConfigBuilder::max_queued`).
+    ModelQueue,
+    /// The model's quota had no room by the deadline.
+    ModelQuota,
+}
+
+impl fmt::Display for RefusedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::TenantCap => "tenant cap",
+            Self::TenantQueue => "tenant queue",
+            Self::ModelQueue => "model queue",
+            Self::ModelQuota => "model quota",
+        })
     }
 }
 
@@ -245,12 +320,14 @@ impl ThrottleError {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use bedrock_throttle::{QuotaKey, ThrottleError};
+    /// use bedrock_throttle::{QuotaKey, RefusedBy, ThrottleError};
     /// use bytes::Bytes;
     /// use http_body_util::Full;
     ///
     /// let err = ThrottleError::Overloaded {
     ///     key: QuotaKey::new(Some("anthropic.claude-3-haiku-20240307-v1:0"), Some("us-east-1")),
+    ///     tenant: None,
+    ///     refused_by: RefusedBy::ModelQueue,
     ///     queued: 64,
     ///     retry_after: Duration::from_millis(2_500),
     /// };
@@ -335,6 +412,8 @@ mod tests {
             (
                 ThrottleError::MaxWaitExceeded {
                     key: key(),
+                    tenant: None,
+                    refused_by: RefusedBy::ModelQuota,
                     waited: secs(9),
                     retry_after: secs(4),
                 },
@@ -345,6 +424,8 @@ mod tests {
             (
                 ThrottleError::Overloaded {
                     key: key(),
+                    tenant: None,
+                    refused_by: RefusedBy::ModelQueue,
                     queued: 3,
                     retry_after: secs(2),
                 },

@@ -121,7 +121,7 @@ pub use self::{
     },
     deadline::SendDeadline,
     diagnosis::ThrottleKind,
-    error::{BoxError, ConfigError, ThrottleError},
+    error::{BoxError, ConfigError, RefusedBy, ThrottleError},
     key::QuotaKey,
     layer::BedrockThrottleLayer,
     ledger::{

@@ -37,7 +37,7 @@ use aws_smithy_types::body::SdkBody;
 use bedrock_throttle::{
     aws::{throttle_error, ThrottledHttpClient},
     error_response::ErrorResponseLayer,
-    BedrockThrottleLayer, LedgerError, Quota, QuotaKey, ThrottleConfig, ThrottleError,
+    BedrockThrottleLayer, LedgerError, Quota, QuotaKey, RefusedBy, ThrottleConfig, ThrottleError,
 };
 use bytes::Bytes;
 use http::{Request, Response};
@@ -109,11 +109,15 @@ async fn throttles_reach_the_sdk_as_its_throttling_exception() {
     let refusals = [
         ThrottleError::Overloaded {
             key: key(),
+            tenant: None,
+            refused_by: RefusedBy::ModelQueue,
             queued: 8,
             retry_after: Duration::from_secs(3),
         },
         ThrottleError::MaxWaitExceeded {
             key: key(),
+            tenant: None,
+            refused_by: RefusedBy::ModelQuota,
             waited: Duration::from_secs(90),
             retry_after: Duration::from_secs(20),
         },
@@ -189,6 +193,8 @@ async fn the_sdk_retries_what_waiting_can_fix() {
         (
             ThrottleError::Overloaded {
                 key: key(),
+                tenant: None,
+                refused_by: RefusedBy::ModelQueue,
                 queued: 8,
                 retry_after: Duration::from_secs(3),
             },
@@ -529,6 +535,8 @@ async fn sdk_refusals_are_service_errors_when_asked_and_found_either_way() {
 async fn an_upstream_throttle_is_not_a_refusal() {
     let bedrock = Refusing::new(ThrottleError::Overloaded {
         key: key(),
+        tenant: None,
+        refused_by: RefusedBy::ModelQueue,
         queued: 1,
         retry_after: Duration::from_millis(10),
     });

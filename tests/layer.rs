@@ -13,7 +13,7 @@ use std::{
 use bedrock_throttle::{
     estimate::TokenEstimate,
     retry::{Attempts, RetryLayer},
-    BedrockThrottleLayer, BoxError, Quota, RetryBudget, ThrottleConfig, ThrottleError,
+    BedrockThrottleLayer, BoxError, Quota, RefusedBy, RetryBudget, ThrottleConfig, ThrottleError,
 };
 use bytes::Bytes;
 use common::{invoke, throttle, MockBedrock, SONNET_4};
@@ -245,7 +245,11 @@ async fn waiting_past_max_wait_fails_before_sending() {
             waited,
             key,
             retry_after,
+            tenant,
+            refused_by,
         } => {
+            assert_eq!(*tenant, None);
+            assert_eq!(*refused_by, RefusedBy::ModelQuota);
             assert_eq!(*waited, Duration::from_secs(10));
             // 900 tokens of a 1 000-token minute queued: 54 s to drain.
             assert!(

@@ -109,7 +109,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::QuotaKey;
+    use crate::{QuotaKey, RefusedBy};
 
     fn source_is<T: std::error::Error + 'static>(e: &ConnectorError) -> bool {
         std::error::Error::source(e).is_some_and(|s| s.is::<T>())
@@ -127,6 +127,8 @@ mod tests {
         assert!(e.is_user());
         let e = into_connector_error(Box::new(ThrottleError::MaxWaitExceeded {
             key: QuotaKey::default(),
+            tenant: None,
+            refused_by: RefusedBy::ModelQuota,
             waited: Duration::from_secs(1),
             retry_after: Duration::from_secs(2),
         }));
@@ -154,6 +156,8 @@ mod tests {
     fn as_responses_refusals_are_bedrocks_errors_and_failures_stay_connector_errors() {
         let shed = ThrottleError::Overloaded {
             key: QuotaKey::default(),
+            tenant: None,
+            refused_by: RefusedBy::ModelQueue,
             queued: 4,
             retry_after: Duration::from_secs(2),
         };
@@ -177,6 +181,8 @@ mod tests {
             .is_io());
         let shed = ThrottleError::Overloaded {
             key: QuotaKey::default(),
+            tenant: None,
+            refused_by: RefusedBy::ModelQueue,
             queued: 4,
             retry_after: Duration::from_secs(2),
         };

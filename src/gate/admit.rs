@@ -20,7 +20,7 @@ use crate::{
     keys::{self, Proof},
     ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
     telemetry::{ChargeTrace, QueueGuard, Trace},
-    QuotaKey, SendDeadline, ThrottleError,
+    QuotaKey, RefusedBy, SendDeadline, Tenant, ThrottleError,
 };
 
 /// What a request asks for, read from the estimate attached to it or else from its head.
@@ -165,12 +165,15 @@ impl Plan {
             before.push(Before {
                 ledger: shared.ledger.cap(&stage, None, quota, 1.0),
                 fair: true,
+                max_queued: tenants.max_queued,
             });
         }
         if let Some((owner, share)) = tenants.cap(stage.waiter.tenant.as_ref()) {
             before.push(Before {
                 ledger: shared.ledger.cap(&filed.key, owner.as_ref(), quota, share),
                 fair: false,
+                // As many as the cap admits while the key's full queue drains.
+                max_queued: (tenants.max_queued).map(|max| (max as f64 * share).ceil() as usize),
             });
         }
         Plan::Reserve(Reserve {
@@ -187,6 +190,8 @@ struct Before {
     ledger: Arc<KeyLedger>,
     /// Queues in the request's fair order across tenants (a tenant's own cap: in FIFO).
     fair: bool,
+    /// How many may wait here.
+    max_queued: Option<usize>,
 }
 
 /// A reservation to make: under each stage before the key, then at the key.
@@ -219,6 +224,8 @@ impl Reserve {
             service,
             request,
             terms,
+            tenant: stage.waiter.tenant.clone(),
+            waiting_at: RefusedBy::ModelQuota,
             before,
             next: Some(stage),
             held: StageHolds(Vec::new()),
@@ -247,6 +254,10 @@ pub(super) struct Parked<S, B> {
     service: S,
     request: Request<B>,
     terms: Terms,
+    /// The request's tenant, for its errors.
+    tenant: Option<Tenant>,
+    /// The limit it waits for: its tenant's cap, or the key's quota.
+    waiting_at: RefusedBy,
     /// The stages still to pass before the key, the next one last.
     before: Vec<Before>,
     /// Until the request waits at its key: the key's admission.
@@ -275,12 +286,14 @@ fn deadline<B>(shared: &Shared, request: &Request<B>) -> Instant {
 impl<S, B> Parked<S, B> {
     /// The error for a request that found no room by its deadline: a send deadline that
     /// passed is named as such (the request must be signed again), else `max_wait`.
+    /// Else it names the tenant and the limit it waited for.
     pub(super) fn timed_out(&self, error: ThrottleError) -> ThrottleError {
         match error {
             ThrottleError::MaxWaitExceeded {
                 key,
                 waited,
                 retry_after,
+                ..
             } if send_deadline(&self.request).is_some_and(|d| Instant::now() >= d.0) => {
                 ThrottleError::SendDeadlinePassed {
                     key,
@@ -288,6 +301,18 @@ impl<S, B> Parked<S, B> {
                     retry_after,
                 }
             }
+            ThrottleError::MaxWaitExceeded {
+                key,
+                waited,
+                retry_after,
+                ..
+            } => ThrottleError::MaxWaitExceeded {
+                key,
+                tenant: self.tenant.clone(),
+                refused_by: self.waiting_at,
+                waited,
+                retry_after,
+            },
             other => other,
         }
     }
@@ -318,9 +343,15 @@ impl<S, B> Parked<S, B> {
             let default = Waiter::default();
             let waiter = if before.fair { &stage.waiter } else { &default };
             // Its own queue is bounded like the key's.
-            match (before.ledger).admit_as(stage.tokens, stage.deadline, waiter, stage.max_queued) {
+            match (before.ledger).admit_as(stage.tokens, stage.deadline, waiter, before.max_queued)
+            {
                 Admission::Admitted(r) => self.held.0.push(r),
                 Admission::Queued(acquire) => {
+                    self.waiting_at = if before.fair {
+                        RefusedBy::ModelQuota
+                    } else {
+                        RefusedBy::TenantCap
+                    };
                     if self.queued.is_none() {
                         if before.fair {
                             tracing::debug!(quota_key = %stage.ledger.key(), tokens = stage.tokens, "no room among unproven models: queued");
@@ -335,7 +366,14 @@ impl<S, B> Parked<S, B> {
                 Admission::Shed {
                     queued,
                     retry_after,
-                } => return self.shed(&stage, queued, retry_after),
+                } => {
+                    let full = if before.fair {
+                        RefusedBy::ModelQueue
+                    } else {
+                        RefusedBy::TenantQueue
+                    };
+                    return self.shed(&stage, full, queued, retry_after);
+                }
             }
         }
         match (stage.ledger).admit_as(
@@ -349,6 +387,7 @@ impl<S, B> Parked<S, B> {
                 self.send(reservation)
             }
             Admission::Queued(acquire) => {
+                self.waiting_at = RefusedBy::ModelQuota;
                 if self.queued.is_none() {
                     tracing::debug!(quota_key = %stage.ledger.key(), tokens = stage.tokens, "no room: queued");
                     self.queued = Some(self.terms.trace.key.queued());
@@ -358,19 +397,27 @@ impl<S, B> Parked<S, B> {
             Admission::Shed {
                 queued,
                 retry_after,
-            } => self.shed(&stage, queued, retry_after),
+            } => self.shed(&stage, RefusedBy::ModelQueue, queued, retry_after),
         }
     }
 
     /// A queue was full: the request fails, and what its stages reserved goes back as it
     /// goes.
-    fn shed(self, stage: &KeyStage, queued: usize, retry_after: Duration) -> Entered<S, B>
+    fn shed(
+        self,
+        stage: &KeyStage,
+        full: RefusedBy,
+        queued: usize,
+        retry_after: Duration,
+    ) -> Entered<S, B>
     where
         S: Service<Request<B>>,
     {
         self.terms.trace.key.shed();
         Entered::Failed(ThrottleError::Overloaded {
             key: stage.ledger.key().clone(),
+            tenant: self.tenant.clone(),
+            refused_by: full,
             queued,
             retry_after,
         })

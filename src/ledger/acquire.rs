@@ -24,7 +24,7 @@ use super::{
     reservation::Reservation,
     spi::LedgerError,
 };
-use crate::ThrottleError;
+use crate::{RefusedBy, ThrottleError};
 
 /// The result of asking for room.
 #[derive(Debug)]
@@ -209,8 +209,11 @@ impl Future for Acquire {
                 let retry_after = state.drain_time().max(state.time_to_fit(tokens));
                 state.leave(id, false);
                 this.ticket.done = true;
+                // The gate names the tenant and the limit (`Parked::timed_out`).
                 return Poll::Ready(Err(ThrottleError::MaxWaitExceeded {
                     key: key.clone(),
+                    tenant: None,
+                    refused_by: RefusedBy::ModelQuota,
                     waited: now.saturating_duration_since(this.ticket.queued_at),
                     retry_after,
                 }));

@@ -120,7 +120,7 @@ impl KeyLedger {
                 return Entry::Taken;
             }
         }
-        if max_queued.is_some_and(|max| state.queue.len() >= max) {
+        if max_queued.is_some_and(|max| state.queue.sheds(&waiter.tenant, waiter.weight, max)) {
             state.refill(now);
             return Entry::Shed {
                 queued: state.queue.len(),
