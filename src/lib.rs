@@ -123,7 +123,7 @@ pub use self::{
     diagnosis::ThrottleKind,
     error::{BoxError, ConfigError, RefusedBy, ThrottleError},
     key::QuotaKey,
-    layer::BedrockThrottleLayer,
+    layer::{BedrockThrottle, BedrockThrottleLayer},
     ledger::{
         Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
     },

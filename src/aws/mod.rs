@@ -175,10 +175,8 @@ use tower_service::Service;
 
 use self::errors::into_sdk_outcome;
 use crate::{
-    estimate::Estimate,
     gate::{FirstFrameException, Gate, GateLayer, SettlingBody},
-    retry::Retry,
-    BedrockThrottleLayer, BoxError, SendDeadline, ThrottleConfig,
+    BedrockThrottle, BedrockThrottleLayer, BoxError, SendDeadline, ThrottleConfig,
 };
 
 mod errors;
@@ -286,7 +284,7 @@ impl HttpClient for ThrottledHttpClient {
 /// The connector handed to the SDK: the throttle stack over the inner client's connector.
 #[derive(Debug)]
 struct ThrottledConnector {
-    full: Estimate<Retry<Gate<SdkConnector>>>,
+    full: BedrockThrottle<SdkConnector>,
     gate_only: Gate<SdkConnector>,
     refusals_as_service_errors: bool,
 }
