@@ -522,9 +522,20 @@ impl ThrottleConfigBuilder {
     /// next is the [`overload`](Self::overload) policy. [`DEFAULT_MAX_QUEUED`] (1,024)
     /// unless set; `max_wait` also bounds how long each waits.
     ///
+    /// The places are shared by weight when tenants compete for them: once `max` wait, a
+    /// request whose tenant holds fewer than its weighted share of `max` (`max × weight /
+    /// total weight` of the tenants waiting, itself included, rounded up) still queues, up
+    /// to `2 × max` waiters; one whose tenant holds its share is shed
+    /// ([`RefusedBy::ModelQueue`](crate::RefusedBy::ModelQueue)). So a tenant flooding a
+    /// key cannot take every place, and under overload admissions still split by weight.
+    /// A capped tenant's requests first wait for its cap in a queue of their own, of
+    /// `max × cap` places (rounded up; [`RefusedBy::TenantQueue`](crate::RefusedBy::TenantQueue)
+    /// when full): as many as the cap admits while the key's full queue drains.
+    ///
     /// A waiting request holds its body, so this bounds memory too: at most about
-    /// `max × (body size + 1 KiB)` per key (per configuration under
-    /// [`Overload::Backpressure`]). With the default `body_limit` of 25 MB the worst case is
+    /// `2 × max × (body size + 1 KiB)` per key, plus `max × cap` per capped tenant (a
+    /// single tenant never holds more than `max`; under [`Overload::Backpressure`] `max`
+    /// counts the waiters of the whole configuration). With the default `body_limit` of 25 MB the worst case is
     /// large; a gateway facing clients it does not trust should lower `max_queued` or
     /// `body_limit` to what it can hold (the README's "Memory" works an example).
     pub fn max_queued(mut self, max: usize) -> Self {

@@ -9,6 +9,28 @@ use crate::{
     ThrottleConfig,
 };
 
+/// The service [`BedrockThrottleLayer`] makes of `S`: the type to name in a struct field or
+/// a function's return type, instead of `<BedrockThrottleLayer as Layer<S>>::Service`.
+///
+/// ```
+/// use bedrock_throttle::{BedrockThrottle, BedrockThrottleLayer, Quota, ThrottleConfig};
+/// use tower::Layer;
+///
+/// /// A client of one team, over any upstream `S`.
+/// struct TeamClient<S> {
+///     bedrock: BedrockThrottle<S>,
+/// }
+///
+/// fn team_client<S>(upstream: S, cfg: &ThrottleConfig) -> TeamClient<S> {
+///     TeamClient {
+///         bedrock: BedrockThrottleLayer::new(cfg.clone()).layer(upstream),
+///     }
+/// }
+/// # let cfg = ThrottleConfig::builder().quota(Quota::tokens_per_minute(1_000)).build().unwrap();
+/// # let _ = team_client((), &cfg).bedrock;
+/// ```
+pub type BedrockThrottle<S> = Estimate<Retry<Gate<S>>>;
+
 /// The whole throttle: estimate each request once, retry it with backoff, and pass every
 /// attempt through the dual-limit gate.
 ///
@@ -35,7 +57,7 @@ impl BedrockThrottleLayer {
 }
 
 impl<S> Layer<S> for BedrockThrottleLayer {
-    type Service = Estimate<Retry<Gate<S>>>;
+    type Service = BedrockThrottle<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         self.estimate

@@ -56,6 +56,10 @@
 //! puts the same stack under an `aws-sdk-bedrockruntime` client:
 //! `Config::builder().http_client(ThrottledHttpClient::new(inner, cfg))`.
 //!
+//! In a server (axum, hyper), [`error_response::ErrorResponseLayer`] on top of the stack
+//! answers every error the way Bedrock would (a 429 `ThrottlingException` with
+//! `Retry-After` for a shed request, and so on), so the service never fails.
+//!
 //! Each request gets a `tracing` span (`bedrock_request`) with its quota key, estimate, wait,
 //! attempts, settlement and outcome, and the layers count what they do per quota key
 //! through the `metrics` facade and in [`ThrottleConfig::stats`]; never a body or a header.
@@ -94,6 +98,7 @@ pub mod aws;
 #[cfg(feature = "emulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
 pub mod emulator;
+pub mod error_response;
 pub mod estimate;
 pub mod gate;
 pub mod retry;
@@ -118,9 +123,9 @@ pub use self::{
     },
     deadline::SendDeadline,
     diagnosis::ThrottleKind,
-    error::{BoxError, ConfigError, ThrottleError},
+    error::{BoxError, ConfigError, RefusedBy, ThrottleError},
     key::QuotaKey,
-    layer::BedrockThrottleLayer,
+    layer::{BedrockThrottle, BedrockThrottleLayer},
     ledger::{
         Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
     },

@@ -13,8 +13,8 @@ use std::{
 use bedrock_throttle::{
     estimate::TokenEstimate,
     retry::{Attempts, RetryLayer},
-    BedrockThrottleLayer, BoxError, ContextWindow, Quota, QuotaKey, RetryBudget, ThrottleConfig,
-    ThrottleError, ThrottleKind,
+    BedrockThrottleLayer, BoxError, ContextWindow, Quota, QuotaKey, RefusedBy, RetryBudget,
+    ThrottleConfig, ThrottleError, ThrottleKind,
 };
 use bytes::Bytes;
 use common::{invoke, throttle, MockBedrock, SONNET_4};
@@ -242,8 +242,22 @@ async fn waiting_past_max_wait_fails_before_sending() {
     let start = Instant::now();
     let err = svc.oneshot(manual(900)).await.unwrap_err();
     match throttle_error(&err) {
-        ThrottleError::MaxWaitExceeded { waited, key } => {
+        ThrottleError::MaxWaitExceeded {
+            waited,
+            key,
+            retry_after,
+            tenant,
+            refused_by,
+        } => {
+            assert_eq!(*tenant, None);
+            assert_eq!(*refused_by, RefusedBy::ModelQuota);
             assert_eq!(*waited, Duration::from_secs(10));
+            // 900 tokens of a 1 000-token minute queued: 54 s to drain.
+            assert!(
+                (retry_after.as_secs_f64() - 54.0).abs() < 0.01,
+                "{retry_after:?}"
+            );
+            assert_eq!(throttle_error(&err).retry_after(), Some(*retry_after));
             assert_eq!(key.model(), Some(SONNET_4));
         }
         other => panic!("{other}"),

@@ -13,7 +13,8 @@ use std::{
 
 use bedrock_throttle::{
     estimate::TokenEstimate, gate::SettlingBody, BedrockThrottleLayer, BoxError, Overload,
-    Priority, Quota, Tenant, TenantPolicy, ThrottleConfig, ThrottleConfigBuilder, ThrottleError,
+    Priority, Quota, RefusedBy, Tenant, TenantPolicy, ThrottleConfig, ThrottleConfigBuilder,
+    ThrottleError,
 };
 use bytes::Bytes;
 use http::{Request, Response};
@@ -258,6 +259,77 @@ async fn weights_divide_a_saturated_quota_and_an_idle_share_is_lent_and_reclaime
     assert!(together >= 0.98 * 10.0 * TPM as f64, "{together}");
 }
 
+/// A full queue sheds the tenants above their weighted share of its places first: a
+/// tenant flooding the key cannot take every place, so under overload admissions still
+/// split by weight (3 : 1 : 1 here, the capped tenant's cap being its weighted share).
+#[tokio::test(start_paused = true)]
+async fn under_overload_with_few_places_admissions_still_split_by_weight() {
+    let upstream = Upstream::default();
+    let cfg = config()
+        .max_queued(20)
+        .tenant("gold", TenantPolicy::weight(3.0))
+        .tenant("capped", TenantPolicy::weight(1.0).with_cap(0.2))
+        .build()
+        .unwrap();
+    let client = client(cfg, &upstream);
+    // One request of the whole quota empties the bucket, so no burst skews the split.
+    let warm_up = request(None, Priority::Interactive, TPM);
+    client.clone().oneshot(warm_up).await.unwrap();
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs(10 * 60);
+    // Gold floods at ten times the quota; the others ask for half of it each, more than
+    // their share but far less than gold.
+    let gold = tokio::spawn(open_loop(
+        client.clone(),
+        "gold",
+        Priority::Interactive,
+        every(10.0),
+        t0,
+        end,
+    ));
+    let capped = tokio::spawn(open_loop(
+        client.clone(),
+        "capped",
+        Priority::Interactive,
+        every(0.5),
+        t0,
+        end,
+    ));
+    let bronze = open_loop(client, "bronze", Priority::Interactive, every(0.5), t0, end).await;
+    let (gold, capped) = (gold.await.unwrap(), capped.await.unwrap());
+    let total = (gold.ok + capped.ok + bronze.ok) as f64;
+    let part = |o: &Outcome| o.ok as f64 / total;
+    println!(
+        "admitted: gold {} ({:.3}), bronze {} ({:.3}), capped {} ({:.3}); shed: gold {}, bronze {}, capped {}",
+        gold.ok,
+        part(&gold),
+        bronze.ok,
+        part(&bronze),
+        capped.ok,
+        part(&capped),
+        gold.shed,
+        bronze.shed,
+        capped.shed
+    );
+    assert!(
+        (0.57..=0.63).contains(&part(&gold)),
+        "gold {:.3}",
+        part(&gold)
+    );
+    assert!(
+        (0.18..=0.22).contains(&part(&bronze)),
+        "bronze {:.3}",
+        part(&bronze)
+    );
+    assert!(
+        (0.18..=0.22).contains(&part(&capped)),
+        "capped {:.3}",
+        part(&capped)
+    );
+    // The whole quota was used.
+    assert!(total >= 0.98 * 10.0 * 100.0, "{total}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_capped_tenant_stays_under_its_cap_even_when_the_quota_is_idle() {
     let upstream = Upstream::default();
@@ -452,18 +524,28 @@ async fn a_capped_tenants_queue_is_bounded_too() {
         match t.await.unwrap() {
             Ok(_) => ok += 1,
             Err(e) => match e.downcast_ref::<ThrottleError>() {
-                Some(ThrottleError::Overloaded { queued, .. }) => {
-                    assert_eq!(*queued, 10);
+                Some(ThrottleError::Overloaded {
+                    queued,
+                    tenant,
+                    refused_by,
+                    ..
+                }) => {
+                    assert_eq!(*queued, 1);
+                    assert_eq!(tenant.as_ref().map(Tenant::as_str), Some("capped"));
+                    assert_eq!(*refused_by, RefusedBy::TenantQueue);
+                    let message = e.to_string();
+                    assert!(message.contains("tenant capped under its cap"), "{message}");
                     shed += 1;
                 }
                 other => panic!("unexpected {other:?}"),
             },
         }
     }
-    // The cap's bucket (10 requests) passes, 10 wait under the cap, the rest is shed.
-    assert_eq!((ok, shed), (20, 80));
-    assert_eq!(upstream.calls.load(Ordering::Relaxed), 20);
-    assert_eq!(cfg.stats().keys[0].shed, 80);
+    // The cap's bucket (10 requests) passes; max_queued × cap = 1 waits under the cap (as
+    // many as the cap admits while the key's full queue of 10 drains); the rest is shed.
+    assert_eq!((ok, shed), (11, 89));
+    assert_eq!(upstream.calls.load(Ordering::Relaxed), 11);
+    assert_eq!(cfg.stats().keys[0].shed, 89);
 }
 
 #[tokio::test(start_paused = true)]
@@ -565,4 +647,41 @@ async fn a_request_dropped_while_it_waits_for_its_key_gives_its_cap_back() {
     client.clone().oneshot(again).await.unwrap();
     assert_eq!(t.elapsed(), Duration::ZERO);
     assert_eq!(upstream.calls.load(Ordering::Relaxed), 2);
+}
+
+/// A request that waits past `max_wait` names its tenant and whether its cap or its
+/// model's quota had no room.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_names_the_tenant_and_the_limit_it_waited_for() {
+    let upstream = Upstream::default();
+    let cfg = config()
+        .max_wait(Duration::from_secs(5))
+        .tenant("trial", TenantPolicy::weight(1.0).with_cap(0.01))
+        .build()
+        .unwrap();
+    let client = client(cfg, &upstream);
+    let refusal = |res: Result<_, BoxError>| {
+        let e = res.unwrap_err();
+        match e.downcast_ref::<ThrottleError>() {
+            Some(ThrottleError::MaxWaitExceeded {
+                tenant, refused_by, ..
+            }) => (tenant.clone(), *refused_by, e.to_string()),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    // The cap (1 % of the quota: one request a minute) had no room.
+    let trial = || request(Some("trial"), Priority::Interactive, TOKENS);
+    client.clone().oneshot(trial()).await.unwrap();
+    let (tenant, by, message) = refusal(client.clone().oneshot(trial()).await);
+    assert_eq!(tenant, Some(Tenant::new("trial")));
+    assert_eq!(by, RefusedBy::TenantCap);
+    assert!(message.contains("cap of tenant trial"), "{message}");
+    // The model's quota had no room: it is empty, and 10 % of it takes 6 s to refill.
+    let whole = request(Some("acme"), Priority::Interactive, TPM);
+    client.clone().oneshot(whole).await.unwrap();
+    let acme = request(Some("acme"), Priority::Interactive, 10 * TOKENS);
+    let (tenant, by, message) = refusal(client.oneshot(acme).await);
+    assert_eq!(tenant, Some(Tenant::new("acme")));
+    assert_eq!(by, RefusedBy::ModelQuota);
+    assert!(message.contains("for tenant acme"), "{message}");
 }

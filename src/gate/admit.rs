@@ -20,7 +20,7 @@ use crate::{
     keys::{self, Proof},
     ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
     telemetry::{ChargeTrace, QueueGuard, Trace},
-    QuotaKey, SendDeadline, ThrottleError,
+    QuotaKey, RefusedBy, SendDeadline, Tenant, ThrottleError,
 };
 
 /// What a request asks for, read from the estimate attached to it or else from its head.
@@ -115,6 +115,7 @@ impl Plan {
             return Plan::Refused(ThrottleError::SendDeadlinePassed {
                 key,
                 waited: Duration::ZERO,
+                retry_after: Duration::ZERO,
             });
         }
         // The key whose state this request uses: its own, or its Region's overflow.
@@ -174,12 +175,15 @@ impl Plan {
             before.push(Before {
                 ledger: shared.ledger.cap(&stage, None, quota, 1.0),
                 fair: true,
+                max_queued: tenants.max_queued,
             });
         }
         if let Some((owner, share)) = tenants.cap(stage.waiter.tenant.as_ref()) {
             before.push(Before {
                 ledger: shared.ledger.cap(&filed.key, owner.as_ref(), quota, share),
                 fair: false,
+                // As many as the cap admits while the key's full queue drains.
+                max_queued: (tenants.max_queued).map(|max| (max as f64 * share).ceil() as usize),
             });
         }
         Plan::Reserve(Reserve {
@@ -196,6 +200,8 @@ struct Before {
     ledger: Arc<KeyLedger>,
     /// Queues in the request's fair order across tenants (a tenant's own cap: in FIFO).
     fair: bool,
+    /// How many may wait here.
+    max_queued: Option<usize>,
 }
 
 /// A reservation to make: under each stage before the key, then at the key.
@@ -228,6 +234,8 @@ impl Reserve {
             service,
             request,
             terms,
+            tenant: stage.waiter.tenant.clone(),
+            waiting_at: RefusedBy::ModelQuota,
             before,
             next: Some(stage),
             held: StageHolds(Vec::new()),
@@ -256,6 +264,10 @@ pub(super) struct Parked<S, B> {
     service: S,
     request: Request<B>,
     terms: Terms,
+    /// The request's tenant, for its errors.
+    tenant: Option<Tenant>,
+    /// The limit it waits for: its tenant's cap, or the key's quota.
+    waiting_at: RefusedBy,
     /// The stages still to pass before the key, the next one last.
     before: Vec<Before>,
     /// Until the request waits at its key: the key's admission.
@@ -284,13 +296,33 @@ fn deadline<B>(shared: &Shared, request: &Request<B>) -> Instant {
 impl<S, B> Parked<S, B> {
     /// The error for a request that found no room by its deadline: a send deadline that
     /// passed is named as such (the request must be signed again), else `max_wait`.
+    /// Else it names the tenant and the limit it waited for.
     pub(super) fn timed_out(&self, error: ThrottleError) -> ThrottleError {
         match error {
-            ThrottleError::MaxWaitExceeded { key, waited }
-                if send_deadline(&self.request).is_some_and(|d| Instant::now() >= d.0) =>
-            {
-                ThrottleError::SendDeadlinePassed { key, waited }
+            ThrottleError::MaxWaitExceeded {
+                key,
+                waited,
+                retry_after,
+                ..
+            } if send_deadline(&self.request).is_some_and(|d| Instant::now() >= d.0) => {
+                ThrottleError::SendDeadlinePassed {
+                    key,
+                    waited,
+                    retry_after,
+                }
             }
+            ThrottleError::MaxWaitExceeded {
+                key,
+                waited,
+                retry_after,
+                ..
+            } => ThrottleError::MaxWaitExceeded {
+                key,
+                tenant: self.tenant.clone(),
+                refused_by: self.waiting_at,
+                waited,
+                retry_after,
+            },
             other => other,
         }
     }
@@ -321,9 +353,15 @@ impl<S, B> Parked<S, B> {
             let default = Waiter::default();
             let waiter = if before.fair { &stage.waiter } else { &default };
             // Its own queue is bounded like the key's.
-            match (before.ledger).admit_as(stage.tokens, stage.deadline, waiter, stage.max_queued) {
+            match (before.ledger).admit_as(stage.tokens, stage.deadline, waiter, before.max_queued)
+            {
                 Admission::Admitted(r) => self.held.0.push(r),
                 Admission::Queued(acquire) => {
+                    self.waiting_at = if before.fair {
+                        RefusedBy::ModelQuota
+                    } else {
+                        RefusedBy::TenantCap
+                    };
                     if self.queued.is_none() {
                         if before.fair {
                             tracing::debug!(quota_key = %stage.ledger.key(), tokens = stage.tokens, "no room among unproven models: queued");
@@ -338,7 +376,14 @@ impl<S, B> Parked<S, B> {
                 Admission::Shed {
                     queued,
                     retry_after,
-                } => return self.shed(&stage, queued, retry_after),
+                } => {
+                    let full = if before.fair {
+                        RefusedBy::ModelQueue
+                    } else {
+                        RefusedBy::TenantQueue
+                    };
+                    return self.shed(&stage, full, queued, retry_after);
+                }
             }
         }
         match (stage.ledger).admit_as(
@@ -352,6 +397,7 @@ impl<S, B> Parked<S, B> {
                 self.send(reservation)
             }
             Admission::Queued(acquire) => {
+                self.waiting_at = RefusedBy::ModelQuota;
                 if self.queued.is_none() {
                     tracing::debug!(quota_key = %stage.ledger.key(), tokens = stage.tokens, "no room: queued");
                     self.queued = Some(self.terms.trace.key.queued());
@@ -361,19 +407,27 @@ impl<S, B> Parked<S, B> {
             Admission::Shed {
                 queued,
                 retry_after,
-            } => self.shed(&stage, queued, retry_after),
+            } => self.shed(&stage, RefusedBy::ModelQueue, queued, retry_after),
         }
     }
 
     /// A queue was full: the request fails, and what its stages reserved goes back as it
     /// goes.
-    fn shed(self, stage: &KeyStage, queued: usize, retry_after: Duration) -> Entered<S, B>
+    fn shed(
+        self,
+        stage: &KeyStage,
+        full: RefusedBy,
+        queued: usize,
+        retry_after: Duration,
+    ) -> Entered<S, B>
     where
         S: Service<Request<B>>,
     {
         self.terms.trace.key.shed();
         Entered::Failed(ThrottleError::Overloaded {
             key: stage.ledger.key().clone(),
+            tenant: self.tenant.clone(),
+            refused_by: full,
             queued,
             retry_after,
         })

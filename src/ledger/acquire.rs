@@ -24,7 +24,7 @@ use super::{
     reservation::Reservation,
     spi::LedgerError,
 };
-use crate::ThrottleError;
+use crate::{RefusedBy, ThrottleError};
 
 /// The result of asking for room.
 #[derive(Debug)]
@@ -205,11 +205,17 @@ impl Future for Acquire {
                 if let Some(remote) = this.remote.as_mut() {
                     remote.abandon();
                 }
+                // Measured while it still counts in the queue: a retry joins its back.
+                let retry_after = state.drain_time().max(state.time_to_fit(tokens));
                 state.leave(id, false);
                 this.ticket.done = true;
+                // The gate names the tenant and the limit (`Parked::timed_out`).
                 return Poll::Ready(Err(ThrottleError::MaxWaitExceeded {
                     key: key.clone(),
+                    tenant: None,
+                    refused_by: RefusedBy::ModelQuota,
                     waited: now.saturating_duration_since(this.ticket.queued_at),
+                    retry_after,
                 }));
             }
             state.register(id, cx.waker());

@@ -120,11 +120,13 @@ impl KeyLedger {
                 return Entry::Taken;
             }
         }
-        if max_queued.is_some_and(|max| state.queue.len() >= max) {
+        if max_queued.is_some_and(|max| state.queue.sheds(&waiter.tenant, waiter.weight, max)) {
             state.refill(now);
             return Entry::Shed {
                 queued: state.queue.len(),
-                retry_after: state.meter.drain_time(state.queue.queued_periods()),
+                // At least until this request would fit: with few (or no) places the
+                // queue ahead may be empty while the buckets are not.
+                retry_after: state.drain_time().max(state.time_to_fit(tokens)),
             };
         }
         let id = state.next_id;
@@ -252,6 +254,11 @@ impl KeyState {
 
     pub(super) fn time_to_fit(&self, tokens: u64) -> Duration {
         self.meter.time_to_fit(tokens)
+    }
+
+    /// How long the queued requests take to be admitted at the current rate.
+    pub(super) fn drain_time(&self) -> Duration {
+        self.meter.drain_time(self.queue.queued_periods())
     }
 
     /// Whether waiter `id` is the one the queue serves next.

@@ -62,6 +62,10 @@ impl TenantQueue {
         self.critical.is_empty() && self.interactive.is_empty() && self.batch.is_empty()
     }
 
+    fn len(&self) -> usize {
+        self.interactive.len() + self.batch.len()
+    }
+
     /// The waiter the tenant puts forward next.
     fn pick(&self) -> Option<u64> {
         // Critical before interactive; batch takes its turns against either.
@@ -123,6 +127,29 @@ impl WaitQueue {
     /// The waiters' total cost, in quota periods: roughly how long the queue takes to drain.
     pub(crate) fn queued_periods(&self) -> f64 {
         self.queued_cost.max(0.0)
+    }
+
+    /// Whether a newcomer of `tenant` at `weight` finds no place among `max`: the queue
+    /// holds `max` waiters and the tenant already its weighted share of them
+    /// (`max × weight / total weight` of the tenants waiting, itself included, rounded up),
+    /// or the queue holds `2 × max`. So a full queue sheds the tenants above their share
+    /// first, and a tenant that arrives late still finds its share of places: under
+    /// overload every tenant keeps waiters, and admissions split by weight.
+    pub(crate) fn sheds(&self, tenant: &Option<Tenant>, weight: f64, max: usize) -> bool {
+        let len = self.len();
+        if len < max {
+            return false;
+        }
+        if len >= max.saturating_mul(2) {
+            return true;
+        }
+        let others: f64 = (self.tenants.iter())
+            .filter(|(t, _)| *t != tenant)
+            .map(|(_, q)| q.weight)
+            .sum();
+        let held = self.tenants.get(tenant).map_or(0, TenantQueue::len);
+        let share = (max as f64 * weight / (others + weight)).ceil() as usize;
+        held >= share.max(1)
     }
 
     /// Adds waiter `id` (ids must grow with arrival) of `tenant` at `weight`; `cost` is its
@@ -277,6 +304,50 @@ mod tests {
 
     fn drain(q: &mut WaitQueue) -> Vec<u64> {
         std::iter::from_fn(|| q.pop_first()).collect()
+    }
+
+    #[test]
+    fn a_full_queue_sheds_the_tenants_above_their_weighted_share() {
+        let mut q = WaitQueue::default();
+        let (gold, bronze) = (tenant("gold"), tenant("bronze"));
+        let mut id = 0;
+        let mut push = |q: &mut WaitQueue, t: &Option<Tenant>, w: f64| {
+            id += 1;
+            q.push(id, t.clone(), w, Priority::Interactive, 0.01);
+        };
+        // Alone, gold takes every place.
+        for _ in 0..8 {
+            assert!(!q.sheds(&gold, 3.0, 8));
+            push(&mut q, &gold, 3.0);
+        }
+        assert!(q.sheds(&gold, 3.0, 8), "full, and gold holds all of it");
+        // Bronze's share of 8 places at weights 3 : 1 is 2: it still gets them.
+        for _ in 0..2 {
+            assert!(!q.sheds(&bronze, 1.0, 8));
+            push(&mut q, &bronze, 1.0);
+        }
+        assert!(q.sheds(&bronze, 1.0, 8), "bronze holds its share");
+        // A newcomer of weight 1 has a share of ceil(8 / 5) = 2; the queue never holds
+        // more than 2 × 8.
+        for _ in 0..2 {
+            assert!(!q.sheds(&tenant("new"), 1.0, 8));
+            push(&mut q, &tenant("new"), 1.0);
+        }
+        assert!(q.sheds(&tenant("new"), 1.0, 8));
+        for i in 0..4 {
+            let t = tenant(&format!("t{i}"));
+            if !q.sheds(&t, 1.0, 8) {
+                push(&mut q, &t, 1.0);
+            }
+        }
+        assert_eq!(q.len(), 16);
+        assert!(
+            q.sheds(&tenant("late"), 100.0, 8),
+            "2 × max is the hard bound"
+        );
+        // Below max anyone queues; max 0 sheds everyone.
+        assert!(!WaitQueue::default().sheds(&gold, 1.0, 1));
+        assert!(WaitQueue::default().sheds(&gold, 1.0, 0));
     }
 
     #[test]

@@ -81,18 +81,49 @@
 //! this crate hands back.
 //!
 //! # Errors
-//! A [`ThrottleError`] reaches the caller as the SDK's dispatch failure
-//! (`SdkError::DispatchFailure`) whose [`ConnectorError`] has the `ThrottleError` as its
-//! source (`std::error::Error::source`, or `ConnectorError::into_source` and
-//! `downcast::<ThrottleError>()`). The kind is chosen so the SDK's retry never repeats
-//! what this crate decided:
+//! By default a [`ThrottleError`](crate::ThrottleError) reaches the caller as the SDK's
+//! dispatch failure (`SdkError::DispatchFailure`) whose [`ConnectorError`] has the
+//! `ThrottleError` as its source. The kind is chosen so the SDK's retry never repeats what
+//! this crate decided. With
+//! [`refusals_as_service_errors(true)`](ThrottledHttpClient::refusals_as_service_errors)
+//! the crate's refusals come back instead as the responses Bedrock would send
+//! ([`ThrottleError::to_response`](crate::ThrottleError::to_response)), which the SDK
+//! reads as the operation's own modelled errors, so code and dashboards written for
+//! Bedrock's `ThrottlingException` see them. Either way [`throttle_error`] gets the
+//! `ThrottleError` back out of the `SdkError`.
 //!
-//! | error | `ConnectorError` kind | SDK retries |
-//! |---|---|---|
-//! | `BodyTooLarge`, `NeverFits`, `Body`, `BodyTimeout` (the request is at fault) | `user` | no |
-//! | `MaxWaitExceeded` (the quota stayed full) | `other(_, None)` | no: waiting again would only queue behind the same demand |
-//! | `SendDeadlinePassed` (the signature's window ended while waiting) | `other(_, None)` | no |
-//! | an inner connector error on the last attempt | the inner `ConnectorError` itself | as the SDK would have (I/O errors and timeouts are retried) |
+//! | error | default: `ConnectorError` kind | SDK retries | as service errors |
+//! |---|---|---|---|
+//! | `BodyTooLarge`, `NeverFits`, `Body` (the request is at fault) | `user` | no | `ValidationException` (400) |
+//! | `BodyTimeout` | `user` | no | unmodelled `RequestTimeoutException` (408) |
+//! | `MaxWaitExceeded` (the quota stayed full) | `other(_, None)` | no: waiting again would only queue behind the same demand | `ThrottlingException` (429) |
+//! | `Overloaded` (the key's queue was full) | `other(_, None)` | no | `ThrottlingException` (429) |
+//! | `SendDeadlinePassed` (the signature's window ended while waiting) | `other(_, None)` | no | `ThrottlingException` (429) |
+//! | `LedgerUnavailable` (the shared ledger is down, `FailClosed`) | `other(_, None)` | no | `ServiceUnavailableException` (503) |
+//! | `Upstream` with an inner connector error (the last attempt's) | the inner `ConnectorError` itself | as the SDK would have (I/O errors and timeouts are retried) | the same |
+//! | `Upstream` with another error | `other(_, None)` | no | the same |
+//!
+//! As service errors the responses carry `Retry-After` and `x-amz-retry-after` where
+//! waiting helps; the SDK's standard retry, if left on, retries the 429s after that hint
+//! (and the 408 as transient), each attempt queueing in the gate again.
+//!
+//! ```
+//! use aws_sdk_bedrockruntime::{error::SdkError, operation::converse::ConverseError};
+//! use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+//! use bedrock_throttle::{aws::throttle_error, ThrottleError};
+//!
+//! fn report(err: &SdkError<ConverseError, HttpResponse>) -> String {
+//!     match throttle_error(err) {
+//!         Some(ThrottleError::Overloaded { key, .. }) => format!("shed at {key}"),
+//!         Some(refusal) => format!("refused: {refusal}"),
+//!         None => match err.as_service_error() {
+//!             Some(e) if e.is_throttling_exception() => "throttled by Bedrock".into(),
+//!             _ => format!("failed: {err}"),
+//!         },
+//!     }
+//! }
+//! # let _ = report;
+//! ```
 //!
 //! # Timeouts and signatures
 //! A request may wait in the gate up to `max_wait` per attempt. The SDK's operation and
@@ -104,7 +135,7 @@
 //! therefore gets a [`SendDeadline`] of [`SendDeadline::SIGV4_WINDOW`] (4.5 minutes) when it
 //! reaches this client: no retry starts after it (the SDK gets the last response, and signs
 //! again if its own retry is on), and a request still waiting in the gate then fails with
-//! [`ThrottleError::SendDeadlinePassed`] (`ConnectorError` kind `other`, not retried by the
+//! [`ThrottleError::SendDeadlinePassed`](crate::ThrottleError::SendDeadlinePassed) (`ConnectorError` kind `other`, not retried by the
 //! SDK). No request leaves with an expired signature, whatever `max_wait` and the retry
 //! settings are. A bearer-token API key (`Config::builder().bearer_token(..)`,
 //! `AWS_BEARER_TOKEN_BEDROCK`) has no such window and gets no deadline.
@@ -142,12 +173,15 @@ use http::{
 use tower_layer::Layer;
 use tower_service::Service;
 
+use self::errors::into_sdk_outcome;
 use crate::{
-    estimate::Estimate,
     gate::{FirstFrameException, Gate, GateLayer, SettlingBody},
-    retry::Retry,
-    BedrockThrottleLayer, BoxError, SendDeadline, ThrottleConfig, ThrottleError,
+    BedrockThrottle, BedrockThrottleLayer, BoxError, SendDeadline, ThrottleConfig,
 };
+
+mod errors;
+
+pub use self::errors::throttle_error;
 
 /// An AWS SDK HTTP client that throttles every request of the SDK clients using it. See
 /// the [module docs](self).
@@ -158,6 +192,7 @@ use crate::{
 pub struct ThrottledHttpClient {
     inner: SharedHttpClient,
     cfg: ThrottleConfig,
+    refusals_as_service_errors: bool,
 }
 
 impl ThrottledHttpClient {
@@ -167,7 +202,24 @@ impl ThrottledHttpClient {
         Self {
             inner: SharedHttpClient::new(inner),
             cfg,
+            refusals_as_service_errors: false,
         }
+    }
+
+    /// With `true`, the crate's refusals reach the SDK as the error responses Bedrock
+    /// would send ([`ThrottleError::to_response`](crate::ThrottleError::to_response)), so
+    /// the SDK reports them as its own service errors: a shed or timed-out call is the
+    /// operation's `ThrottlingException` (`is_throttling_exception()`), one that never fits
+    /// its `ValidationException`, a lost ledger its `ServiceUnavailableException`. Off by
+    /// default: they are dispatch failures. Either way [`throttle_error`] finds the
+    /// [`ThrottleError`](crate::ThrottleError). See "Errors" in the [module docs](self).
+    ///
+    /// Keep the SDK's own retry off (`RetryConfig::disabled()`): with it on, the SDK
+    /// retries these throttles too, after the `x-amz-retry-after` they carry, and each of
+    /// its attempts queues in the gate again.
+    pub fn refusals_as_service_errors(mut self, yes: bool) -> Self {
+        self.refusals_as_service_errors = yes;
+        self
     }
 
     /// The configuration whose budget this client spends.
@@ -185,6 +237,10 @@ impl fmt::Debug for ThrottledHttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThrottledHttpClient")
             .field("inner", &self.inner)
+            .field(
+                "refusals_as_service_errors",
+                &self.refusals_as_service_errors,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -199,6 +255,7 @@ impl HttpClient for ThrottledHttpClient {
         SharedHttpConnector::new(ThrottledConnector {
             full: BedrockThrottleLayer::new(self.cfg.clone()).layer(sdk.clone()),
             gate_only: GateLayer::new(self.cfg.clone()).layer(sdk),
+            refusals_as_service_errors: self.refusals_as_service_errors,
         })
     }
 
@@ -227,8 +284,9 @@ impl HttpClient for ThrottledHttpClient {
 /// The connector handed to the SDK: the throttle stack over the inner client's connector.
 #[derive(Debug)]
 struct ThrottledConnector {
-    full: Estimate<Retry<Gate<SdkConnector>>>,
+    full: BedrockThrottle<SdkConnector>,
     gate_only: Gate<SdkConnector>,
+    refusals_as_service_errors: bool,
 }
 
 impl HttpConnector for ThrottledConnector {
@@ -246,10 +304,11 @@ impl HttpConnector for ThrottledConnector {
             let deadline = SendDeadline::after(SendDeadline::SIGV4_WINDOW);
             request.extensions_mut().insert(deadline);
         }
+        let as_responses = self.refusals_as_service_errors;
         if in_memory {
-            HttpConnectorFuture::new(send(self.full.clone(), request))
+            HttpConnectorFuture::new(send(self.full.clone(), request, as_responses))
         } else {
-            HttpConnectorFuture::new(send(self.gate_only.clone(), request))
+            HttpConnectorFuture::new(send(self.gate_only.clone(), request, as_responses))
         }
     }
 }
@@ -262,9 +321,12 @@ fn is_sigv4_signed(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"AWS4-"))
 }
 
+/// Sends `request` through the stack; with `as_responses`, a refusal comes back as
+/// Bedrock's error response.
 async fn send<S>(
     mut service: S,
     request: http::Request<SdkBody>,
+    as_responses: bool,
 ) -> Result<HttpResponse, ConnectorError>
 where
     S: Service<
@@ -275,10 +337,13 @@ where
 {
     // Every layer of the stack delegates readiness to the SDK connector, which is always
     // ready; poll anyway, as the `Service` contract asks.
-    std::future::poll_fn(|cx| service.poll_ready(cx))
-        .await
-        .map_err(into_connector_error)?;
-    let response = service.call(request).await.map_err(into_connector_error)?;
+    if let Err(e) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+        return into_sdk_outcome(e, as_responses);
+    }
+    let response = match service.call(request).await {
+        Ok(response) => response,
+        Err(e) => return into_sdk_outcome(e, as_responses),
+    };
     let response = match response.extensions().get::<FirstFrameException>() {
         Some(e) => {
             let json = serde_json::json!({ "message": e.message }).to_string();
@@ -298,36 +363,6 @@ where
         }),
     };
     HttpResponse::try_from(response).map_err(|e| ConnectorError::other(e.into(), None))
-}
-
-/// The SDK's view of an error of the stack; see "Errors" in the [module docs](self).
-fn into_connector_error(error: BoxError) -> ConnectorError {
-    let error = match error.downcast::<ConnectorError>() {
-        Ok(e) => return *e,
-        Err(e) => e,
-    };
-    match error.downcast::<ThrottleError>() {
-        Ok(e) => match *e {
-            ThrottleError::Upstream { attempts, source } => {
-                match source.downcast::<ConnectorError>() {
-                    Ok(inner) => {
-                        tracing::debug!(attempts, error = %inner, "connector failed on every attempt");
-                        *inner
-                    }
-                    Err(source) => ConnectorError::other(
-                        Box::new(ThrottleError::Upstream { attempts, source }),
-                        None,
-                    ),
-                }
-            }
-            e @ (ThrottleError::BodyTooLarge { .. }
-            | ThrottleError::NeverFits { .. }
-            | ThrottleError::Body(_)
-            | ThrottleError::BodyTimeout { .. }) => ConnectorError::user(Box::new(e)),
-            e => ConnectorError::other(Box::new(e), None),
-        },
-        Err(other) => ConnectorError::other(other, None),
-    }
 }
 
 /// The innermost service: the SDK connector of the wrapped client, in http 1.x types.
@@ -370,7 +405,7 @@ mod tests {
     use http_body_util::{BodyExt, Full};
 
     use super::*;
-    use crate::{Quota, QuotaKey};
+    use crate::{Quota, ThrottleError};
 
     /// An SDK connector that answers `status` and records, per call, whether the request
     /// body was in memory.
@@ -412,6 +447,7 @@ mod tests {
         let throttled = ThrottledConnector {
             full: BedrockThrottleLayer::new(cfg.clone()).layer(sdk.clone()),
             gate_only: GateLayer::new(cfg).layer(sdk),
+            refusals_as_service_errors: false,
         };
         (throttled, calls)
     }
@@ -517,6 +553,7 @@ mod tests {
         let throttled = ThrottledConnector {
             full: BedrockThrottleLayer::new(cfg.clone()).layer(sdk.clone()),
             gate_only: GateLayer::new(cfg).layer(sdk),
+            refusals_as_service_errors: false,
         };
         let body = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"messages":[]}"#;
         let response = throttled.call(request(SdkBody::from(body))).await.unwrap();
@@ -532,43 +569,5 @@ mod tests {
             response.body().bytes(),
             Some(&br#"{"message":"Bedrock is unavailable."}"#[..])
         );
-    }
-
-    fn source_is<T: std::error::Error + 'static>(e: &ConnectorError) -> bool {
-        std::error::Error::source(e).is_some_and(|s| s.is::<T>())
-    }
-
-    #[test]
-    fn throttle_errors_become_connector_errors_the_sdk_does_not_retry() {
-        let e = into_connector_error(Box::new(ThrottleError::BodyTooLarge { limit: 10 }));
-        assert!(e.is_user() && source_is::<ThrottleError>(&e));
-        let e = into_connector_error(Box::new(ThrottleError::NeverFits {
-            key: QuotaKey::default(),
-            tokens: 10,
-            quota_tokens: 5,
-        }));
-        assert!(e.is_user());
-        let e = into_connector_error(Box::new(ThrottleError::MaxWaitExceeded {
-            key: QuotaKey::default(),
-            waited: Duration::from_secs(1),
-        }));
-        assert!(e.is_other() && e.as_other().is_none() && source_is::<ThrottleError>(&e));
-    }
-
-    #[test]
-    fn the_inner_connector_error_comes_back_as_it_was() {
-        let io = ConnectorError::io("reset".into());
-        let e = into_connector_error(Box::new(ThrottleError::Upstream {
-            attempts: 3,
-            source: Box::new(io),
-        }));
-        assert!(e.is_io());
-        let e = into_connector_error(Box::new(ConnectorError::timeout("slow".into())));
-        assert!(e.is_timeout());
-        let e = into_connector_error(Box::new(ThrottleError::Upstream {
-            attempts: 2,
-            source: "not a connector error".into(),
-        }));
-        assert!(e.is_other() && source_is::<ThrottleError>(&e));
     }
 }
