@@ -46,21 +46,22 @@ const MODEL: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
 const RPM: u32 = 400;
 const TPM: u64 = 300_000;
 
+/// The fleet's options (see the module docs).
 #[derive(Clone, Debug)]
-struct Options {
-    processes: usize,
-    requests: usize,
-    callers: usize,
-    period: Duration,
-    seed: u64,
+pub struct Options {
+    pub processes: usize,
+    pub requests: usize,
+    pub callers: usize,
+    pub period: Duration,
+    pub seed: u64,
     /// Seconds after the start that Redis is killed, and for how long.
-    outage: Option<(f64, f64)>,
-    restart_with_data: bool,
-    fail_closed: bool,
+    pub outage: Option<(f64, f64)>,
+    pub restart_with_data: bool,
+    pub fail_closed: bool,
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Self {
+    pub fn parse(args: &[String]) -> Self {
         let mut o = Options {
             processes: 4,
             requests: 240,
@@ -179,12 +180,26 @@ fn latency() -> LatencyModel {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--worker") {
-        let index = number(&args[1], "--worker");
-        let redis = args[2].clone();
-        let base = args[3].clone();
-        return worker(index, &redis, &base, Options::parse(&args[4..])).await;
+        return run_worker(&args[1..]).await;
     }
-    coordinator(Options::parse(&args)).await;
+    let exe = std::env::current_exe().expect("this example's path");
+    let result = run_fleet(&Options::parse(&args), |worker_args| {
+        let mut c = tokio::process::Command::new(&exe);
+        c.arg("--worker").args(worker_args);
+        c
+    })
+    .await;
+    result.print();
+}
+
+/// A worker's report starts its line with this.
+const REPORT: &str = "fleet-worker-report ";
+
+/// Runs one worker: `args` are its index, the Redis URL, the emulator's URL, then the
+/// fleet's options.
+pub async fn run_worker(args: &[String]) {
+    let index = number(&args[0], "--worker");
+    worker(index, &args[1], &args[2], Options::parse(&args[3..])).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -288,7 +303,7 @@ async fn worker(index: usize, redis: &str, base: &str, opts: Options) {
         "latencies_ms": report.latencies_ms,
         "errors": report.errors,
     });
-    println!("{line}");
+    println!("{REPORT}{line}");
 }
 
 async fn send<S, B>(svc: S, req: Request<Full<Bytes>>) -> Result<(), BoxError>
@@ -386,7 +401,79 @@ impl Drop for RedisServer {
     }
 }
 
-async fn coordinator(opts: Options) {
+/// What the emulator and the workers saw of one fleet run.
+#[derive(Debug)]
+pub struct FleetResult {
+    pub processes: usize,
+    pub requests: usize,
+    /// Workers that reported (a worker that crashed does not).
+    pub reports: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub ledger_refusals: usize,
+    /// Requests upstream received, throttled ones included, and the throttles.
+    pub attempts: u64,
+    pub throttles: u64,
+    /// The ideal time to push the billed work through the quota over the time it took.
+    pub efficiency: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub wall: f64,
+    /// When Redis answered again, and the share of the quota drawn in the period after.
+    pub back: Option<(f64, f64)>,
+    /// (seconds, throttles) where upstream throttled.
+    pub throttled_at: Vec<(f64, u64)>,
+    pub errors: Vec<String>,
+}
+
+impl FleetResult {
+    pub fn print(&self) {
+        println!(
+            "| processes | requests | completed | failed | ledger refusals | throttles / attempts | efficiency | p50 | p99 | wall |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!(
+            "| {} | {} | {} | {} | {} | {} / {} ({:.1} %) | {:.3} | {:.2} s | {:.2} s | {:.1} s |",
+            self.processes,
+            self.requests,
+            self.completed,
+            self.failed,
+            self.ledger_refusals,
+            self.throttles,
+            self.attempts,
+            100.0 * self.throttles as f64 / self.attempts.max(1) as f64,
+            self.efficiency,
+            self.p50,
+            self.p99,
+            self.wall,
+        );
+        if let Some((back, share)) = self.back {
+            println!(
+                "after Redis answered again ({back:.1} s): {:.0} % of the quota drawn in the period after",
+                100.0 * share,
+            );
+        }
+        if !self.throttled_at.is_empty() {
+            let at: Vec<String> = self
+                .throttled_at
+                .iter()
+                .map(|(t, n)| format!("{n} at {t:.1} s"))
+                .collect();
+            println!("upstream throttles: {}", at.join(", "));
+        }
+        for e in self.errors.iter().take(5) {
+            println!("error: {e}");
+        }
+    }
+}
+
+/// Runs the fleet: the emulator, Redis, `opts.processes` workers started by `worker` (the
+/// command of a process that runs [`run_worker`] with the arguments it is given), the
+/// outage.
+pub async fn run_fleet(
+    opts: &Options,
+    worker: impl Fn(Vec<String>) -> tokio::process::Command,
+) -> FleetResult {
     let emu = Emulator::builder()
         .model_quota(
             MODEL,
@@ -405,16 +492,12 @@ async fn coordinator(opts: Options) {
         .await
         .expect("emulator");
     let mut redis = RedisServer::start(opts.restart_with_data);
-    let exe = std::env::current_exe().expect("this example's path");
     let start = Instant::now();
     let workers: Vec<_> = (0..opts.processes)
         .map(|i| {
-            let child = tokio::process::Command::new(&exe)
-                .arg("--worker")
-                .arg(i.to_string())
-                .arg(redis.url())
-                .arg(emu.endpoint_url())
-                .args(opts.to_args())
+            let mut args = vec![i.to_string(), redis.url(), emu.endpoint_url()];
+            args.extend(opts.to_args());
+            let child = worker(args)
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
@@ -433,10 +516,12 @@ async fn coordinator(opts: Options) {
         if opts.fail_closed { "fail-closed" } else { "fail-open" },
     );
 
-    // Billed tokens per second, sampled every second; the outage on its schedule.
+    // Billed tokens, sampled ten times a second; the outage on its schedule.
     let mut series: Vec<(f64, u64)> = Vec::new();
+    let mut throttled_at: Vec<(f64, u64)> = Vec::new();
+    let mut throttled = 0;
     let mut back_at: Option<f64> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     while !workers.iter().all(|w| w.is_finished()) {
         tick.tick().await;
         let t = start.elapsed().as_secs_f64();
@@ -451,34 +536,42 @@ async fn coordinator(opts: Options) {
                 back_at = Some(t);
             }
         }
-        series.push((t, emu.stats().model(MODEL).tokens_billed));
+        let m = emu.stats().model(MODEL);
+        let now_throttled = m.throttled_rpm + m.throttled_tpm + m.throttled_tpd;
+        if now_throttled > throttled {
+            throttled_at.push((t, now_throttled - throttled));
+            throttled = now_throttled;
+        }
+        series.push((t, m.tokens_billed));
     }
     let mut report = WorkerReport::default();
+    let mut reports = 0;
     for w in workers {
         let out = w.await.expect("worker task").expect("worker output");
-        let line = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| {
-            panic!("worker failed ({}): {e}: {line}", out.status);
-        });
-        let count = |k: &str| v[k].as_u64().unwrap_or(0) as usize;
-        let r = WorkerReport {
-            completed: count("completed"),
-            failed: count("failed"),
-            ledger_refusals: count("ledger_refusals"),
-            latencies_ms: v["latencies_ms"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                .unwrap_or_default(),
-            errors: v["errors"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
-                .unwrap_or_default(),
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let Some(line) = stdout.lines().find_map(|l| l.strip_prefix(REPORT)) else {
+            eprintln!(
+                "a worker exited with {} and no report: {stdout}",
+                out.status
+            );
+            continue;
         };
-        report.completed += r.completed;
-        report.failed += r.failed;
-        report.ledger_refusals += r.ledger_refusals;
-        report.latencies_ms.extend(r.latencies_ms);
-        report.errors.extend(r.errors);
+        let v: serde_json::Value = serde_json::from_str(line).expect("a worker's report");
+        reports += 1;
+        let count = |k: &str| v[k].as_u64().unwrap_or(0) as usize;
+        report.completed += count("completed");
+        report.failed += count("failed");
+        report.ledger_refusals += count("ledger_refusals");
+        if let Some(a) = v["latencies_ms"].as_array() {
+            report
+                .latencies_ms
+                .extend(a.iter().filter_map(|x| x.as_u64()));
+        }
+        if let Some(a) = v["errors"].as_array() {
+            report
+                .errors
+                .extend(a.iter().filter_map(|x| x.as_str().map(String::from)));
+        }
     }
     let wall = start.elapsed();
 
@@ -488,35 +581,15 @@ async fn coordinator(opts: Options) {
     let by_requests = m.settled.saturating_sub(u64::from(RPM)) as f64 / per_sec(u64::from(RPM));
     let ideal = by_tokens.max(by_requests);
     let admitted_by = m.last_admitted.map_or(wall, |t| t - start).as_secs_f64();
-    let throttles = m.throttled_rpm + m.throttled_tpm + m.throttled_tpd;
     report.latencies_ms.sort_unstable();
     let pct = |p: f64| {
         let l = &report.latencies_ms;
         l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
             .map_or(0.0, |&ms| ms as f64 / 1000.0)
     };
-    println!(
-        "| processes | requests | completed | failed | ledger refusals | throttles / attempts | efficiency | p50 | p99 | wall |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {} | {} | {} | {} / {} ({:.1} %) | {:.3} | {:.2} s | {:.2} s | {:.1} s |",
-        opts.processes,
-        opts.requests,
-        report.completed,
-        report.failed,
-        report.ledger_refusals,
-        throttles,
-        m.requests,
-        100.0 * throttles as f64 / m.requests.max(1) as f64,
-        ideal / admitted_by.max(1e-9),
-        pct(0.5),
-        pct(0.99),
-        wall.as_secs_f64(),
-    );
-    if let Some(back) = back_at {
-        // The share of the quota drawn in the period after Redis answered, while work
-        // remained: 1.0 is a fleet back at full speed at once.
+    // The share of the quota drawn in the period after Redis answered, while work
+    // remained: 1.0 is a fleet back at full speed at once.
+    let back = back_at.map(|back| {
         let billed_at = |t: f64| {
             series
                 .iter()
@@ -526,15 +599,24 @@ async fn coordinator(opts: Options) {
         };
         let end = (back + opts.period.as_secs_f64()).min(admitted_by);
         let drawn = billed_at(end).saturating_sub(billed_at(back)) as f64;
-        let share = drawn / (per_sec(TPM) * (end - back).max(1e-9));
-        println!(
-            "after Redis answered again ({back:.1} s): {:.0} % of the quota drawn over the next {:.0} s",
-            100.0 * share,
-            end - back
-        );
-    }
-    for e in report.errors.iter().take(5) {
-        println!("error: {e}");
-    }
+        (back, drawn / (per_sec(TPM) * (end - back).max(1e-9)))
+    });
     emu.shutdown().await;
+    FleetResult {
+        processes: opts.processes,
+        requests: opts.requests,
+        reports,
+        completed: report.completed,
+        failed: report.failed,
+        ledger_refusals: report.ledger_refusals,
+        attempts: m.requests,
+        throttles: m.throttled_rpm + m.throttled_tpm + m.throttled_tpd,
+        efficiency: ideal / admitted_by.max(1e-9),
+        p50: pct(0.5),
+        p99: pct(0.99),
+        wall: wall.as_secs_f64(),
+        back,
+        throttled_at,
+        errors: report.errors,
+    }
 }
