@@ -200,6 +200,8 @@ fn bench(c: &mut Criterion) {
                     limits,
                     client: 1,
                     hold,
+                    start_level: 1.0,
+                    outage: None,
                 };
                 match ledger.reserve(ask).await.unwrap() {
                     Grant::Reserved(h) => ledger.settle(h, 500).await.unwrap(),

@@ -138,6 +138,8 @@ fn ask(client: u64, hold: u64, tokens: u64) -> Ask {
         limits: limits(),
         client,
         hold,
+        start_level: 1.0,
+        outage: None,
     }
 }
 
@@ -194,6 +196,8 @@ async fn reserve_takes_both_limits_and_answers_the_refill_time() {
             limits: rl,
             client: 1,
             hold: 10 + i,
+            start_level: 1.0,
+            outage: None,
         };
         held(reserve(&l, a).await);
     }
@@ -203,6 +207,8 @@ async fn reserve_takes_both_limits_and_answers_the_refill_time() {
         limits: rl,
         client: 1,
         hold: 20,
+        start_level: 1.0,
+        outage: None,
     };
     about(
         fits_in(reserve(&l, a).await),
@@ -242,6 +248,60 @@ async fn an_expired_hold_keeps_its_charge() {
     l.settle(h, 0).await.unwrap();
     let wait = fits_in(reserve(&l, ask(1, 1, 10_000)).await);
     about(wait, Duration::from_secs(1_000), Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_key_the_ledger_lost_starts_at_the_asked_level_and_an_outage_is_taken_once() {
+    let (url, _server) = redis_url();
+    let l = RedisLedger::open(&url).unwrap().prefix(prefix());
+    // A key a client spent from a quarter of a period ago comes back a quarter full.
+    let mut a = ask(1, 0, 9_000);
+    a.start_level = 0.25;
+    held(reserve(&l, a).await);
+    about(
+        fits_in(reserve(&l, ask(1, 1, 1_000)).await),
+        Duration::from_secs(100),
+        Duration::from_secs(5),
+    );
+    // A key started after an outage began already leaves that outage's refill out.
+    let mut back = ask(2, 2, 1_000);
+    back.outage = Some(Duration::from_secs(300));
+    about(
+        fits_in(reserve(&l, back).await),
+        Duration::from_secs(100),
+        Duration::from_secs(5),
+    );
+
+    // A key that lived through the outage loses the outage's refill, once: 10 000 tokens
+    // per 10 s, emptied, then a client back from an outage of the last 150 ms asks for
+    // 5 000, which takes 150 ms longer than the refill alone says.
+    let fast = Limits {
+        tokens: 10_000,
+        requests: None,
+        period: Duration::from_secs(10),
+        headroom: Duration::ZERO,
+    };
+    let k = QuotaKey::new(Some("outage"), None);
+    let mk = |client, hold, tokens, outage| {
+        let mut a = Ask::new(k.clone(), tokens, fast, client, hold);
+        a.outage = outage;
+        a
+    };
+    held(reserve(&l, mk(1, 0, 10_000, None)).await);
+    let emptied = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = std::time::Instant::now();
+    let wait = fits_in(reserve(&l, mk(2, 1, 5_000, Some(Duration::from_millis(150)))).await);
+    let refilled = asked - emptied;
+    let want = Duration::from_secs(5) - refilled + Duration::from_millis(150);
+    let diff = wait.as_secs_f64() - want.as_secs_f64();
+    assert!(diff.abs() < 0.06, "waits {wait:?}, expected {want:?}");
+    // Asked again by another client back from the same outage: not taken twice.
+    let again = fits_in(reserve(&l, mk(3, 2, 5_000, Some(Duration::from_millis(200)))).await);
+    assert!(
+        again <= wait,
+        "the same outage was charged twice: {again:?} after {wait:?}"
+    );
 }
 
 #[tokio::test]
@@ -285,6 +345,8 @@ async fn clients_take_turns_in_the_order_they_began_waiting() {
         limits: lim,
         client,
         hold,
+        start_level: 1.0,
+        outage: None,
     };
     held(reserve(&l, a(1, 0, 1_000)).await);
     // Client 2 waits for 500 tokens (5 s); client 3, asking later for 10, waits behind it
@@ -333,6 +395,8 @@ async fn the_keys_of_a_model_share_one_hash_tag_and_expire() {
         limits: lim,
         client: 9,
         hold,
+        start_level: 1.0,
+        outage: None,
     };
     held(reserve(&l, mk(0, 1_000)).await);
     fits_in(reserve(&l, mk(1, 10)).await);

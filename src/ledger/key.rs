@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Mutex, MutexGuard},
     task::Waker,
     time::Duration,
 };
@@ -13,8 +13,7 @@ use super::{
     lock::lock,
     meter::Meter,
     queue::WaitQueue,
-    remote::{LedgerLink, RemoteStep},
-    spi::Limits,
+    remote::{RemoteKey, RemoteStep},
 };
 use crate::{
     quota::ResolvedQuota,
@@ -28,7 +27,7 @@ pub(crate) struct KeyLedger {
     key: QuotaKey,
     state: Mutex<KeyState>,
     /// The shared ledger and this key's limits in it.
-    remote: Option<(Arc<LedgerLink>, Limits)>,
+    remote: Option<RemoteKey>,
 }
 
 /// Who asks for room: the tenant, its weight and the request's priority.
@@ -83,7 +82,7 @@ impl KeyLedger {
     }
 
     /// Asks `link` as well, with `limits`, after the key's own buckets.
-    pub(super) fn with_remote(mut self, remote: Option<(Arc<LedgerLink>, Limits)>) -> Self {
+    pub(super) fn with_remote(mut self, remote: Option<RemoteKey>) -> Self {
         self.remote = remote;
         self
     }
@@ -98,8 +97,7 @@ impl KeyLedger {
 
     /// A waiter's step of asking the shared ledger, when the key has one.
     pub(super) fn remote_step(&self) -> Option<RemoteStep> {
-        let (link, limits) = self.remote.as_ref()?;
-        Some(RemoteStep::new(link.clone(), *limits))
+        self.remote.as_ref().map(RemoteKey::step)
     }
 
     /// Takes `tokens` at once if nobody is queued, both limits have room and no shared

@@ -54,11 +54,16 @@ impl LocalLedger {
         let mut keys = lock(&self.keys);
         let state = keys
             .entry(ask.key.clone())
-            .or_insert_with(|| LocalKey::new(ask.limits, now));
+            .or_insert_with(|| LocalKey::new(ask.limits, now, ask.start_level));
         match state.reserve(now, ask, HOLD_TTL_US, WAITER_GRACE_US) {
             None => Grant::Reserved(Hold::for_ask(ask)),
             Some(wait_us) => Grant::FitsIn(Duration::from_micros(wait_us)),
         }
+    }
+
+    /// Forgets every key: each starts again at the level its next ask gives.
+    pub(crate) fn clear(&self) {
+        lock(&self.keys).clear();
     }
 
     pub(crate) fn settle_now(&self, hold: &Hold, actual: u64) {
@@ -89,6 +94,8 @@ struct LocalKey {
     tokens: f64,
     requests: f64,
     updated: f64,
+    /// Outages that began before this time are accounted for (see `Ask::outage`).
+    covered: f64,
     /// Outstanding holds: member → expiry.
     holds: HashMap<String, f64>,
     /// Waiting clients: (first ask, client) → (place kept until, tokens asked).
@@ -96,11 +103,18 @@ struct LocalKey {
 }
 
 impl LocalKey {
-    fn new(limits: Limits, now: f64) -> Self {
+    /// A key at `level` (a share of a full bucket) of both limits.
+    fn new(limits: Limits, now: f64, level: f64) -> Self {
+        let level = if level.is_finite() {
+            level.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         Self {
-            tokens: limits.tokens as f64,
-            requests: limits.requests.map_or(0.0, f64::from),
+            tokens: limits.tokens as f64 * level,
+            requests: limits.requests.map_or(0.0, |r| f64::from(r) * level),
             updated: now,
+            covered: now,
             holds: HashMap::new(),
             waiters: BTreeMap::new(),
         }
@@ -143,6 +157,18 @@ impl LocalKey {
     fn reserve(&mut self, now: f64, ask: &Ask, ttl: f64, grace: f64) -> Option<u64> {
         let l = ask.limits;
         self.refill(now, l);
+        if let Some(outage) = ask.outage {
+            let outage = outage.as_micros() as f64;
+            if self.covered < now - outage {
+                // The fleet spent its shares while alone: the outage's refill is gone.
+                let spent = outage.min(l.period.as_micros() as f64) / l.period.as_micros() as f64;
+                self.tokens -= l.tokens as f64 * spent;
+                if let Some(r) = l.requests {
+                    self.requests -= f64::from(r) * spent;
+                }
+                self.covered = now;
+            }
+        }
         self.holds.retain(|_, expiry| *expiry > now);
         // Waiters that stopped asking lose their place.
         self.waiters.retain(|_, (until, _)| *until >= now);
@@ -207,20 +233,70 @@ mod tests {
     }
 
     fn ask(client: u64, hold: u64, tokens: u64) -> Ask {
-        Ask {
-            key: QuotaKey::new(Some("m"), None),
+        Ask::new(
+            QuotaKey::new(Some("m"), None),
             tokens,
-            limits: limits(),
+            limits(),
             client,
             hold,
-        }
+        )
     }
 
     const S: f64 = 1e6;
 
+    #[tokio::test(start_paused = true)]
+    async fn a_key_starts_at_the_asked_level_and_an_outage_is_taken_once() {
+        let ledger = LocalLedger::new();
+        let mut a = ask(1, 0, 1_000);
+        a.start_level = 0.25;
+        // 1 500 tokens and 15 requests to start with: 1 000 fit, 1 000 more in 5 s.
+        assert!(matches!(ledger.reserve_now(&a), Grant::Reserved(_)));
+        a.hold = 1;
+        assert!(matches!(
+            ledger.reserve_now(&a),
+            Grant::FitsIn(d) if d == Duration::from_secs(5)
+        ));
+        // 20 s later (2 000 refilled, 2 500 in the bucket) a client back from an outage
+        // that began 6 s ago takes its 600 of refill away, even though the answer is
+        // "not now" for 3 000: 1 100 more take 11 s at 100 tokens/s.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let mut back = ask(2, 2, 3_000);
+        back.outage = Some(Duration::from_secs(6));
+        let Grant::FitsIn(wait) = ledger.reserve_now(&back) else {
+            panic!("1 900 left cannot hold 3 000");
+        };
+        assert_eq!(wait, Duration::from_secs(11));
+        // Another client back from the same outage (it began 8 s ago for that one) is not
+        // charged again; an outage that began later than the last one accounted for is.
+        let mut also = ask(2, 3, 3_000);
+        also.outage = Some(Duration::from_secs(8));
+        assert!(matches!(
+            ledger.reserve_now(&also),
+            Grant::FitsIn(d) if d == Duration::from_secs(11)
+        ));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let mut later = ask(2, 4, 3_000);
+        later.outage = Some(Duration::from_millis(500));
+        assert!(matches!(
+            ledger.reserve_now(&later),
+            Grant::FitsIn(d) if d == Duration::from_millis(10_500)
+        ));
+    }
+
+    #[test]
+    fn a_start_level_out_of_range_is_clamped() {
+        for (level, tokens) in [(-1.0, 0.0), (2.0, 6_000.0), (f64::NAN, 6_000.0)] {
+            assert_eq!(
+                LocalKey::new(limits(), 0.0, level).tokens,
+                tokens,
+                "{level}"
+            );
+        }
+    }
+
     #[test]
     fn reserves_both_limits_and_answers_the_refill_time() {
-        let mut b = LocalKey::new(limits(), 0.0);
+        let mut b = LocalKey::new(limits(), 0.0, 1.0);
         assert_eq!(b.reserve(0.0, &ask(1, 0, 5_000), 600.0 * S, S), None);
         assert_eq!((b.tokens, b.requests), (1_000.0, 59.0));
         // 2 000 more need 1 000 more tokens: 10 s at 100 tokens/s.
@@ -234,7 +310,7 @@ mod tests {
 
     #[test]
     fn settle_gives_back_the_difference_once_and_never_above_capacity() {
-        let mut b = LocalKey::new(limits(), 0.0);
+        let mut b = LocalKey::new(limits(), 0.0, 1.0);
         let a = ask(1, 7, 3_000);
         assert_eq!(b.reserve(0.0, &a, 600.0 * S, S), None);
         let hold = Hold::for_ask(&a);
@@ -257,7 +333,7 @@ mod tests {
 
     #[test]
     fn an_expired_hold_is_not_refunded() {
-        let mut b = LocalKey::new(limits(), 0.0);
+        let mut b = LocalKey::new(limits(), 0.0, 1.0);
         let a = ask(1, 0, 6_000);
         assert_eq!(b.reserve(0.0, &a, 5.0 * S, S), None);
         assert!(!b.settle(5.0 * S, &Hold::for_ask(&a), 0));
@@ -267,7 +343,7 @@ mod tests {
 
     #[test]
     fn clients_take_turns_in_the_order_they_began_waiting() {
-        let mut b = LocalKey::new(limits(), 0.0);
+        let mut b = LocalKey::new(limits(), 0.0, 1.0);
         assert_eq!(b.reserve(0.0, &ask(1, 0, 6_000), 600.0 * S, S), None);
         // Client 2 wants a lot and begins waiting first; client 3 wants little.
         let w2 = b.reserve(0.0, &ask(2, 0, 3_000), 600.0 * S, S).unwrap();
@@ -293,7 +369,7 @@ mod tests {
 
     #[test]
     fn a_waiter_that_stops_asking_loses_its_place() {
-        let mut b = LocalKey::new(limits(), 0.0);
+        let mut b = LocalKey::new(limits(), 0.0, 1.0);
         assert_eq!(b.reserve(0.0, &ask(1, 0, 6_000), 600.0 * S, S), None);
         assert_eq!(
             b.reserve(0.0, &ask(2, 0, 3_000), 600.0 * S, S),

@@ -112,7 +112,7 @@ impl Registry {
         let remote = self
             .link
             .clone()
-            .map(|l| (l, remote::limits(quota, self.headroom)));
+            .map(|l| remote::RemoteKey::new(l, remote::limits(quota, self.headroom)));
         let ledger = Arc::new(
             KeyLedger::new(key.clone(), quota, recovery, self.headroom).with_remote(remote),
         );

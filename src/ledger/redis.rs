@@ -16,7 +16,9 @@ use crate::QuotaKey;
 
 /// Reserve: KEYS = bucket hash, holds zset, waiters zset; ARGV = tokens per period,
 /// requests per period (0: none), period µs, headroom µs, tokens, client, hold member,
-/// hold ttl µs, waiter grace µs, min wait µs. Returns `{1, 0}` when reserved, else
+/// hold ttl µs, waiter grace µs, min wait µs, start level (a new key's share of a full
+/// bucket), outage (µs since the client began spending from its fallback, or -1). Returns
+/// `{1, 0}` when reserved, else
 /// `{0, wait µs}`. The same arithmetic as `LocalKey::reserve`.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
@@ -24,13 +26,21 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local T, R, P, H = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local tokens, me, member = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local ttl, grace, minwait = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local s = redis.call('HMGET', KEYS[1], 'tl', 'rl', 'ts')
-local tl, rl, ts = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
-if not ts then tl = T; rl = R; ts = now end
+local level, outage = tonumber(ARGV[11]), tonumber(ARGV[12])
+local s = redis.call('HMGET', KEYS[1], 'tl', 'rl', 'ts', 'cv')
+local tl, rl, ts, cv = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
+if not ts then tl = T * level; rl = R * level; ts = now; cv = now end
 local dt = math.max(now - ts, 0)
 tl = math.min(T, tl + T * dt / P)
 if R > 0 then rl = math.min(R, rl + R * dt / P) else rl = 0 end
 ts = math.max(ts, now)
+cv = cv or 0
+if outage >= 0 and cv < now - outage then
+  local f = math.min(outage, P) / P
+  tl = tl - T * f
+  if R > 0 then rl = rl - R * f end
+  cv = now
+end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
 if #expired > 0 then redis.call('ZREM', KEYS[2], unpack(expired)) end
 local head, headn
@@ -55,7 +65,7 @@ if head == nil or head == me then
   if wait <= 0 then
     tl = tl - tokens
     if R > 0 then rl = rl - 1 end
-    redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', ts)
+    redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', ts, 'cv', cv)
     redis.call('ZADD', KEYS[2], now + ttl, member)
     if head == me then
       redis.call('ZREM', KEYS[3], me)
@@ -70,7 +80,7 @@ else
 end
 wait = math.max(math.ceil(wait), minwait)
 redis.call('ZADD', KEYS[3], 'NX', now, me)
-redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', ts, 'w:' .. me, now + wait + grace, 'n:' .. me, tokens)
+redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', ts, 'cv', cv, 'w:' .. me, now + wait + grace, 'n:' .. me, tokens)
 redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PEXPIRE', KEYS[3], keep)
 return {0, wait}
@@ -129,11 +139,20 @@ return 1
 /// - A process that crashes leaves its holds charged whole; they refill at the quota's rate
 ///   like any charge, and the hold records expire after `hold_ttl` (10 minutes), after
 ///   which a late settle changes nothing.
-/// - A Redis restart (without persistence) forgets the buckets and the holds: the buckets
-///   start full again, and settles of holds made before the restart change nothing, so
-///   nothing is counted twice; the fleet may spend at most one period's quota more than
-///   upstream allows right after the restart. Requests in flight are not affected;
-///   waiting ones ask again and are served.
+/// - A Redis restart (without persistence) forgets the buckets and the holds. A key that a
+///   client spent from less than a period ago comes back at the level it could have refilled
+///   to since (empty at the client's last spend, then the quota's rate), not full; a key
+///   nobody spent from lately starts full, as on a first start. Settles of holds made
+///   before the restart change nothing, so nothing is counted twice. Requests in flight are
+///   not affected; waiting ones ask again and are served.
+/// - Under [`OutagePolicy::FailOpen`](crate::OutagePolicy::FailOpen) the fleet spends its
+///   shares (together the quota) while Redis is down, so what a key refilled during the
+///   outage counts as spent: a key that comes back empty starts at what it refilled before
+///   the first process began spending on its own, and a key that comes back with its data
+///   (persistence, a promoted replica) loses the outage's refill once, with the first
+///   process's first ask afterwards. Neither hands the fleet the outage's quota twice; if
+///   the fleet spent less than its shares, that much quota goes unused for a moment.
+///   Under `FailClosed` nothing was spent and nothing is taken.
 /// - While Redis cannot be reached the gate follows its
 ///   [`OutagePolicy`](crate::OutagePolicy); the connection reconnects by itself.
 ///
@@ -285,6 +304,17 @@ impl Inner {
     }
 }
 
+/// `level` clamped to `[0, 1]` (1 when it is not a number), to three decimals: what the
+/// reserve script reads.
+fn start_level(level: f64) -> String {
+    let level = if level.is_finite() {
+        level.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    format!("{level:.3}")
+}
+
 fn limit_args(l: &Limits) -> (u64, u32, u64) {
     (
         l.tokens,
@@ -316,6 +346,11 @@ impl Ledger for RedisLedger {
                 .arg(i.hold_ttl.as_micros() as u64)
                 .arg(WAITER_GRACE_US as u64)
                 .arg(MIN_WAIT_US as u64)
+                .arg(start_level(ask.start_level))
+                .arg(
+                    ask.outage
+                        .map_or(-1, |d| d.as_micros().min(i64::MAX as u128) as i64),
+                )
                 .invoke_async(&mut conn)
                 .await
                 .map_err(LedgerError::new)?;

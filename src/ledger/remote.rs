@@ -34,6 +34,8 @@ pub(crate) struct LedgerLink {
     client: u64,
     next_hold: AtomicU64,
     down_until: Mutex<Option<Instant>>,
+    /// When the current outage began (the first failure since the ledger last answered).
+    outage_began: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for LedgerLink {
@@ -55,17 +57,13 @@ impl LedgerLink {
             client: fastrand::u64(..),
             next_hold: AtomicU64::new(0),
             down_until: Mutex::new(None),
+            outage_began: Mutex::new(None),
         }
     }
 
     fn ask(&self, key: &QuotaKey, tokens: u64, limits: Limits) -> Ask {
-        Ask {
-            key: key.clone(),
-            tokens,
-            limits,
-            client: self.client,
-            hold: self.next_hold.fetch_add(1, Ordering::Relaxed),
-        }
+        let hold = self.next_hold.fetch_add(1, Ordering::Relaxed);
+        Ask::new(key.clone(), tokens, limits, self.client, hold)
     }
 
     /// Whether the ledger failed less than `retry_after` ago.
@@ -79,13 +77,92 @@ impl LedgerLink {
             tracing::warn!(%error, policy = ?self.policy, "shared quota ledger unavailable");
         }
         *d = Some(now + OutagePolicy::retry_after());
+        lock(&self.outage_began).get_or_insert(now);
+    }
+
+    /// When the fleet began spending on its own: the current outage's start, under
+    /// `FailOpen` (whose shares add up to the quota); under `FailClosed` nobody did.
+    fn fleet_alone_since(&self) -> Option<Instant> {
+        match self.policy {
+            OutagePolicy::FailOpen { .. } => *lock(&self.outage_began),
+            OutagePolicy::FailClosed => None,
+        }
     }
 
     fn mark_up(&self) {
+        lock(&self.outage_began).take();
         let mut d = lock(&self.down_until);
         if d.take().is_some() {
             tracing::info!("shared quota ledger reachable again");
+            // The next outage's budget starts from what is known then, not from what this
+            // one left over.
+            self.fallback.clear();
         }
+    }
+}
+
+/// One key's link to the shared ledger: the link, the key's limits there, and what this
+/// client's spending from the key must remember.
+#[derive(Debug)]
+pub(super) struct RemoteKey {
+    link: Arc<LedgerLink>,
+    limits: Limits,
+    spending: Arc<Mutex<Spending>>,
+}
+
+impl RemoteKey {
+    pub(super) fn new(link: Arc<LedgerLink>, limits: Limits) -> Self {
+        Self {
+            link,
+            limits,
+            spending: Arc::default(),
+        }
+    }
+
+    /// A waiter's step of asking the shared ledger.
+    pub(super) fn step(&self) -> RemoteStep {
+        RemoteStep {
+            link: self.link.clone(),
+            limits: self.limits,
+            spending: self.spending.clone(),
+            asking: None,
+            retry_at: None,
+        }
+    }
+}
+
+/// What this client's spending from one key must remember across an outage.
+#[derive(Debug, Default)]
+struct Spending {
+    /// When the shared ledger last answered this client about the key, reserved or not:
+    /// the last time its bucket is known to have been there (and, with the fleet spending,
+    /// possibly empty).
+    last_answer: Option<Instant>,
+    /// When this client began admitting from its outage fallback, if it has since the
+    /// ledger last answered.
+    fallback_since: Option<Instant>,
+}
+
+impl Spending {
+    /// When the fleet began spending on its own, as far as this client knows: its own
+    /// fallback's first admission, or the outage's start (`alone`, under `FailOpen`).
+    fn alone_since(&self, alone: Option<Instant>) -> Option<Instant> {
+        match (self.fallback_since, alone) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The level, as a share of a full bucket, that the key can have refilled to since
+    /// the ledger last answered (had the bucket been empty then) and before the fleet began
+    /// spending on its own (`alone`): where a bucket the ledger no longer knows, or the
+    /// fallback's, starts. Under `FailOpen` the fleet's shares add up to the quota, so what
+    /// refilled during the outage is taken as spent.
+    fn start_level(&self, now: Instant, alone: Option<Instant>, period: Duration) -> f64 {
+        self.last_answer.map_or(1.0, |t| {
+            let until = self.alone_since(alone).unwrap_or(now).clamp(t, now);
+            ((until - t).as_secs_f64() / period.as_secs_f64().max(1e-9)).min(1.0)
+        })
     }
 }
 
@@ -115,6 +192,7 @@ pub(super) enum Answer {
 pub(super) struct RemoteStep {
     link: Arc<LedgerLink>,
     limits: Limits,
+    spending: Arc<Mutex<Spending>>,
     /// Behind a mutex only so that the gate's response future stays `Sync`; it is polled
     /// through `&mut`, never locked.
     asking: Option<Mutex<LedgerFuture<Grant>>>,
@@ -132,15 +210,6 @@ impl fmt::Debug for RemoteStep {
 }
 
 impl RemoteStep {
-    pub(super) fn new(link: Arc<LedgerLink>, limits: Limits) -> Self {
-        Self {
-            link,
-            limits,
-            asking: None,
-            retry_at: None,
-        }
-    }
-
     /// Whether a question is in flight.
     pub(super) fn in_flight(&self) -> bool {
         self.asking.is_some()
@@ -165,6 +234,12 @@ impl RemoteStep {
             return None;
         };
         self.asking = None;
+        if result.is_ok() {
+            // The ledger has taken the outage into account (see `Ask::outage`).
+            let mut spending = lock(&self.spending);
+            spending.last_answer = Some(now);
+            spending.fallback_since = None;
+        }
         Some(match result {
             Ok(Grant::Reserved(hold)) => {
                 self.link.mark_up();
@@ -189,7 +264,15 @@ impl RemoteStep {
             let error = LedgerError::new("unreachable at the last attempt");
             return self.fallback(key, tokens, now, error);
         }
-        let ask = self.link.ask(key, tokens, self.limits);
+        let mut ask = self.link.ask(key, tokens, self.limits);
+        {
+            let alone = self.link.fleet_alone_since();
+            let spending = lock(&self.spending);
+            ask.start_level = spending.start_level(now, alone, self.limits.period);
+            ask.outage = spending
+                .alone_since(alone)
+                .map(|t| now.saturating_duration_since(t));
+        }
         self.asking = Some(Mutex::new(self.link.ledger.reserve(ask)));
         Answer::Again
     }
@@ -219,9 +302,16 @@ impl RemoteStep {
         match self.link.policy {
             OutagePolicy::FailClosed => Answer::Unavailable(e),
             OutagePolicy::FailOpen { share } => {
-                let ask = self.link.ask(key, tokens, self.limits.scaled(share));
+                let mut ask = self.link.ask(key, tokens, self.limits.scaled(share));
+                // The fallback starts no fuller than the shared bucket can be: a fleet
+                // that spent it just before the outage has nothing more to spend at once.
+                let alone = self.link.fleet_alone_since();
+                ask.start_level = lock(&self.spending).start_level(now, alone, self.limits.period);
                 match self.link.fallback.reserve_now(&ask) {
-                    Grant::Reserved(hold) => self.reserved(hold, true),
+                    Grant::Reserved(hold) => {
+                        lock(&self.spending).fallback_since.get_or_insert(now);
+                        self.reserved(hold, true)
+                    }
                     Grant::FitsIn(d) => self.later(now + d),
                 }
             }

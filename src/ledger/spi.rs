@@ -27,6 +27,11 @@ pub type LedgerFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> +
 /// keeps asking must eventually be served even while others ask too. Both implementations
 /// here serve clients in the order they began waiting, one reservation per turn.
 ///
+/// A key the ledger has no state for starts at [`Ask::start_level`] of a full bucket, and
+/// the first ask with an [`Ask::outage`] after an outage takes that outage's refill from
+/// the key's bucket: that is how a fleet stays inside the quota when the ledger comes back
+/// from an outage, empty or not.
+///
 /// The process's own buckets stay in front of the shared ledger as a per-process ceiling at
 /// the full quota: they only hold a process back after an upstream throttle (see
 /// "Slowing down" in the [`gate`](crate::gate) docs), which therefore slows only the
@@ -117,6 +122,35 @@ pub struct Ask {
     pub client: u64,
     /// An id for the hold, unique for `client`.
     pub hold: u64,
+    /// The level, as a share of a full bucket in `[0, 1]`, at which a key the ledger holds
+    /// no state for starts. 1 for a key this client has not spent from lately; less when it
+    /// has, because a ledger that has no state for such a key has lost it (a restart
+    /// without persistence), and a full bucket then would let the fleet spend twice.
+    pub start_level: f64,
+    /// How long ago this client began admitting from its outage fallback
+    /// ([`OutagePolicy::FailOpen`]), when it has since the ledger last answered it. The
+    /// fleet's shares add up to the quota, so the ledger takes what the key refilled over
+    /// that time as spent, once for all clients: the first such ask after an outage
+    /// removes it from the bucket (unless the ledger lost the key and started it at
+    /// [`start_level`](Self::start_level), which leaves that refill out already), and asks
+    /// about an outage that began before that are not charged again.
+    pub outage: Option<Duration>,
+}
+
+impl Ask {
+    /// An ask for `tokens` of `key` by `client` as hold `hold`, for a key that starts full,
+    /// with no outage behind it.
+    pub fn new(key: QuotaKey, tokens: u64, limits: Limits, client: u64, hold: u64) -> Self {
+        Self {
+            key,
+            tokens,
+            limits,
+            client,
+            hold,
+            start_level: 1.0,
+            outage: None,
+        }
+    }
 }
 
 /// A ledger's answer to an [`Ask`].
