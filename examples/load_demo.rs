@@ -11,7 +11,9 @@
 //! `--workload one-model` is issue 21's: one model with RPM 400 and TPM 300,000, 30 % documents
 //! of 20,000 to 60,000 characters (`max_tokens` 1,024), the rest 300 to 2,000 characters
 //! (`max_tokens` 256 or 512), outputs of 30 to 100 % of `max_tokens`, 50 ms + 0.5 ms per
-//! output token; with `--period-secs 60` it runs in real time (minutes of it).
+//! output token; upstream counts 3.6 characters a token plus 3 per message
+//! (`EmulatorBuilder::tokens_per_message`), which the gate's estimate from the text alone
+//! does not know; with `--period-secs 60` it runs in real time (minutes of it).
 //! `--clock-offset-secs` and `--admission-delay-ms` skew the emulator against the gate (see
 //! `EmulatorBuilder::clock_offset` and `admission_delay`).
 //!
@@ -467,6 +469,8 @@ async fn emulator(opts: &Options) -> EmulatorHandle {
     let mut b = Emulator::builder()
         .latency(opts.latency())
         .chars_per_token(3.6)
+        // The one-model upstream wraps each message in template tokens the gate cannot see.
+        .tokens_per_message(if opts.one_model() { 3 } else { 0 })
         .output_tokens(output)
         .clock_offset(opts.clock_offset)
         .admission_delay(opts.admission_delay)
