@@ -46,9 +46,20 @@
 //! quota-increase request should ask for. Its rates are per minute, so with the 6 s period
 //! they are ten times the per-period quotas above.
 //!
+//! `--timeline FILE.csv` writes, once a second per stack and model, the gate's view of the
+//! key (tokens and requests its buckets hold, its token and request rates per period, its
+//! queue, admissions and throttles seen; empty for stacks without the gate) beside the
+//! emulator's buckets for the same key (tokens and requests available, tokens reserved and
+//! requests in flight, admissions and throttles). A throttle shows as a step in
+//! `upstream_throttled`; the rows before it say whether the gate thought the request fit
+//! (`gate_tokens_available`) where upstream's bucket had less (`upstream_tokens_available`),
+//! or whether the gate's rate had been cut.
+//!
 //! `--runs N` repeats every stack N times, taking turns round by round, and adds a summary
 //! per stack (throttles over attempts, goodput's mean and range); the plot and the capacity
 //! reports are of the last round.
+
+mod timeline;
 
 use std::{
     collections::VecDeque,
@@ -135,6 +146,8 @@ struct Options {
     seed: u64,
     stacks: Vec<String>,
     out: String,
+    /// Where to write the per-second timeline of the gate against the emulator.
+    timeline: Option<String>,
     /// Rounds of every stack; above 1 a summary of the rounds follows the table.
     runs: usize,
 }
@@ -153,6 +166,7 @@ impl Options {
             seed: 42,
             stacks: ALL_STACKS.iter().map(|s| s.to_string()).collect(),
             out: "load_demo.svg".into(),
+            timeline: None,
             runs: 1,
         };
         let mut args = std::env::args().skip(1);
@@ -199,6 +213,7 @@ impl Options {
                     )
                 }
                 "--out" => o.out = value(),
+                "--timeline" => o.timeline = Some(value()),
                 "--runs" => {
                     o.runs = value()
                         .parse()
@@ -290,7 +305,7 @@ impl Options {
 fn fail(msg: &str) -> ! {
     eprintln!("{msg}");
     eprintln!(
-        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--workload mixed|one-model|streams] [--clock-offset-secs F] [--admission-delay-ms N] [--stream-throttle-first F] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg] [--runs N]",
+        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--workload mixed|one-model|streams] [--clock-offset-secs F] [--admission-delay-ms N] [--stream-throttle-first F] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg] [--timeline FILE.csv] [--runs N]",
         ALL_STACKS.join(",")
     );
     std::process::exit(2)
@@ -653,6 +668,8 @@ struct StackResult {
     series: Vec<(f64, f64)>,
     /// The layer stacks' capacity report.
     report: Option<CapacityReport>,
+    /// CSV rows of `--timeline`, one per second and model.
+    timeline: String,
 }
 
 async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
@@ -704,13 +721,28 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
             })
         })
         .collect();
-    // Sample what the emulator billed every half second while the callers work.
+    // Sample what the emulator billed every half second while the callers work, and with
+    // --timeline the gate against the emulator every second.
     let mut series = Vec::new();
+    let mut rows = String::new();
+    let model_ids: Vec<&str> = models.iter().map(|m| m.0).collect();
+    let sample_timeline = |rows: &mut String| {
+        if opts.timeline.is_some() {
+            let secs = start.elapsed().as_secs_f64();
+            timeline::sample(rows, name, secs, &model_ids, layer_config.as_ref(), &emu);
+        }
+    };
+    sample_timeline(&mut rows);
     let mut last = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.tick().await;
+    let mut ticks = 0u64;
     while !callers.iter().all(|c| c.is_finished()) {
         tick.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(2) {
+            sample_timeline(&mut rows);
+        }
         let billed = emu.stats().total().tokens_billed;
         series.push((
             start.elapsed().as_secs_f64(),
@@ -722,6 +754,7 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
     for c in callers {
         done.extend(c.await.expect("caller"));
     }
+    sample_timeline(&mut rows);
     // The last completion, not the sampler's tick that noticed it.
     let wall = *finished.lock().unwrap() - start;
     bar.finish();
@@ -778,6 +811,7 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
         wall,
         series,
         report: layer_config.map(|c| c.capacity_report()),
+        timeline: rows,
     };
     emu.shutdown().await;
     result
@@ -956,6 +990,14 @@ async fn main() {
     println!();
     let all: Vec<&StackResult> = rounds.iter().flatten().collect();
     print!("{}", table(&all));
+    if let Some(path) = &opts.timeline {
+        let mut csv = format!("{}\n", timeline::HEADER);
+        for r in &all {
+            csv.push_str(&r.timeline);
+        }
+        std::fs::write(path, csv).expect("write timeline");
+        println!("timeline: {path}");
+    }
     println!();
     if opts.runs > 1 {
         print!("{}", summary(&opts.stacks, &rounds));
