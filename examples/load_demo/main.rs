@@ -59,6 +59,7 @@
 //! per stack (throttles over attempts, goodput's mean and range); the plot and the capacity
 //! reports are of the last round.
 
+mod plot;
 mod timeline;
 
 use std::{
@@ -891,74 +892,6 @@ fn table(results: &[&StackResult]) -> String {
     out
 }
 
-/// Quota tokens billed per second, as a share of the quota rate, one line per stack.
-fn svg(results: &[StackResult]) -> String {
-    const W: f64 = 800.0;
-    const H: f64 = 400.0;
-    const PAD: f64 = 50.0;
-    const COLORS: [&str; 6] = [
-        "#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#2ca02c", "#17becf",
-    ];
-    let t_max = results
-        .iter()
-        .flat_map(|r| r.series.iter().map(|p| p.0))
-        .fold(1.0, f64::max);
-    let y_max = results
-        .iter()
-        .flat_map(|r| r.series.iter().map(|p| p.1))
-        .fold(1.5, f64::max);
-    let x = |t: f64| PAD + t / t_max * (W - 2.0 * PAD);
-    let y = |v: f64| H - PAD - v / y_max * (H - 2.0 * PAD);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<line x1="{PAD}" y1="{y1}" x2="{x2}" y2="{y1}" stroke="black" stroke-dasharray="6 4"/><text x="{x2}" y="{ty}" text-anchor="end">quota</text>"#,
-        y1 = y(1.0),
-        x2 = W - PAD,
-        ty = y(1.0) - 4.0
-    );
-    let _ = writeln!(
-        out,
-        r#"<line x1="{PAD}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{b}" stroke="black"/>"#,
-        b = H - PAD,
-        r = W - PAD
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{cx}" y="{ty}" text-anchor="middle">seconds (t_max {t_max:.0} s)</text><text x="12" y="{cy}" transform="rotate(-90 12 {cy})" text-anchor="middle">quota tokens billed per second / quota rate</text>"#,
-        cx = W / 2.0,
-        ty = H - 12.0,
-        cy = H / 2.0
-    );
-    for (i, r) in results.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let points: Vec<String> = r
-            .series
-            .iter()
-            .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
-            .collect();
-        let _ = writeln!(
-            out,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-            points.join(" ")
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{lx}" y="{ly}" fill="{color}">{}</text>"#,
-            r.name,
-            lx = W - PAD - 110.0,
-            ly = PAD + 16.0 * i as f64
-        );
-    }
-    out.push_str("</svg>\n");
-    out
-}
-
 #[tokio::main]
 async fn main() {
     let opts = Options::parse();
@@ -1011,7 +944,15 @@ async fn main() {
          the stack's last response (so it also counts the model latency of the last requests, which no \
          client controls)."
     );
-    std::fs::write(&opts.out, svg(&results)).expect("write plot");
+    let lines: Vec<plot::Line<'_>> = results
+        .iter()
+        .map(|r| plot::Line {
+            name: &r.name,
+            points: &r.series,
+        })
+        .collect();
+    let svg = plot::svg(&lines, opts.period.as_secs_f64()).expect("draw the plot");
+    std::fs::write(&opts.out, svg).expect("write plot");
     println!("plot: {}", opts.out);
     for r in &results {
         if let Some(report) = &r.report {
