@@ -73,6 +73,12 @@ pub struct KeyStats {
     /// [`ThrottleConfig::effective_quota`]): below `quota` after upstream throttles, the
     /// capacity found so far for a [`Quota::discover`]. `None` when not gated.
     pub effective: Option<Quota>,
+    /// Quota tokens the gate's token bucket holds now: what it would admit at once (less
+    /// its headroom), below zero while usage above a reservation is paid off. With a
+    /// shared ledger, this process's bucket. `None` when not gated.
+    pub tokens_available: Option<f64>,
+    /// Requests the gate's request bucket holds now; `None` without a request limit.
+    pub requests_available: Option<f64>,
     /// Attempts waiting in the key's queue now.
     pub queue_depth: u64,
     /// Attempts the gate admitted (each retry is an attempt).
@@ -128,9 +134,14 @@ pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
                 };
                 base.with_period(q.period).with_burndown(q.burndown)
             });
+            let available = quota
+                .and(shared.ledger.get(&crate::keys::canonical(&t.key)))
+                .map(|ledger| ledger.available());
             KeyStats {
                 quota,
                 effective: cfg.effective_quota(&t.key),
+                tokens_available: available.map(|a| a.0),
+                requests_available: available.and_then(|a| a.1),
                 queue_depth: t.queued.load(Relaxed),
                 admitted: t.admitted.load(Relaxed),
                 waited: t.waited.load(Relaxed),
@@ -161,4 +172,58 @@ pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
         order(&a.key).cmp(&order(&b.key))
     });
     ThrottleStats { keys }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    use crate::{estimate::TokenEstimate, BedrockThrottleLayer, Quota, QuotaKey, ThrottleConfig};
+
+    const MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+
+    #[tokio::test(start_paused = true)]
+    async fn the_buckets_show_what_was_settled_and_what_refilled_since() {
+        // 60 requests and 6,000 tokens a minute: one request and 100 tokens a second.
+        let cfg = ThrottleConfig::builder()
+            .model_quota(MODEL, Quota::new(60, 6_000))
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(BedrockThrottleLayer::new(cfg.clone()))
+            .service(service_fn(|_req: http::Request<Full<Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header("x-amzn-bedrock-input-token-count", "1000")
+                        .header("x-amzn-bedrock-output-token-count", "100")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+            }));
+        let mut req =
+            http::Request::post("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap();
+        req.extensions_mut().insert(TokenEstimate::new(900, 1_000));
+        svc.oneshot(req).await.unwrap();
+
+        let key = QuotaKey::new(Some(MODEL), None);
+        let stats = cfg.stats();
+        let k = stats.key(&key).unwrap();
+        // 1,900 reserved, 1,100 settled: 4,900 left, and 59 requests.
+        assert_eq!(k.tokens_available, Some(4_900.0));
+        assert_eq!(k.requests_available, Some(59.0));
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let stats = cfg.stats();
+        let k = stats.key(&key).unwrap();
+        let tokens = k.tokens_available.unwrap();
+        assert!((tokens - 5_000.0).abs() < 1e-6, "{tokens}");
+        let requests = k.requests_available.unwrap();
+        assert!((requests - 60.0).abs() < 1e-9, "{requests}");
+    }
 }

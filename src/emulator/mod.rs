@@ -63,9 +63,11 @@
 //! Burndown is 5 for Claude 4 or later, 1 otherwise
 //! ([`crate::default_burndown`]); [`EmulatorBuilder::burndown`] overrides it per model.
 //!
-//! Input tokens are `ceil(text characters / chars_per_token)`, where the text is taken from
-//! the body's shape: Anthropic Messages, Converse, Titan, Llama/Mistral `prompt`, Cohere, or
-//! every string of any other JSON; image blocks count 1,600 tokens.
+//! Input tokens are `ceil(text characters / chars_per_token)` plus
+//! [`tokens_per_message`](EmulatorBuilder::tokens_per_message) for each message (none by
+//! default), where the text is taken from the body's shape: Anthropic Messages, Converse,
+//! Titan, Llama/Mistral `prompt`, Cohere, or every string of any other JSON; image blocks
+//! count 1,600 tokens.
 //!
 //! # Service Quotas
 //! The same port answers the Service Quotas call `ListServiceQuotas` (awsJson1_1,
@@ -149,6 +151,7 @@ pub struct EmulatorBuilder {
     display_names: HashMap<String, String>,
     latency: LatencyModel,
     chars_per_token: f64,
+    tokens_per_message: u64,
     output: OutputLength,
     faults: Faults,
     slow_delay: Duration,
@@ -173,6 +176,7 @@ impl Default for EmulatorBuilder {
             display_names: HashMap::new(),
             latency: LatencyModel::default(),
             chars_per_token: 3.6,
+            tokens_per_message: 0,
             output: OutputLength::default(),
             faults: Faults::NONE,
             slow_delay: Duration::from_secs(5),
@@ -253,6 +257,18 @@ impl EmulatorBuilder {
     /// The emulator's tokenizer: input tokens are `ceil(text characters / ratio)`.
     pub fn chars_per_token(mut self, ratio: f64) -> Self {
         self.chars_per_token = ratio;
+        self
+    }
+
+    /// Input tokens the emulator's tokenizer adds for each message of the conversation
+    /// (default 0), as chat templates do for roles and separators: with
+    /// `.chars_per_token(3.6).tokens_per_message(3)` a request is counted as upstreams
+    /// that wrap each turn in a few template tokens count it, which a client's estimate
+    /// from the text alone falls short of. A message is an entry of `messages` (Anthropic
+    /// Messages, Converse, Nova), Cohere's `chat_history` entries plus its `message`, and
+    /// the single text of a Titan or `prompt` body; a body of unknown shape has none.
+    pub fn tokens_per_message(mut self, tokens: u64) -> Self {
+        self.tokens_per_message = tokens;
         self
     }
 
@@ -357,6 +373,7 @@ impl EmulatorBuilder {
             ledger: Arc::clone(&ledger),
             latency: self.latency,
             chars_per_token: self.chars_per_token,
+            tokens_per_message: self.tokens_per_message,
             output: self.output,
             faults: self.faults,
             slow_delay: self.slow_delay,

@@ -46,6 +46,10 @@ pub(crate) fn facts(body: &Value) -> RequestFacts {
         max_tokens: as_u64(body.get("max_completion_tokens"))
             .or_else(|| as_u64(body.get("max_tokens"))),
         shape_default_max: None,
+        messages: body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map_or(0, |a| a.len() as u64),
     }
 }
 
@@ -63,7 +67,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, bytes: Bytes) -> Response<Emulat
     let ledger = &shared.ledger;
     ledger.with_stats(&model, |s| s.requests += 1);
     let facts = facts(&body);
-    let input = facts.input_tokens(shared.chars_per_token);
+    let input = facts.input_tokens(shared.chars_per_token, shared.tokens_per_message);
     if input > shared.context_window(&model) {
         ledger.with_stats(&model, |s| s.validation_errors += 1);
         return validation_response(MSG_TOO_LONG, &rid);

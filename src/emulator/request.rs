@@ -75,6 +75,10 @@ pub(crate) struct RequestFacts {
     pub(crate) chars: u64,
     /// Extra input tokens that are not text (images).
     pub(crate) extra_tokens: u64,
+    /// Messages of the conversation: the entries of `messages` (Messages, Converse), the
+    /// history and the new message (Cohere), 1 for a single text (Titan, `prompt`), none for
+    /// an unknown shape.
+    pub(crate) messages: u64,
     /// The output limit the request set, if any.
     pub(crate) max_tokens: Option<u64>,
     /// The output limit a body of this shape defaults to when it sets none (Titan, Llama:
@@ -83,9 +87,12 @@ pub(crate) struct RequestFacts {
 }
 
 impl RequestFacts {
-    /// Input tokens: `ceil(chars / chars_per_token)` plus the non-text tokens.
-    pub(crate) fn input_tokens(&self, chars_per_token: f64) -> u64 {
-        count_tokens(self.chars, chars_per_token) + self.extra_tokens
+    /// Input tokens: `ceil(chars / chars_per_token)` plus the non-text tokens plus
+    /// `tokens_per_message` for each message.
+    pub(crate) fn input_tokens(&self, chars_per_token: f64, tokens_per_message: u64) -> u64 {
+        count_tokens(self.chars, chars_per_token)
+            + self.extra_tokens
+            + self.messages.saturating_mul(tokens_per_message)
     }
 }
 
@@ -100,6 +107,11 @@ pub(crate) fn count_tokens(chars: u64, chars_per_token: f64) -> u64 {
         1.0
     };
     (chars as f64 / ratio).ceil() as u64
+}
+
+/// How many entries `v` has when it is an array.
+fn entries(v: Option<&Value>) -> u64 {
+    v.and_then(Value::as_array).map_or(0, |a| a.len() as u64)
 }
 
 pub(crate) fn as_u64(v: Option<&Value>) -> Option<u64> {
@@ -120,6 +132,7 @@ pub(crate) fn converse_facts(body: &Value) -> RequestFacts {
         shape: BodyShape::Converse,
         chars: counter.chars,
         extra_tokens: counter.images * IMAGE_TOKENS,
+        messages: entries(body.get("messages")),
         max_tokens: as_u64(body.pointer("/inferenceConfig/maxTokens")),
         shape_default_max: None,
     }
@@ -128,9 +141,10 @@ pub(crate) fn converse_facts(body: &Value) -> RequestFacts {
 /// Reads an InvokeModel / InvokeModelWithResponseStream body by its shape.
 pub(crate) fn invoke_facts(body: &Value) -> RequestFacts {
     let mut counter = TextCounter::default();
-    let (shape, max_tokens, shape_default_max);
+    let (shape, max_tokens, shape_default_max, messages);
     if body.get("messages").is_some() {
         shape = BodyShape::Messages;
+        messages = entries(body.get("messages"));
         for key in ["system", "messages", "tools"] {
             if let Some(v) = body.get(key) {
                 counter.walk(v, None);
@@ -142,11 +156,13 @@ pub(crate) fn invoke_facts(body: &Value) -> RequestFacts {
         shape_default_max = None;
     } else if let Some(text) = body.get("inputText") {
         shape = BodyShape::Titan;
+        messages = 1;
         counter.walk(text, None);
         max_tokens = as_u64(body.pointer("/textGenerationConfig/maxTokenCount"));
         shape_default_max = Some(512);
     } else if let Some(prompt) = body.get("prompt") {
         shape = BodyShape::Prompt;
+        messages = 1;
         counter.walk(prompt, None);
         let gen = as_u64(body.get("max_gen_len"));
         max_tokens = gen
@@ -158,6 +174,7 @@ pub(crate) fn invoke_facts(body: &Value) -> RequestFacts {
         .then_some(512);
     } else if body.get("message").is_some() {
         shape = BodyShape::Cohere;
+        messages = entries(body.get("chat_history")) + 1;
         for key in ["preamble", "message", "chat_history"] {
             if let Some(v) = body.get(key) {
                 counter.walk(v, None);
@@ -167,6 +184,7 @@ pub(crate) fn invoke_facts(body: &Value) -> RequestFacts {
         shape_default_max = None;
     } else {
         shape = BodyShape::Other;
+        messages = 0;
         counter.walk(body, None);
         max_tokens = as_u64(body.get("max_tokens"));
         shape_default_max = None;
@@ -175,6 +193,7 @@ pub(crate) fn invoke_facts(body: &Value) -> RequestFacts {
         shape,
         chars: counter.chars,
         extra_tokens: counter.images * IMAGE_TOKENS,
+        messages,
         max_tokens,
         shape_default_max,
     }
@@ -309,7 +328,8 @@ mod tests {
             "messages": [{"role": "user", "content": [{"text": "cde"}]}],
             "inferenceConfig": {"maxTokens": 5}
         }));
-        assert_eq!((f.chars, f.max_tokens), (5, Some(5)));
-        assert_eq!(f.input_tokens(2.0), 3);
+        assert_eq!((f.chars, f.max_tokens, f.messages), (5, Some(5), 1));
+        assert_eq!(f.input_tokens(2.0, 0), 3);
+        assert_eq!(f.input_tokens(2.0, 3), 6);
     }
 }

@@ -40,6 +40,7 @@ pub(crate) struct Shared {
     pub(crate) ledger: Arc<Ledger>,
     pub(crate) latency: LatencyModel,
     pub(crate) chars_per_token: f64,
+    pub(crate) tokens_per_message: u64,
     pub(crate) output: OutputLength,
     pub(crate) faults: Faults,
     pub(crate) slow_delay: Duration,
@@ -297,7 +298,7 @@ pub(crate) async fn handle(
     } else {
         invoke_facts(&body)
     };
-    let input = facts.input_tokens(shared.chars_per_token);
+    let input = facts.input_tokens(shared.chars_per_token, shared.tokens_per_message);
     if input > shared.context_window(&model) {
         ledger.with_stats(&quota_key, |s| s.validation_errors += 1);
         return Ok(validation_response(MSG_TOO_LONG, &rid));
@@ -695,7 +696,7 @@ fn count_tokens(shared: &Shared, model: &str, bytes: &[u8], rid: &str) -> Respon
     match facts {
         Some(f) => json_response(
             StatusCode::OK,
-            &json!({"inputTokens": f.input_tokens(shared.chars_per_token)}),
+            &json!({"inputTokens": f.input_tokens(shared.chars_per_token, shared.tokens_per_message)}),
             rid,
         ),
         None => validation_response(MSG_MALFORMED, rid),

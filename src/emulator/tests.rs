@@ -966,6 +966,48 @@ async fn count_tokens_answers_and_costs_nothing() {
     );
 }
 
+/// With `tokens_per_message`, each message adds its template tokens to the input, in the
+/// usage reported, the amount billed and the count-tokens answer.
+#[tokio::test(start_paused = true)]
+async fn tokens_per_message_add_to_every_messages_input() {
+    let emu = Emulator::builder()
+        .latency(LatencyModel::ZERO)
+        .output_tokens(OutputLength::Fixed(10))
+        .chars_per_token(3.6)
+        .tokens_per_message(3)
+        .seed(1)
+        .spawn()
+        .await
+        .unwrap();
+    let c = client();
+    // Two messages of 36 and 18 characters: ceil(54 / 3.6) = 15 tokens of text, plus 2 × 3.
+    let body = json!({
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "x".repeat(36)},
+            {"role": "assistant", "content": "y".repeat(18)},
+        ],
+    });
+    let r = post(&c, &emu, &invoke_path(SONNET_35_PATH), body.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json()["usage"],
+        json!({"input_tokens": 21, "output_tokens": 10})
+    );
+    let s = emu.stats().model(SONNET_35);
+    assert_eq!((s.input_tokens, s.tokens_billed), (21, 31));
+
+    // Converse and count-tokens count the same way: 8 characters → 3 tokens, + 3.
+    let path = format!("/model/{SONNET_35_PATH}/count-tokens");
+    let conv = json!({"input": {"converse": {
+        "messages": [{"role": "user", "content": [{"text": "abcdefgh"}]}],
+    }}});
+    let r = post(&c, &emu, &path, conv.to_string()).await;
+    assert_eq!(r.json(), json!({"inputTokens": 6}));
+    emu.shutdown().await;
+}
+
 /// Ten concurrent requests in virtual time: the same admissions, lengths and timings on
 /// every run.
 #[tokio::test(start_paused = true)]

@@ -201,6 +201,13 @@ impl KeyLedger {
         state.meter.rates()
     }
 
+    /// What the buckets hold now: tokens, and requests when limited.
+    pub(crate) fn available(&self) -> (f64, Option<f64>) {
+        let mut state = self.state();
+        state.refill(Instant::now());
+        state.meter.levels()
+    }
+
     /// Whether the key is in the state a new one starts in: nobody waits, its buckets are
     /// full and its rates are the quota's. (Holders of reservations are the caller's to
     /// rule out.)

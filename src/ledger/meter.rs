@@ -103,6 +103,12 @@ impl Meter {
         )
     }
 
+    /// What the buckets hold: tokens, and requests when limited (below zero while a
+    /// settlement's debt is paid off).
+    pub(super) fn levels(&self) -> (f64, Option<f64>) {
+        (self.tokens.level, self.requests.as_ref().map(|r| r.level))
+    }
+
     /// The token rate multiplier and the request rate multiplier.
     pub(super) fn scales(&self) -> (f64, f64) {
         (self.ctl.scale, self.req_ctl.scale)

@@ -11,9 +11,23 @@
 //! `--workload one-model` is issue 21's: one model with RPM 400 and TPM 300,000, 30 % documents
 //! of 20,000 to 60,000 characters (`max_tokens` 1,024), the rest 300 to 2,000 characters
 //! (`max_tokens` 256 or 512), outputs of 30 to 100 % of `max_tokens`, 50 ms + 0.5 ms per
-//! output token; with `--period-secs 60` it runs in real time (minutes of it).
+//! output token; upstream counts 3.6 characters a token plus 3 per message
+//! (`EmulatorBuilder::tokens_per_message`), which the gate's estimate from the text alone
+//! does not know; with `--period-secs 60` it runs in real time (minutes of it).
 //! `--clock-offset-secs` and `--admission-delay-ms` skew the emulator against the gate (see
 //! `EmulatorBuilder::clock_offset` and `admission_delay`).
+//!
+//! `--workload streams` is issue 21's streaming case: short ConverseStream calls (320 to 440
+//! characters, `maxTokens` 128) to the same model and quota, nowhere near the quota, against
+//! an upstream that refuses a share of the stream attempts (`--stream-throttle-first`, 10 %
+//! by default) with a `throttlingException` as the first frame after the HTTP 200 head, as
+//! Bedrock can when it is short of capacity (the emulator's `Faults::stream_throttle_first`).
+//! The SDK stacks call `converse_stream` and read the stream to its end; the HTTP stacks post
+//! to `/converse-stream` and read the event stream, an exception frame counting as a failure.
+//!
+//! ```text
+//! cargo run --release --example load_demo --features emulator,aws-sdk -- --workload streams --period-secs 60 --callers 8 --requests 40 --stacks sdk-adaptive,layer-sdk
+//! ```
 //!
 //! `--scenario` sets what the layer stacks are told about the quotas: `known` (the default:
 //! the emulator's numbers), `unknown-quota` (nothing: `Quota::discover()`, found from
@@ -32,9 +46,21 @@
 //! quota-increase request should ask for. Its rates are per minute, so with the 6 s period
 //! they are ten times the per-period quotas above.
 //!
+//! `--timeline FILE.csv` writes, once a second per stack and model, the gate's view of the
+//! key (tokens and requests its buckets hold, its token and request rates per period, its
+//! queue, admissions and throttles seen; empty for stacks without the gate) beside the
+//! emulator's buckets for the same key (tokens and requests available, tokens reserved and
+//! requests in flight, admissions and throttles). A throttle shows as a step in
+//! `upstream_throttled`; the rows before it say whether the gate thought the request fit
+//! (`gate_tokens_available`) where upstream's bucket had less (`upstream_tokens_available`),
+//! or whether the gate's rate had been cut.
+//!
 //! `--runs N` repeats every stack N times, taking turns round by round, and adds a summary
 //! per stack (throttles over attempts, goodput's mean and range); the plot and the capacity
 //! reports are of the last round.
+
+mod plot;
+mod timeline;
 
 use std::{
     collections::VecDeque,
@@ -46,16 +72,18 @@ use std::{
 use aws_sdk_bedrockruntime::{
     config::{retry::RetryConfig, BehaviorVersion, Credentials, Region},
     primitives::Blob,
+    types::{ContentBlock, ConversationRole, InferenceConfiguration, Message},
 };
+use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use aws_smithy_runtime_api::client::http::HttpClient;
 use bedrock_throttle::{
     aws::ThrottledHttpClient,
     diagnosis::CapacityReport,
-    emulator::{EmulatedQuota, Emulator, EmulatorHandle, LatencyModel, OutputLength},
+    emulator::{EmulatedQuota, Emulator, EmulatorHandle, Faults, LatencyModel, OutputLength},
     retry::RetryLayer,
     BedrockThrottleLayer, BoxError, Quota, ThrottleConfig,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
@@ -90,7 +118,7 @@ const FIRST_TOKEN: Duration = Duration::from_millis(300);
 const PER_OUTPUT_TOKEN: Duration = Duration::from_millis(4);
 const MIN_OUTPUT: u64 = 50;
 
-const WORKLOADS: [&str; 2] = ["mixed", "one-model"];
+const WORKLOADS: [&str; 3] = ["mixed", "one-model", "streams"];
 
 const ALL_STACKS: [&str; 6] = [
     "none",
@@ -110,12 +138,17 @@ struct Options {
     /// counts a request.
     clock_offset: Duration,
     admission_delay: Duration,
+    /// The share of stream attempts refused in their first frame; `None`: 10 % for the
+    /// `streams` workload, none otherwise.
+    stream_throttle_first: Option<f64>,
     callers: usize,
     requests: usize,
     period: Duration,
     seed: u64,
     stacks: Vec<String>,
     out: String,
+    /// Where to write the per-second timeline of the gate against the emulator.
+    timeline: Option<String>,
     /// Rounds of every stack; above 1 a summary of the rounds follows the table.
     runs: usize,
 }
@@ -127,12 +160,14 @@ impl Options {
             workload: "mixed".into(),
             clock_offset: Duration::ZERO,
             admission_delay: Duration::ZERO,
+            stream_throttle_first: None,
             callers: 64,
             requests: 360,
             period: Duration::from_secs(6),
             seed: 42,
             stacks: ALL_STACKS.iter().map(|s| s.to_string()).collect(),
             out: "load_demo.svg".into(),
+            timeline: None,
             runs: 1,
         };
         let mut args = std::env::args().skip(1);
@@ -169,7 +204,17 @@ impl Options {
                             .unwrap_or_else(|_| fail("--admission-delay-ms N")),
                     )
                 }
+                "--stream-throttle-first" => {
+                    o.stream_throttle_first = Some(
+                        value()
+                            .parse()
+                            .ok()
+                            .filter(|f| (0.0..=1.0).contains(f))
+                            .unwrap_or_else(|| fail("--stream-throttle-first F (0 to 1)")),
+                    )
+                }
                 "--out" => o.out = value(),
+                "--timeline" => o.timeline = Some(value()),
                 "--runs" => {
                     o.runs = value()
                         .parse()
@@ -205,8 +250,19 @@ impl Options {
         o
     }
 
+    /// The one-model quota and latency: the `one-model` and `streams` workloads.
     fn one_model(&self) -> bool {
-        self.workload == "one-model"
+        self.workload == "one-model" || self.streams()
+    }
+
+    fn streams(&self) -> bool {
+        self.workload == "streams"
+    }
+
+    /// The share of stream attempts upstream refuses in their first frame.
+    fn stream_throttle_first(&self) -> f64 {
+        self.stream_throttle_first
+            .unwrap_or(if self.streams() { 0.1 } else { 0.0 })
     }
 
     /// (model id, RPM, TPM) per period.
@@ -235,7 +291,10 @@ impl Options {
 
     /// The shortest a request can take.
     fn shortest(&self) -> Duration {
-        if self.one_model() {
+        if self.streams() {
+            // 30 % of max_tokens 128.
+            self.latency().total(38)
+        } else if self.one_model() {
             // 30 % of the smallest max_tokens, 256.
             self.latency().total(77)
         } else {
@@ -247,7 +306,7 @@ impl Options {
 fn fail(msg: &str) -> ! {
     eprintln!("{msg}");
     eprintln!(
-        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--workload mixed|one-model] [--clock-offset-secs F] [--admission-delay-ms N] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg] [--runs N]",
+        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--workload mixed|one-model|streams] [--clock-offset-secs F] [--admission-delay-ms N] [--stream-throttle-first F] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg] [--timeline FILE.csv] [--runs N]",
         ALL_STACKS.join(",")
     );
     std::process::exit(2)
@@ -257,13 +316,19 @@ fn fail(msg: &str) -> ! {
 #[derive(Clone)]
 struct Job {
     model: &'static str,
+    /// The HTTP body: InvokeModel's, or ConverseStream's when `stream` is set.
     body: Bytes,
+    /// A ConverseStream call's prompt and `maxTokens`, for the SDK stacks.
+    stream: Option<(String, i32)>,
 }
 
 /// `mixed`: 70 % chat (a few hundred to a few thousand characters), 30 % RAG (8 to 40 KB of
 /// context), over three models. `one-model`: issue 21's, one model, 30 % documents of 20 to
 /// 60 KB with `max_tokens` 1,024, the rest 300 to 2,000 characters with 256 or 512.
 fn workload(n: usize, opts: &Options) -> Vec<Job> {
+    if opts.streams() {
+        return streams_workload(n);
+    }
     if opts.one_model() {
         return one_model_workload(n, opts.seed);
     }
@@ -296,6 +361,7 @@ fn workload(n: usize, opts: &Options) -> Vec<Job> {
             Job {
                 model,
                 body: Bytes::from(body.to_string()),
+                stream: None,
             }
         })
         .collect()
@@ -321,9 +387,91 @@ fn one_model_workload(n: usize, seed: u64) -> Vec<Job> {
             Job {
                 model: ONE_MODEL[0].0,
                 body: Bytes::from(body.to_string()),
+                stream: None,
             }
         })
         .collect()
+}
+
+/// `streams`: short ConverseStream calls with `maxTokens` 128.
+fn streams_workload(n: usize) -> Vec<Job> {
+    (0..n)
+        .map(|i| {
+            let text = "tell me a story ".repeat(20 + i % 7);
+            let max_tokens = 128;
+            let body = serde_json::json!({
+                "messages": [{"role": "user", "content": [{"text": text}]}],
+                "inferenceConfig": {"maxTokens": max_tokens},
+            });
+            Job {
+                model: ONE_MODEL[0].0,
+                body: Bytes::from(body.to_string()),
+                stream: Some((text, max_tokens)),
+            }
+        })
+        .collect()
+}
+
+/// Reads an event stream to its end; false at an exception frame or a broken stream.
+async fn read_event_stream(mut body: BoxBody<Bytes, BoxError>) -> bool {
+    let mut decoder = MessageFrameDecoder::new();
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return false };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        loop {
+            match decoder.decode_frame(&mut buf) {
+                Ok(DecodedFrame::Complete(message)) => {
+                    let exception = message.headers().iter().any(|h| {
+                        h.name().as_str() == ":message-type"
+                            && h.value().as_string().is_ok_and(|v| v.as_str() != "event")
+                    });
+                    if exception {
+                        return false;
+                    }
+                }
+                Ok(DecodedFrame::Incomplete) => break,
+                Err(_) => return false,
+            }
+        }
+    }
+    true
+}
+
+/// Sends a ConverseStream call through the SDK and reads its stream to the end.
+async fn sdk_stream(
+    client: &aws_sdk_bedrockruntime::Client,
+    model: &str,
+    text: String,
+    max_tokens: i32,
+) -> bool {
+    let message = Message::builder()
+        .role(ConversationRole::User)
+        .content(ContentBlock::Text(text))
+        .build()
+        .expect("message");
+    let sent = client
+        .converse_stream()
+        .model_id(model)
+        .messages(message)
+        .inference_config(
+            InferenceConfiguration::builder()
+                .max_tokens(max_tokens)
+                .build(),
+        )
+        .send()
+        .await;
+    let Ok(mut out) = sent else { return false };
+    loop {
+        match out.stream.recv().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// A client stack: a tower HTTP service or an AWS SDK client.
@@ -339,17 +487,25 @@ impl Stack {
         match self {
             Stack::Http(svc) => {
                 let path = format!(
-                    "{base}/model/{}/invoke",
+                    "{base}/model/{}/{}",
                     percent_encoding::utf8_percent_encode(
                         job.model,
                         percent_encoding::NON_ALPHANUMERIC
-                    )
+                    ),
+                    if job.stream.is_some() {
+                        "converse-stream"
+                    } else {
+                        "invoke"
+                    }
                 );
                 let req = Request::post(path)
                     .header("content-type", "application/json")
                     .body(Full::new(job.body))
                     .expect("request");
                 match svc.oneshot(req).await {
+                    Ok(resp) if job.stream.is_some() => {
+                        resp.status().is_success() && read_event_stream(resp.into_body()).await
+                    }
                     Ok(resp) => {
                         let ok = resp.status().is_success();
                         let _ = resp.into_body().collect().await;
@@ -358,14 +514,17 @@ impl Stack {
                     Err(_) => false,
                 }
             }
-            Stack::Sdk(client) => client
-                .invoke_model()
-                .model_id(job.model)
-                .content_type("application/json")
-                .body(Blob::new(job.body.to_vec()))
-                .send()
-                .await
-                .is_ok(),
+            Stack::Sdk(client) => match job.stream {
+                Some((text, max_tokens)) => sdk_stream(&client, job.model, text, max_tokens).await,
+                None => client
+                    .invoke_model()
+                    .model_id(job.model)
+                    .content_type("application/json")
+                    .body(Blob::new(job.body.to_vec()))
+                    .send()
+                    .await
+                    .is_ok(),
+            },
         }
     }
 }
@@ -467,9 +626,15 @@ async fn emulator(opts: &Options) -> EmulatorHandle {
     let mut b = Emulator::builder()
         .latency(opts.latency())
         .chars_per_token(3.6)
+        // The one-model upstream wraps each message in template tokens the gate cannot see.
+        .tokens_per_message(if opts.one_model() { 3 } else { 0 })
         .output_tokens(output)
         .clock_offset(opts.clock_offset)
         .admission_delay(opts.admission_delay)
+        .faults(Faults {
+            stream_throttle_first: opts.stream_throttle_first(),
+            ..Faults::NONE
+        })
         .seed(opts.seed);
     for &(model, rpm, tpm) in opts.models() {
         b = b.model_quota(
@@ -492,7 +657,7 @@ struct StackResult {
     attempts: u64,
     throttles: u64,
     /// The ideal time to admit the billed work, over the time the stack took to have it
-    /// admitted.
+    /// admitted; NaN when the work fit in the first full bucket.
     goodput: f64,
     /// The ideal time plus the shortest request's latency, over the time until the last
     /// response.
@@ -504,6 +669,8 @@ struct StackResult {
     series: Vec<(f64, f64)>,
     /// The layer stacks' capacity report.
     report: Option<CapacityReport>,
+    /// CSV rows of `--timeline`, one per second and model.
+    timeline: String,
 }
 
 async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
@@ -555,13 +722,28 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
             })
         })
         .collect();
-    // Sample what the emulator billed every half second while the callers work.
+    // Sample what the emulator billed every half second while the callers work, and with
+    // --timeline the gate against the emulator every second.
     let mut series = Vec::new();
+    let mut rows = String::new();
+    let model_ids: Vec<&str> = models.iter().map(|m| m.0).collect();
+    let sample_timeline = |rows: &mut String| {
+        if opts.timeline.is_some() {
+            let secs = start.elapsed().as_secs_f64();
+            timeline::sample(rows, name, secs, &model_ids, layer_config.as_ref(), &emu);
+        }
+    };
+    sample_timeline(&mut rows);
     let mut last = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.tick().await;
+    let mut ticks = 0u64;
     while !callers.iter().all(|c| c.is_finished()) {
         tick.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(2) {
+            sample_timeline(&mut rows);
+        }
         let billed = emu.stats().total().tokens_billed;
         series.push((
             start.elapsed().as_secs_f64(),
@@ -573,6 +755,7 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
     for c in callers {
         done.extend(c.await.expect("caller"));
     }
+    sample_timeline(&mut rows);
     // The last completion, not the sampler's tick that noticed it.
     let wall = *finished.lock().unwrap() - start;
     bar.finish();
@@ -611,14 +794,25 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
         failed: done.iter().filter(|d| !d.0).count(),
         // Every request that reached the emulator, throttled ones included.
         attempts: total.requests,
-        throttles: total.throttled_rpm + total.throttled_tpm + total.throttled_tpd,
-        goodput: ideal_admission.as_secs_f64() / admitted_by.as_secs_f64().max(1e-9),
+        // Refusals in a stream's frames are throttles the client saw too.
+        throttles: total.throttled_rpm
+            + total.throttled_tpm
+            + total.throttled_tpd
+            + total.faults_stream_throttle_first
+            + total.faults_stream_throttle,
+        // Work that fits in the first full bucket has no ideal time to compare with.
+        goodput: if ideal_admission.is_zero() {
+            f64::NAN
+        } else {
+            ideal_admission.as_secs_f64() / admitted_by.as_secs_f64().max(1e-9)
+        },
         goodput_to_last_response: ideal.as_secs_f64() / wall.as_secs_f64(),
         p50: pct(0.5),
         p99: pct(0.99),
         wall,
         series,
         report: layer_config.map(|c| c.capacity_report()),
+        timeline: rows,
     };
     emu.shutdown().await;
     result
@@ -626,6 +820,15 @@ async fn run(name: &str, jobs: &[Job], opts: &Options) -> StackResult {
 
 fn fmt_duration(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
+}
+
+/// A share as a percentage; "n/a" for NaN (no ideal to compare with).
+fn fmt_share(share: f64) -> String {
+    if share.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{:.1} %", 100.0 * share)
+    }
 }
 
 /// Per stack over all rounds: throttles and attempts summed, goodput's mean and range.
@@ -644,18 +847,18 @@ fn summary(stacks: &[String], rounds: &[Vec<StackResult>]) -> String {
         let attempts: u64 = rs.iter().map(|r| r.attempts).sum();
         let goodputs: Vec<f64> = rs.iter().map(|r| r.goodput).collect();
         let mean = goodputs.iter().sum::<f64>() / n;
-        let min = goodputs.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = goodputs.iter().copied().fold(0.0, f64::max);
+        let min = goodputs.iter().copied().fold(f64::NAN, f64::min);
+        let max = goodputs.iter().copied().fold(f64::NAN, f64::max);
         let to_last = rs.iter().map(|r| r.goodput_to_last_response).sum::<f64>() / n;
         let p99 = rs.iter().map(|r| r.p99.as_secs_f64()).sum::<f64>() / n;
         let _ = writeln!(
             out,
-            "| {name} | {} | {failed} | {throttles} / {attempts} ({:.1} %) | {:.1} % ({:.1} to {:.1} %) | {:.1} % | {p99:.2} s |",
+            "| {name} | {} | {failed} | {throttles} / {attempts} ({:.1} %) | {} ({} to {}) | {:.1} % | {p99:.2} s |",
             rs.len(),
             100.0 * throttles as f64 / attempts.max(1) as f64,
-            100.0 * mean,
-            100.0 * min,
-            100.0 * max,
+            fmt_share(mean),
+            fmt_share(min),
+            fmt_share(max),
             100.0 * to_last,
         );
     }
@@ -672,88 +875,20 @@ fn table(results: &[&StackResult]) -> String {
     for r in results {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.1} % | {:.1} % | {:.1} % | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} % | {} | {:.1} % | {} | {} | {} |",
             r.name,
             r.completed,
             r.failed,
             r.attempts,
             r.throttles,
             100.0 * r.throttles as f64 / r.attempts.max(1) as f64,
-            100.0 * r.goodput,
+            fmt_share(r.goodput),
             100.0 * r.goodput_to_last_response,
             fmt_duration(r.p50),
             fmt_duration(r.p99),
             fmt_duration(r.wall),
         );
     }
-    out
-}
-
-/// Quota tokens billed per second, as a share of the quota rate, one line per stack.
-fn svg(results: &[StackResult]) -> String {
-    const W: f64 = 800.0;
-    const H: f64 = 400.0;
-    const PAD: f64 = 50.0;
-    const COLORS: [&str; 6] = [
-        "#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#2ca02c", "#17becf",
-    ];
-    let t_max = results
-        .iter()
-        .flat_map(|r| r.series.iter().map(|p| p.0))
-        .fold(1.0, f64::max);
-    let y_max = results
-        .iter()
-        .flat_map(|r| r.series.iter().map(|p| p.1))
-        .fold(1.5, f64::max);
-    let x = |t: f64| PAD + t / t_max * (W - 2.0 * PAD);
-    let y = |v: f64| H - PAD - v / y_max * (H - 2.0 * PAD);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<line x1="{PAD}" y1="{y1}" x2="{x2}" y2="{y1}" stroke="black" stroke-dasharray="6 4"/><text x="{x2}" y="{ty}" text-anchor="end">quota</text>"#,
-        y1 = y(1.0),
-        x2 = W - PAD,
-        ty = y(1.0) - 4.0
-    );
-    let _ = writeln!(
-        out,
-        r#"<line x1="{PAD}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{b}" stroke="black"/>"#,
-        b = H - PAD,
-        r = W - PAD
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{cx}" y="{ty}" text-anchor="middle">seconds (t_max {t_max:.0} s)</text><text x="12" y="{cy}" transform="rotate(-90 12 {cy})" text-anchor="middle">quota tokens billed per second / quota rate</text>"#,
-        cx = W / 2.0,
-        ty = H - 12.0,
-        cy = H / 2.0
-    );
-    for (i, r) in results.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let points: Vec<String> = r
-            .series
-            .iter()
-            .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
-            .collect();
-        let _ = writeln!(
-            out,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-            points.join(" ")
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{lx}" y="{ly}" fill="{color}">{}</text>"#,
-            r.name,
-            lx = W - PAD - 110.0,
-            ly = PAD + 16.0 * i as f64
-        );
-    }
-    out.push_str("</svg>\n");
     out
 }
 
@@ -788,6 +923,14 @@ async fn main() {
     println!();
     let all: Vec<&StackResult> = rounds.iter().flatten().collect();
     print!("{}", table(&all));
+    if let Some(path) = &opts.timeline {
+        let mut csv = format!("{}\n", timeline::HEADER);
+        for r in &all {
+            csv.push_str(&r.timeline);
+        }
+        std::fs::write(path, csv).expect("write timeline");
+        println!("timeline: {path}");
+    }
     println!();
     if opts.runs > 1 {
         print!("{}", summary(&opts.stacks, &rounds));
@@ -801,7 +944,15 @@ async fn main() {
          the stack's last response (so it also counts the model latency of the last requests, which no \
          client controls)."
     );
-    std::fs::write(&opts.out, svg(&results)).expect("write plot");
+    let lines: Vec<plot::Line<'_>> = results
+        .iter()
+        .map(|r| plot::Line {
+            name: &r.name,
+            points: &r.series,
+        })
+        .collect();
+    let svg = plot::svg(&lines, opts.period.as_secs_f64()).expect("draw the plot");
+    std::fs::write(&opts.out, svg).expect("write plot");
     println!("plot: {}", opts.out);
     for r in &results {
         if let Some(report) = &r.report {
