@@ -141,6 +141,8 @@ struct Options {
     /// The share of stream attempts refused in their first frame; `None`: 10 % for the
     /// `streams` workload, none otherwise.
     stream_throttle_first: Option<f64>,
+    /// Attempts of the SDK stacks' retry (the SDK's default, 3, unless set).
+    sdk_attempts: u32,
     callers: usize,
     requests: usize,
     period: Duration,
@@ -161,6 +163,7 @@ impl Options {
             clock_offset: Duration::ZERO,
             admission_delay: Duration::ZERO,
             stream_throttle_first: None,
+            sdk_attempts: 3,
             callers: 64,
             requests: 360,
             period: Duration::from_secs(6),
@@ -203,6 +206,13 @@ impl Options {
                             .parse()
                             .unwrap_or_else(|_| fail("--admission-delay-ms N")),
                     )
+                }
+                "--sdk-attempts" => {
+                    o.sdk_attempts = value()
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .unwrap_or_else(|| fail("--sdk-attempts N (at least 1)"))
                 }
                 "--stream-throttle-first" => {
                     o.stream_throttle_first = Some(
@@ -306,7 +316,7 @@ impl Options {
 fn fail(msg: &str) -> ! {
     eprintln!("{msg}");
     eprintln!(
-        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--workload mixed|one-model|streams] [--clock-offset-secs F] [--admission-delay-ms N] [--stream-throttle-first F] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg] [--timeline FILE.csv] [--runs N]",
+        "usage: load_demo [--scenario known|unknown-quota|double-quota] [--workload mixed|one-model|streams] [--clock-offset-secs F] [--admission-delay-ms N] [--stream-throttle-first F] [--sdk-attempts N] [--callers N] [--requests N] [--period-secs F] [--seed N] [--stacks {}] [--out FILE.svg] [--timeline FILE.csv] [--runs N]",
         ALL_STACKS.join(",")
     );
     std::process::exit(2)
@@ -601,8 +611,16 @@ fn stack(name: &str, base: &str, opts: &Options) -> (Stack, Option<ThrottleConfi
                 .service(client)
                 .boxed_clone(),
         ),
-        "sdk-standard" => sdk(base, sdk_http(), RetryConfig::standard()),
-        "sdk-adaptive" => sdk(base, sdk_http(), RetryConfig::adaptive()),
+        "sdk-standard" => sdk(
+            base,
+            sdk_http(),
+            RetryConfig::standard().with_max_attempts(opts.sdk_attempts),
+        ),
+        "sdk-adaptive" => sdk(
+            base,
+            sdk_http(),
+            RetryConfig::adaptive().with_max_attempts(opts.sdk_attempts),
+        ),
         "layer-sdk" => sdk(
             base,
             ThrottledHttpClient::new(sdk_http(), layer_config.clone()),
