@@ -147,6 +147,7 @@ impl Settings {
             period: quota.period,
             burndown: self.burndown_for(model, quota),
             discover: quota.discover,
+            daily: quota.tokens_per_day,
         })
     }
 
@@ -244,6 +245,7 @@ impl ThrottleConfig {
             period: configured.period,
             burndown: Some(configured.burndown),
             discover: configured.discover,
+            tokens_per_day: configured.daily,
         })
     }
 
@@ -309,6 +311,7 @@ pub struct ThrottleConfigBuilder {
     shared_ledger: Option<Arc<dyn Ledger>>,
     outage: OutagePolicy,
     max_keys: usize,
+    account_tokens_per_day: Option<u64>,
 }
 
 impl Default for ThrottleConfigBuilder {
@@ -339,6 +342,7 @@ impl Default for ThrottleConfigBuilder {
             shared_ledger: None,
             outage: OutagePolicy::FailClosed,
             max_keys: DEFAULT_MAX_KEYS,
+            account_tokens_per_day: None,
         }
     }
 }
@@ -349,6 +353,33 @@ impl ThrottleConfigBuilder {
     /// not gated.
     pub fn quota(mut self, quota: Quota) -> Self {
         self.default_quota = Some(quota);
+        self
+    }
+
+    /// Limits every key of this configuration together to `tokens` a day: Bedrock's
+    /// account-wide "Cross-Model Account-Level Tokens Per Day" ("Cross-Model Max Tokens Per
+    /// Day" in AWS's quota tables: "maximum tokens per day across all supported Amazon
+    /// Bedrock models"). Every metered request books its reservation here as well as in its
+    /// key's buckets, and is refused at once with
+    /// [`ThrottleError::DailyQuotaExhausted`](crate::ThrottleError) (`key: None`) when the
+    /// last 24 hours leave no room for it. Keys with a daily quota of their own
+    /// ([`Quota::with_tokens_per_day`]) are held to both.
+    ///
+    /// Processes that share a quota through a [`ledger`](Self::ledger) each count their own
+    /// day: give each its share of the daily quota.
+    ///
+    /// ```
+    /// use bedrock_throttle::{Quota, ThrottleConfig};
+    ///
+    /// let cfg = ThrottleConfig::builder()
+    ///     .quota(Quota::tokens_per_minute(200_000))
+    ///     .account_tokens_per_day(1_000_000_000)
+    ///     .build()?;
+    /// # let _ = cfg;
+    /// # Ok::<(), bedrock_throttle::ConfigError>(())
+    /// ```
+    pub fn account_tokens_per_day(mut self, tokens: u64) -> Self {
+        self.account_tokens_per_day = Some(tokens);
         self
     }
 
@@ -598,6 +629,11 @@ impl ThrottleConfigBuilder {
         if let Some(q) = &self.default_quota {
             q.validate("the default quota")?;
         }
+        if self.account_tokens_per_day == Some(0) {
+            return Err(ConfigError::new(
+                "the account's daily token quota is 0, so nothing could ever be admitted",
+            ));
+        }
         if self.throttle_recovery == Some(Duration::ZERO)
             && self
                 .default_quota
@@ -746,7 +782,8 @@ impl ThrottleConfigBuilder {
             shared: Arc::new(Shared {
                 retry_budget: self.budget.map(RetryBudgetState::new),
                 ledger: Registry::new(settings.throttle_recovery, settings.headroom)
-                    .with_shared(self.shared_ledger, self.outage),
+                    .with_shared(self.shared_ledger, self.outage)
+                    .with_account_daily(self.account_tokens_per_day),
                 settings,
                 estimator: self
                     .estimator

@@ -80,6 +80,29 @@ pub enum ThrottleError {
         /// The key's token quota per period.
         quota_tokens: u64,
     },
+    /// The request would pass a daily token quota (see
+    /// [`Quota::with_tokens_per_day`](crate::Quota::with_tokens_per_day) and
+    /// `ThrottleConfigBuilder::account_tokens_per_day`): the tokens charged in the last 24
+    /// hours and the tokens it reserves (input + output limit × burndown) add up to more
+    /// than the limit. It was refused at once, not queued, and nothing was sent. Bedrock
+    /// answers the same case with a 429 `ThrottlingException` "Too many tokens per day";
+    /// the message here starts with those words too, so this crate's retry layer (and any
+    /// client that reads the message) does not retry it. Wait for the day to turn
+    /// (`resets_in`), send less, or raise the quota.
+    DailyQuotaExhausted {
+        /// The quota key whose daily quota has no room; `None` for the account-wide
+        /// cross-model quota ("Cross-Model Account-Level Tokens Per Day").
+        key: Option<QuotaKey>,
+        /// The daily quota in tokens.
+        limit: u64,
+        /// Tokens charged to it in the last 24 hours.
+        used: u64,
+        /// Tokens the request reserves.
+        needed: u64,
+        /// How long until enough of the day's tokens have aged out that the request fits;
+        /// `None` when it needs more than the whole daily quota.
+        resets_in: Option<Duration>,
+    },
     /// The request waited `max_wait` for room in its quota and got none; nothing was sent
     /// upstream. The quota is saturated: retry after `retry_after`, or raise `max_wait`.
     MaxWaitExceeded {
@@ -161,6 +184,29 @@ impl fmt::Display for ThrottleError {
                 "request for {key} reserves {tokens} tokens (input + output limit x burndown), more than \
                  the whole quota of {quota_tokens} tokens per period; lower max_tokens or the prompt, or raise the quota"
             ),
+            Self::DailyQuotaExhausted {
+                key,
+                limit,
+                used,
+                needed,
+                resets_in,
+            } => {
+                match key {
+                    Some(k) => write!(f, "Too many tokens per day for {k}: its daily quota")?,
+                    None => write!(
+                        f,
+                        "Too many tokens per day: the account's cross-model daily quota"
+                    )?,
+                }
+                write!(
+                    f,
+                    " of {limit} tokens has {used} charged in the last 24 hours and this request reserves {needed}; nothing was sent"
+                )?;
+                match resets_in {
+                    Some(d) => write!(f, " (room for it again in {d:?})"),
+                    None => f.write_str(" (it needs more than the whole day's quota)"),
+                }
+            }
             Self::MaxWaitExceeded {
                 key,
                 tenant,
@@ -266,7 +312,8 @@ impl ThrottleError {
         match self {
             Self::MaxWaitExceeded { .. }
             | Self::Overloaded { .. }
-            | Self::SendDeadlinePassed { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Self::SendDeadlinePassed { .. }
+            | Self::DailyQuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NeverFits { .. } | Self::BodyTooLarge { .. } | Self::Body(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -282,7 +329,8 @@ impl ThrottleError {
         match self {
             Self::MaxWaitExceeded { .. }
             | Self::Overloaded { .. }
-            | Self::SendDeadlinePassed { .. } => THROTTLING,
+            | Self::SendDeadlinePassed { .. }
+            | Self::DailyQuotaExhausted { .. } => THROTTLING,
             Self::NeverFits { .. } | Self::BodyTooLarge { .. } | Self::Body(_) => VALIDATION,
             Self::BodyTimeout { .. } => REQUEST_TIMEOUT,
             Self::LedgerUnavailable { .. } | Self::Upstream { .. } => SERVICE_UNAVAILABLE,
@@ -299,7 +347,9 @@ impl ThrottleError {
             | Self::Overloaded { retry_after, .. }
             | Self::SendDeadlinePassed { retry_after, .. } => Some(*retry_after),
             Self::LedgerUnavailable { .. } => Some(OutagePolicy::retry_after()),
-            Self::NeverFits { .. }
+            // Hours away at best: a hint that long would only park a client's retries.
+            Self::DailyQuotaExhausted { .. }
+            | Self::NeverFits { .. }
             | Self::BodyTooLarge { .. }
             | Self::Body(_)
             | Self::BodyTimeout { .. }
@@ -444,6 +494,18 @@ mod tests {
                 Some(Duration::ZERO),
             ),
             (
+                ThrottleError::DailyQuotaExhausted {
+                    key: None,
+                    limit: 10,
+                    used: 9,
+                    needed: 2,
+                    resets_in: Some(secs(3_600)),
+                },
+                429,
+                "ThrottlingException",
+                None,
+            ),
+            (
                 ThrottleError::NeverFits {
                     key: key(),
                     tokens: 2,
@@ -501,6 +563,29 @@ mod tests {
                 response.headers().contains_key("retry-after"),
                 retry_after.is_some(),
                 "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_daily_refusal_reads_as_bedrocks_daily_throttle() {
+        for key in [Some(key()), None] {
+            let error = ThrottleError::DailyQuotaExhausted {
+                key,
+                limit: 1_000,
+                used: 900,
+                needed: 200,
+                resets_in: None,
+            };
+            let message = error.to_string();
+            assert_eq!(
+                crate::bedrock::throttle::kind_of_message(&message),
+                crate::ThrottleKind::DailyTokens,
+                "{message}"
+            );
+            assert!(
+                message.contains("1000") && message.contains("900"),
+                "{message}"
             );
         }
     }

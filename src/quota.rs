@@ -35,6 +35,7 @@ pub struct Quota {
     pub(crate) period: Duration,
     pub(crate) burndown: Option<f64>,
     pub(crate) discover: bool,
+    pub(crate) tokens_per_day: Option<u64>,
 }
 
 /// The tokens per minute a [`Quota::discover`] starts from: the smallest default Bedrock
@@ -52,6 +53,7 @@ impl Quota {
             period: Duration::from_secs(60),
             burndown: None,
             discover: false,
+            tokens_per_day: None,
         }
     }
 
@@ -108,6 +110,32 @@ impl Quota {
         self
     }
 
+    /// Limits the tokens of this quota's key to `tokens` a day as well: Bedrock's
+    /// "Model invocation max tokens per day for ${model}" (listed on accounts as "On-demand
+    /// model inference tokens per day for …"), by default the tokens per minute × 24 × 60,
+    /// less on new accounts. A day is the last 24 hours (AWS does not say how it counts the
+    /// day; the last 24 hours are the safe side of every reading). A request that would
+    /// pass the day's limit is refused at once with
+    /// [`ThrottleError::DailyQuotaExhausted`](crate::ThrottleError), never queued. The
+    /// day's tokens are reserved as the minute's are (input + output limit × burndown) and
+    /// settled to the usage reported. See also `ThrottleConfigBuilder::account_tokens_per_day`.
+    ///
+    /// ```
+    /// use bedrock_throttle::Quota;
+    ///
+    /// let q = Quota::tokens_per_minute(200_000).with_tokens_per_day(288_000_000);
+    /// assert_eq!(q.tokens_per_day(), Some(288_000_000));
+    /// ```
+    pub fn with_tokens_per_day(mut self, tokens: u64) -> Self {
+        self.tokens_per_day = Some(tokens);
+        self
+    }
+
+    /// The daily token limit, if set ([`with_tokens_per_day`](Self::with_tokens_per_day)).
+    pub fn tokens_per_day(&self) -> Option<u64> {
+        self.tokens_per_day
+    }
+
     /// Requests per period, if limited.
     pub fn requests(&self) -> Option<u32> {
         self.requests
@@ -143,6 +171,11 @@ impl Quota {
         if self.requests == Some(0) {
             return Err(ConfigError::new(format!(
                 "{what}: the request quota is 0; use None for no request limit"
+            )));
+        }
+        if self.tokens_per_day == Some(0) {
+            return Err(ConfigError::new(format!(
+                "{what}: the daily token quota is 0, so nothing could ever be admitted; leave it unset for no daily limit"
             )));
         }
         if self.period.is_zero() {
@@ -216,6 +249,8 @@ pub(crate) struct ResolvedQuota {
     pub(crate) burndown: f64,
     /// `tokens` is a starting guess, not a ceiling.
     pub(crate) discover: bool,
+    /// Tokens per day of the key, if limited (see [`Quota::with_tokens_per_day`]).
+    pub(crate) daily: Option<u64>,
 }
 
 #[cfg(test)]

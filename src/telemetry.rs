@@ -226,6 +226,7 @@ impl Trace {
             Some(ThrottleError::Body(_)) => "body_error",
             Some(ThrottleError::BodyTimeout { .. }) => "body_timeout",
             Some(ThrottleError::NeverFits { .. }) => "never_fits",
+            Some(ThrottleError::DailyQuotaExhausted { .. }) => "daily_quota_exhausted",
             Some(ThrottleError::MaxWaitExceeded { .. }) => "max_wait_exceeded",
             Some(ThrottleError::SendDeadlinePassed { .. }) => "send_deadline_passed",
             Some(ThrottleError::Overloaded { .. }) => "overloaded",

@@ -141,13 +141,19 @@ async fn applied_quotas_load_through_every_page_and_configure_the_gate() {
     let s4 = applied
         .get("Anthropic Claude Sonnet 4", Scope::CrossRegion)
         .unwrap();
-    assert_eq!(s4.quota(), Some(Quota::tokens_per_minute(200_000)));
+    assert_eq!(
+        s4.quota(),
+        Some(Quota::tokens_per_minute(200_000).with_tokens_per_day(288_000_000))
+    );
     assert_eq!(s4.tokens_per_day, Some(288_000_000));
     // The global profile's quota is its own, and its RPM is filled where listed.
     let global = applied
         .get("Anthropic Claude Sonnet 4", Scope::Global)
         .unwrap();
-    assert_eq!(global.quota(), Some(Quota::new(400, 500_000)));
+    assert_eq!(
+        global.quota(),
+        Some(Quota::new(400, 500_000).with_tokens_per_day(720_000_000))
+    );
     // The on-demand Sonnet 4 quota is not in the account, and is not made up.
     assert!(applied
         .get("Anthropic Claude Sonnet 4", Scope::OnDemand)
@@ -256,6 +262,64 @@ async fn third_request_after(applied: &AppliedQuotas, model: &str, display: &str
         svc.clone().oneshot(req).await.unwrap();
     }
     start.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loader_fills_the_daily_quotas_and_the_gate_enforces_them() {
+    use bedrock_throttle::{estimate::TokenEstimate, BedrockThrottleLayer, ThrottleError};
+    use tower::{service_fn, Layer, ServiceExt};
+
+    type Body = http_body_util::Full<bytes::Bytes>;
+    let (pro, lite) = ("amazon.nova-pro-v1:0", "amazon.nova-lite-v1:0");
+    let applied = AppliedQuotas::from_entries([
+        (
+            "On-demand model inference tokens per minute for Amazon Nova Pro".to_owned(),
+            1_000_000.0,
+        ),
+        (
+            "On-demand model inference tokens per day for Amazon Nova Pro".to_owned(),
+            50.0,
+        ),
+        (
+            "On-demand model inference tokens per minute for Amazon Nova Lite".to_owned(),
+            1_000_000.0,
+        ),
+        ("Cross-Model Account-Level Tokens Per Day".to_owned(), 70.0),
+    ]);
+    let cfg = applied
+        .configure(
+            ThrottleConfig::builder(),
+            &[(pro, "Amazon Nova Pro"), (lite, "Amazon Nova Lite")],
+        )
+        .build()
+        .unwrap();
+    let svc = BedrockThrottleLayer::new(cfg).layer(service_fn(|_req: http::Request<Body>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Body::default()))
+    }));
+    // Each request reserves 20 tokens; an unread body keeps them charged.
+    let send = |model: &str| {
+        let mut req = http::Request::post(format!("/model/{model}/invoke"))
+            .body(Body::default())
+            .unwrap();
+        req.extensions_mut().insert(TokenEstimate::new(10, 10));
+        svc.clone().oneshot(req)
+    };
+    let daily_key = |e: bedrock_throttle::BoxError| match e.downcast_ref::<ThrottleError>() {
+        Some(ThrottleError::DailyQuotaExhausted { key, .. }) => {
+            key.as_ref().map(|k| k.model().unwrap().to_owned())
+        }
+        _ => panic!("{e}"),
+    };
+    send(pro).await.unwrap();
+    send(pro).await.unwrap();
+    // Nova Pro's own day (50) is full at 40 + 20.
+    assert_eq!(
+        daily_key(send(pro).await.unwrap_err()),
+        Some(pro.to_owned())
+    );
+    send(lite).await.unwrap();
+    // The account's day (70) is full at 60 + 20, for every model.
+    assert_eq!(daily_key(send(lite).await.unwrap_err()), None);
 }
 
 #[tokio::test(start_paused = true)]

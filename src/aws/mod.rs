@@ -99,6 +99,7 @@
 //! | `MaxWaitExceeded` (the quota stayed full) | `other(_, None)` | no: waiting again would only queue behind the same demand | `ThrottlingException` (429) |
 //! | `Overloaded` (the key's queue was full) | `other(_, None)` | no | `ThrottlingException` (429) |
 //! | `SendDeadlinePassed` (the signature's window ended while waiting) | `other(_, None)` | no | `ThrottlingException` (429) |
+//! | `DailyQuotaExhausted` (a daily token quota has no room) | `other(_, None)` | no | `ThrottlingException` (429) "Too many tokens per day…", no `Retry-After`; the SDK's standard retry treats it as it treats Bedrock's own |
 //! | `LedgerUnavailable` (the shared ledger is down, `FailClosed`) | `other(_, None)` | no | `ServiceUnavailableException` (503) |
 //! | `Upstream` with an inner connector error (the last attempt's) | the inner `ConnectorError` itself | as the SDK would have (I/O errors and timeouts are retried) | the same |
 //! | `Upstream` with another error | `other(_, None)` | no | the same |

@@ -18,7 +18,7 @@ use crate::{
     config::{fallback_output_limit, Shared},
     estimate::{EstimateMethod, Operation, TokenEstimate},
     keys::{self, Proof},
-    ledger::{Acquire, Admission, KeyLedger, Reservation, Waiter},
+    ledger::{Acquire, Admission, DailyHolds, KeyLedger, Reservation, Waiter},
     telemetry::{ChargeTrace, QueueGuard, Trace},
     QuotaKey, RefusedBy, SendDeadline, Tenant, ThrottleError,
 };
@@ -131,6 +131,15 @@ impl Plan {
                 quota_tokens: quota.tokens,
             });
         }
+        // The day's quotas are booked now, so that a request that would pass one is told at
+        // once rather than after it waited for the minute's.
+        let daily = match shared.ledger.reserve_daily(&key, quota.daily, tokens) {
+            Ok(daily) => daily,
+            Err(refused) => {
+                tracing::debug!(quota_key = %key, tokens, "no room in a daily quota: refused");
+                return Plan::Refused(refused);
+            }
+        };
         let terms = Terms {
             burndown: quota.burndown,
             reserved_output,
@@ -190,6 +199,7 @@ impl Plan {
             terms,
             before,
             stage,
+            daily,
         })
     }
 }
@@ -210,6 +220,8 @@ pub(super) struct Reserve {
     /// The stages before the key, the next one last.
     before: Vec<Before>,
     stage: KeyStage,
+    /// What the daily quotas booked.
+    daily: DailyHolds,
 }
 
 impl Reserve {
@@ -229,6 +241,7 @@ impl Reserve {
             terms,
             before,
             stage,
+            daily,
         } = self;
         let parked = Parked {
             service,
@@ -238,7 +251,10 @@ impl Reserve {
             waiting_at: RefusedBy::ModelQuota,
             before,
             next: Some(stage),
-            held: StageHolds(Vec::new()),
+            held: StageHolds {
+                stages: Vec::new(),
+                daily: Some(daily),
+            },
             place,
             queued: None,
         };
@@ -348,14 +364,14 @@ impl<S, B> Parked<S, B> {
                 None => unreachable!("a request waits at its key only once"),
             };
         };
-        self.held.0.extend(got);
+        self.held.stages.extend(got);
         while let Some(before) = self.before.pop() {
             let default = Waiter::default();
             let waiter = if before.fair { &stage.waiter } else { &default };
             // Its own queue is bounded like the key's.
             match (before.ledger).admit_as(stage.tokens, stage.deadline, waiter, before.max_queued)
             {
-                Admission::Admitted(r) => self.held.0.push(r),
+                Admission::Admitted(r) => self.held.stages.push(r),
                 Admission::Queued(acquire) => {
                     self.waiting_at = if before.fair {
                         RefusedBy::ModelQuota
@@ -438,7 +454,8 @@ impl<S, B> Parked<S, B> {
     where
         S: Service<Request<B>>,
     {
-        let holds = std::mem::take(&mut self.held.0);
+        let holds = std::mem::take(&mut self.held.stages);
+        let daily = self.held.daily.take();
         let wait = self.queued.take().map_or(Duration::ZERO, |q| q.waited());
         self.terms.trace.key.admitted(reservation.tokens(), wait);
         self.terms.trace.rates(reservation.ledger());
@@ -449,19 +466,26 @@ impl<S, B> Parked<S, B> {
             ..
         } = self;
         let stages = (!holds.is_empty()).then_some(Holds::new(holds));
-        let charge = Charge::new(reservation, stages, terms);
+        let charge = Charge::new(reservation, stages, daily, terms);
         Entered::Calling(service.call(request), Some(charge), wait)
     }
 }
 
-/// The reservations of the stages before the key, held while the request waits for its
-/// key: given back if the request never gets there (it timed out, was shed or dropped).
-struct StageHolds(Vec<Reservation>);
+/// The reservations of the stages before the key and the daily quotas' bookings, held
+/// while the request waits for its key: given back if the request never gets there (it
+/// timed out, was shed or dropped).
+struct StageHolds {
+    stages: Vec<Reservation>,
+    daily: Option<DailyHolds>,
+}
 
 impl Drop for StageHolds {
     fn drop(&mut self) {
-        for r in self.0.drain(..) {
+        for r in self.stages.drain(..) {
             r.settle(0);
+        }
+        if let Some(daily) = self.daily.take() {
+            daily.settle(0);
         }
     }
 }

@@ -87,7 +87,11 @@
 //! whole configured token quota fails at once
 //! ([`ThrottleError::NeverFits`](crate::ThrottleError); never for a
 //! [`Quota::discover`](crate::Quota::discover), which admits it from a full bucket); one
-//! that waits longer than `max_wait` fails with `MaxWaitExceeded`; neither is sent. Dropping
+//! that waits longer than `max_wait` fails with `MaxWaitExceeded`; neither is sent. A
+//! request the key's or the account's daily quota has no room for (see
+//! [`Quota::with_tokens_per_day`](crate::Quota::with_tokens_per_day)) fails at once with
+//! `DailyQuotaExhausted`, before it queues: its tokens are booked in the day's budgets when
+//! it arrives, given back if it is never sent, and settled with the key's. Dropping
 //! the response future while waiting gives the queue place back. A waiting request holds the
 //! inner service that was made ready for it (as tower's `Oneshot` does), so a concurrency
 //! limit below the gate counts waiting requests too.

@@ -14,7 +14,7 @@ use crate::{
     },
     config::Shared,
     diagnosis::KeyRecord,
-    ledger::Reservation,
+    ledger::{DailyHolds, Reservation},
     telemetry::ChargeTrace,
     QuotaKey, ThrottleKind,
 };
@@ -67,15 +67,24 @@ pub(crate) struct Learn {
 pub(crate) struct Charge {
     reservation: Reservation,
     cap: Option<Holds>,
+    /// The daily quotas' bookings: settled as the key's, and (dropped) kept charged when
+    /// the outcome is unknown.
+    daily: Option<DailyHolds>,
     terms: Terms,
 }
 
 impl Charge {
-    pub(super) fn new(reservation: Reservation, cap: Option<Holds>, terms: Terms) -> Self {
+    pub(super) fn new(
+        reservation: Reservation,
+        cap: Option<Holds>,
+        daily: Option<DailyHolds>,
+        terms: Terms,
+    ) -> Self {
         terms.record.granted(reservation.tokens());
         Self {
             reservation,
             cap,
+            daily,
             terms,
         }
     }
@@ -127,6 +136,9 @@ impl Charge {
         if let Some(cap) = self.cap {
             cap.settle(actual);
         }
+        if let Some(daily) = self.daily {
+            daily.settle(actual);
+        }
     }
 
     /// The largest charge a usage report may set: four times the reservation, or the
@@ -148,6 +160,9 @@ impl Charge {
         if let Some(cap) = self.cap {
             cap.settle(0);
         }
+        if let Some(daily) = self.daily {
+            daily.settle(0);
+        }
     }
 
     /// Upstream refused the request before running it (a 429): everything comes back at
@@ -159,6 +174,10 @@ impl Charge {
         self.reservation.throttled(true, kind);
         if let Some(cap) = self.cap {
             cap.settle(0);
+        }
+        // Refused before running: Bedrock charged nothing to the day either.
+        if let Some(daily) = self.daily {
+            daily.settle(0);
         }
         self.terms.trace.rates(&ledger);
     }

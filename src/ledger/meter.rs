@@ -385,6 +385,7 @@ mod tests {
             period: period(),
             burndown: 1.0,
             discover,
+            daily: None,
         };
         Meter::new(quota, period(), Duration::from_millis(100))
     }

@@ -32,11 +32,12 @@ use std::{
     time::Duration,
 };
 
-use self::{lock::lock, remote::LedgerLink};
-use crate::{quota::ResolvedQuota, tenant::Tenant, QuotaKey};
+use self::{daily::DailyBudget, lock::lock, remote::LedgerLink};
+use crate::{quota::ResolvedQuota, tenant::Tenant, QuotaKey, ThrottleError};
 
 mod acquire;
 mod bucket;
+mod daily;
 mod key;
 mod local;
 mod lock;
@@ -55,6 +56,7 @@ mod tests;
 pub use self::redis::RedisLedger;
 pub(crate) use self::{
     acquire::{Acquire, Admission},
+    daily::DailyHolds,
     key::{KeyLedger, Waiter},
     reservation::Reservation,
 };
@@ -79,6 +81,10 @@ pub(crate) struct Registry {
     headroom: Duration,
     /// A ledger shared with other processes, asked after the key's own buckets.
     link: Option<Arc<LedgerLink>>,
+    /// Per key with a daily quota, what it spent in the last day (see the `daily` module).
+    daily: Mutex<HashMap<QuotaKey, Arc<DailyBudget>>>,
+    /// The account-wide daily quota, shared by every key.
+    account_daily: Option<Arc<DailyBudget>>,
 }
 
 impl Registry {
@@ -89,7 +95,58 @@ impl Registry {
             recovery,
             headroom,
             link: None,
+            daily: Mutex::new(HashMap::new()),
+            account_daily: None,
         }
+    }
+
+    /// Limits every key together to `limit` tokens a day, if given.
+    pub(crate) fn with_account_daily(mut self, limit: Option<u64>) -> Self {
+        self.account_daily = limit.map(|l| Arc::new(DailyBudget::new(l)));
+        self
+    }
+
+    /// Books `tokens` in the daily budget of `key` (when `limit` is set) and in the
+    /// account's (when configured), or refuses them, naming the budget the day has no room
+    /// in.
+    pub(crate) fn reserve_daily(
+        &self,
+        key: &QuotaKey,
+        limit: Option<u64>,
+        tokens: u64,
+    ) -> Result<DailyHolds, ThrottleError> {
+        let own = limit.map(|limit| {
+            let mut daily = lock(&self.daily);
+            daily
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(DailyBudget::new(limit)))
+                .clone()
+        });
+        let budgets = own
+            .as_ref()
+            .map(|b| (Some(key.clone()), b))
+            .into_iter()
+            .chain(self.account_daily.as_ref().map(|b| (None, b)));
+        DailyHolds::reserve(budgets, tokens).map_err(|(key, e)| {
+            ThrottleError::DailyQuotaExhausted {
+                key,
+                limit: e.limit,
+                used: e.used,
+                needed: tokens,
+                resets_in: e.resets_in,
+            }
+        })
+    }
+
+    /// Tokens charged to the daily budget of `key` (`None`: the account's) in the last
+    /// day, and its limit.
+    #[cfg(test)]
+    pub(crate) fn daily_used(&self, key: Option<&QuotaKey>) -> Option<(u64, u64)> {
+        let budget = match key {
+            Some(k) => lock(&self.daily).get(k).cloned(),
+            None => self.account_daily.clone(),
+        }?;
+        Some((budget.used(), budget.limit()))
     }
 
     /// Spends from `ledger` as well, if given, following `policy` while it is unreachable.
@@ -164,8 +221,18 @@ impl Registry {
         if !keys.get(key).is_none_or(idle) || !caps.get(key).is_none_or(|c| c.values().all(idle)) {
             return false;
         }
+        // A day's spending is kept until it has aged out (so a key with daily spending
+        // counts among the `max_keys` until then).
+        let mut daily = lock(&self.daily);
+        if !daily
+            .get(key)
+            .is_none_or(|b| Arc::strong_count(b) == 1 && b.is_empty())
+        {
+            return false;
+        }
         keys.remove(key);
         caps.remove(key);
+        daily.remove(key);
         true
     }
 

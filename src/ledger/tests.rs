@@ -22,6 +22,7 @@ fn ledger(rpm: Option<u32>, tpm: u64) -> Arc<KeyLedger> {
             period: Duration::from_secs(60),
             burndown: 1.0,
             discover: false,
+            daily: None,
         },
         Duration::from_secs(60),
         Duration::ZERO,
@@ -273,6 +274,7 @@ async fn a_discovered_quota_admits_a_request_larger_than_its_guess_from_a_full_b
             period: period(),
             burndown: 1.0,
             discover: true,
+            daily: None,
         },
         period(),
         Duration::ZERO,
@@ -300,6 +302,7 @@ async fn a_key_is_evicted_only_at_rest() {
         period: Duration::from_secs(60),
         burndown: 1.0,
         discover: false,
+        daily: None,
     };
     assert!(registry.evict(&key), "nothing to keep");
     let r = admitted(registry.key(&key, quota).admit(600, far()));
@@ -338,4 +341,40 @@ async fn a_key_is_evicted_only_at_rest() {
     assert!(!registry.evict(&key), "the cap is not full");
     tokio::time::advance(Duration::from_secs(60)).await;
     assert!(registry.evict(&key));
+}
+
+/// A day's spending keeps its key (so it counts among `max_keys`) until it has aged out;
+/// the account's budget is one for every key, and a refusal books nothing anywhere.
+#[tokio::test(start_paused = true)]
+async fn daily_budgets_are_kept_a_day_and_the_account_is_shared() {
+    let registry = super::Registry::new(None, Duration::ZERO).with_account_daily(Some(3_000));
+    let (a, b) = (
+        QuotaKey::new(Some("a"), None),
+        QuotaKey::new(Some("b"), None),
+    );
+    let held = registry.reserve_daily(&a, Some(2_000), 1_500).unwrap();
+    assert_eq!(registry.daily_used(Some(&a)), Some((1_500, 2_000)));
+    held.settle(500);
+    registry
+        .reserve_daily(&b, None, 2_000)
+        .unwrap()
+        .settle(2_000);
+    assert_eq!(registry.daily_used(None), Some((2_500, 3_000)));
+    // `a` has room of its own but the account has not: nothing is booked in `a`.
+    match registry.reserve_daily(&a, Some(2_000), 1_000) {
+        Err(ThrottleError::DailyQuotaExhausted {
+            key: None,
+            limit: 3_000,
+            used: 2_500,
+            needed: 1_000,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(registry.daily_used(Some(&a)), Some((500, 2_000)));
+    assert!(!registry.evict(&a), "spent today");
+    tokio::time::advance(super::daily::DAY + super::daily::SLOT).await;
+    assert!(registry.evict(&a));
+    assert_eq!(registry.daily_used(Some(&a)), None);
+    assert_eq!(registry.daily_used(None), Some((0, 3_000)));
 }

@@ -15,8 +15,9 @@
 //! [`AppliedQuotas::load`] asks `ListServiceQuotas` for pages of 100 (`MaxResults`, the
 //! API's maximum; its default page is much smaller) and follows `NextToken`. Each quota's
 //! `Adjustable` flag is kept ([`AppliedQuotas::listed`]). Tokens-per-day quotas, per model
-//! and account-wide, are read and recorded, not enforced by the gate: a "Too many tokens per
-//! day" throttle is not retried and shows in the capacity report.
+//! and account-wide, are read, and [`AppliedQuotas::configure`] hands them to the gate,
+//! which enforces them (see [`Quota::with_tokens_per_day`] and
+//! [`ThrottleConfigBuilder::account_tokens_per_day`]).
 //!
 //! With a client built the usual way
 //! (`aws_sdk_servicequotas::Client::new(&aws_config::load_from_env().await)`):
@@ -68,21 +69,26 @@ pub struct AppliedQuota {
     pub requests_per_minute: Option<u64>,
     /// Tokens per minute, when the account lists one.
     pub tokens_per_minute: Option<u64>,
-    /// Tokens per day, when listed: the scope's own daily quota, else the model's. Recorded,
-    /// not enforced by the gate; a "Too many tokens per day" throttle shows in the capacity
-    /// report.
+    /// Tokens per day, when listed: the scope's own daily quota, else the model's.
+    /// [`quota`](Self::quota) carries it as [`Quota::with_tokens_per_day`], which the gate
+    /// enforces.
     pub tokens_per_day: Option<u64>,
 }
 
 impl AppliedQuota {
-    /// As a [`Quota`]: `None` without a tokens-per-minute quota.
+    /// As a [`Quota`], with its daily limit where one is listed: `None` without a
+    /// tokens-per-minute quota.
     pub fn quota(&self) -> Option<Quota> {
         let tpm = self.tokens_per_minute.filter(|t| *t > 0)?;
         let rpm = self
             .requests_per_minute
             .and_then(|r| u32::try_from(r).ok())
             .filter(|r| *r > 0);
-        Some(Quota::new(rpm, tpm))
+        let quota = Quota::new(rpm, tpm);
+        Some(match self.tokens_per_day.filter(|d| *d > 0) {
+            Some(daily) => quota.with_tokens_per_day(daily),
+            None => quota,
+        })
     }
 }
 
@@ -265,7 +271,8 @@ impl AppliedQuotas {
     }
 
     /// The account-wide tokens per day across models (`Cross-Model Account-Level Tokens Per
-    /// Day`), when listed. Recorded, not enforced by the gate.
+    /// Day`), when listed; [`configure`](Self::configure) sets it as
+    /// [`account_tokens_per_day`](ThrottleConfigBuilder::account_tokens_per_day).
     pub fn account_tokens_per_day(&self) -> Option<u64> {
         self.account_tokens_per_day
     }
@@ -281,12 +288,17 @@ impl AppliedQuotas {
     /// requests per minute where the account lists one, and a
     /// [`long_context_quota`](ThrottleConfigBuilder::long_context_quota) where the account
     /// lists the scope's `… 1M Context Length` quota; ids without one are left out (see
-    /// [`unmapped`](Self::unmapped) and [`missing`](Self::missing)).
+    /// [`unmapped`](Self::unmapped) and [`missing`](Self::missing)). Each quota carries its
+    /// tokens per day where the account lists them, and the account-wide daily quota
+    /// becomes [`account_tokens_per_day`](ThrottleConfigBuilder::account_tokens_per_day).
     pub fn configure(
         &self,
         mut builder: ThrottleConfigBuilder,
         models: &[(&str, &str)],
     ) -> ThrottleConfigBuilder {
+        if let Some(daily) = self.account_tokens_per_day.filter(|d| *d > 0) {
+            builder = builder.account_tokens_per_day(daily);
+        }
         for (id, name) in models {
             if let Some(q) = self.quota_for(id, name) {
                 builder = builder.model_quota(*id, q);
@@ -427,16 +439,18 @@ mod tests {
         assert_eq!(q, Some(Quota::new(50, 400_000)));
         let us = "us.anthropic.claude-sonnet-4-20250514-v1:0";
         // The display name may carry the `V1` the account lists, or not.
-        assert_eq!(a.quota_for(us, S4), Some(Quota::new(200, 200_000)));
+        // The model's daily quota comes along, for the gate to enforce.
+        let us_quota = Quota::new(200, 200_000).with_tokens_per_day(288_000_000);
+        assert_eq!(a.quota_for(us, S4), Some(us_quota));
         assert_eq!(
             a.quota_for(us, "Anthropic Claude Sonnet 4 V1"),
-            Some(Quota::new(200, 200_000))
+            Some(us_quota)
         );
         // Global profiles have their own quota, with no RPM listed.
         let global = "global.anthropic.claude-sonnet-4-20250514-v1:0";
         assert_eq!(
             a.quota_for(global, S4),
-            Some(Quota::tokens_per_minute(300_000))
+            Some(Quota::tokens_per_minute(300_000).with_tokens_per_day(700_000_000))
         );
         // The 1M-context variant is its own quota.
         let long = a
