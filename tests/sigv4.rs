@@ -333,3 +333,135 @@ async fn the_region_comes_from_the_host_else_from_the_layer() {
     assert_eq!(scope(0), "eu-central-1");
     assert_eq!(scope(1), "us-west-2");
 }
+
+#[tokio::test]
+async fn the_default_chain_reads_credentials_and_region_from_the_environment() {
+    // Only this test reads the environment; no profile files, no instance metadata.
+    for (name, value) in [
+        ("AWS_ACCESS_KEY_ID", "AKIDFROMENV"),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_REGION", "ap-south-1"),
+        ("AWS_CONFIG_FILE", "/nonexistent/aws/config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws/credentials",
+        ),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        std::env::set_var(name, value);
+    }
+    std::env::remove_var("AWS_SESSION_TOKEN");
+    std::env::remove_var("AWS_PROFILE");
+    let signing = SigV4Layer::from_default_chain().await.unwrap();
+
+    // A host that names no Region: the chain's Region is used.
+    let (upstream, seen) = recording_upstream(vec![]);
+    let request = Request::post("http://127.0.0.1:8080/model/amazon.nova-lite-v1%3A0/converse")
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .unwrap();
+    signing.layer(upstream).oneshot(request).await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    let authorization = seen[0].headers["authorization"].to_str().unwrap();
+    assert!(
+        authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDFROMENV/")
+            && authorization.contains("/ap-south-1/bedrock/aws4_request"),
+        "{authorization}"
+    );
+}
+
+/// The AWS SDK for Rust's own signature of an InvokeModel call (the one Bedrock accepts) is
+/// the one this layer gives the same request at the same time.
+#[cfg(feature = "aws-sdk")]
+mod same_as_the_sdk {
+    use aws_sdk_bedrockruntime::{
+        config::{BehaviorVersion, Region},
+        primitives::Blob,
+    };
+    use aws_smithy_runtime_api::client::{
+        http::{
+            HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings,
+            SharedHttpConnector,
+        },
+        orchestrator::{HttpRequest, HttpResponse},
+        runtime_components::RuntimeComponents,
+    };
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    /// Records the request the SDK sends and answers 200.
+    #[derive(Clone, Debug, Default)]
+    struct Capture(Arc<Mutex<Option<Request<Full<Bytes>>>>>);
+
+    impl HttpConnector for Capture {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            let request = request.try_into_http1x().unwrap();
+            let (parts, body) = request.into_parts();
+            let body = Bytes::copy_from_slice(body.bytes().unwrap());
+            *self.0.lock().unwrap() = Some(Request::from_parts(parts, Full::new(body)));
+            let response = http::Response::builder()
+                .status(200)
+                .body(SdkBody::from("{}"))
+                .unwrap();
+            HttpConnectorFuture::ready(Ok(HttpResponse::try_from(response).unwrap()))
+        }
+    }
+
+    impl HttpClient for Capture {
+        fn http_connector(
+            &self,
+            _: &HttpConnectorSettings,
+            _: &RuntimeComponents,
+        ) -> SharedHttpConnector {
+            SharedHttpConnector::new(self.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_layer_signs_as_the_sdk_does() {
+        let capture = Capture::default();
+        let config = aws_sdk_bedrockruntime::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-west-2"))
+            .credentials_provider(Credentials::new(
+                ACCESS_KEY,
+                SECRET_KEY,
+                Some("session".into()),
+                None,
+                "test",
+            ))
+            .time_source(StaticTimeSource::new(example_time()))
+            .http_client(capture.clone())
+            .build();
+        aws_sdk_bedrockruntime::Client::from_conf(config)
+            .invoke_model()
+            .model_id(MODEL)
+            .content_type("application/json")
+            .body(Blob::new(BODY))
+            .send()
+            .await
+            .unwrap();
+        let mut sent_by_sdk = capture.0.lock().unwrap().take().unwrap();
+        // The SDK adds these two after signing (they change per attempt), unsigned.
+        sent_by_sdk.headers_mut().remove("amz-sdk-invocation-id");
+        sent_by_sdk.headers_mut().remove("amz-sdk-request");
+        let sdk_authorization = sent_by_sdk.headers()["authorization"].clone();
+        assert!(sent_by_sdk
+            .uri()
+            .path()
+            .ends_with("/model/amazon.nova-lite-v1%3A0/invoke"));
+
+        // The same request, signature and all, through the layer: signed again, identically.
+        let (upstream, seen) = recording_upstream(vec![]);
+        let credentials =
+            Credentials::new(ACCESS_KEY, SECRET_KEY, Some("session".into()), None, "test");
+        let signing =
+            SigV4Layer::new(credentials).time_source(StaticTimeSource::new(example_time()));
+        signing.layer(upstream).oneshot(sent_by_sdk).await.unwrap();
+
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].headers["authorization"], sdk_authorization);
+        assert_eq!(seen[0].headers["x-amz-security-token"], "session");
+    }
+}
