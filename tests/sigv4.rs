@@ -275,6 +275,28 @@ async fn a_signed_request_is_signed_again() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn hop_by_hop_headers_are_sent_but_not_signed() {
+    let (upstream, seen) = recording_upstream(vec![]);
+    let signing =
+        SigV4Layer::new(static_credentials()).time_source(StaticTimeSource::new(example_time()));
+    let mut request = converse();
+    request
+        .headers_mut()
+        .insert("connection", "keep-alive".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("te", "trailers".parse().unwrap());
+    signing.layer(upstream).oneshot(request).await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].headers["connection"], "keep-alive");
+    assert_eq!(
+        seen[0].headers["authorization"],
+        expected_authorization().as_str()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn temporary_credentials_send_their_session_token() {
     let (upstream, seen) = recording_upstream(vec![]);
     let credentials = Credentials::new(ACCESS_KEY, SECRET_KEY, Some("session".into()), None, "t");

@@ -53,8 +53,10 @@
 //!   old signature was made for another host or time and would be refused or expire.
 //! - **Anything else**: the body is read (below the throttle it is one buffered chunk) and
 //!   its SHA-256 goes into the canonical request; the headers present are signed (but
-//!   `user-agent`, `x-amzn-trace-id`, `transfer-encoding`, as the SDK does); `X-Amz-Date`,
-//!   `Authorization` and, for temporary credentials, `X-Amz-Security-Token` are added.
+//!   `user-agent`, `x-amzn-trace-id`, `transfer-encoding`, as the SDK does, and the other
+//!   hop-by-hop headers); `X-Amz-Date`, `Authorization` and, for temporary credentials,
+//!   `X-Amz-Security-Token` are added. Used without the throttle above it, the layer reads
+//!   the whole body into memory, with no limit.
 //!
 //! The signing settings are those of the AWS SDK for Rust for `bedrock-runtime` (signing
 //! name `bedrock`, from `aws-sdk-bedrockruntime`'s `Config::signing_name`; `aws-runtime`'s

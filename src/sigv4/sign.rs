@@ -77,7 +77,7 @@ pub(super) fn sign_request(
         .region(region)
         .name(SIGNING_NAME)
         .time(time)
-        .settings(SigningSettings::default())
+        .settings(settings())
         .build()
         .map_err(|e| SignError::Sign(e.into()))?
         .into();
@@ -103,6 +103,26 @@ pub(super) fn sign_request(
     instructions.apply_to_request_http1x(&mut request);
     *parts = request.into_parts().0;
     Ok(())
+}
+
+/// The SDK's settings, also leaving out the hop-by-hop headers (RFC 9110, section 7.6.1) a
+/// forwarding server may pass on: an HTTP/2 client drops them, which would void a signature
+/// that covered them.
+fn settings() -> SigningSettings {
+    let mut settings = SigningSettings::default();
+    if let Some(excluded) = &mut settings.excluded_headers {
+        excluded.extend(
+            [
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "te",
+                "upgrade",
+            ]
+            .map(Into::into),
+        );
+    }
+    settings
 }
 
 fn empty_parts() -> http::request::Parts {
