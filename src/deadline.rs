@@ -20,8 +20,9 @@ use tokio::time::Instant;
 /// [`aws::ThrottledHttpClient`](crate::aws) sets one on every SigV4-signed request, at
 /// [`SendDeadline::SIGV4_WINDOW`] after the request reached it (the SDK signs just before).
 /// Requests with a bearer-token API key (`Authorization: Bearer …`) carry no signature window
-/// and get none. On a plain `http` stack, sign below the gate (each attempt anew) or set one
-/// by hand:
+/// and get none. On a plain `http` stack, sign below the gate (each attempt anew;
+/// `sigv4::SigV4Layer`, feature `sigv4`, does so and sets this on each signed attempt) or set
+/// one by hand:
 ///
 /// ```
 /// use bedrock_throttle::SendDeadline;

@@ -106,6 +106,9 @@ pub mod retry;
 #[cfg_attr(docsrs, doc(cfg(feature = "service-quotas")))]
 pub mod service_quotas;
 pub mod service_tier;
+#[cfg(feature = "sigv4")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sigv4")))]
+pub mod sigv4;
 pub mod tenant;
 
 /// The README's examples, compiled and run as doctests.
