@@ -132,6 +132,6 @@ pub use self::{
     quota::{default_burndown, Quota, DISCOVER_START_TPM},
     scope::{ContextWindow, Scope},
     service_tier::ServiceTier,
-    stats::{KeyStats, ThrottleStats},
+    stats::{KeyStats, TenantStats, ThrottleStats},
     tenant::{Overload, Priority, Tenant, TenantPolicy},
 };

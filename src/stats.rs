@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::{Quota, QuotaKey, ThrottleConfig};
+use crate::{Quota, QuotaKey, Tenant, ThrottleConfig};
 
 /// A snapshot of the throttle, one entry per quota key used so far, from
 /// [`ThrottleConfig::stats`].
@@ -117,6 +117,41 @@ pub struct KeyStats {
     /// ([`Calibration::ratio`](crate::estimate::Calibration::ratio)); `None` for a key
     /// without a model.
     pub calibration_ratio: Option<f64>,
+    /// The key's counters per tenant, sorted by name, the default tenant last. Tenants
+    /// configured with [`tenant`](crate::ThrottleConfigBuilder::tenant) count by name;
+    /// every other tenant and every request without one count together under the default
+    /// tenant (`tenant: None`), as they share its policy and cap, so tenant names a caller
+    /// makes up never grow this list.
+    pub tenants: Vec<TenantStats>,
+}
+
+/// One tenant's counters at one quota key; part of [`KeyStats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TenantStats {
+    /// The tenant; `None` for the default tenant: requests without a tenant and tenants
+    /// without a policy of their own.
+    pub tenant: Option<Tenant>,
+    /// The tenant's attempts the gate admitted.
+    pub admitted: u64,
+    /// The tenant's attempts shed because a queue was full (the key's, or its cap's).
+    pub shed: u64,
+    /// The tenant's attempts that found no room within `max_wait`
+    /// ([`ThrottleError::MaxWaitExceeded`](crate::ThrottleError::MaxWaitExceeded)).
+    pub timed_out: u64,
+    /// The tenant's attempts waiting now, under its cap or at the key.
+    pub waiting: u64,
+    /// Quota tokens reserved at the tenant's admissions, summed.
+    pub tokens_reserved: u64,
+    /// Quota tokens charged by the tenant's reservations settled from reported usage.
+    pub tokens_settled: u64,
+}
+
+impl KeyStats {
+    /// The entry of `tenant` (`None`: the default tenant), if it has sent to this key.
+    pub fn tenant(&self, tenant: Option<&str>) -> Option<&TenantStats> {
+        (self.tenants.iter()).find(|t| t.tenant.as_ref().map(Tenant::as_str) == tenant)
+    }
 }
 
 pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
@@ -157,6 +192,7 @@ pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
                 input_tokens_estimated: t.input_estimated.load(Relaxed),
                 input_tokens_actual: t.input_actual.load(Relaxed),
                 calibration_ratio: t.key.model().map(|m| shared.calibration.ratio(m)),
+                tenants: tenants(&t),
                 key: t.key.clone(),
             }
         })
@@ -172,6 +208,23 @@ pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
         order(&a.key).cmp(&order(&b.key))
     });
     ThrottleStats { keys }
+}
+
+fn tenants(key: &crate::telemetry::KeyTelemetry) -> Vec<TenantStats> {
+    let mut tenants: Vec<TenantStats> = (key.tenants().iter())
+        .map(|t| TenantStats {
+            tenant: t.tenant.clone(),
+            admitted: t.admitted.load(Relaxed),
+            shed: t.shed.load(Relaxed),
+            timed_out: t.timed_out.load(Relaxed),
+            waiting: t.queued.load(Relaxed),
+            tokens_reserved: t.tokens_reserved.load(Relaxed),
+            tokens_settled: t.tokens_settled.load(Relaxed),
+        })
+        .collect();
+    // Named tenants by name, the default one last.
+    tenants.sort_by(|a, b| (a.tenant.is_none(), &a.tenant).cmp(&(b.tenant.is_none(), &b.tenant)));
+    tenants
 }
 
 #[cfg(test)]

@@ -317,7 +317,26 @@ pub(crate) struct KeyTelemetry {
     pub(crate) input_estimated: AtomicU64,
     pub(crate) input_actual: AtomicU64,
     pub(crate) queued: AtomicU64,
+    /// The key's counters per tenant (see [`TenantTelemetry`]).
+    tenants: Mutex<HashMap<Option<Tenant>, Arc<TenantTelemetry>>>,
     m: Handles,
+}
+
+/// One tenant's counters at one key, for [`stats`](crate::ThrottleConfig::stats).
+///
+/// Only tenants with a policy of their own have entries; every other tenant and every
+/// request without a tenant count under `None`, as they share the default policy and its
+/// cap ([`TenantSettings::cap`](crate::tenant::TenantSettings::cap)). So a header value
+/// chosen by a caller never brings a new entry.
+#[derive(Debug, Default)]
+pub(crate) struct TenantTelemetry {
+    pub(crate) tenant: Option<Tenant>,
+    pub(crate) admitted: AtomicU64,
+    pub(crate) shed: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) queued: AtomicU64,
+    pub(crate) tokens_reserved: AtomicU64,
+    pub(crate) tokens_settled: AtomicU64,
 }
 
 fn label(v: Option<&str>) -> SharedString {
@@ -378,8 +397,30 @@ impl KeyTelemetry {
             input_estimated: AtomicU64::new(0),
             input_actual: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            tenants: Mutex::default(),
             m,
         }
+    }
+
+    /// The counters of `tenant` at this key, created on first use. `tenant` must already be
+    /// folded: a tenant with a policy of its own, else `None`.
+    pub(crate) fn tenant(&self, tenant: Option<Tenant>) -> Arc<TenantTelemetry> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                Arc::new(TenantTelemetry {
+                    tenant,
+                    ..TenantTelemetry::default()
+                })
+            })
+            .clone()
+    }
+
+    /// The tenants seen at this key.
+    pub(crate) fn tenants(&self) -> Vec<Arc<TenantTelemetry>> {
+        let tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        tenants.values().cloned().collect()
     }
 
     /// An attempt was admitted with `tokens` reserved after waiting `wait`.
@@ -402,14 +443,16 @@ impl KeyTelemetry {
         }
     }
 
-    /// An attempt joined the key's queue; the guard leaves it.
-    pub(crate) fn queued(self: &Arc<Self>) -> QueueGuard {
+    /// An attempt of `tenant` joined the key's queue; the guard leaves it.
+    fn queued(self: &Arc<Self>, tenant: &Arc<TenantTelemetry>) -> QueueGuard {
         self.waited.fetch_add(1, Relaxed);
         self.queued.fetch_add(1, Relaxed);
+        tenant.queued.fetch_add(1, Relaxed);
         self.m.waited.increment(1);
         self.m.queue.increment(1.0);
         QueueGuard {
             key: self.clone(),
+            tenant: tenant.clone(),
             since: Instant::now(),
         }
     }
@@ -458,6 +501,7 @@ impl KeyTelemetry {
 #[derive(Debug)]
 pub(crate) struct QueueGuard {
     key: Arc<KeyTelemetry>,
+    tenant: Arc<TenantTelemetry>,
     since: Instant,
 }
 
@@ -471,16 +515,18 @@ impl QueueGuard {
 impl Drop for QueueGuard {
     fn drop(&mut self) {
         self.key.queued.fetch_sub(1, Relaxed);
+        self.tenant.queued.fetch_sub(1, Relaxed);
         self.key.m.queue.decrement(1.0);
     }
 }
 
-/// What a reservation reports when it settles: the request span, the key's counters and
-/// the estimated input.
+/// What a reservation reports when it settles: the request span, the key's counters, its
+/// tenant's there and the estimated input.
 #[derive(Debug)]
 pub(crate) struct ChargeTrace {
     pub(crate) span: Span,
     pub(crate) key: Arc<KeyTelemetry>,
+    pub(crate) tenant: Arc<TenantTelemetry>,
     pub(crate) input_estimate: Option<u64>,
     /// The period of the key's quota, to turn its rates into per-minute gauges.
     pub(crate) period: Duration,
@@ -492,9 +538,33 @@ impl ChargeTrace {
         self.key.rates(ledger.rates(), self.period);
     }
 
+    /// The attempt joined the key's queue (or its tenant's cap's); the guard leaves it.
+    pub(crate) fn queued(&self) -> QueueGuard {
+        self.key.queued(&self.tenant)
+    }
+
+    /// The attempt was admitted with `tokens` reserved after waiting `wait`.
+    pub(crate) fn admitted(&self, tokens: u64, wait: Duration) {
+        self.key.admitted(tokens, wait);
+        self.tenant.admitted.fetch_add(1, Relaxed);
+        self.tenant.tokens_reserved.fetch_add(tokens, Relaxed);
+    }
+
+    /// The attempt was shed: a queue was full.
+    pub(crate) fn shed(&self) {
+        self.key.shed();
+        self.tenant.shed.fetch_add(1, Relaxed);
+    }
+
+    /// The attempt found no room within `max_wait`.
+    pub(crate) fn timed_out(&self) {
+        self.tenant.timed_out.fetch_add(1, Relaxed);
+    }
+
     /// Settled from reported usage: `charge` quota tokens, `actual_input` input tokens.
     pub(crate) fn settled(&self, charge: u64, actual_input: u64) {
         self.span.record("settled_tokens", charge);
+        self.tenant.tokens_settled.fetch_add(charge, Relaxed);
         self.key
             .settled(charge, self.input_estimate.map(|e| (e, actual_input)));
     }

@@ -685,3 +685,84 @@ async fn a_timeout_names_the_tenant_and_the_limit_it_waited_for() {
     assert_eq!(by, RefusedBy::ModelQuota);
     assert!(message.contains("for tenant acme"), "{message}");
 }
+
+/// `stats()` counts per tenant: configured tenants by name, every other tenant together
+/// under the default one, so made-up names never add entries.
+#[tokio::test(start_paused = true)]
+async fn stats_count_admissions_sheds_timeouts_and_waiters_per_tenant() {
+    let upstream = Upstream::default();
+    let cfg = config()
+        .max_queued(1)
+        .max_wait(Duration::from_secs(5))
+        .tenant("gold", TenantPolicy::weight(3.0))
+        .build()
+        .unwrap();
+    let client = client(cfg.clone(), &upstream);
+    // The whole quota at once: the bucket is empty, and 1,000 tokens take 0.6 s to refill.
+    let whole = request(Some("gold"), Priority::Interactive, TPM);
+    client.clone().oneshot(whole).await.unwrap();
+    let send = |tenant: &'static str| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .oneshot(request(Some(tenant), Priority::Interactive, TOKENS))
+                .await
+        })
+    };
+    // gold queues; walk-in-a still finds its share of the places; walk-in-b finds the
+    // queue at twice its bound and is shed.
+    let gold = send("gold");
+    tokio::task::yield_now().await;
+    let a = send("walk-in-a");
+    tokio::task::yield_now().await;
+    let b = send("walk-in-b");
+    tokio::task::yield_now().await;
+    let shed = b.await.unwrap().unwrap_err();
+    assert!(matches!(
+        shed.downcast_ref::<ThrottleError>(),
+        Some(ThrottleError::Overloaded { .. })
+    ));
+    let stats = cfg.stats();
+    let key = &stats.keys[0];
+    let names: Vec<_> = key.tenants.iter().map(|t| t.tenant.clone()).collect();
+    assert_eq!(names, [Some(Tenant::new("gold")), None]);
+    let (g, other) = (key.tenant(Some("gold")).unwrap(), key.tenant(None).unwrap());
+    assert_eq!((g.admitted, g.waiting, g.shed), (1, 1, 0));
+    assert_eq!((other.admitted, other.waiting, other.shed), (0, 1, 1));
+    assert_eq!(key.queue_depth, 2);
+
+    gold.await.unwrap().unwrap();
+    a.await.unwrap().unwrap();
+    // Now a request the quota cannot refill within max_wait.
+    let too_big = request(Some("gold"), Priority::Interactive, TPM);
+    let timed_out = client.clone().oneshot(too_big).await.unwrap_err();
+    assert!(matches!(
+        timed_out.downcast_ref::<ThrottleError>(),
+        Some(ThrottleError::MaxWaitExceeded { .. })
+    ));
+
+    let stats = cfg.stats();
+    let key = &stats.keys[0];
+    let g = key.tenant(Some("gold")).unwrap();
+    assert_eq!((g.admitted, g.shed, g.timed_out, g.waiting), (2, 0, 1, 0));
+    assert_eq!(
+        (g.tokens_reserved, g.tokens_settled),
+        (TPM + TOKENS, TPM + TOKENS)
+    );
+    let other = key.tenant(None).unwrap();
+    assert_eq!((other.admitted, other.shed, other.timed_out), (1, 1, 0));
+    assert_eq!(
+        (other.tokens_reserved, other.tokens_settled),
+        (TOKENS, TOKENS)
+    );
+    // The tenants add up to the key.
+    let sum = |f: fn(&bedrock_throttle::TenantStats) -> u64| key.tenants.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|t| t.admitted), key.admitted);
+    assert_eq!(sum(|t| t.shed), key.shed);
+    assert_eq!(sum(|t| t.tokens_reserved), key.tokens_reserved);
+    assert_eq!(
+        key.tenants.len(),
+        2,
+        "walk-ins fold into the default tenant"
+    );
+}
