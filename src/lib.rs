@@ -90,6 +90,7 @@ mod ledger;
 mod quota;
 mod scope;
 mod stats;
+mod table;
 mod telemetry;
 
 #[cfg(feature = "aws-sdk")]

@@ -1,9 +1,12 @@
 //! [`ThrottleStats`]: a snapshot of every quota key, from
 //! [`ThrottleConfig::stats`](crate::ThrottleConfig::stats).
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::{fmt, sync::atomic::Ordering::Relaxed};
 
-use crate::{Quota, QuotaKey, Tenant, ThrottleConfig};
+use crate::{
+    table::{self, num},
+    Quota, QuotaKey, Tenant, ThrottleConfig,
+};
 
 /// A snapshot of the throttle, one entry per quota key used so far, from
 /// [`ThrottleConfig::stats`].
@@ -208,6 +211,114 @@ pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
         order(&a.key).cmp(&order(&b.key))
     });
     ThrottleStats { keys }
+}
+
+/// Tokens per minute of a quota.
+fn tpm(q: &Quota) -> u64 {
+    (q.tokens() as f64 * 60.0 / q.period().as_secs_f64()).round() as u64
+}
+
+/// `t` rounded, grouped by thousands; below zero while a key pays off usage.
+fn signed(t: f64) -> String {
+    let n = num(t.abs().round() as u64);
+    if t.round() < 0.0 {
+        format!("-{n}")
+    } else {
+        n
+    }
+}
+
+/// One table of the keys, then one of their tenants (when any key has a named tenant).
+fn write_keys(f: &mut fmt::Formatter<'_>, keys: &[KeyStats]) -> fmt::Result {
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), num);
+    let rows: Vec<[String; 13]> = (keys.iter())
+        .map(|k| {
+            [
+                k.key.to_string(),
+                opt(k.quota.as_ref().map(tpm)),
+                opt(k.effective.as_ref().map(tpm)),
+                k.tokens_available.map_or("-".to_owned(), signed),
+                num(k.queue_depth),
+                num(k.admitted),
+                num(k.waited),
+                num(k.shed),
+                num(k.throttled),
+                num(k.retried),
+                num(k.tokens_reserved),
+                num(k.tokens_settled),
+                k.calibration_ratio
+                    .map_or("-".to_owned(), |r| format!("{r:.2}")),
+            ]
+        })
+        .collect();
+    let header = [
+        "key",
+        "quota TPM",
+        "effective TPM",
+        "tokens now",
+        "waiting",
+        "admitted",
+        "waited",
+        "shed",
+        "throttled",
+        "retried",
+        "reserved",
+        "settled",
+        "calibration",
+    ];
+    table::write(f, header, &rows, 1)?;
+    if keys
+        .iter()
+        .all(|k| k.tenants.iter().all(|t| t.tenant.is_none()))
+    {
+        return Ok(());
+    }
+    writeln!(f)?;
+    let rows: Vec<[String; 8]> = (keys.iter())
+        .flat_map(|k| k.tenants.iter().map(move |t| (k, t)))
+        .map(|(k, t)| {
+            [
+                k.key.to_string(),
+                t.tenant
+                    .as_ref()
+                    .map_or(crate::telemetry::DEFAULT_TENANT_LABEL, Tenant::as_str)
+                    .to_owned(),
+                num(t.waiting),
+                num(t.admitted),
+                num(t.shed),
+                num(t.timed_out),
+                num(t.tokens_reserved),
+                num(t.tokens_settled),
+            ]
+        })
+        .collect();
+    let header = [
+        "key",
+        "tenant",
+        "waiting",
+        "admitted",
+        "shed",
+        "timed out",
+        "reserved",
+        "settled",
+    ];
+    table::write(f, header, &rows, 2)
+}
+
+/// A table with one row per key (the quota and effective rate in tokens per minute, the
+/// tokens the bucket holds now, the counters, the calibration ratio), then a table of the
+/// keys' tenants when any tenant is configured. Numbers are grouped by thousands.
+impl fmt::Display for ThrottleStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_keys(f, &self.keys)
+    }
+}
+
+/// The key's row of [`ThrottleStats`]' table, and its tenants'.
+impl fmt::Display for KeyStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_keys(f, std::slice::from_ref(self))
+    }
 }
 
 fn tenants(key: &crate::telemetry::KeyTelemetry) -> Vec<TenantStats> {

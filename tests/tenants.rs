@@ -765,4 +765,41 @@ async fn stats_count_admissions_sheds_timeouts_and_waiters_per_tenant() {
         2,
         "walk-ins fold into the default tenant"
     );
+
+    // The Display: a table of keys, then one of their tenants.
+    let text = stats.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let fields = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        fields(lines[0]),
+        "key quota TPM effective TPM tokens now waiting admitted waited shed throttled retried reserved settled calibration"
+            .split(' ')
+            .collect::<Vec<_>>()
+    );
+    let row = fields(lines[1]);
+    assert_eq!(
+        row[..5],
+        ["m", "in", "us-east-1", "100,000", "100,000"],
+        "quota and effective TPM, then the tokens the bucket holds now"
+    );
+    assert_eq!(
+        row[6..14],
+        ["0", "3", "3", "1", "0", "0", "102,000", "102,000"],
+        "{text}"
+    );
+    assert_eq!(
+        lines[3..],
+        [
+            "key             tenant     waiting  admitted  shed  timed out  reserved  settled",
+            "m in us-east-1  gold             0         2     0          1   101,000  101,000",
+            "m in us-east-1  (default)        0         1     1          0     1,000    1,000",
+        ],
+        "{text}"
+    );
+    // A key's own Display is its row and its tenants'.
+    assert_eq!(key.to_string(), text);
 }

@@ -3,7 +3,7 @@
 use std::{fmt, time::Duration};
 
 use super::{record::Summary, ThrottleKind};
-use crate::{Quota, QuotaKey, ThrottleConfig};
+use crate::{table::num, Quota, QuotaKey, ThrottleConfig};
 
 /// A quota-increase request asks for at least this multiple of the p95 demand per minute
 /// (and never less than the peak).
@@ -386,19 +386,6 @@ fn throttled(n: u64, what: &str) -> String {
     }
 }
 
-/// `1234567` as `1,234,567`.
-fn num(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 impl fmt::Display for CapacityReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let opt = |v: Option<u64>| v.map_or("-".to_owned(), num);
@@ -452,28 +439,7 @@ impl fmt::Display for CapacityReport {
                 ]
             })
             .collect();
-        let mut widths = header.map(str::len);
-        for row in &rows {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let line = |f: &mut fmt::Formatter<'_>, cells: &[&str]| -> fmt::Result {
-            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-                let sep = if i == 0 { "" } else { "  " };
-                if i < 2 {
-                    write!(f, "{sep}{c:<w$}")?;
-                } else {
-                    write!(f, "{sep}{c:>w$}")?;
-                }
-            }
-            writeln!(f)
-        };
-        line(f, &header)?;
-        for row in &rows {
-            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-            line(f, &cells)?;
-        }
+        crate::table::write(f, header, &rows, 2)?;
         for r in &self.rows {
             writeln!(f, "{}: {}", r.key, r.reasoning)?;
         }
