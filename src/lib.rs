@@ -89,6 +89,8 @@ mod layer;
 mod ledger;
 mod quota;
 mod scope;
+#[cfg(feature = "serde")]
+mod serialize;
 mod stats;
 mod table;
 mod telemetry;

@@ -15,6 +15,10 @@ use crate::{
 /// client built from it or its clones. They are the same numbers the `metrics` facade
 /// reports (see the README's "Observability"), readable without a recorder.
 ///
+/// Its `Display` is a table of the keys, then of their tenants; with the feature `serde`
+/// it implements `serde::Serialize` with its field names (a quota's period as
+/// `period_seconds`; see the README's "Stats").
+///
 /// ```
 /// use bedrock_throttle::{estimate::TokenEstimate, BedrockThrottleLayer, Quota, ThrottleConfig};
 /// use bytes::Bytes;
@@ -49,6 +53,7 @@ use crate::{
 /// assert_eq!(key.quota.unwrap().tokens(), 400_000);
 /// # Ok(()) }
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ThrottleStats {
@@ -64,6 +69,7 @@ impl ThrottleStats {
 }
 
 /// The state and counters of one quota key; part of [`ThrottleStats`].
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct KeyStats {
@@ -129,6 +135,7 @@ pub struct KeyStats {
 }
 
 /// One tenant's counters at one quota key; part of [`KeyStats`].
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TenantStats {

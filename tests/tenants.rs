@@ -802,4 +802,37 @@ async fn stats_count_admissions_sheds_timeouts_and_waiters_per_tenant() {
     );
     // A key's own Display is its row and its tenants'.
     assert_eq!(key.to_string(), text);
+
+    // For a /debug endpoint: the same numbers as JSON, and the capacity report's.
+    #[cfg(feature = "serde")]
+    {
+        let json = serde_json::to_value(&stats).unwrap();
+        let k = &json["keys"][0];
+        assert_eq!(k["key"]["model"], "m");
+        assert_eq!(k["key"]["region"], "us-east-1");
+        assert_eq!(k["quota"]["tokens"], TPM);
+        assert_eq!(k["quota"]["period_seconds"], 60.0);
+        assert_eq!(
+            (k["admitted"].as_u64(), k["shed"].as_u64()),
+            (Some(3), Some(1))
+        );
+        let tenants = k["tenants"].as_array().unwrap();
+        assert_eq!(tenants.len(), 2);
+        assert_eq!(tenants[0]["tenant"], "gold");
+        assert_eq!(tenants[0]["timed_out"], 1);
+        assert_eq!(tenants[0]["tokens_settled"], TPM + TOKENS);
+        assert!(tenants[1]["tenant"].is_null(), "the default tenant");
+        assert_eq!(tenants[1]["shed"], 1);
+
+        let report = serde_json::to_value(cfg.capacity_report()).unwrap();
+        let row = &report["rows"][0];
+        assert_eq!(row["key"]["model"], "m");
+        assert_eq!(row["quota"]["tokens"], TPM);
+        // Five requests asked for 203,000 tokens in the minute; 102,000 were granted.
+        assert_eq!(row["binding"], "tokens", "{row}");
+        assert_eq!(row["demand"]["peak_tokens"], 203_000);
+        assert_eq!(row["granted"]["peak_tokens"], 102_000);
+        assert_eq!(row["recommended_tpm"], 250_000);
+        assert!(row["recommended_rpm"].is_null());
+    }
 }

@@ -16,6 +16,7 @@ const NEAR: f64 = 0.8;
 /// quota tokens (input plus `max_tokens` × burndown, what Bedrock reserves at admission).
 /// A quota with another [`period`](Quota::with_period) is counted per period and scaled to
 /// a minute.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateStats {
@@ -51,6 +52,7 @@ fn p95(values: &[u64]) -> u64 {
 }
 
 /// Upstream throttles of one key by the limit they named.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ThrottleCounts {
@@ -91,7 +93,9 @@ impl ThrottleCounts {
 }
 
 /// The limit that holds a key back.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum BindingLimit {
     /// Neither: demand stayed below both quotas and upstream did not throttle.
@@ -117,6 +121,7 @@ impl fmt::Display for BindingLimit {
 
 /// One model's (quota key's) row of a [`CapacityReport`]. Rates are per minute, whatever
 /// the quota's period ([`Quota::with_period`]), since AWS grants quotas per minute.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ModelCapacity {
@@ -156,7 +161,10 @@ pub struct ModelCapacity {
 /// quota-increase request should ask for. From
 /// [`ThrottleConfig::capacity_report`]; see the [module docs](super) for an example.
 ///
-/// Its `Display` is a table followed by one line of reasoning per model.
+/// Its `Display` is a table followed by one line of reasoning per model. With the feature
+/// `serde` it implements `serde::Serialize` with its field names (a quota's period as
+/// `period_seconds`).
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct CapacityReport {
