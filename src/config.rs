@@ -278,6 +278,7 @@ impl ThrottleConfig {
 /// | `estimator` | [`HeuristicEstimator`] | the [`TokenEstimator`] |
 /// | `tenant_header` | none | request header naming the [`Tenant`] when the extensions do not |
 /// | `tenant`, `default_tenant` | weight 1, no cap | [`TenantPolicy`] of a tenant, of all others |
+/// | `tenant_metrics` | off | label per-request metrics with the (configured) `tenant` |
 /// | `max_queued` | [`DEFAULT_MAX_QUEUED`] (1,024) | waiting requests per key before [`Overload`] applies |
 /// | `max_keys` | [`DEFAULT_MAX_KEYS`] (1,024) | models without a quota of their own that hold state at once |
 /// | `overload` | [`Overload::Shed`] | shed at once, or back-pressure through `poll_ready` |
@@ -549,6 +550,17 @@ impl ThrottleConfigBuilder {
         self
     }
 
+    /// Labels the metrics of what each request does at a key (admitted, waited, shed,
+    /// tokens reserved and settled, wait seconds, queue depth) with its `tenant`: the name
+    /// of a tenant configured with [`tenant`](Self::tenant), else `(default)`, shared by
+    /// every other tenant and by requests without one. So the label has at most one value
+    /// more than the tenants configured, whatever names callers send. Off unless set: the
+    /// series are then per key only. The other metrics stay per key.
+    pub fn tenant_metrics(mut self, on: bool) -> Self {
+        self.tenants.metrics_label = on;
+        self
+    }
+
     /// Bounds the requests waiting in a key's queue: once `max` wait, what happens to the
     /// next is the [`overload`](Self::overload) policy. [`DEFAULT_MAX_QUEUED`] (1,024)
     /// unless set; `max_wait` also bounds how long each waits.
@@ -778,6 +790,7 @@ impl ThrottleConfigBuilder {
             throttle_recovery: self.throttle_recovery,
             headroom: self.headroom,
         };
+        let tenant_label = settings.tenants.metrics_label;
         Ok(ThrottleConfig {
             shared: Arc::new(Shared {
                 retry_budget: self.budget.map(RetryBudgetState::new),
@@ -790,7 +803,7 @@ impl ThrottleConfigBuilder {
                     .unwrap_or_else(|| Arc::new(HeuristicEstimator::default())),
                 calibration: Calibration::new(),
                 waiting_places,
-                telemetry: Telemetry::default(),
+                telemetry: Telemetry::new(tenant_label),
                 diagnosis: crate::diagnosis::Recorder::new(),
                 keys: KeyTable::new(self.max_keys),
             }),

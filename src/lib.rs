@@ -89,7 +89,10 @@ mod layer;
 mod ledger;
 mod quota;
 mod scope;
+#[cfg(feature = "serde")]
+mod serialize;
 mod stats;
+mod table;
 mod telemetry;
 
 #[cfg(feature = "aws-sdk")]
@@ -135,6 +138,6 @@ pub use self::{
     quota::{default_burndown, Quota, DISCOVER_START_TPM},
     scope::{ContextWindow, Scope},
     service_tier::ServiceTier,
-    stats::{KeyStats, ThrottleStats},
+    stats::{KeyStats, TenantStats, ThrottleStats},
     tenant::{Overload, Priority, Tenant, TenantPolicy},
 };

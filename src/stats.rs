@@ -1,9 +1,12 @@
 //! [`ThrottleStats`]: a snapshot of every quota key, from
 //! [`ThrottleConfig::stats`](crate::ThrottleConfig::stats).
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::{fmt, sync::atomic::Ordering::Relaxed};
 
-use crate::{Quota, QuotaKey, ThrottleConfig};
+use crate::{
+    table::{self, num},
+    Quota, QuotaKey, Tenant, ThrottleConfig,
+};
 
 /// A snapshot of the throttle, one entry per quota key used so far, from
 /// [`ThrottleConfig::stats`].
@@ -11,6 +14,10 @@ use crate::{Quota, QuotaKey, ThrottleConfig};
 /// The counters count since the configuration was built, over every layer and AWS SDK
 /// client built from it or its clones. They are the same numbers the `metrics` facade
 /// reports (see the README's "Observability"), readable without a recorder.
+///
+/// Its `Display` is a table of the keys, then of their tenants; with the feature `serde`
+/// it implements `serde::Serialize` with its field names (a quota's period as
+/// `period_seconds`; see the README's "Stats").
 ///
 /// ```
 /// use bedrock_throttle::{estimate::TokenEstimate, BedrockThrottleLayer, Quota, ThrottleConfig};
@@ -46,6 +53,7 @@ use crate::{Quota, QuotaKey, ThrottleConfig};
 /// assert_eq!(key.quota.unwrap().tokens(), 400_000);
 /// # Ok(()) }
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ThrottleStats {
@@ -61,6 +69,7 @@ impl ThrottleStats {
 }
 
 /// The state and counters of one quota key; part of [`ThrottleStats`].
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct KeyStats {
@@ -117,6 +126,42 @@ pub struct KeyStats {
     /// ([`Calibration::ratio`](crate::estimate::Calibration::ratio)); `None` for a key
     /// without a model.
     pub calibration_ratio: Option<f64>,
+    /// The key's counters per tenant, sorted by name, the default tenant last. Tenants
+    /// configured with [`tenant`](crate::ThrottleConfigBuilder::tenant) count by name;
+    /// every other tenant and every request without one count together under the default
+    /// tenant (`tenant: None`), as they share its policy and cap, so tenant names a caller
+    /// makes up never grow this list.
+    pub tenants: Vec<TenantStats>,
+}
+
+/// One tenant's counters at one quota key; part of [`KeyStats`].
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TenantStats {
+    /// The tenant; `None` for the default tenant: requests without a tenant and tenants
+    /// without a policy of their own.
+    pub tenant: Option<Tenant>,
+    /// The tenant's attempts the gate admitted.
+    pub admitted: u64,
+    /// The tenant's attempts shed because a queue was full (the key's, or its cap's).
+    pub shed: u64,
+    /// The tenant's attempts that found no room within `max_wait`
+    /// ([`ThrottleError::MaxWaitExceeded`](crate::ThrottleError::MaxWaitExceeded)).
+    pub timed_out: u64,
+    /// The tenant's attempts waiting now, under its cap or at the key.
+    pub waiting: u64,
+    /// Quota tokens reserved at the tenant's admissions, summed.
+    pub tokens_reserved: u64,
+    /// Quota tokens charged by the tenant's reservations settled from reported usage.
+    pub tokens_settled: u64,
+}
+
+impl KeyStats {
+    /// The entry of `tenant` (`None`: the default tenant), if it has sent to this key.
+    pub fn tenant(&self, tenant: Option<&str>) -> Option<&TenantStats> {
+        (self.tenants.iter()).find(|t| t.tenant.as_ref().map(Tenant::as_str) == tenant)
+    }
 }
 
 pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
@@ -157,6 +202,7 @@ pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
                 input_tokens_estimated: t.input_estimated.load(Relaxed),
                 input_tokens_actual: t.input_actual.load(Relaxed),
                 calibration_ratio: t.key.model().map(|m| shared.calibration.ratio(m)),
+                tenants: tenants(&t),
                 key: t.key.clone(),
             }
         })
@@ -172,6 +218,131 @@ pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
         order(&a.key).cmp(&order(&b.key))
     });
     ThrottleStats { keys }
+}
+
+/// Tokens per minute of a quota.
+fn tpm(q: &Quota) -> u64 {
+    (q.tokens() as f64 * 60.0 / q.period().as_secs_f64()).round() as u64
+}
+
+/// `t` rounded, grouped by thousands; below zero while a key pays off usage.
+fn signed(t: f64) -> String {
+    let n = num(t.abs().round() as u64);
+    if t.round() < 0.0 {
+        format!("-{n}")
+    } else {
+        n
+    }
+}
+
+/// One table of the keys, then one of their tenants (when any key has a named tenant).
+fn write_keys(f: &mut fmt::Formatter<'_>, keys: &[KeyStats]) -> fmt::Result {
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), num);
+    let rows: Vec<[String; 13]> = (keys.iter())
+        .map(|k| {
+            [
+                k.key.to_string(),
+                opt(k.quota.as_ref().map(tpm)),
+                opt(k.effective.as_ref().map(tpm)),
+                k.tokens_available.map_or("-".to_owned(), signed),
+                num(k.queue_depth),
+                num(k.admitted),
+                num(k.waited),
+                num(k.shed),
+                num(k.throttled),
+                num(k.retried),
+                num(k.tokens_reserved),
+                num(k.tokens_settled),
+                k.calibration_ratio
+                    .map_or("-".to_owned(), |r| format!("{r:.2}")),
+            ]
+        })
+        .collect();
+    let header = [
+        "key",
+        "quota TPM",
+        "effective TPM",
+        "tokens now",
+        "waiting",
+        "admitted",
+        "waited",
+        "shed",
+        "throttled",
+        "retried",
+        "reserved",
+        "settled",
+        "calibration",
+    ];
+    table::write(f, header, &rows, 1)?;
+    if keys
+        .iter()
+        .all(|k| k.tenants.iter().all(|t| t.tenant.is_none()))
+    {
+        return Ok(());
+    }
+    writeln!(f)?;
+    let rows: Vec<[String; 8]> = (keys.iter())
+        .flat_map(|k| k.tenants.iter().map(move |t| (k, t)))
+        .map(|(k, t)| {
+            [
+                k.key.to_string(),
+                t.tenant
+                    .as_ref()
+                    .map_or(crate::telemetry::DEFAULT_TENANT_LABEL, Tenant::as_str)
+                    .to_owned(),
+                num(t.waiting),
+                num(t.admitted),
+                num(t.shed),
+                num(t.timed_out),
+                num(t.tokens_reserved),
+                num(t.tokens_settled),
+            ]
+        })
+        .collect();
+    let header = [
+        "key",
+        "tenant",
+        "waiting",
+        "admitted",
+        "shed",
+        "timed out",
+        "reserved",
+        "settled",
+    ];
+    table::write(f, header, &rows, 2)
+}
+
+/// A table with one row per key (the quota and effective rate in tokens per minute, the
+/// tokens the bucket holds now, the counters, the calibration ratio), then a table of the
+/// keys' tenants when any tenant is configured. Numbers are grouped by thousands.
+impl fmt::Display for ThrottleStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_keys(f, &self.keys)
+    }
+}
+
+/// The key's row of [`ThrottleStats`]' table, and its tenants'.
+impl fmt::Display for KeyStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_keys(f, std::slice::from_ref(self))
+    }
+}
+
+fn tenants(key: &crate::telemetry::KeyTelemetry) -> Vec<TenantStats> {
+    let mut tenants: Vec<TenantStats> = (key.tenants().iter())
+        .map(|t| TenantStats {
+            tenant: t.tenant.clone(),
+            admitted: t.admitted.load(Relaxed),
+            shed: t.shed.load(Relaxed),
+            timed_out: t.timed_out.load(Relaxed),
+            waiting: t.queued.load(Relaxed),
+            tokens_reserved: t.tokens_reserved.load(Relaxed),
+            tokens_settled: t.tokens_settled.load(Relaxed),
+        })
+        .collect();
+    // Named tenants by name, the default one last.
+    tenants.sort_by(|a, b| (a.tenant.is_none(), &a.tenant).cmp(&(b.tenant.is_none(), &b.tenant)));
+    tenants
 }
 
 #[cfg(test)]

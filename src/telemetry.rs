@@ -244,9 +244,19 @@ impl Trace {
 #[derive(Debug, Default)]
 pub(crate) struct Telemetry {
     keys: Mutex<HashMap<QuotaKey, Arc<KeyTelemetry>>>,
+    /// Whether the per-tenant series carry a `tenant` label.
+    tenant_label: bool,
 }
 
 impl Telemetry {
+    /// Telemetry whose per-tenant series carry a `tenant` label when `tenant_label`.
+    pub(crate) fn new(tenant_label: bool) -> Self {
+        Self {
+            keys: Mutex::default(),
+            tenant_label,
+        }
+    }
+
     fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<QuotaKey, Arc<KeyTelemetry>>> {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -258,7 +268,7 @@ impl Telemetry {
         if let Some(k) = keys.get(key) {
             return k.clone();
         }
-        let k = Arc::new(KeyTelemetry::new(key.clone()));
+        let k = Arc::new(KeyTelemetry::new(key.clone(), self.tenant_label));
         keys.insert(key.clone(), k.clone());
         k
     }
@@ -283,22 +293,47 @@ impl Telemetry {
 /// Metric handles of one key, registered once with the recorder installed at that time.
 #[derive(Debug)]
 struct Handles {
-    admitted: Counter,
-    waited: Counter,
     /// Per [`ThrottleKind`], in the order of [`ThrottleKind::ALL`], labelled `kind`.
     throttled: [Counter; 4],
     retried: Counter,
-    shed: Counter,
-    tokens_reserved: Counter,
-    tokens_settled: Counter,
     input_estimated: Counter,
     input_actual: Counter,
-    wait: Histogram,
-    queue: Gauge,
     tpm: Gauge,
     /// Registered only for a key with a request quota.
     rpm: OnceLock<Gauge>,
     labels: Vec<(&'static str, SharedString)>,
+}
+
+/// The `tenant` label's value for the default tenant: requests without a tenant and
+/// tenants without a policy of their own.
+pub(crate) const DEFAULT_TENANT_LABEL: &str = "(default)";
+
+/// Metric handles of what each attempt does at a key, registered per tenant: labelled
+/// `tenant` with [`ThrottleConfigBuilder::tenant_metrics`](crate::ThrottleConfigBuilder::tenant_metrics),
+/// else the same series for every tenant of the key.
+#[derive(Debug)]
+struct AttemptHandles {
+    admitted: Counter,
+    waited: Counter,
+    shed: Counter,
+    tokens_reserved: Counter,
+    tokens_settled: Counter,
+    wait: Histogram,
+    queue: Gauge,
+}
+
+impl AttemptHandles {
+    fn new(labels: &[(&'static str, SharedString)]) -> Self {
+        Self {
+            admitted: metrics::counter!(names::ADMITTED, labels),
+            waited: metrics::counter!(names::WAITED, labels),
+            shed: metrics::counter!(names::SHED, labels),
+            tokens_reserved: metrics::counter!(names::TOKENS_RESERVED, labels),
+            tokens_settled: metrics::counter!(names::TOKENS_SETTLED, labels),
+            wait: metrics::histogram!(names::WAIT_SECONDS, labels),
+            queue: metrics::gauge!(names::QUEUE_DEPTH, labels),
+        }
+    }
 }
 
 /// One key's counters: plain atomics for [`stats`](crate::ThrottleConfig::stats), mirrored
@@ -318,7 +353,29 @@ pub(crate) struct KeyTelemetry {
     pub(crate) input_estimated: AtomicU64,
     pub(crate) input_actual: AtomicU64,
     pub(crate) queued: AtomicU64,
+    /// The key's counters per tenant (see [`TenantTelemetry`]).
+    tenants: Mutex<HashMap<Option<Tenant>, Arc<TenantTelemetry>>>,
+    /// Whether the tenants' series carry a `tenant` label.
+    tenant_label: bool,
     m: Handles,
+}
+
+/// One tenant's counters at one key, for [`stats`](crate::ThrottleConfig::stats).
+///
+/// Only tenants with a policy of their own have entries; every other tenant and every
+/// request without a tenant count under `None`, as they share the default policy and its
+/// cap ([`TenantSettings::cap`](crate::tenant::TenantSettings::cap)). So a header value
+/// chosen by a caller never brings a new entry.
+#[derive(Debug)]
+pub(crate) struct TenantTelemetry {
+    pub(crate) tenant: Option<Tenant>,
+    pub(crate) admitted: AtomicU64,
+    pub(crate) shed: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) queued: AtomicU64,
+    pub(crate) tokens_reserved: AtomicU64,
+    pub(crate) tokens_settled: AtomicU64,
+    m: AttemptHandles,
 }
 
 fn label(v: Option<&str>) -> SharedString {
@@ -326,7 +383,7 @@ fn label(v: Option<&str>) -> SharedString {
 }
 
 impl KeyTelemetry {
-    fn new(key: QuotaKey) -> Self {
+    fn new(key: QuotaKey, tenant_label: bool) -> Self {
         let mut labels = vec![
             ("model", label(key.model())),
             ("region", label(key.region())),
@@ -347,21 +404,14 @@ impl KeyTelemetry {
                 .collect::<Vec<_>>()
         };
         let m = Handles {
-            admitted: metrics::counter!(names::ADMITTED, &l()),
-            waited: metrics::counter!(names::WAITED, &l()),
             throttled: ThrottleKind::ALL.map(|kind| {
                 let mut labels = l();
                 labels.push(("kind", SharedString::const_str(kind.as_str())));
                 metrics::counter!(names::THROTTLED, &labels)
             }),
             retried: metrics::counter!(names::RETRIED, &l()),
-            shed: metrics::counter!(names::SHED, &l()),
-            tokens_reserved: metrics::counter!(names::TOKENS_RESERVED, &l()),
-            tokens_settled: metrics::counter!(names::TOKENS_SETTLED, &l()),
             input_estimated: metrics::counter!(names::INPUT_ESTIMATED, &l()),
             input_actual: metrics::counter!(names::INPUT_ACTUAL, &l()),
-            wait: metrics::histogram!(names::WAIT_SECONDS, &l()),
-            queue: metrics::gauge!(names::QUEUE_DEPTH, &l()),
             tpm: metrics::gauge!(names::EFFECTIVE_TPM, &l()),
             rpm: OnceLock::new(),
             labels: l(),
@@ -379,17 +429,53 @@ impl KeyTelemetry {
             input_estimated: AtomicU64::new(0),
             input_actual: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            tenants: Mutex::default(),
+            tenant_label,
             m,
         }
     }
 
-    /// An attempt was admitted with `tokens` reserved after waiting `wait`.
-    pub(crate) fn admitted(&self, tokens: u64, wait: Duration) {
+    /// The counters of `tenant` at this key, created on first use. `tenant` must already be
+    /// folded: a tenant with a policy of its own, else `None`.
+    pub(crate) fn tenant(&self, tenant: Option<Tenant>) -> Arc<TenantTelemetry> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                let mut labels = self.m.labels.clone();
+                if self.tenant_label {
+                    let name = tenant.as_ref().map_or(DEFAULT_TENANT_LABEL, Tenant::as_str);
+                    labels.push(("tenant", SharedString::from(name.to_owned())));
+                }
+                Arc::new(TenantTelemetry {
+                    tenant,
+                    admitted: AtomicU64::new(0),
+                    shed: AtomicU64::new(0),
+                    timed_out: AtomicU64::new(0),
+                    queued: AtomicU64::new(0),
+                    tokens_reserved: AtomicU64::new(0),
+                    tokens_settled: AtomicU64::new(0),
+                    m: AttemptHandles::new(&labels),
+                })
+            })
+            .clone()
+    }
+
+    /// The tenants seen at this key.
+    pub(crate) fn tenants(&self) -> Vec<Arc<TenantTelemetry>> {
+        let tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        tenants.values().cloned().collect()
+    }
+
+    /// An attempt of `tenant` was admitted with `tokens` reserved after waiting `wait`.
+    fn admitted(&self, tenant: &TenantTelemetry, tokens: u64, wait: Duration) {
         self.admitted.fetch_add(1, Relaxed);
         self.tokens_reserved.fetch_add(tokens, Relaxed);
-        self.m.admitted.increment(1);
-        self.m.tokens_reserved.increment(tokens);
-        self.m.wait.record(wait.as_secs_f64());
+        tenant.admitted.fetch_add(1, Relaxed);
+        tenant.tokens_reserved.fetch_add(tokens, Relaxed);
+        tenant.m.admitted.increment(1);
+        tenant.m.tokens_reserved.increment(tokens);
+        tenant.m.wait.record(wait.as_secs_f64());
     }
 
     /// The current rates per period of the key's quota, as per-minute gauges.
@@ -403,14 +489,16 @@ impl KeyTelemetry {
         }
     }
 
-    /// An attempt joined the key's queue; the guard leaves it.
-    pub(crate) fn queued(self: &Arc<Self>) -> QueueGuard {
+    /// An attempt of `tenant` joined the key's queue; the guard leaves it.
+    fn queued(self: &Arc<Self>, tenant: &Arc<TenantTelemetry>) -> QueueGuard {
         self.waited.fetch_add(1, Relaxed);
         self.queued.fetch_add(1, Relaxed);
-        self.m.waited.increment(1);
-        self.m.queue.increment(1.0);
+        tenant.queued.fetch_add(1, Relaxed);
+        tenant.m.waited.increment(1);
+        tenant.m.queue.increment(1.0);
         QueueGuard {
             key: self.clone(),
+            tenant: tenant.clone(),
             since: Instant::now(),
         }
     }
@@ -429,10 +517,11 @@ impl KeyTelemetry {
         self.m.retried.increment(1);
     }
 
-    /// An attempt was shed: the key's queue was full.
-    pub(crate) fn shed(&self) {
+    /// An attempt of `tenant` was shed: a queue was full.
+    fn shed(&self, tenant: &TenantTelemetry) {
         self.shed.fetch_add(1, Relaxed);
-        self.m.shed.increment(1);
+        tenant.shed.fetch_add(1, Relaxed);
+        tenant.m.shed.increment(1);
     }
 
     /// Upstream reported usage beyond any plausible charge, which was clamped. Rare, so its
@@ -441,11 +530,12 @@ impl KeyTelemetry {
         metrics::counter!(names::USAGE_CLAMPED, &self.m.labels).increment(1);
     }
 
-    /// A reservation settled to `charge` quota tokens from reported usage;
+    /// A reservation of `tenant` settled to `charge` quota tokens from reported usage;
     /// `input` = (estimated, actual) input tokens when both are known.
-    pub(crate) fn settled(&self, charge: u64, input: Option<(u64, u64)>) {
+    fn settled(&self, tenant: &TenantTelemetry, charge: u64, input: Option<(u64, u64)>) {
         self.tokens_settled.fetch_add(charge, Relaxed);
-        self.m.tokens_settled.increment(charge);
+        tenant.tokens_settled.fetch_add(charge, Relaxed);
+        tenant.m.tokens_settled.increment(charge);
         if let Some((estimated, actual)) = input {
             self.input_estimated.fetch_add(estimated, Relaxed);
             self.input_actual.fetch_add(actual, Relaxed);
@@ -459,6 +549,7 @@ impl KeyTelemetry {
 #[derive(Debug)]
 pub(crate) struct QueueGuard {
     key: Arc<KeyTelemetry>,
+    tenant: Arc<TenantTelemetry>,
     since: Instant,
 }
 
@@ -472,16 +563,18 @@ impl QueueGuard {
 impl Drop for QueueGuard {
     fn drop(&mut self) {
         self.key.queued.fetch_sub(1, Relaxed);
-        self.key.m.queue.decrement(1.0);
+        self.tenant.queued.fetch_sub(1, Relaxed);
+        self.tenant.m.queue.decrement(1.0);
     }
 }
 
-/// What a reservation reports when it settles: the request span, the key's counters and
-/// the estimated input.
+/// What a reservation reports when it settles: the request span, the key's counters, its
+/// tenant's there and the estimated input.
 #[derive(Debug)]
 pub(crate) struct ChargeTrace {
     pub(crate) span: Span,
     pub(crate) key: Arc<KeyTelemetry>,
+    pub(crate) tenant: Arc<TenantTelemetry>,
     pub(crate) input_estimate: Option<u64>,
     /// The period of the key's quota, to turn its rates into per-minute gauges.
     pub(crate) period: Duration,
@@ -493,11 +586,31 @@ impl ChargeTrace {
         self.key.rates(ledger.rates(), self.period);
     }
 
+    /// The attempt joined the key's queue (or its tenant's cap's); the guard leaves it.
+    pub(crate) fn queued(&self) -> QueueGuard {
+        self.key.queued(&self.tenant)
+    }
+
+    /// The attempt was admitted with `tokens` reserved after waiting `wait`.
+    pub(crate) fn admitted(&self, tokens: u64, wait: Duration) {
+        self.key.admitted(&self.tenant, tokens, wait);
+    }
+
+    /// The attempt was shed: a queue was full.
+    pub(crate) fn shed(&self) {
+        self.key.shed(&self.tenant);
+    }
+
+    /// The attempt found no room within `max_wait`.
+    pub(crate) fn timed_out(&self) {
+        self.tenant.timed_out.fetch_add(1, Relaxed);
+    }
+
     /// Settled from reported usage: `charge` quota tokens, `actual_input` input tokens.
     pub(crate) fn settled(&self, charge: u64, actual_input: u64) {
         self.span.record("settled_tokens", charge);
-        self.key
-            .settled(charge, self.input_estimate.map(|e| (e, actual_input)));
+        let input = self.input_estimate.map(|e| (e, actual_input));
+        self.key.settled(&self.tenant, charge, input);
     }
 
     /// Upstream throttled: with a 429 before running (`in_stream` false) or with a
@@ -546,11 +659,11 @@ mod tests {
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
             let on_demand = QuotaKey::new(Some("m"), Some("us-east-1"));
-            super::KeyTelemetry::new(on_demand.clone())
+            (super::KeyTelemetry::new(on_demand.clone(), false).tenant(None))
                 .m
                 .admitted
                 .increment(1);
-            super::KeyTelemetry::new(on_demand.reserved())
+            (super::KeyTelemetry::new(on_demand.reserved(), false).tenant(None))
                 .m
                 .admitted
                 .increment(2);
@@ -753,5 +866,79 @@ mod tests {
             k.tokens_settled, 0,
             "no usage reported: kept whole, not settled"
         );
+    }
+
+    /// With `tenant_metrics`, the per-request series carry `tenant`: configured tenants by
+    /// name, every other name and requests without a tenant as one `(default)` value.
+    #[test]
+    fn the_tenant_label_names_configured_tenants_and_folds_the_rest() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let cfg = ThrottleConfig::builder()
+            .quota(Quota::tokens_per_minute(100_000))
+            .tenant("gold", crate::TenantPolicy::weight(3.0))
+            .tenant_metrics(true)
+            .build()
+            .unwrap();
+        let upstream = service_fn(|_req: http::Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("x-amzn-bedrock-input-token-count", "250")
+                    .header("x-amzn-bedrock-output-token-count", "50")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+        });
+        metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let svc = BedrockThrottleLayer::new(cfg.clone()).layer(upstream);
+                let tenants = [Some("gold"), Some("walk-in-1"), Some("walk-in-2"), None];
+                for tenant in tenants {
+                    let mut req = request();
+                    if let Some(t) = tenant {
+                        req.extensions_mut().insert(crate::Tenant::new(t));
+                    }
+                    let resp = svc.clone().oneshot(req).await.unwrap();
+                    resp.into_body().collect().await.unwrap();
+                }
+            })
+        });
+        // One snapshot: the debugging recorder hands out counters' increments since the last.
+        let snapshot = snapshotter.snapshot().into_vec();
+        let series = |name: &str| {
+            let mut found: Vec<(Option<String>, u64)> = (snapshot.iter())
+                .filter(|(k, ..)| k.key().name() == name)
+                .map(|(k, _, _, v)| {
+                    let tenant = k.key().labels().find(|l| l.key() == "tenant");
+                    let DebugValue::Counter(n) = v else {
+                        panic!("{name} is a counter")
+                    };
+                    (tenant.map(|l| l.value().to_owned()), *n)
+                })
+                .collect();
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            found
+        };
+        assert_eq!(
+            series(names::ADMITTED),
+            [
+                (Some("(default)".to_owned()), 3),
+                (Some("gold".to_owned()), 1),
+            ]
+        );
+        assert_eq!(
+            series(names::TOKENS_SETTLED),
+            [
+                (Some("(default)".to_owned()), 900),
+                (Some("gold".to_owned()), 300),
+            ]
+        );
+        // The key's own series stay per key.
+        assert_eq!(series(names::INPUT_ACTUAL), [(None, 1_000)]);
     }
 }

@@ -165,6 +165,8 @@ pub(crate) struct TenantSettings {
     pub(crate) default_policy: TenantPolicy,
     pub(crate) max_queued: Option<usize>,
     pub(crate) overload: Overload,
+    /// Whether per-tenant metric series carry a `tenant` label.
+    pub(crate) metrics_label: bool,
 }
 
 impl TenantSettings {

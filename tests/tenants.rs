@@ -685,3 +685,154 @@ async fn a_timeout_names_the_tenant_and_the_limit_it_waited_for() {
     assert_eq!(by, RefusedBy::ModelQuota);
     assert!(message.contains("for tenant acme"), "{message}");
 }
+
+/// `stats()` counts per tenant: configured tenants by name, every other tenant together
+/// under the default one, so made-up names never add entries.
+#[tokio::test(start_paused = true)]
+async fn stats_count_admissions_sheds_timeouts_and_waiters_per_tenant() {
+    let upstream = Upstream::default();
+    let cfg = config()
+        .max_queued(1)
+        .max_wait(Duration::from_secs(5))
+        .tenant("gold", TenantPolicy::weight(3.0))
+        .build()
+        .unwrap();
+    let client = client(cfg.clone(), &upstream);
+    // The whole quota at once: the bucket is empty, and 1,000 tokens take 0.6 s to refill.
+    let whole = request(Some("gold"), Priority::Interactive, TPM);
+    client.clone().oneshot(whole).await.unwrap();
+    let send = |tenant: &'static str| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .oneshot(request(Some(tenant), Priority::Interactive, TOKENS))
+                .await
+        })
+    };
+    // gold queues; walk-in-a still finds its share of the places; walk-in-b finds the
+    // queue at twice its bound and is shed.
+    let gold = send("gold");
+    tokio::task::yield_now().await;
+    let a = send("walk-in-a");
+    tokio::task::yield_now().await;
+    let b = send("walk-in-b");
+    tokio::task::yield_now().await;
+    let shed = b.await.unwrap().unwrap_err();
+    assert!(matches!(
+        shed.downcast_ref::<ThrottleError>(),
+        Some(ThrottleError::Overloaded { .. })
+    ));
+    let stats = cfg.stats();
+    let key = &stats.keys[0];
+    let names: Vec<_> = key.tenants.iter().map(|t| t.tenant.clone()).collect();
+    assert_eq!(names, [Some(Tenant::new("gold")), None]);
+    let (g, other) = (key.tenant(Some("gold")).unwrap(), key.tenant(None).unwrap());
+    assert_eq!((g.admitted, g.waiting, g.shed), (1, 1, 0));
+    assert_eq!((other.admitted, other.waiting, other.shed), (0, 1, 1));
+    assert_eq!(key.queue_depth, 2);
+
+    gold.await.unwrap().unwrap();
+    a.await.unwrap().unwrap();
+    // Now a request the quota cannot refill within max_wait.
+    let too_big = request(Some("gold"), Priority::Interactive, TPM);
+    let timed_out = client.clone().oneshot(too_big).await.unwrap_err();
+    assert!(matches!(
+        timed_out.downcast_ref::<ThrottleError>(),
+        Some(ThrottleError::MaxWaitExceeded { .. })
+    ));
+
+    let stats = cfg.stats();
+    let key = &stats.keys[0];
+    let g = key.tenant(Some("gold")).unwrap();
+    assert_eq!((g.admitted, g.shed, g.timed_out, g.waiting), (2, 0, 1, 0));
+    assert_eq!(
+        (g.tokens_reserved, g.tokens_settled),
+        (TPM + TOKENS, TPM + TOKENS)
+    );
+    let other = key.tenant(None).unwrap();
+    assert_eq!((other.admitted, other.shed, other.timed_out), (1, 1, 0));
+    assert_eq!(
+        (other.tokens_reserved, other.tokens_settled),
+        (TOKENS, TOKENS)
+    );
+    // The tenants add up to the key.
+    let sum = |f: fn(&bedrock_throttle::TenantStats) -> u64| key.tenants.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|t| t.admitted), key.admitted);
+    assert_eq!(sum(|t| t.shed), key.shed);
+    assert_eq!(sum(|t| t.tokens_reserved), key.tokens_reserved);
+    assert_eq!(
+        key.tenants.len(),
+        2,
+        "walk-ins fold into the default tenant"
+    );
+
+    // The Display: a table of keys, then one of their tenants.
+    let text = stats.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let fields = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        fields(lines[0]),
+        "key quota TPM effective TPM tokens now waiting admitted waited shed throttled retried reserved settled calibration"
+            .split(' ')
+            .collect::<Vec<_>>()
+    );
+    let row = fields(lines[1]);
+    assert_eq!(
+        row[..5],
+        ["m", "in", "us-east-1", "100,000", "100,000"],
+        "quota and effective TPM, then the tokens the bucket holds now"
+    );
+    assert_eq!(
+        row[6..14],
+        ["0", "3", "3", "1", "0", "0", "102,000", "102,000"],
+        "{text}"
+    );
+    assert_eq!(
+        lines[3..],
+        [
+            "key             tenant     waiting  admitted  shed  timed out  reserved  settled",
+            "m in us-east-1  gold             0         2     0          1   101,000  101,000",
+            "m in us-east-1  (default)        0         1     1          0     1,000    1,000",
+        ],
+        "{text}"
+    );
+    // A key's own Display is its row and its tenants'.
+    assert_eq!(key.to_string(), text);
+
+    // For a /debug endpoint: the same numbers as JSON, and the capacity report's.
+    #[cfg(feature = "serde")]
+    {
+        let json = serde_json::to_value(&stats).unwrap();
+        let k = &json["keys"][0];
+        assert_eq!(k["key"]["model"], "m");
+        assert_eq!(k["key"]["region"], "us-east-1");
+        assert_eq!(k["quota"]["tokens"], TPM);
+        assert_eq!(k["quota"]["period_seconds"], 60.0);
+        assert_eq!(
+            (k["admitted"].as_u64(), k["shed"].as_u64()),
+            (Some(3), Some(1))
+        );
+        let tenants = k["tenants"].as_array().unwrap();
+        assert_eq!(tenants.len(), 2);
+        assert_eq!(tenants[0]["tenant"], "gold");
+        assert_eq!(tenants[0]["timed_out"], 1);
+        assert_eq!(tenants[0]["tokens_settled"], TPM + TOKENS);
+        assert!(tenants[1]["tenant"].is_null(), "the default tenant");
+        assert_eq!(tenants[1]["shed"], 1);
+
+        let report = serde_json::to_value(cfg.capacity_report()).unwrap();
+        let row = &report["rows"][0];
+        assert_eq!(row["key"]["model"], "m");
+        assert_eq!(row["quota"]["tokens"], TPM);
+        // Five requests asked for 203,000 tokens in the minute; 102,000 were granted.
+        assert_eq!(row["binding"], "tokens", "{row}");
+        assert_eq!(row["demand"]["peak_tokens"], 203_000);
+        assert_eq!(row["granted"]["peak_tokens"], 102_000);
+        assert_eq!(row["recommended_tpm"], 250_000);
+        assert!(row["recommended_rpm"].is_null());
+    }
+}

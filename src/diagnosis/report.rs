@@ -3,7 +3,7 @@
 use std::{fmt, time::Duration};
 
 use super::{record::Summary, ThrottleKind};
-use crate::{Quota, QuotaKey, ThrottleConfig};
+use crate::{table::num, Quota, QuotaKey, ThrottleConfig};
 
 /// A quota-increase request asks for at least this multiple of the p95 demand per minute
 /// (and never less than the peak).
@@ -16,6 +16,7 @@ const NEAR: f64 = 0.8;
 /// quota tokens (input plus `max_tokens` × burndown, what Bedrock reserves at admission).
 /// A quota with another [`period`](Quota::with_period) is counted per period and scaled to
 /// a minute.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateStats {
@@ -51,6 +52,7 @@ fn p95(values: &[u64]) -> u64 {
 }
 
 /// Upstream throttles of one key by the limit they named.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ThrottleCounts {
@@ -91,7 +93,9 @@ impl ThrottleCounts {
 }
 
 /// The limit that holds a key back.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum BindingLimit {
     /// Neither: demand stayed below both quotas and upstream did not throttle.
@@ -117,6 +121,7 @@ impl fmt::Display for BindingLimit {
 
 /// One model's (quota key's) row of a [`CapacityReport`]. Rates are per minute, whatever
 /// the quota's period ([`Quota::with_period`]), since AWS grants quotas per minute.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ModelCapacity {
@@ -156,7 +161,10 @@ pub struct ModelCapacity {
 /// quota-increase request should ask for. From
 /// [`ThrottleConfig::capacity_report`]; see the [module docs](super) for an example.
 ///
-/// Its `Display` is a table followed by one line of reasoning per model.
+/// Its `Display` is a table followed by one line of reasoning per model. With the feature
+/// `serde` it implements `serde::Serialize` with its field names (a quota's period as
+/// `period_seconds`).
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct CapacityReport {
@@ -386,19 +394,6 @@ fn throttled(n: u64, what: &str) -> String {
     }
 }
 
-/// `1234567` as `1,234,567`.
-fn num(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 impl fmt::Display for CapacityReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let opt = |v: Option<u64>| v.map_or("-".to_owned(), num);
@@ -452,28 +447,7 @@ impl fmt::Display for CapacityReport {
                 ]
             })
             .collect();
-        let mut widths = header.map(str::len);
-        for row in &rows {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let line = |f: &mut fmt::Formatter<'_>, cells: &[&str]| -> fmt::Result {
-            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-                let sep = if i == 0 { "" } else { "  " };
-                if i < 2 {
-                    write!(f, "{sep}{c:<w$}")?;
-                } else {
-                    write!(f, "{sep}{c:>w$}")?;
-                }
-            }
-            writeln!(f)
-        };
-        line(f, &header)?;
-        for row in &rows {
-            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-            line(f, &cells)?;
-        }
+        crate::table::write(f, header, &rows, 2)?;
         for r in &self.rows {
             writeln!(f, "{}: {}", r.key, r.reasoning)?;
         }

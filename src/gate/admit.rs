@@ -140,6 +140,13 @@ impl Plan {
                 return Plan::Refused(refused);
             }
         };
+        let tenants = &shared.settings.tenants;
+        let (tenant, priority) = tenants.classify(request.extensions(), request.headers());
+        let policy = tenants.policy(tenant.as_ref());
+        trace.tenant(tenant.as_ref(), priority);
+        let key_telemetry = shared.telemetry.key(&filed.key);
+        // Counted by name only with a policy of its own: the rest share one entry.
+        let counted = tenant.clone().filter(|t| tenants.policies.contains_key(t));
         let terms = Terms {
             burndown: quota.burndown,
             reserved_output,
@@ -156,15 +163,12 @@ impl Plan {
             }),
             trace: ChargeTrace {
                 span: trace.span.clone(),
-                key: shared.telemetry.key(&filed.key),
+                tenant: key_telemetry.tenant(counted),
+                key: key_telemetry,
                 input_estimate: Some(ask.input),
                 period: quota.period,
             },
         };
-        let tenants = &shared.settings.tenants;
-        let (tenant, priority) = tenants.classify(request.extensions(), request.headers());
-        let policy = tenants.policy(tenant.as_ref());
-        trace.tenant(tenant.as_ref(), priority);
         let stage = KeyStage {
             ledger: shared.ledger.key(&filed.key, quota),
             tokens,
@@ -332,13 +336,16 @@ impl<S, B> Parked<S, B> {
                 waited,
                 retry_after,
                 ..
-            } => ThrottleError::MaxWaitExceeded {
-                key,
-                tenant: self.tenant.clone(),
-                refused_by: self.waiting_at,
-                waited,
-                retry_after,
-            },
+            } => {
+                self.terms.trace.timed_out();
+                ThrottleError::MaxWaitExceeded {
+                    key,
+                    tenant: self.tenant.clone(),
+                    refused_by: self.waiting_at,
+                    waited,
+                    retry_after,
+                }
+            }
             other => other,
         }
     }
@@ -384,7 +391,7 @@ impl<S, B> Parked<S, B> {
                         } else {
                             tracing::debug!(quota_key = %stage.ledger.key(), tokens = stage.tokens, "no room under the tenant's cap: queued");
                         }
-                        self.queued = Some(self.terms.trace.key.queued());
+                        self.queued = Some(self.terms.trace.queued());
                     }
                     self.next = Some(stage);
                     return Entered::Waiting(acquire, self);
@@ -416,7 +423,7 @@ impl<S, B> Parked<S, B> {
                 self.waiting_at = RefusedBy::ModelQuota;
                 if self.queued.is_none() {
                     tracing::debug!(quota_key = %stage.ledger.key(), tokens = stage.tokens, "no room: queued");
-                    self.queued = Some(self.terms.trace.key.queued());
+                    self.queued = Some(self.terms.trace.queued());
                 }
                 Entered::Waiting(acquire, self)
             }
@@ -439,7 +446,7 @@ impl<S, B> Parked<S, B> {
     where
         S: Service<Request<B>>,
     {
-        self.terms.trace.key.shed();
+        self.terms.trace.shed();
         Entered::Failed(ThrottleError::Overloaded {
             key: stage.ledger.key().clone(),
             tenant: self.tenant.clone(),
@@ -457,7 +464,7 @@ impl<S, B> Parked<S, B> {
         let holds = std::mem::take(&mut self.held.stages);
         let daily = self.held.daily.take();
         let wait = self.queued.take().map_or(Duration::ZERO, |q| q.waited());
-        self.terms.trace.key.admitted(reservation.tokens(), wait);
+        self.terms.trace.admitted(reservation.tokens(), wait);
         self.terms.trace.rates(reservation.ledger());
         let Parked {
             mut service,
