@@ -154,6 +154,10 @@ pub enum Overload {
     /// Report not ready from `poll_ready` while `max_queued` requests of the budget wait
     /// (tower back-pressure). `poll_ready` comes before the request, so it cannot know the
     /// request's key: under this policy the bound counts the waiters of all keys together.
+    ///
+    /// Not for servers: hyper and axum clone the service per connection or request, and a
+    /// caller held in `poll_ready` has no key, no tenant and no `max_wait`, so its wait is
+    /// neither bounded nor in fair order. Servers keep [`Shed`](Self::Shed).
     Backpressure,
 }
 
