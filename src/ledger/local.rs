@@ -12,8 +12,8 @@ use super::{
     bucket,
     lock::lock,
     spi::{
-        hold_member, Ask, Grant, Hold, Ledger, LedgerFuture, Limits, HOLD_TTL_US, MIN_WAIT_US,
-        WAITER_GRACE_US,
+        bounded_level, hold_member, Ask, Grant, Hold, Ledger, LedgerFuture, Limits, HOLD_TTL_US,
+        MIN_WAIT_US, WAITER_GRACE_US,
     },
 };
 use crate::QuotaKey;
@@ -105,11 +105,7 @@ struct LocalKey {
 impl LocalKey {
     /// A key at `level` (a share of a full bucket) of both limits.
     fn new(limits: Limits, now: f64, level: f64) -> Self {
-        let level = if level.is_finite() {
-            level.clamp(0.0, 1.0)
-        } else {
-            1.0
-        };
+        let level = bounded_level(level);
         Self {
             tokens: limits.tokens as f64 * level,
             requests: limits.requests.map_or(0.0, |r| f64::from(r) * level),

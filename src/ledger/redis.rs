@@ -9,8 +9,8 @@ use redis::{
 use tokio::sync::OnceCell;
 
 use super::spi::{
-    hold_member, Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, HOLD_TTL_US,
-    MIN_WAIT_US, WAITER_GRACE_US,
+    bounded_level, hold_member, Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits,
+    HOLD_TTL_US, MIN_WAIT_US, WAITER_GRACE_US,
 };
 use crate::QuotaKey;
 
@@ -307,12 +307,7 @@ impl Inner {
 /// `level` clamped to `[0, 1]` (1 when it is not a number), to three decimals: what the
 /// reserve script reads.
 fn start_level(level: f64) -> String {
-    let level = if level.is_finite() {
-        level.clamp(0.0, 1.0)
-    } else {
-        1.0
-    };
-    format!("{level:.3}")
+    format!("{:.3}", bounded_level(level))
 }
 
 fn limit_args(l: &Limits) -> (u64, u32, u64) {

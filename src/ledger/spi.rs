@@ -250,6 +250,16 @@ pub(crate) const WAITER_GRACE_US: f64 = 1e6;
 /// The shortest wait a ledger answers, so a client behind a late head does not spin.
 pub(crate) const MIN_WAIT_US: f64 = 2_000.0;
 
+/// An [`Ask::start_level`] as the ledgers use it: clamped to `[0, 1]`, and 1 (a full
+/// bucket, as before start levels existed) when it is not a number.
+pub(crate) fn bounded_level(level: f64) -> f64 {
+    if level.is_finite() {
+        level.clamp(0.0, 1.0)
+    } else {
+        1.0
+    }
+}
+
 /// The member naming a hold: client, id and tokens, so a settle can only match the hold it
 /// was made for.
 pub(crate) fn hold_member(client: u64, id: u64, tokens: u64) -> String {
