@@ -38,7 +38,6 @@ use tower::{service_fn, ServiceBuilder, ServiceExt};
 /// About 60 requests of ~1 000 tokens a minute: one a second.
 const TPM: u64 = 60_000;
 const MAX_TOKENS: u64 = 1_000;
-const MAX_QUEUED: usize = 16;
 const MAX_WAIT: Duration = Duration::from_secs(10);
 /// How long upstream takes to answer an admitted request.
 const LATENCY: Duration = Duration::from_secs(2);
@@ -88,11 +87,11 @@ async fn upstream(
         .unwrap())
 }
 
-fn config() -> ThrottleConfig {
+fn config(max_queued: usize) -> ThrottleConfig {
     ThrottleConfig::builder()
         .quota(Quota::tokens_per_minute(TPM).with_burndown(1.0))
         .headroom(Duration::ZERO)
-        .max_queued(MAX_QUEUED)
+        .max_queued(max_queued)
         .max_wait(MAX_WAIT)
         .tenant_header("x-team")
         .tenant("gold", TenantPolicy::weight(3.0))
@@ -140,13 +139,14 @@ async fn serve(
     }
 }
 
-fn invoke(tenant: Option<&str>, max_tokens: u64) -> Request<Full<Bytes>> {
+/// An InvokeModel request to `path` for `tenant`.
+fn invoke(path: &str, tenant: Option<&str>, max_tokens: u64) -> Request<Full<Bytes>> {
     let body = serde_json::json!({
         "anthropic_version": "bedrock-2023-05-31",
         "max_tokens": max_tokens,
         "messages": [{"role": "user", "content": "Summarise the history of the Broad Street pump."}],
     });
-    let mut request = Request::post("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke")
+    let mut request = Request::post(path)
         .header("host", "gateway.test")
         .header("content-type", "application/json");
     if let Some(t) = tenant {
@@ -172,7 +172,7 @@ struct Outcome {
 
 /// One client on its own connection: sends, reads the answer, and after a refusal waits
 /// the `Retry-After` (at most [`BACKOFF`]) before the next request, until `stop`.
-async fn client(addr: SocketAddr, tenant: &'static str, stop: Instant) -> Outcome {
+async fn client(addr: SocketAddr, path: &str, tenant: &'static str, stop: Instant) -> Outcome {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -184,7 +184,7 @@ async fn client(addr: SocketAddr, tenant: &'static str, stop: Instant) -> Outcom
         let sent = Instant::now();
         out.sent += 1;
         let response = sender
-            .send_request(invoke(Some(tenant), MAX_TOKENS))
+            .send_request(invoke(path, Some(tenant), MAX_TOKENS))
             .await
             .unwrap();
         let (parts, body) = response.into_parts();
@@ -233,12 +233,18 @@ async fn sample_queue(cfg: ThrottleConfig, stop: Instant) -> (u64, u64) {
     (most, most_one)
 }
 
-/// The wait-time histogram's values per `tenant` label, and every series' name whose
-/// per-request counts lack a `tenant` label.
-fn waits_by_tenant(snapshotter: &Snapshotter) -> (HashMap<String, Vec<f64>>, Vec<String>) {
+/// The wait-time histogram's values of `model` per `tenant` label, and the names of its
+/// per-request series that lack a `tenant` label.
+fn waits_by_tenant(
+    snapshotter: &Snapshotter,
+    model: &str,
+) -> (HashMap<String, Vec<f64>>, Vec<String>) {
     let mut waits: HashMap<String, Vec<f64>> = HashMap::new();
     let mut unlabelled = Vec::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if !(key.key().labels()).any(|l| l.key() == "model" && l.value() == model) {
+            continue;
+        }
         let name = key.key().name().to_owned();
         let tenant = key.key().labels().find(|l| l.key() == "tenant");
         let per_request = [
@@ -263,32 +269,46 @@ fn waits_by_tenant(snapshotter: &Snapshotter) -> (HashMap<String, Vec<f64>>, Vec
     (waits, unlabelled)
 }
 
-#[tokio::test(start_paused = true)]
-async fn shedding_keeps_its_promises_behind_a_hyper_server_with_many_connections() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder.install().unwrap();
+/// What one run saw, from the clients, the upstream and the sampler.
+struct Run {
+    cfg: ThrottleConfig,
+    sent: u64,
+    gold_ok: u64,
+    bronze_ok: u64,
+    shed: Vec<(Duration, u64)>,
+    timed_out: Vec<(Duration, u64)>,
+    /// Each admitted request's tenant and wait in the gate, the warm-up's included.
+    waits: Vec<(String, Duration)>,
+    slowest: Duration,
+    most_queued: u64,
+    most_one_tenant: u64,
+}
 
-    let cfg = config();
+/// Serves a gateway with `max_queued` places for `model` and runs the clients against it
+/// for [`RUN`]; checks what every run promises and returns the figures.
+async fn run(model: &str, max_queued: usize) -> Run {
+    let cfg = config(max_queued);
     let seen = Upstream::default();
     let accepted = Arc::new(AtomicU64::new(0));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(serve(listener, cfg.clone(), seen.clone(), accepted.clone()));
+    let path: &'static str = format!(
+        "/model/{}/invoke",
+        percent_encoding::utf8_percent_encode(model, percent_encoding::NON_ALPHANUMERIC)
+    )
+    .leak();
 
     // One request of nearly the whole quota empties the bucket, so no first burst skews
     // the split: from here on admissions come at the quota's pace.
-    let warm_up = tokio::spawn(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        let response = sender.send_request(invoke(None, TPM - 100)).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        response.into_body().collect().await.unwrap();
-    });
-    warm_up.await.unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = (sender.send_request(invoke(path, None, TPM - 100)).await).unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
 
     let t0 = Instant::now();
     let stop = t0 + RUN;
@@ -296,7 +316,7 @@ async fn shedding_keeps_its_promises_behind_a_hyper_server_with_many_connections
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|i| {
             let tenant = if i % 2 == 0 { "gold" } else { "bronze" };
-            (tenant, tokio::spawn(client(addr, tenant, stop)))
+            (tenant, tokio::spawn(client(addr, path, tenant, stop)))
         })
         .collect();
     let mut outcomes: HashMap<&str, Vec<Outcome>> = HashMap::new();
@@ -312,111 +332,168 @@ async fn shedding_keeps_its_promises_behind_a_hyper_server_with_many_connections
     let elapsed = t0.elapsed();
     // The last reservations settle as their answers end; then the bucket refills.
     tokio::time::sleep(Duration::from_secs(120)).await;
+    server.abort();
     assert_eq!(accepted.load(Ordering::Relaxed), 1 + CONNECTIONS as u64);
 
-    let sum =
-        |tenant: &str, f: &dyn Fn(&Outcome) -> u64| -> u64 { outcomes[tenant].iter().map(f).sum() };
-    let all = |f: &dyn Fn(&Outcome) -> Vec<(Duration, u64)>| -> Vec<(Duration, u64)> {
-        outcomes.values().flatten().flat_map(f).collect()
+    let sum = |f: &dyn Fn(&Outcome) -> u64| -> u64 { outcomes.values().flatten().map(f).sum() };
+    let of = |tenant: &str| -> u64 { outcomes[tenant].iter().map(|o| o.ok).sum() };
+    let all = |f: &dyn Fn(&Outcome) -> &[(Duration, u64)]| -> Vec<(Duration, u64)> {
+        outcomes.values().flatten().flat_map(f).copied().collect()
     };
-    let sent = sum("gold", &|o| o.sent) + sum("bronze", &|o| o.sent);
-    let (gold_ok, bronze_ok) = (sum("gold", &|o| o.ok), sum("bronze", &|o| o.ok));
-    let shed = all(&|o| o.shed.clone());
-    let timed_out = all(&|o| o.timed_out.clone());
-    let slowest = (outcomes.values().flatten().map(|o| o.slowest))
-        .max()
-        .unwrap();
-    let waits = seen.waits.lock().unwrap().clone();
-    let longest_wait = waits.iter().map(|(_, w)| *w).max().unwrap();
-    let gold_part = gold_ok as f64 / (gold_ok + bronze_ok) as f64;
-    let slowest_shed = shed.iter().map(|(e, _)| *e).max().unwrap();
-    let timeouts = timed_out.iter().map(|(e, _)| *e);
-    let (first_timeout, last_timeout) = (timeouts.clone().min(), timeouts.max());
-    let after = |v: &[(Duration, u64)]| {
-        let a: Vec<u64> = v.iter().map(|(_, a)| *a).collect();
-        (a.iter().min().copied(), a.iter().max().copied())
+    let run = Run {
+        cfg,
+        sent: sum(&|o| o.sent),
+        gold_ok: of("gold"),
+        bronze_ok: of("bronze"),
+        shed: all(&|o| &o.shed),
+        timed_out: all(&|o| &o.timed_out),
+        waits: seen.waits.lock().unwrap().clone(),
+        slowest: (outcomes.values().flatten().map(|o| o.slowest))
+            .max()
+            .unwrap(),
+        most_queued,
+        most_one_tenant,
     };
-    println!(
-        "{CONNECTIONS} connections, {sent} requests in {elapsed:?}: admitted gold {gold_ok}, bronze {bronze_ok} \
-         (gold {gold_part:.3}); shed {} (answered within {slowest_shed:?}, Retry-After {:?} s); \
-         timed out {} (answered after {first_timeout:?}..{last_timeout:?}, Retry-After {:?} s); \
-         longest gate wait {longest_wait:?}; slowest answer {slowest:?}; \
-         queue at most {most_queued} (one tenant {most_one_tenant})",
-        shed.len(),
-        after(&shed),
-        timed_out.len(),
-        after(&timed_out),
-    );
+    run.report(max_queued, elapsed);
+    run.check(max_queued);
+    run
+}
 
-    // Every request was answered, as a 200 or a 429.
-    assert_eq!(
-        sent,
-        gold_ok + bronze_ok + shed.len() as u64 + timed_out.len() as u64
-    );
-    assert!(!shed.is_empty(), "the load overflows the queue");
-    // Shed at once: no refused request waited in the gate.
-    assert!(slowest_shed < SLACK, "{slowest_shed:?}");
-    // A timed-out request waited `max_wait`, not longer.
-    if let (Some(first), Some(last)) = (first_timeout, last_timeout) {
-        assert!(
-            first >= MAX_WAIT && last <= MAX_WAIT + SLACK,
-            "{first:?}..{last:?}"
+impl Run {
+    fn gold_part(&self) -> f64 {
+        self.gold_ok as f64 / (self.gold_ok + self.bronze_ok) as f64
+    }
+
+    fn report(&self, max_queued: usize, elapsed: Duration) {
+        let after = |v: &[(Duration, u64)]| {
+            let a = v.iter().map(|(_, a)| *a);
+            (a.clone().min(), a.max())
+        };
+        let answered = |v: &[(Duration, u64)]| {
+            let e = v.iter().map(|(e, _)| *e);
+            (e.clone().min(), e.max())
+        };
+        println!(
+            "max_queued {max_queued}, {CONNECTIONS} connections, {} requests in {elapsed:?}: \
+             admitted gold {}, bronze {} (gold {:.3}); shed {} (answered in {:?}, Retry-After {:?} s); \
+             timed out {} (answered in {:?}, Retry-After {:?} s); longest gate wait {:?}; \
+             slowest answer {:?}; queue at most {} (one tenant {})",
+            self.sent,
+            self.gold_ok,
+            self.bronze_ok,
+            self.gold_part(),
+            self.shed.len(),
+            answered(&self.shed),
+            after(&self.shed),
+            self.timed_out.len(),
+            answered(&self.timed_out),
+            after(&self.timed_out),
+            self.waits.iter().map(|(_, w)| *w).max().unwrap(),
+            self.slowest,
+            self.most_queued,
+            self.most_one_tenant,
         );
+        println!("{}", self.cfg.stats());
     }
-    // Every 429 says when to come back.
-    assert!(shed.iter().chain(&timed_out).all(|(_, a)| *a >= 1));
-    // No admitted request waited in the gate longer than `max_wait`.
-    assert!(longest_wait <= MAX_WAIT + SLACK, "{longest_wait:?}");
-    assert!(slowest <= MAX_WAIT + LATENCY + SLACK, "{slowest:?}");
-    // The queue held at most its bound (2 × max_queued while tenants compete, no tenant
-    // more than max_queued).
-    assert!(most_queued <= 2 * MAX_QUEUED as u64, "{most_queued}");
-    assert!(most_one_tenant <= MAX_QUEUED as u64, "{most_one_tenant}");
-    // The quota was used at its pace: about one admission a second after the warm-up.
-    let admitted = (gold_ok + bronze_ok) as f64;
-    let seconds = RUN.as_secs_f64();
-    assert!(
-        admitted >= 0.9 * seconds && admitted <= 1.1 * seconds + 20.0,
-        "{admitted}"
-    );
-    // Admissions split by weight, 3 : 1, under shedding.
-    assert!((0.70..=0.80).contains(&gold_part), "gold {gold_part:.3}");
 
-    // The crate's own numbers say the same.
-    let stats = cfg.stats();
-    assert_eq!(stats.keys.len(), 1, "{stats}");
-    let key = &stats.keys[0];
-    println!("{stats}");
-    assert_eq!(key.admitted, gold_ok + bronze_ok + 1);
-    assert_eq!(key.admitted, waits.len() as u64);
-    assert_eq!(key.shed, shed.len() as u64);
-    let tenant = |name| key.tenant(Some(name)).unwrap();
-    assert_eq!(tenant("gold").admitted, gold_ok);
-    assert_eq!(tenant("bronze").admitted, bronze_ok);
-    assert_eq!(
-        tenant("gold").timed_out + tenant("bronze").timed_out,
-        timed_out.len() as u64
-    );
-    // Nothing waits and no reservation leaked: each settled from its reported usage,
-    // which was exactly what it reserved, and the bucket is full again.
-    assert_eq!(key.queue_depth, 0);
-    assert!(key.tenants.iter().all(|t| t.waiting == 0), "{stats}");
-    assert_eq!(key.tokens_settled, key.tokens_reserved);
-    for t in &key.tenants {
-        assert_eq!(t.tokens_settled, t.tokens_reserved, "{:?}", t.tenant);
+    /// What every run promises.
+    fn check(&self, max_queued: usize) {
+        let (shed, timed_out) = (&self.shed, &self.timed_out);
+        // Every request was answered, as a 200 or a 429.
+        let answered = self.gold_ok + self.bronze_ok + shed.len() as u64;
+        assert_eq!(self.sent, answered + timed_out.len() as u64);
+        assert!(!shed.is_empty(), "the load overflows the queue");
+        // Shed at once: no shed request waited in the gate.
+        let slowest_shed = shed.iter().map(|(e, _)| *e).max().unwrap();
+        assert!(slowest_shed < SLACK, "{slowest_shed:?}");
+        // A timed-out request waited `max_wait`, not longer.
+        for (e, _) in timed_out {
+            assert!(*e >= MAX_WAIT && *e <= MAX_WAIT + SLACK, "{e:?}");
+        }
+        // Every 429 says when to come back.
+        assert!(shed.iter().chain(timed_out).all(|(_, a)| *a >= 1));
+        // No admitted request waited in the gate longer than `max_wait`.
+        let longest_wait = self.waits.iter().map(|(_, w)| *w).max().unwrap();
+        assert!(longest_wait <= MAX_WAIT + SLACK, "{longest_wait:?}");
+        assert!(
+            self.slowest <= MAX_WAIT + LATENCY + SLACK,
+            "{:?}",
+            self.slowest
+        );
+        // The queue held at most its bound: 2 × max_queued while tenants compete, no
+        // tenant more than max_queued.
+        assert!(self.most_queued <= 2 * max_queued as u64);
+        assert!(self.most_one_tenant <= max_queued as u64);
+        // The quota was used at its pace: about one admission a second after the warm-up.
+        let admitted = (self.gold_ok + self.bronze_ok) as f64;
+        let seconds = RUN.as_secs_f64();
+        assert!(
+            admitted >= 0.9 * seconds && admitted <= 1.1 * seconds + 20.0,
+            "{admitted}"
+        );
+        // Admissions split by weight, 3 : 1, under shedding.
+        let gold = self.gold_part();
+        assert!((0.70..=0.80).contains(&gold), "gold {gold:.3}");
+
+        // The crate's own numbers say the same.
+        let stats = self.cfg.stats();
+        assert_eq!(stats.keys.len(), 1, "{stats}");
+        let key = &stats.keys[0];
+        assert_eq!(key.admitted, self.gold_ok + self.bronze_ok + 1);
+        assert_eq!(key.admitted, self.waits.len() as u64);
+        assert_eq!(key.shed, shed.len() as u64);
+        let tenant = |name| key.tenant(Some(name)).unwrap();
+        assert_eq!(tenant("gold").admitted, self.gold_ok);
+        assert_eq!(tenant("bronze").admitted, self.bronze_ok);
+        let stats_timed_out = tenant("gold").timed_out + tenant("bronze").timed_out;
+        assert_eq!(stats_timed_out, timed_out.len() as u64);
+        // Nothing waits and no reservation leaked: each settled from its reported usage,
+        // which was exactly what it reserved, and the bucket is full again.
+        assert_eq!(key.queue_depth, 0);
+        assert!(key.tenants.iter().all(|t| t.waiting == 0), "{stats}");
+        assert_eq!(key.tokens_settled, key.tokens_reserved);
+        for t in &key.tenants {
+            assert_eq!(t.tokens_settled, t.tokens_reserved, "{:?}", t.tenant);
+        }
+        assert_eq!(key.tokens_available, Some(TPM as f64));
     }
-    assert_eq!(key.tokens_available, Some(TPM as f64));
+}
 
-    // The wait histogram, per tenant: no admission waited longer than `max_wait`.
-    let (by_tenant, unlabelled) = waits_by_tenant(&snapshotter);
+/// A queue that takes longer than `max_wait` to drain (16 to 32 places at one admission a
+/// second, against 10 s): some requests time out, each after `max_wait` exactly, and the
+/// crate's wait histogram agrees with the timestamps.
+#[tokio::test(start_paused = true)]
+async fn shedding_keeps_its_promises_behind_a_hyper_server_with_many_connections() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().unwrap();
+    let model = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+
+    let run = run(model, 16).await;
+    assert!(!run.timed_out.is_empty(), "some wait longer than max_wait");
+
+    // The wait histogram, per tenant: no admission waited longer than `max_wait`; and
+    // every per-request series carries the tenant.
+    let (by_tenant, unlabelled) = waits_by_tenant(&snapshotter, model);
     assert!(
         unlabelled.is_empty(),
-        "series without a tenant label: {unlabelled:?}"
+        "without a tenant label: {unlabelled:?}"
     );
     for tenant in ["gold", "bronze"] {
-        let w = &by_tenant[tenant];
-        let most = w.iter().copied().fold(0.0, f64::max);
+        let most = by_tenant[tenant].iter().copied().fold(0.0, f64::max);
         assert!(most <= (MAX_WAIT + SLACK).as_secs_f64(), "{tenant}: {most}");
     }
-    server.abort();
+}
+
+/// A queue sized to what `max_wait` drains (5 places, up to 10 while tenants compete, at
+/// one admission a second against 10 s): nearly every refusal is a shed, answered at once.
+#[tokio::test(start_paused = true)]
+async fn a_queue_sized_to_max_wait_refuses_at_once() {
+    let run = run("anthropic.claude-3-haiku-20240307-v1:0", 5).await;
+    let admitted = run.gold_ok + run.bronze_ok;
+    assert!(
+        run.timed_out.len() as u64 * 20 <= admitted,
+        "{} timed out",
+        run.timed_out.len()
+    );
 }
