@@ -551,7 +551,7 @@ impl ThrottleConfigBuilder {
     }
 
     /// Labels the metrics of what each request does at a key (admitted, waited, shed,
-    /// tokens reserved and settled, wait seconds, queue depth) with its `tenant`: the name
+    /// timed out, tokens reserved and settled, wait seconds, queue depth) with its `tenant`: the name
     /// of a tenant configured with [`tenant`](Self::tenant), else `(default)`, shared by
     /// every other tenant and by requests without one. So the label has at most one value
     /// more than the tenants configured, whatever names callers send. Off unless set: the
@@ -588,7 +588,7 @@ impl ThrottleConfigBuilder {
 
     /// Bounds the models without a quota of their own (model ids that reach the gate from
     /// request paths, so from whoever sends requests) that hold state at once: a ledger,
-    /// counters, ~15 metric series and a diagnosis record each, about 4 KiB.
+    /// counters, ~16 metric series and a diagnosis record each, about 4 KiB.
     /// [`DEFAULT_MAX_KEYS`] (1,024) unless set.
     ///
     /// Past the bound a new model evicts keys idle for 10 minutes and at rest (nothing
