@@ -251,6 +251,7 @@ fn waits_by_tenant(
             "bedrock_throttle_admitted_total",
             "bedrock_throttle_waited_total",
             "bedrock_throttle_shed_total",
+            "bedrock_throttle_timed_out_total",
             "bedrock_throttle_tokens_reserved_total",
             "bedrock_throttle_tokens_settled_total",
             "bedrock_throttle_wait_seconds",
@@ -447,6 +448,7 @@ impl Run {
         assert_eq!(tenant("bronze").admitted, self.bronze_ok);
         let stats_timed_out = tenant("gold").timed_out + tenant("bronze").timed_out;
         assert_eq!(stats_timed_out, timed_out.len() as u64);
+        assert_eq!(key.timed_out, timed_out.len() as u64);
         // Nothing waits and no reservation leaked: each settled from its reported usage,
         // which was exactly what it reserved, and the bucket is full again.
         assert_eq!(key.queue_depth, 0);
