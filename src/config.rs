@@ -575,6 +575,11 @@ impl ThrottleConfigBuilder {
     /// `max × cap` places (rounded up; [`RefusedBy::TenantQueue`](crate::RefusedBy::TenantQueue)
     /// when full): as many as the cap admits while the key's full queue drains.
     ///
+    /// Size it to what the key drains within [`max_wait`](Self::max_wait), about
+    /// `max_wait × admissions per second / 2` (competing tenants can fill twice `max`): a
+    /// request queued behind more waits `max_wait` and is refused all the same, where a
+    /// shed one is told at once (the README's "In a server").
+    ///
     /// A waiting request holds its body, so this bounds memory too: at most about
     /// `2 × max × (body size + 1 KiB)` per key, plus `max × cap` per capped tenant (a
     /// single tenant never holds more than `max`; under [`Overload::Backpressure`] `max`
