@@ -1,0 +1,84 @@
+//! Starting and stopping the gateway: the listener, the Prometheus recorder, and a graceful
+//! shutdown that lets in-flight requests (streams included) finish.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
+
+use bedrock_throttle::{BoxError, ThrottleConfig};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::GatewayConfig, routes, upstream::Upstream};
+
+/// A gateway serving on its listener.
+#[derive(Debug)]
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its throttle, for its numbers.
+    pub throttle: ThrottleConfig,
+    shutdown: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// The process's Prometheus recorder: installed once, before the first request, since each
+/// quota key registers its series with the recorder of that time.
+fn recorder() -> Result<PrometheusHandle, BoxError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Builds the throttle and the stack for `config`, binds `listen` and serves until
+/// [`Running::shutdown`].
+pub async fn start(
+    config: &GatewayConfig,
+    upstream: &Upstream,
+    listen: SocketAddr,
+) -> Result<Running, BoxError> {
+    let metrics = recorder()?;
+    let throttle = config.throttle()?;
+    let keys: HashMap<String, _> = config
+        .callers()
+        .map(|(key, caller)| (key.to_owned(), caller))
+        .collect();
+    let app = routes::App {
+        keys: Arc::new(keys),
+        endpoint: upstream.endpoint.trim_end_matches('/').into(),
+        stack: upstream.stack(&throttle)?,
+        throttle: throttle.clone(),
+        metrics,
+    };
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone().cancelled_owned();
+    let task = tokio::spawn(async move {
+        // On shutdown: stop accepting, and wait for every open connection's requests.
+        axum::serve(listener, routes::router(app))
+            .with_graceful_shutdown(signal)
+            .await
+    });
+    Ok(Running {
+        addr,
+        throttle,
+        shutdown,
+        task,
+    })
+}
+
+impl Running {
+    /// Stops accepting connections and returns once every request in flight has been
+    /// answered to the end.
+    pub async fn shutdown(self) -> Result<(), BoxError> {
+        self.shutdown.cancel();
+        Ok(self.task.await??)
+    }
+}
