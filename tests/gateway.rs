@@ -1,1 +1,392 @@
-//! placeholder
+//! The gateway example (`examples/gateway/`), run in process over loopback against the
+//! crate's emulator, driven by clients nobody here wrote: boto3's `bedrock-runtime` client
+//! (`tests/python/boto3_gateway.py`) and the AWS SDK for Rust. Both send a tenant's key as a
+//! Bedrock API key. Real time: the emulator streams and Redis keep wall-clock time.
+//!
+//! The boto3 test is skipped with a printed reason when `python3 -c 'import boto3'` fails
+//! (`scripts/test` installs boto3 when Python has pip).
+
+#![cfg(all(feature = "emulator", feature = "redis", feature = "sigv4"))]
+
+#[allow(dead_code)]
+#[path = "../examples/gateway/config.rs"]
+mod config;
+#[allow(dead_code)]
+#[path = "../examples/gateway/routes.rs"]
+mod routes;
+#[allow(dead_code)]
+#[path = "../examples/gateway/server.rs"]
+mod server;
+#[allow(dead_code)]
+#[path = "../examples/gateway/upstream.rs"]
+mod upstream;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use aws_sdk_bedrockruntime::{
+    config::{retry::RetryConfig, BehaviorVersion, Region, Token},
+    primitives::Blob,
+    types::{
+        ContentBlock, ConversationRole, ConverseStreamOutput, InferenceConfiguration, Message,
+    },
+    Client,
+};
+use bedrock_throttle::emulator::EmulatorHandle;
+use config::GatewayConfig;
+use upstream::Upstream;
+
+const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+const SEARCH_KEY: &str = "gw-test-search";
+const REPORTS_KEY: &str = "gw-test-reports";
+
+/// Two tenants: `search`, and `reports` capped at 1 % of the model's 100 RPM, that is one
+/// request a minute, so its second request in a minute waits for its cap and is refused
+/// after `max_wait` (300 ms) with a 429.
+fn config(redis_url: Option<&str>) -> GatewayConfig {
+    let redis = redis_url.map_or(String::new(), |url| {
+        format!(r#""redis_url": "{url}", "replicas": 2,"#)
+    });
+    GatewayConfig::parse(&format!(
+        r#"{{
+            {redis}
+            "max_wait_ms": 300,
+            "models": {{ "{MODEL}": {{ "rpm": 100, "tpm": 200000 }} }},
+            "tenants": {{
+                "search": {{ "weight": 3, "keys": ["{SEARCH_KEY}"] }},
+                "reports": {{ "cap": 0.01, "priority": "batch", "keys": ["{REPORTS_KEY}"] }}
+            }}
+        }}"#
+    ))
+    .unwrap()
+}
+
+/// The gateway as `--emulator` starts it, on a free loopback port.
+async fn start(config: &GatewayConfig) -> (server::Running, EmulatorHandle) {
+    let (upstream, emulator) = Upstream::emulated(config).await.unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let gateway = server::start(config, &upstream, listen).await.unwrap();
+    (gateway, emulator)
+}
+
+/// The Rust SDK with a tenant's key, no retries of its own.
+fn sdk(gateway: SocketAddr, key: &str) -> Client {
+    let conf = aws_sdk_bedrockruntime::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://{gateway}"))
+        .bearer_token(Token::new(key, None))
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .retry_config(RetryConfig::disabled())
+        .build();
+    Client::from_conf(conf)
+}
+
+fn message(text: &str) -> Message {
+    Message::builder()
+        .role(ConversationRole::User)
+        .content(ContentBlock::Text(text.into()))
+        .build()
+        .unwrap()
+}
+
+fn anthropic_body(prompt: &str, max_tokens: u64) -> Blob {
+    Blob::new(
+        serde_json::json!({
+            "anthropic_version": "bedrock-2023-05-31",
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": prompt}],
+        })
+        .to_string(),
+    )
+}
+
+fn tenant_admitted(gateway: &server::Running, tenant: &str) -> u64 {
+    let stats = gateway.throttle.stats();
+    stats
+        .keys
+        .iter()
+        .filter_map(|k| k.tenant(Some(tenant)))
+        .map(|t| t.admitted)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_invokes_converses_streams_and_sees_throttling_exceptions() {
+    let probe = Command::new("python3")
+        .args([
+            "-c",
+            "import boto3; from botocore.utils import get_token_from_environment",
+        ])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!(
+            "skipped: python3 with boto3 (botocore 1.39 or later, for Bedrock API keys) is not \
+             available; scripts/test installs it with pip"
+        );
+        return;
+    }
+    let (gateway, emulator) = start(&config(None)).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/boto3_gateway.py");
+    let run = |key: &'static str, scenario: &'static str| {
+        let endpoint = format!("http://{}", gateway.addr);
+        async move {
+            let out = tokio::process::Command::new("python3")
+                .args([script, &endpoint, MODEL, scenario])
+                // The tenant's key as boto3 reads a Bedrock API key; no other credentials.
+                .env("AWS_BEARER_TOKEN_BEDROCK", key)
+                .env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env_remove("AWS_SESSION_TOKEN")
+                .env_remove("AWS_PROFILE")
+                .env("AWS_CONFIG_FILE", "/nonexistent")
+                .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            println!("{scenario}:\n{stdout}");
+            assert!(
+                out.status.success(),
+                "{scenario}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
+        }
+    };
+    let line = |out: &str, prefix: &str| -> Vec<String> {
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {out}"));
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+
+    let calls = run(SEARCH_KEY, "calls").await;
+    // The stream ended with its metadata event, whose usage adds up.
+    let usage: Vec<u64> = line(&calls, "stream usage ")
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(usage[0] + usage[1], usage[2], "{calls}");
+    assert!(usage[1] > 0, "{calls}");
+    assert_eq!(tenant_admitted(&gateway, "search"), 3);
+
+    let denied = run("not-a-key-of-this-gateway", "denied").await;
+    assert_eq!(line(&denied, "denied "), ["AccessDeniedException", "403"]);
+
+    let throttled = run(REPORTS_KEY, "throttled").await;
+    assert_eq!(line(&throttled, "refused "), ["ThrottlingException", "429"]);
+    // botocore retried it twice (3 attempts), and its checkers call it throttling.
+    assert_eq!(
+        line(&throttled, "attempts "),
+        ["3", "retry", "attempts", "2"]
+    );
+    assert_eq!(line(&throttled, "throttling "), ["True"]);
+    assert_eq!(line(&throttled, "retryable "), ["True"]);
+    let retry_after: u64 = line(&throttled, "retry-after ")[0].parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{throttled}");
+    assert_eq!(tenant_admitted(&gateway, "reports"), 1);
+    // Nothing refused reached upstream: one call for reports, three for search.
+    assert_eq!(emulator.stats().model(MODEL).admitted, 4);
+
+    gateway.shutdown().await.unwrap();
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_sdk_invokes_converses_streams_and_sees_throttling_exceptions() {
+    let (gateway, emulator) = start(&config(None)).await;
+    let search = sdk(gateway.addr, SEARCH_KEY);
+
+    let out = search
+        .invoke_model()
+        .model_id(MODEL)
+        .content_type("application/json")
+        .body(anthropic_body("Summarise the Broad Street pump.", 200))
+        .send()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(out.body().as_ref()).unwrap();
+    assert!(answer["usage"]["output_tokens"].as_u64().unwrap() > 0);
+
+    let out = search
+        .converse()
+        .model_id(MODEL)
+        .messages(message("What did the Broad Street pump teach?"))
+        .send()
+        .await
+        .unwrap();
+    assert!(out.usage().unwrap().output_tokens() > 0);
+
+    let mut out = search
+        .converse_stream()
+        .model_id(MODEL)
+        .messages(message("And what did it not teach?"))
+        .inference_config(InferenceConfiguration::builder().max_tokens(120).build())
+        .send()
+        .await
+        .unwrap();
+    let (mut text, mut usage) = (String::new(), None);
+    while let Some(event) = out.stream.recv().await.unwrap() {
+        match event {
+            ConverseStreamOutput::ContentBlockDelta(d) => {
+                text += d.delta().unwrap().as_text().unwrap();
+            }
+            ConverseStreamOutput::Metadata(m) => usage = m.usage().cloned(),
+            _ => {}
+        }
+    }
+    let usage = usage.expect("the metadata event with usage");
+    assert!(!text.is_empty() && usage.output_tokens() > 0);
+
+    let err = sdk(gateway.addr, "not-a-key")
+        .converse()
+        .model_id(MODEL)
+        .messages(message("Hello"))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(err.is_access_denied_exception(), "{err:?}");
+
+    // The reports tenant's cap admits one request a minute.
+    let reports = sdk(gateway.addr, REPORTS_KEY);
+    let converse = || {
+        reports
+            .converse()
+            .model_id(MODEL)
+            .messages(message("The monthly report, please."))
+            .send()
+    };
+    converse().await.unwrap();
+    let err = converse().await.unwrap_err().into_service_error();
+    assert!(err.is_throttling_exception(), "{err:?}");
+    assert!(
+        err.to_string().contains("reports"),
+        "names the tenant: {err}"
+    );
+
+    assert_eq!(tenant_admitted(&gateway, "search"), 3);
+    assert_eq!(tenant_admitted(&gateway, "reports"), 1);
+    gateway.shutdown().await.unwrap();
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_stream_in_flight_finish_and_refuses_new_connections() {
+    let (gateway, emulator) = start(&config(None)).await;
+    let addr = gateway.addr;
+    let client = sdk(addr, SEARCH_KEY);
+    let mut out = client
+        .converse_stream()
+        .model_id(MODEL)
+        .messages(message("A long answer, please."))
+        .inference_config(InferenceConfiguration::builder().max_tokens(200).build())
+        .send()
+        .await
+        .unwrap();
+    // The stream has begun; now stop the gateway while it runs.
+    assert!(out.stream.recv().await.unwrap().is_some());
+    let stopped = tokio::spawn(gateway.shutdown());
+    let mut events = 1;
+    let mut usage = None;
+    while let Some(event) = out.stream.recv().await.unwrap() {
+        events += 1;
+        if let ConverseStreamOutput::Metadata(m) = event {
+            usage = m.usage().cloned();
+        }
+    }
+    assert!(
+        usage.is_some(),
+        "the stream ran to its metadata after {events} events"
+    );
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("shutdown returns once the stream is done")
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    emulator.shutdown().await;
+}
+
+/// A `redis-server` this test started on a free port, killed when dropped.
+struct RedisServer {
+    port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/test installs it)");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        for _ in 0..500 {
+            if let Ok(mut c) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return Self { port, child };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server on port {port} did not come up");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_one_redis_url_share_the_model_quota() {
+    let redis = RedisServer::start();
+    // Three requests a minute for the model, for the whole fleet. Each replica has an
+    // emulator of its own that would take three more: only the shared ledger refuses.
+    let config = GatewayConfig::parse(&format!(
+        r#"{{
+            "redis_url": "redis://127.0.0.1:{}/", "replicas": 2, "max_wait_ms": 300,
+            "models": {{ "{MODEL}": {{ "rpm": 3, "tpm": 200000 }} }},
+            "tenants": {{ "search": {{ "keys": ["{SEARCH_KEY}"] }} }}
+        }}"#,
+        redis.port
+    ))
+    .unwrap();
+    let (a, emulator_a) = start(&config).await;
+    let (b, emulator_b) = start(&config).await;
+    let converse = |gateway: SocketAddr| async move {
+        sdk(gateway, SEARCH_KEY)
+            .converse()
+            .model_id(MODEL)
+            .messages(message("Search this."))
+            .send()
+            .await
+    };
+    for replica in [a.addr, b.addr, a.addr] {
+        converse(replica).await.unwrap();
+    }
+    let err = converse(b.addr).await.unwrap_err().into_service_error();
+    assert!(err.is_throttling_exception(), "{err:?}");
+    let upstream =
+        emulator_a.stats().model(MODEL).admitted + emulator_b.stats().model(MODEL).admitted;
+    assert_eq!(upstream, 3);
+    for (gateway, emulator) in [(a, emulator_a), (b, emulator_b)] {
+        gateway.shutdown().await.unwrap();
+        emulator.shutdown().await;
+    }
+}
