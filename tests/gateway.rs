@@ -327,17 +327,21 @@ impl RedisServer {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/test installs it)");
+        // Owned at once, so that it is killed however this ends.
+        let server = Self {
+            port,
+            child: Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH (scripts/test installs it)"),
+        };
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
         for _ in 0..500 {
             if let Ok(mut c) = client.get_connection() {
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return Self { port, child };
+                    return server;
                 }
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -34,6 +34,9 @@ pub type Stack = BoxCloneSyncService<
 /// The client below the throttle: credentials and transport.
 type Authenticated = BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>;
 
+/// The HTTP client: HTTPS to Bedrock, plain HTTP to an emulator or a local proxy.
+type Transport = BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>;
+
 /// How to reach Bedrock.
 #[derive(Clone, Debug)]
 pub struct Upstream {
@@ -115,29 +118,22 @@ impl Upstream {
 
     /// The stack for `throttle`'s quotas.
     pub fn stack(&self, throttle: &ThrottleConfig) -> Result<Stack, BoxError> {
-        // HTTPS with the system's roots (and plain HTTP for an emulator or a local proxy).
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build::<_, Body>(connector);
+        let transport = self.transport()?;
         let authenticated: Authenticated = match &self.auth {
             // Below the throttle, so each attempt is signed when it is sent.
-            Auth::SigV4(layer) => {
-                BoxCloneSyncService::new(ServiceBuilder::new().layer(layer.clone()).service(client))
-            }
+            Auth::SigV4(layer) => BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .layer(layer.clone())
+                    .service(transport),
+            ),
             Auth::ApiKey(value) => {
                 let value = value.clone();
-                BoxCloneSyncService::new(
-                    ServiceBuilder::new()
-                        .map_request(move |mut request: Request<Body>| {
-                            request.headers_mut().insert(AUTHORIZATION, value.clone());
-                            request
-                        })
-                        .service(client)
-                        .map_err(BoxError::from),
-                )
+                BoxCloneSyncService::new(ServiceBuilder::new().service(transport).map_request(
+                    move |mut request: Request<Body>| {
+                        request.headers_mut().insert(AUTHORIZATION, value.clone());
+                        request
+                    },
+                ))
             }
         };
         Ok(BoxCloneSyncService::new(
@@ -146,5 +142,21 @@ impl Upstream {
                 .layer(BedrockThrottleLayer::new(throttle.clone()))
                 .service(authenticated),
         ))
+    }
+
+    /// HTTPS with the system's root certificates for an `https://` endpoint; plain HTTP,
+    /// with no certificates to load, for an emulator or a proxy on the same host.
+    fn transport(&self) -> Result<Transport, BoxError> {
+        let builder = Client::builder(TokioExecutor::new());
+        Ok(if self.endpoint.starts_with("https://") {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_native_roots()?
+                .https_only()
+                .enable_http1()
+                .build();
+            BoxCloneSyncService::new(builder.build(connector).map_err(BoxError::from))
+        } else {
+            BoxCloneSyncService::new(builder.build_http().map_err(BoxError::from))
+        })
     }
 }
