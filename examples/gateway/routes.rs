@@ -146,3 +146,36 @@ async fn capacity(State(app): State<App>) -> String {
 async fn stats(State(app): State<App>) -> String {
     app.throttle.stats().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_counts_only_as_a_bearer_token() {
+        let search = Caller {
+            tenant: bedrock_throttle::Tenant::new("search"),
+            priority: bedrock_throttle::Priority::Batch,
+        };
+        let keys = HashMap::from([("k-1".to_owned(), search)]);
+        let found = |value: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            }
+            caller(&keys, &headers).map(|c| c.tenant.to_string())
+        };
+        assert_eq!(found(Some("Bearer k-1")).as_deref(), Some("search"));
+        assert_eq!(found(Some("bearer k-1")).as_deref(), Some("search"));
+        assert_eq!(found(Some("Bearer k-2")), None);
+        assert_eq!(found(Some("Basic k-1")), None);
+        // A SigV4 header names an access key, never a gateway key.
+        assert_eq!(
+            found(Some(
+                "AWS4-HMAC-SHA256 Credential=k-1/20240101/us-east-1/bedrock/aws4_request"
+            )),
+            None
+        );
+        assert_eq!(found(None), None);
+    }
+}
