@@ -18,6 +18,9 @@ mod routes;
 #[path = "../examples/gateway/server.rs"]
 mod server;
 #[allow(dead_code)]
+#[path = "../examples/gateway/tls.rs"]
+mod tls;
+#[allow(dead_code)]
 #[path = "../examples/gateway/upstream.rs"]
 mod upstream;
 
@@ -64,22 +67,58 @@ fn config(redis_url: Option<&str>) -> GatewayConfig {
     .unwrap()
 }
 
-/// The gateway as `--emulator` starts it, on a free loopback port.
-async fn start(config: &GatewayConfig) -> (server::Running, EmulatorHandle) {
+/// The authority of the demo certificate that `--emulator` serves.
+const DEMO_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gateway/tls/ca.pem");
+
+/// The gateway as `--emulator` starts it, on a free loopback port: with HTTPS and the demo
+/// certificate (as the example does without a `tls` setting), or with plain HTTP.
+async fn start_with(config: &GatewayConfig, https: bool) -> (server::Running, EmulatorHandle) {
     let (upstream, emulator) = Upstream::emulated(config).await.unwrap();
     let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    let gateway = server::start(config, &upstream, listen).await.unwrap();
+    let tls = https.then(|| tls::acceptor(tls::DEMO_CERT, tls::DEMO_KEY).unwrap());
+    let gateway = server::start(config, &upstream, listen, tls).await.unwrap();
     (gateway, emulator)
 }
 
-/// The Rust SDK with a tenant's key, no retries of its own.
+async fn start(config: &GatewayConfig) -> (server::Running, EmulatorHandle) {
+    start_with(config, false).await
+}
+
+/// The Rust SDK with a tenant's key, no retries of its own, over plain HTTP.
 fn sdk(gateway: SocketAddr, key: &str) -> Client {
+    let http = aws_smithy_http_client::Builder::new().build_http();
+    sdk_with(format!("http://{gateway}"), http, key)
+}
+
+/// The Rust SDK over HTTPS, trusting the demo certificate's authority only.
+fn sdk_https(gateway: SocketAddr, key: &str) -> Client {
+    use aws_smithy_http_client::tls::{
+        rustls_provider::CryptoMode, Provider, TlsContext, TrustStore,
+    };
+    let trust = TrustStore::empty().with_pem_certificate(std::fs::read(DEMO_CA).unwrap());
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(trust)
+                .build()
+                .unwrap(),
+        )
+        .build_https();
+    sdk_with(format!("https://localhost:{}", gateway.port()), https, key)
+}
+
+fn sdk_with(
+    endpoint: String,
+    http: aws_smithy_runtime_api::client::http::SharedHttpClient,
+    key: &str,
+) -> Client {
     let conf = aws_sdk_bedrockruntime::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(format!("http://{gateway}"))
+        .endpoint_url(endpoint)
         .bearer_token(Token::new(key, None))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .http_client(http)
         .retry_config(RetryConfig::disabled())
         .build();
     Client::from_conf(conf)
@@ -132,10 +171,11 @@ async fn boto3_invokes_converses_streams_and_sees_throttling_exceptions() {
         );
         return;
     }
-    let (gateway, emulator) = start(&config(None)).await;
+    // HTTPS: botocore sends a bearer token to no other endpoint.
+    let (gateway, emulator) = start_with(&config(None), true).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/boto3_gateway.py");
     let run = |key: &'static str, scenario: &'static str| {
-        let endpoint = format!("http://{}", gateway.addr);
+        let endpoint = format!("https://localhost:{}", gateway.addr.port());
         async move {
             let out = tokio::process::Command::new("python3")
                 .args([script, &endpoint, MODEL, scenario])
@@ -148,6 +188,8 @@ async fn boto3_invokes_converses_streams_and_sees_throttling_exceptions() {
                 .env("AWS_CONFIG_FILE", "/nonexistent")
                 .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
                 .env("AWS_EC2_METADATA_DISABLED", "true")
+                // The demo certificate's authority, as boto3 reads a custom one.
+                .env("AWS_CA_BUNDLE", DEMO_CA)
                 .output()
                 .await
                 .unwrap();
@@ -217,8 +259,8 @@ async fn boto3_invokes_converses_streams_and_sees_throttling_exceptions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_sdk_invokes_converses_streams_and_sees_throttling_exceptions() {
-    let (gateway, emulator) = start(&config(None)).await;
-    let search = sdk(gateway.addr, SEARCH_KEY);
+    let (gateway, emulator) = start_with(&config(None), true).await;
+    let search = sdk_https(gateway.addr, SEARCH_KEY);
 
     let out = search
         .invoke_model()
@@ -261,7 +303,7 @@ async fn the_rust_sdk_invokes_converses_streams_and_sees_throttling_exceptions()
     let usage = usage.expect("the metadata event with usage");
     assert!(!text.is_empty() && usage.output_tokens() > 0);
 
-    let err = sdk(gateway.addr, "not-a-key")
+    let err = sdk_https(gateway.addr, "not-a-key")
         .converse()
         .model_id(MODEL)
         .messages(message("Hello"))
@@ -272,7 +314,7 @@ async fn the_rust_sdk_invokes_converses_streams_and_sees_throttling_exceptions()
     assert!(err.is_access_denied_exception(), "{err:?}");
 
     // The reports tenant's cap admits one request a minute.
-    let reports = sdk(gateway.addr, REPORTS_KEY);
+    let reports = sdk_https(gateway.addr, REPORTS_KEY);
     let converse = || {
         reports
             .converse()
@@ -296,9 +338,22 @@ async fn the_rust_sdk_invokes_converses_streams_and_sees_throttling_exceptions()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_a_stream_in_flight_finish_and_refuses_new_connections() {
-    let (gateway, emulator) = start(&config(None)).await;
+    shutdown_during_a_stream(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_over_https_lets_a_stream_finish_and_stops_accepting() {
+    shutdown_during_a_stream(true).await;
+}
+
+async fn shutdown_during_a_stream(https: bool) {
+    let (gateway, emulator) = start_with(&config(None), https).await;
     let addr = gateway.addr;
-    let client = sdk(addr, SEARCH_KEY);
+    let client = if https {
+        sdk_https(addr, SEARCH_KEY)
+    } else {
+        sdk(addr, SEARCH_KEY)
+    };
     let mut out = client
         .converse_stream()
         .model_id(MODEL)

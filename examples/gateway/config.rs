@@ -3,7 +3,8 @@
 //!
 //! ```json
 //! {
-//!   "listen": "0.0.0.0:8080",
+//!   "listen": "0.0.0.0:8443",
+//!   "tls": { "cert": "/etc/gateway/tls.crt", "key": "/etc/gateway/tls.key" },
 //!   "region": "us-east-1",
 //!   "upstream_auth": "sigv4",
 //!   "redis_url": "redis://redis.internal:6379/",
@@ -25,7 +26,12 @@
 //!
 //! Every field but `tenants` and one quota may be left out; see [`GatewayConfig`].
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use bedrock_throttle::{
     BoxError, OutagePolicy, Overload, Priority, Quota, Tenant, TenantPolicy, ThrottleConfig,
@@ -39,6 +45,9 @@ pub struct GatewayConfig {
     /// The address to listen on (`127.0.0.1:8080` when absent; `--listen` overrides it).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// A certificate chain and its key (PEM files) to serve HTTPS with; plain HTTP when
+    /// absent (behind a load balancer that terminates TLS).
+    pub tls: Option<TlsFiles>,
     /// The AWS Region of bedrock-runtime (`us-east-1` when absent).
     #[serde(default = "default_region")]
     pub region: String,
@@ -67,6 +76,26 @@ pub struct GatewayConfig {
     pub models: BTreeMap<String, QuotaConfig>,
     /// The tenants by name.
     pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// The PEM files of the gateway's HTTPS listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The TLS configuration these files give.
+    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, BoxError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        crate::tls::acceptor(&read(&self.cert)?, &read(&self.key)?)
+    }
 }
 
 /// How the gateway signs its requests to Bedrock.

@@ -34,6 +34,7 @@
 mod config;
 mod routes;
 mod server;
+mod tls;
 mod upstream;
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -81,11 +82,22 @@ async fn main() -> Result<(), BoxError> {
     } else {
         (Upstream::from_config(&config).await?, None)
     };
-    let gateway = server::start(&config, &upstream, listen.unwrap_or(config.listen)).await?;
+    // HTTPS with the configured certificate; with `--emulator` and none configured, with
+    // the demo certificate of localhost (clients check it against `tls/ca.pem`).
+    let tls = match &config.tls {
+        Some(files) => Some(files.acceptor()?),
+        None if emulator.is_some() => Some(tls::acceptor(tls::DEMO_CERT, tls::DEMO_KEY)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let gateway = server::start(&config, &upstream, listen.unwrap_or(config.listen), tls).await?;
 
-    println!("http://{}", gateway.addr);
+    println!("{scheme}://{}", gateway.addr);
+    if emulator.is_some() && config.tls.is_none() {
+        eprintln!("its certificate's authority: examples/gateway/tls/ca.pem (local demos only)");
+    }
     eprintln!(
-        "bedrock gateway on http://{} → {}{}; keys: {}",
+        "bedrock gateway on {scheme}://{} → {}{}; keys: {}",
         gateway.addr,
         upstream.endpoint,
         if emulator.is_some() {

@@ -10,9 +10,10 @@ use std::{
 use bedrock_throttle::{BoxError, ThrottleConfig};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::GatewayConfig, routes, upstream::Upstream};
+use crate::{config::GatewayConfig, routes, tls::TlsListener, upstream::Upstream};
 
 /// A gateway serving on its listener.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Running {
     pub throttle: ThrottleConfig,
     shutdown: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
+    /// The task that accepts TLS connections, which owns the socket when serving HTTPS.
+    accepting: Option<JoinHandle<()>>,
 }
 
 /// The process's Prometheus recorder: installed once, before the first request, since each
@@ -36,12 +39,13 @@ fn recorder() -> Result<PrometheusHandle, BoxError> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-/// Builds the throttle and the stack for `config`, binds `listen` and serves until
-/// [`Running::shutdown`].
+/// Builds the throttle and the stack for `config`, binds `listen` and serves (HTTPS with
+/// `tls`, else plain HTTP) until [`Running::shutdown`].
 pub async fn start(
     config: &GatewayConfig,
     upstream: &Upstream,
     listen: SocketAddr,
+    tls: Option<TlsAcceptor>,
 ) -> Result<Running, BoxError> {
     let metrics = recorder()?;
     let throttle = config.throttle()?;
@@ -60,17 +64,33 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone().cancelled_owned();
-    let task = tokio::spawn(async move {
-        // On shutdown: stop accepting, and wait for every open connection's requests.
-        axum::serve(listener, routes::router(app))
-            .with_graceful_shutdown(signal)
-            .await
-    });
+    let router = routes::router(app);
+    // On shutdown: stop accepting, and wait for every open connection's requests.
+    let (task, accepting) = match tls {
+        Some(acceptor) => {
+            let (listener, accepting) = TlsListener::new(listener, acceptor, shutdown.clone())?;
+            let task = tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(signal)
+                    .await
+            });
+            (task, Some(accepting))
+        }
+        None => {
+            let task = tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(signal)
+                    .await
+            });
+            (task, None)
+        }
+    };
     Ok(Running {
         addr,
         throttle,
         shutdown,
         task,
+        accepting,
     })
 }
 
@@ -79,6 +99,10 @@ impl Running {
     /// answered to the end.
     pub async fn shutdown(self) -> Result<(), BoxError> {
         self.shutdown.cancel();
+        if let Some(accepting) = self.accepting {
+            // Cancelled or aborted, its socket is closed either way.
+            let _ = accepting.await;
+        }
         Ok(self.task.await??)
     }
 }
