@@ -27,6 +27,9 @@
 //! - **Operators**: `/metrics` (Prometheus), `/capacity` (which limit binds per model, and
 //!   what to ask AWS for), `/stats` (counters per model and tenant), `/healthz`. SIGTERM or
 //!   Ctrl-C stops accepting and lets requests in flight finish.
+//! - **HTTPS** with the configured certificate (`"tls"`), since boto3 sends a bearer token
+//!   only over HTTPS; `--emulator` without one serves a demo certificate of `localhost`
+//!   whose authority is `examples/gateway/tls/ca.pem` (`AWS_CA_BUNDLE` for boto3).
 //!
 //! Flags: `--config PATH` (`examples/gateway/gateway.json` with `--emulator` when absent),
 //! `--listen ADDR` (overrides the file's), `--emulator`.
