@@ -1,7 +1,8 @@
 //! The gateway example (`examples/gateway/`), run in process over loopback against the
 //! crate's emulator, driven by clients nobody here wrote: boto3's `bedrock-runtime` client
 //! (`tests/python/boto3_gateway.py`) and the AWS SDK for Rust. Both send a tenant's key as a
-//! Bedrock API key. Real time: the emulator streams and Redis keep wall-clock time.
+//! Bedrock API key, over HTTPS with the example's demo certificate (botocore sends a bearer
+//! token nowhere else). Real time: the emulator streams and Redis keep wall-clock time.
 //!
 //! The boto3 test is skipped with a printed reason when `python3 -c 'import boto3'` fails
 //! (`scripts/test` installs boto3 when Python has pip).
@@ -27,6 +28,7 @@ mod upstream;
 use std::{
     net::{SocketAddr, TcpListener},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -464,5 +466,76 @@ async fn two_replicas_with_one_redis_url_share_the_model_quota() {
     for (gateway, emulator) in [(a, emulator_a), (b, emulator_b)] {
         gateway.shutdown().await.unwrap();
         emulator.shutdown().await;
+    }
+}
+
+/// An upstream on loopback that answers every Converse call and keeps the headers it was
+/// sent.
+async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<http::HeaderMap>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: http::HeaderMap| {
+        record.lock().unwrap().push(headers);
+        async {
+            let body = r#"{"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},
+                "stopReason":"end_turn","usage":{"inputTokens":3,"outputTokens":2,"totalTokens":5},
+                "metrics":{"latencyMs":1}}"#;
+            ([(http::header::CONTENT_TYPE, "application/json")], body)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_gets_the_gateways_credentials_and_never_the_callers_key() {
+    let (upstream, seen) = recording_upstream().await;
+    let endpoint = format!("http://{upstream}");
+    let credentials =
+        aws_credential_types::Credentials::new("AKIDGATEWAY", "gateway-secret", None, None, "test");
+    let cases = [
+        (
+            Upstream::api_key(endpoint.clone(), "gateway-own-key").unwrap(),
+            "Bearer gateway-own-key",
+        ),
+        (
+            Upstream::sigv4(
+                endpoint.clone(),
+                bedrock_throttle::sigv4::SigV4Layer::new(credentials).region("eu-west-1"),
+            ),
+            "AWS4-HMAC-SHA256 Credential=AKIDGATEWAY/",
+        ),
+    ];
+    for (upstream_auth, expected) in cases {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let gateway = server::start(&config(None), &upstream_auth, listen, None)
+            .await
+            .unwrap();
+        let out = sdk(gateway.addr, SEARCH_KEY)
+            .converse()
+            .model_id(MODEL)
+            .messages(message("Hello"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.usage().unwrap().total_tokens(), 5);
+        let headers = seen.lock().unwrap().pop().expect("one request upstream");
+        let authorization = headers["authorization"].to_str().unwrap();
+        assert!(authorization.starts_with(expected), "{authorization}");
+        if expected.starts_with("AWS4") {
+            assert!(authorization.contains("/eu-west-1/bedrock/aws4_request"));
+        }
+        // The caller's key stays at the gateway; the host is upstream's.
+        for (name, value) in &headers {
+            let leaked = value
+                .as_bytes()
+                .windows(SEARCH_KEY.len())
+                .any(|w| w == SEARCH_KEY.as_bytes());
+            assert!(!leaked, "the caller's key in {name}");
+        }
+        assert_eq!(headers["host"], upstream.to_string());
+        gateway.shutdown().await.unwrap();
     }
 }

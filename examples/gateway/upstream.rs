@@ -55,24 +55,35 @@ impl Upstream {
     /// Real Bedrock, with the credentials the configuration asks for: the default AWS
     /// chain for SigV4, or `AWS_BEARER_TOKEN_BEDROCK`.
     pub async fn from_config(config: &GatewayConfig) -> Result<Self, BoxError> {
-        let auth = match config.upstream_auth {
-            UpstreamAuth::Sigv4 => Auth::SigV4(
-                SigV4Layer::from_default_chain()
-                    .await?
-                    .region(&config.region),
-            ),
+        match config.upstream_auth {
+            UpstreamAuth::Sigv4 => {
+                let layer = SigV4Layer::from_default_chain().await?;
+                Ok(Self::sigv4(config.endpoint(), layer.region(&config.region)))
+            }
             UpstreamAuth::ApiKey => {
                 let key = std::env::var("AWS_BEARER_TOKEN_BEDROCK").map_err(|_| {
                     "upstream_auth is api-key but AWS_BEARER_TOKEN_BEDROCK is not set"
                 })?;
-                let mut value = HeaderValue::try_from(format!("Bearer {key}"))?;
-                value.set_sensitive(true);
-                Auth::ApiKey(value)
+                Self::api_key(config.endpoint(), &key)
             }
-        };
+        }
+    }
+
+    /// `endpoint`, with each attempt signed by `layer`.
+    pub fn sigv4(endpoint: String, layer: SigV4Layer) -> Self {
+        Self {
+            endpoint,
+            auth: Auth::SigV4(layer),
+        }
+    }
+
+    /// `endpoint`, with the gateway's own Bedrock API key on every request.
+    pub fn api_key(endpoint: String, key: &str) -> Result<Self, BoxError> {
+        let mut value = HeaderValue::try_from(format!("Bearer {key}"))?;
+        value.set_sensitive(true);
         Ok(Self {
-            endpoint: config.endpoint(),
-            auth,
+            endpoint,
+            auth: Auth::ApiKey(value),
         })
     }
 
@@ -109,11 +120,8 @@ impl Upstream {
             None,
             "gateway --emulator",
         );
-        let upstream = Self {
-            endpoint: emulator.endpoint_url(),
-            auth: Auth::SigV4(SigV4Layer::new(credentials).region(&config.region)),
-        };
-        Ok((upstream, emulator))
+        let layer = SigV4Layer::new(credentials).region(&config.region);
+        Ok((Self::sigv4(emulator.endpoint_url(), layer), emulator))
     }
 
     /// The stack for `throttle`'s quotas.
