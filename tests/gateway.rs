@@ -50,11 +50,12 @@ const REPORTS_KEY: &str = "gw-test-reports";
 
 /// Two tenants: `search`, and `reports` capped at 1 % of the model's 100 RPM, that is one
 /// request a minute, so its second request in a minute waits for its cap and is refused
-/// after `max_wait` (300 ms) with a 429.
+/// after `max_wait` (300 ms) with a 429. The file lists the reports key by its digest.
 fn config(redis_url: Option<&str>) -> GatewayConfig {
     let redis = redis_url.map_or(String::new(), |url| {
         format!(r#""redis_url": "{url}", "replicas": 2,"#)
     });
+    let reports = config::digest(REPORTS_KEY);
     GatewayConfig::parse(&format!(
         r#"{{
             {redis}
@@ -62,7 +63,7 @@ fn config(redis_url: Option<&str>) -> GatewayConfig {
             "models": {{ "{MODEL}": {{ "rpm": 100, "tpm": 200000 }} }},
             "tenants": {{
                 "search": {{ "weight": 3, "keys": ["{SEARCH_KEY}"] }},
-                "reports": {{ "cap": 0.01, "priority": "batch", "keys": ["{REPORTS_KEY}"] }}
+                "reports": {{ "cap": 0.01, "priority": "batch", "keys": ["sha256:{reports}"] }}
             }}
         }}"#
     ))

@@ -16,7 +16,8 @@
 //!     "anthropic.claude-3-haiku-20240307-v1:0": { "rpm": 100, "tpm": 200000 }
 //!   },
 //!   "tenants": {
-//!     "search":  { "weight": 3, "keys": ["gw-search-7f3a"] },
+//!     "search":  { "weight": 3,
+//!                  "keys": ["sha256:2f43ddc4c3afccf6cc2b470d7cbca33a83db1e09dce89fa9c54d6677ce1de01e"] },
 //!     "support": { "weight": 1, "cap": 0.2, "keys": ["gw-support-91c4"] },
 //!     "reports": { "weight": 1, "priority": "batch",
 //!                  "keys": ["gw-reports-2b8e", { "key": "gw-reports-oncall-5d10", "priority": "critical" }] }
@@ -142,7 +143,8 @@ pub struct TenantConfig {
     /// The priority of its requests: `critical`, `interactive` (when absent) or `batch`.
     #[serde(default)]
     pub priority: PriorityName,
-    /// The API keys its callers send as `Authorization: Bearer …`.
+    /// The API keys its callers send as `Authorization: Bearer …`, each in clear or as
+    /// `sha256:<hex>` of the key (see [`digest`]).
     pub keys: Vec<KeyConfig>,
 }
 
@@ -215,6 +217,14 @@ fn sixty() -> u64 {
     60
 }
 
+/// The SHA-256 of an API key, in lowercase hex: what the gateway looks a caller's key up
+/// by, and what the file may list instead of the key (`"sha256:<hex>"`), so that it holds
+/// no key in clear (`printf %s KEY | sha256sum`).
+pub fn digest(key: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
 impl GatewayConfig {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Self, BoxError> {
@@ -234,9 +244,10 @@ impl GatewayConfig {
         }
         // A key names one caller; the same key under two tenants is a mistake to stop at.
         let mut seen = std::collections::HashSet::new();
-        for key in config.callers().map(|(key, _)| key) {
-            if key.is_empty() || !seen.insert(key) {
-                return Err(format!("API key {key:?} is empty or listed twice").into());
+        for (shown, digest, _) in config.callers() {
+            let digest = digest.map_err(|e| format!("API key {shown:?}: {e}"))?;
+            if shown.is_empty() || !seen.insert(digest) {
+                return Err(format!("API key {shown:?} is empty or listed twice").into());
             }
         }
         Ok(config)
@@ -249,19 +260,27 @@ impl GatewayConfig {
             .unwrap_or_else(|| format!("https://bedrock-runtime.{}.amazonaws.com", self.region))
     }
 
-    /// Every API key with the caller it names.
-    pub fn callers(&self) -> impl Iterator<Item = (&str, Caller)> + '_ {
+    /// Every API key as the file writes it, with its [`digest`] (the file may give the
+    /// digest itself, as `sha256:<hex>`) and the caller it names.
+    pub fn callers(&self) -> impl Iterator<Item = (&str, Result<String, String>, Caller)> + '_ {
         self.tenants.iter().flat_map(|(name, tenant)| {
             tenant.keys.iter().map(move |key| {
                 let (key, priority) = match key {
                     KeyConfig::Key(key) => (key.as_str(), tenant.priority),
                     KeyConfig::WithPriority { key, priority } => (key.as_str(), *priority),
                 };
+                let digest = match key.strip_prefix("sha256:") {
+                    Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                        Ok(hex.to_ascii_lowercase())
+                    }
+                    Some(_) => Err("a sha256: key needs 64 hex digits".to_owned()),
+                    None => Ok(digest(key)),
+                };
                 let caller = Caller {
                     tenant: Tenant::new(name),
                     priority: priority.into(),
                 };
-                (key, caller)
+                (key, digest, caller)
             })
         })
     }
@@ -317,6 +336,31 @@ mod tests {
             .join("\n");
         let config = GatewayConfig::parse(&json).unwrap();
         assert_eq!(config.callers().count(), 4);
+        // The search key is listed by its digest.
+        let search: Vec<_> = config
+            .callers()
+            .filter(|(_, _, c)| c.tenant.as_str() == "search")
+            .collect();
+        assert_eq!(
+            search[0].1.as_deref(),
+            Ok(digest("gw-search-7f3a").as_str())
+        );
         assert_eq!(config.upstream_auth, UpstreamAuth::Sigv4);
+    }
+
+    #[test]
+    fn a_key_may_be_listed_by_its_digest() {
+        let config = |keys: &str| {
+            GatewayConfig::parse(&format!(
+                r#"{{"default_quota": {{"tpm": 1000}}, "tenants": {{"a": {{"keys": {keys}}}}}}}"#
+            ))
+        };
+        let listed = format!(r#"["sha256:{}"]"#, digest("k-1").to_uppercase());
+        let (_, found, _) = config(&listed).unwrap().callers().next().unwrap();
+        assert_eq!(found.unwrap(), digest("k-1"));
+        // The same key twice, once by its digest: refused; so is a digest cut short.
+        let twice = format!(r#"["k-1", "sha256:{}"]"#, digest("k-1"));
+        assert!(config(&twice).is_err());
+        assert!(config(r#"["sha256:abc"]"#).is_err());
     }
 }

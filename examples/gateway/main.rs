@@ -110,7 +110,7 @@ async fn main() -> Result<(), BoxError> {
         },
         config
             .callers()
-            .map(|(key, caller)| format!("{key} ({})", caller.tenant))
+            .map(|(key, _, caller)| format!("{key} ({})", caller.tenant))
             .collect::<Vec<_>>()
             .join(", ")
     );

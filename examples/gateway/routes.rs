@@ -15,12 +15,15 @@ use bedrock_throttle::ThrottleConfig;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceExt;
 
-use crate::{config::Caller, upstream::Stack};
+use crate::{
+    config::{digest, Caller},
+    upstream::Stack,
+};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct App {
-    /// API key → caller.
+    /// The SHA-256 of each API key ([`digest`]) → its caller.
     pub keys: Arc<HashMap<String, Caller>>,
     /// Where forwarded requests go: `scheme://host[:port]`, no trailing slash.
     pub endpoint: Arc<str>,
@@ -111,7 +114,7 @@ fn caller<'a>(keys: &'a HashMap<String, Caller>, headers: &HeaderMap) -> Option<
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    keys.get(key.trim())
+    keys.get(&digest(key.trim()))
 }
 
 /// An error as bedrock-runtime sends one: the status, `x-amzn-errortype` and a JSON
@@ -157,7 +160,7 @@ mod tests {
             tenant: bedrock_throttle::Tenant::new("search"),
             priority: bedrock_throttle::Priority::Batch,
         };
-        let keys = HashMap::from([("k-1".to_owned(), search)]);
+        let keys = HashMap::from([(digest("k-1"), search)]);
         let found = |value: Option<&str>| {
             let mut headers = HeaderMap::new();
             if let Some(value) = value {

@@ -49,10 +49,11 @@ pub async fn start(
 ) -> Result<Running, BoxError> {
     let metrics = recorder()?;
     let throttle = config.throttle()?;
+    // By digest: the key a caller sends is hashed and looked up.
     let keys: HashMap<String, _> = config
         .callers()
-        .map(|(key, caller)| (key.to_owned(), caller))
-        .collect();
+        .map(|(_, digest, caller)| Ok((digest?, caller)))
+        .collect::<Result<_, String>>()?;
     let app = routes::App {
         keys: Arc::new(keys),
         endpoint: upstream.endpoint.trim_end_matches('/').into(),
