@@ -28,8 +28,8 @@ const RPM: u32 = 400;
 const TPM: u64 = 300_000;
 const PERIOD: Duration = Duration::from_secs(60);
 
-/// The emulator of issue 21's upstream: RPM 400, TPM 300,000 per minute, 3.6 characters a
-/// token, 50 ms + 0.5 ms per output token, outputs of 30 to 100 % of `max_tokens`.
+/// A Bedrock-style upstream: RPM 400, TPM 300,000 per minute, 3.6 characters a token plus 3
+/// a message, 50 ms + 0.5 ms per output token, outputs of 30 to 100 % of `max_tokens`.
 async fn upstream(
     clock_offset: Duration,
     admission_delay: Duration,
@@ -50,6 +50,7 @@ async fn upstream(
             per_output_token: Duration::from_micros(500),
         })
         .chars_per_token(3.6)
+        .tokens_per_message(3)
         .output_tokens(OutputLength::PercentOfLimit { min: 30, max: 100 })
         .clock_offset(clock_offset)
         .admission_delay(admission_delay)
@@ -60,7 +61,7 @@ async fn upstream(
         .unwrap()
 }
 
-/// Issue 21's workload: 30 % documents of 20,000 to 60,000 characters with `max_tokens`
+/// The workload: 30 % documents of 20,000 to 60,000 characters with `max_tokens`
 /// 1,024, the rest 300 to 2,000 characters with `max_tokens` 256 or 512.
 fn workload(n: usize) -> Vec<(String, u64)> {
     let mut rng = fastrand::Rng::with_seed(21);
@@ -109,16 +110,27 @@ struct Run {
     elapsed: Duration,
     /// The lowest token rate the gate allowed, as a share of the quota.
     lowest_rate: f64,
-    /// Seconds of quota the gate's cuts withheld: ∫ (1 − rate / quota) dt.
+    /// Seconds of quota the gate's cuts withheld: ∫ (1 − rate / real quota)⁺ dt.
     withheld: f64,
 }
 
 /// Sends `jobs` through the layer from `callers` callers (`stream`: as ConverseStream),
 /// sampling the gate's token rate every 100 ms.
 async fn run(emu: &EmulatorHandle, jobs: Vec<(String, u64)>, callers: usize, stream: bool) -> Run {
+    run_told(emu, jobs, callers, stream, Quota::new(RPM, TPM)).await
+}
+
+/// As [`run`], the gate told `quota`.
+async fn run_told(
+    emu: &EmulatorHandle,
+    jobs: Vec<(String, u64)>,
+    callers: usize,
+    stream: bool,
+    quota: Quota,
+) -> Run {
     let url = emu.endpoint_url();
     let cfg = ThrottleConfig::builder()
-        .model_quota(MODEL, Quota::new(RPM, TPM))
+        .model_quota(MODEL, quota)
         .max_wait(Duration::from_secs(600))
         .build()
         .unwrap();
@@ -197,6 +209,31 @@ async fn an_upstream_bucket_behind_the_gates_costs_one_refusal_not_a_period_of_q
     // 0.3 × 1.5 / 4 periods (6.75 s) of quota.
     assert_eq!(r.lowest_rate, 1.0, "{r:?}");
     assert_eq!(r.withheld, 0.0, "{r:?}");
+    emu.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_configured_twice_too_high_is_found_without_withholding_the_real_one() {
+    let emu = upstream(Duration::ZERO, Duration::ZERO, Faults::NONE).await;
+    let right = run(&emu, workload(400), 48, false).await;
+    emu.shutdown().await;
+    let emu = upstream(Duration::ZERO, Duration::ZERO, Faults::NONE).await;
+    let r = run_told(&emu, workload(400), 48, false, Quota::new(2 * RPM, 2 * TPM)).await;
+    let attempts = emu.stats().model(MODEL).admitted + r.throttles;
+    println!("told the real quota: {right:?}\ntold 2x: {r:?}, {attempts} attempts");
+    assert_eq!(r.failed, 0, "{r:?}");
+    // The wrong quota is found from a few refusals ...
+    assert!(r.throttles >= 1, "the wrong quota shows: {r:?}");
+    assert!(r.throttles as f64 <= 0.02 * attempts as f64, "{r:?}");
+    // ... that do not compound into cuts within seconds of each other (0.7³ of the
+    // configured quota, a third below the real one, and a minute and a half of climbing
+    // back: 53 s of the real quota withheld), nor cut far from the rate they show.
+    assert!(r.lowest_rate >= 0.7, "{r:?}");
+    assert!(r.withheld <= 6.0, "{r:?}");
+    assert!(
+        r.elapsed.as_secs_f64() <= 1.02 * right.elapsed.as_secs_f64(),
+        "{r:?} against {right:?}"
+    );
     emu.shutdown().await;
 }
 

@@ -22,6 +22,9 @@ const STEP_BACK: f64 = 0.9;
 /// A refusal tells the rate it was drawn at only when the key drew at least this share of
 /// its current rate over the last period.
 const TESTED: f64 = 0.5;
+/// A recurring refusal tells how far the rate is too high only once the key could have
+/// drawn this many requests of its size since the last strike or cut.
+const TELLING: f64 = 2.0;
 
 /// Where the rate curve is.
 #[derive(Clone, Debug, PartialEq)]
@@ -179,7 +182,9 @@ impl Controller {
     ///   measurement would take it, and climbs back on that cut's curve. A quota
     ///   configured twice too high is refused again within seconds, so the first such cut
     ///   is the full one; a rate a few percent high, refused again a minute later, loses a
-    ///   few percent instead of 30;
+    ///   few percent instead of 30. A refusal sooner than two of its requests at the
+    ///   current rate (`TELLING`) tells nothing yet (upstream's bucket may still be short
+    ///   from before): it only empties the bucket, so cuts do not compound within seconds;
     /// - a key that drew far less than its rate learns nothing about it from a refusal
     ///   (upstream refused for something else, typically capacity): the rate is cut from
     ///   the limit at most once per recovery, so such refusals never compound.
@@ -229,7 +234,13 @@ impl Controller {
             let since = self
                 .last_mark
                 .map_or(0.0, |m| now.saturating_duration_since(m).as_secs_f64());
-            let evident = self.scale - size * self.period / since.max(f64::MIN_POSITIVE);
+            if since * self.scale < TELLING * size * self.period {
+                // Too soon to tell: upstream's bucket may still be short from before the
+                // last mark. The bucket is emptied; the mark stays where it was, so the
+                // refusals that follow are measured from it.
+                return false;
+            }
+            let evident = self.scale - size * self.period / since;
             let cut = self.cut(now, admitted_at, Some(measured));
             if let Phase::Cubic { last_max, clock } = &mut self.phase {
                 if cut && evident > self.scale {
@@ -304,9 +315,13 @@ mod tests {
         // many in 5 s, 0.02 × 60 / 5 = 0.24 of the quota too fast.
         assert!(c.refused(t0 + s(5), t0 + s(2), Some(0.9), size));
         assert!((c.scale - 0.76).abs() < 1e-9, "{}", c.scale);
-        // And again on new evidence 3 s after: 0.4 too fast would go below what a cut from
-        // the rate drawn gives (0.7 × 0.76), so that.
-        assert!(c.refused(t0 + s(8), t0 + s(6), Some(0.9), size));
+        // A refusal 2 s after the cut is too soon to tell (two requests take 3.2 s at 0.76):
+        // the rate stays.
+        assert!(!c.refused(t0 + s(7), t0 + s(6), Some(0.9), size));
+        assert!((c.scale - 0.76).abs() < 1e-9, "{}", c.scale);
+        // One 4 s after the cut tells: 0.3 too fast would go below what a cut from the rate
+        // drawn gives (0.7 × 0.76), so that.
+        assert!(c.refused(t0 + s(9), t0 + s(8), Some(0.9), size));
         assert!((c.scale - 0.532).abs() < 1e-9, "{}", c.scale);
 
         // Probing above the rate of that cut, a strike 192 s after steps back by the one
@@ -330,15 +345,19 @@ mod tests {
     }
 
     #[test]
-    fn a_quota_configured_twice_too_high_is_cut_in_full_and_a_slightly_high_one_a_little() {
+    fn a_recurring_refusal_cuts_by_what_it_shows() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        // Twice too high: refused again 2 s after the strike, 0.05 × 60 / 2 = 1.5 too fast;
-        // the cut from the rate drawn decides.
+        // Twice too high: refused again 2 s after the strike, too soon to tell (two
+        // requests of 0.05 take 6 s), then 6.5 s after it, 0.05 × 60 / 6.5 too fast; the
+        // cut from the rate drawn (0.7 × 0.6) would go further.
         let mut c = Controller::new(false, s(90), period());
         assert!(!c.refused(t0, t0 - s(1), Some(1.0), 0.05));
-        assert!(c.refused(t0 + s(2), t0 + s(1), Some(0.6), 0.05));
-        assert!((c.scale - 0.42).abs() < 1e-9, "{}", c.scale);
+        assert!(!c.refused(t0 + s(2), t0 + s(1), Some(0.6), 0.05));
+        assert_eq!(c.scale, 1.0);
+        let at = t0 + Duration::from_millis(6_500);
+        assert!(c.refused(at, t0 + s(3), Some(0.6), 0.05));
+        assert!((c.scale - (1.0 - 3.0 / 6.5)).abs() < 1e-9, "{}", c.scale);
         // 5 % too high: refused again 40 s after, 0.05 × 60 / 40 = 0.075 too fast.
         let mut c = Controller::new(false, s(90), period());
         assert!(!c.refused(t0, t0 - s(1), Some(1.0), 0.05));
