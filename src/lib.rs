@@ -133,7 +133,8 @@ pub use self::{
     key::QuotaKey,
     layer::{BedrockThrottle, BedrockThrottleLayer},
     ledger::{
-        Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, LocalLedger, OutagePolicy,
+        Alone, Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, LocalLedger,
+        OutagePolicy,
     },
     quota::{default_burndown, Quota, DISCOVER_START_TPM},
     scope::{ContextWindow, Scope},

@@ -19,7 +19,7 @@ use std::{
 
 use bedrock_throttle::{
     emulator::{EmulatedQuota, Emulator, EmulatorHandle, LatencyModel, OutputLength},
-    Ask, BedrockThrottleLayer, BoxError, Grant, Hold, Ledger, Limits, OutagePolicy, Quota,
+    Alone, Ask, BedrockThrottleLayer, BoxError, Grant, Hold, Ledger, Limits, OutagePolicy, Quota,
     QuotaKey, RedisLedger, ThrottleConfig, ThrottleError,
 };
 use bytes::Bytes;
@@ -139,7 +139,7 @@ fn ask(client: u64, hold: u64, tokens: u64) -> Ask {
         client,
         hold,
         start_level: 1.0,
-        outage: None,
+        alone: None,
     }
 }
 
@@ -197,7 +197,7 @@ async fn reserve_takes_both_limits_and_answers_the_refill_time() {
             client: 1,
             hold: 10 + i,
             start_level: 1.0,
-            outage: None,
+            alone: None,
         };
         held(reserve(&l, a).await);
     }
@@ -208,7 +208,7 @@ async fn reserve_takes_both_limits_and_answers_the_refill_time() {
         client: 1,
         hold: 20,
         start_level: 1.0,
-        outage: None,
+        alone: None,
     };
     about(
         fits_in(reserve(&l, a).await),
@@ -251,7 +251,7 @@ async fn an_expired_hold_keeps_its_charge() {
 }
 
 #[tokio::test]
-async fn a_key_the_ledger_lost_starts_at_the_asked_level_and_an_outage_is_taken_once() {
+async fn a_key_the_ledger_lost_starts_at_the_asked_level_and_each_spell_alone_is_taken_once() {
     let (url, _server) = redis_url();
     let l = RedisLedger::open(&url).unwrap().prefix(prefix());
     // A key a client spent from a quarter of a period ago comes back a quarter full.
@@ -263,44 +263,44 @@ async fn a_key_the_ledger_lost_starts_at_the_asked_level_and_an_outage_is_taken_
         Duration::from_secs(100),
         Duration::from_secs(5),
     );
-    // A key started after an outage began already leaves that outage's refill out.
+    // A client back from an outage in which it admitted 2 000 tokens on its own: they
+    // come off the bucket, even though the answer is "not now" (3 000 short: 300 s).
+    let alone = |spell, tokens| {
+        Some(Alone {
+            spell,
+            tokens,
+            requests: 1,
+        })
+    };
     let mut back = ask(2, 2, 1_000);
-    back.outage = Some(Duration::from_secs(300));
+    back.alone = alone(1, 2_000);
     about(
         fits_in(reserve(&l, back).await),
-        Duration::from_secs(100),
+        Duration::from_secs(300),
         Duration::from_secs(5),
     );
-
-    // A key that lived through the outage loses the outage's refill, once: 10 000 tokens
-    // per 10 s, emptied, then a client back from an outage of the last 150 ms asks for
-    // 5 000, which takes 150 ms longer than the refill alone says.
-    let fast = Limits {
-        tokens: 10_000,
-        requests: None,
-        period: Duration::from_secs(10),
-        headroom: Duration::ZERO,
-    };
-    let k = QuotaKey::new(Some("outage"), None);
-    let mk = |client, hold, tokens, outage| {
-        let mut a = Ask::new(k.clone(), tokens, fast, client, hold);
-        a.outage = outage;
-        a
-    };
-    held(reserve(&l, mk(1, 0, 10_000, None)).await);
-    let emptied = std::time::Instant::now();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let asked = std::time::Instant::now();
-    let wait = fits_in(reserve(&l, mk(2, 1, 5_000, Some(Duration::from_millis(150)))).await);
-    let refilled = asked - emptied;
-    let want = Duration::from_secs(5) - refilled + Duration::from_millis(150);
-    let diff = wait.as_secs_f64() - want.as_secs_f64();
-    assert!(diff.abs() < 0.06, "waits {wait:?}, expected {want:?}");
-    // Asked again by another client back from the same outage: not taken twice.
-    let again = fits_in(reserve(&l, mk(3, 2, 5_000, Some(Duration::from_millis(200)))).await);
-    assert!(
-        again <= wait,
-        "the same outage was charged twice: {again:?} after {wait:?}"
+    // The same spell told again (another waiter of that client) is not taken twice ...
+    let mut again = ask(2, 3, 1_000);
+    again.alone = alone(1, 2_500);
+    about(
+        fits_in(reserve(&l, again).await),
+        Duration::from_secs(300),
+        Duration::from_secs(5),
+    );
+    // ... another client's spell is taken, and so is the first client's next spell.
+    let mut other = ask(3, 0, 1_000);
+    other.alone = alone(1, 1_000);
+    about(
+        fits_in(reserve(&l, other).await),
+        Duration::from_secs(400),
+        Duration::from_secs(5),
+    );
+    let mut next = ask(2, 4, 1_000);
+    next.alone = alone(2, 1_000);
+    about(
+        fits_in(reserve(&l, next).await),
+        Duration::from_secs(500),
+        Duration::from_secs(5),
     );
 }
 
@@ -346,7 +346,7 @@ async fn clients_take_turns_in_the_order_they_began_waiting() {
         client,
         hold,
         start_level: 1.0,
-        outage: None,
+        alone: None,
     };
     held(reserve(&l, a(1, 0, 1_000)).await);
     // Client 2 waits for 500 tokens (5 s); client 3, asking later for 10, waits behind it
@@ -396,7 +396,7 @@ async fn the_keys_of_a_model_share_one_hash_tag_and_expire() {
         client: 9,
         hold,
         start_level: 1.0,
-        outage: None,
+        alone: None,
     };
     held(reserve(&l, mk(0, 1_000)).await);
     fits_in(reserve(&l, mk(1, 10)).await);

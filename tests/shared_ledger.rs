@@ -184,14 +184,26 @@ async fn failing_open_spends_a_share_of_the_quota_in_process_then_resumes() {
         waited >= Duration::from_secs(36) && waited <= Duration::from_millis(36_300),
         "{waited:?}"
     );
-    // Back up: the next request is reserved in the shared ledger, which still has its
-    // whole quota.
+    // Back up: the next request is reserved in the shared ledger, which takes the 800
+    // tokens admitted alone from its full bucket: 600 wait for 400 more, 24 s.
     down.store(false, Ordering::SeqCst);
     tokio::time::advance(OutagePolicy::retry_after()).await;
     let before = asked.load(Ordering::SeqCst);
     let now = Instant::now();
-    assert_eq!(send(&svc, 600).await.unwrap(), now);
-    assert_eq!(asked.load(Ordering::SeqCst), before + 1);
+    let at = send(&svc, 600).await.unwrap();
+    let waited = at - now;
+    assert!(
+        waited >= Duration::from_secs(24) && waited <= Duration::from_millis(24_300),
+        "{waited:?}"
+    );
+    assert!(asked.load(Ordering::SeqCst) > before);
+    // Then at the shared ledger's whole rate: 1 000 more after a minute.
+    let at = send(&svc, 1_000).await.unwrap();
+    let waited = at - now;
+    assert!(
+        waited >= Duration::from_secs(84) && waited <= Duration::from_millis(84_300),
+        "{waited:?}"
+    );
 }
 
 #[test]

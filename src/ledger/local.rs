@@ -94,8 +94,8 @@ struct LocalKey {
     tokens: f64,
     requests: f64,
     updated: f64,
-    /// Outages that began before this time are accounted for (see `Ask::outage`).
-    covered: f64,
+    /// The last spell alone of each client taken from the buckets (see `Ask::alone`).
+    taken: HashMap<u64, u64>,
     /// Outstanding holds: member → expiry.
     holds: HashMap<String, f64>,
     /// Waiting clients: (first ask, client) → (place kept until, tokens asked).
@@ -110,7 +110,7 @@ impl LocalKey {
             tokens: limits.tokens as f64 * level,
             requests: limits.requests.map_or(0.0, |r| f64::from(r) * level),
             updated: now,
-            covered: now,
+            taken: HashMap::new(),
             holds: HashMap::new(),
             waiters: BTreeMap::new(),
         }
@@ -153,16 +153,13 @@ impl LocalKey {
     fn reserve(&mut self, now: f64, ask: &Ask, ttl: f64, grace: f64) -> Option<u64> {
         let l = ask.limits;
         self.refill(now, l);
-        if let Some(outage) = ask.outage {
-            let outage = outage.as_micros() as f64;
-            if self.covered < now - outage {
-                // The fleet spent its shares while alone: the outage's refill is gone.
-                let spent = outage.min(l.period.as_micros() as f64) / l.period.as_micros() as f64;
-                self.tokens -= l.tokens as f64 * spent;
-                if let Some(r) = l.requests {
-                    self.requests -= f64::from(r) * spent;
+        if let Some(alone) = ask.alone.filter(|a| a.spell > 0) {
+            if self.taken.insert(ask.client, alone.spell) != Some(alone.spell) {
+                // What the client admitted on its own comes off the buckets, once.
+                self.tokens -= alone.tokens as f64;
+                if l.requests.is_some() {
+                    self.requests -= alone.requests as f64;
                 }
-                self.covered = now;
             }
         }
         self.holds.retain(|_, expiry| *expiry > now);
@@ -218,6 +215,7 @@ impl LocalKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::spi::Alone;
 
     fn limits() -> Limits {
         Limits {
@@ -241,7 +239,7 @@ mod tests {
     const S: f64 = 1e6;
 
     #[tokio::test(start_paused = true)]
-    async fn a_key_starts_at_the_asked_level_and_an_outage_is_taken_once() {
+    async fn a_key_starts_at_the_asked_level_and_each_spell_alone_is_taken_once() {
         let ledger = LocalLedger::new();
         let mut a = ask(1, 0, 1_000);
         a.start_level = 0.25;
@@ -253,29 +251,42 @@ mod tests {
             Grant::FitsIn(d) if d == Duration::from_secs(5)
         ));
         // 20 s later (2 000 refilled, 2 500 in the bucket) a client back from an outage
-        // that began 6 s ago takes its 600 of refill away, even though the answer is
-        // "not now" for 3 000: 1 100 more take 11 s at 100 tokens/s.
+        // in which it admitted 600 tokens on its own has them taken, even though the
+        // answer is "not now" for 3 000: 1 100 more take 11 s at 100 tokens/s.
         tokio::time::advance(Duration::from_secs(20)).await;
+        let spell = |spell, tokens| {
+            Some(Alone {
+                spell,
+                tokens,
+                requests: 2,
+            })
+        };
         let mut back = ask(2, 2, 3_000);
-        back.outage = Some(Duration::from_secs(6));
+        back.alone = spell(1, 600);
         let Grant::FitsIn(wait) = ledger.reserve_now(&back) else {
             panic!("1 900 left cannot hold 3 000");
         };
         assert_eq!(wait, Duration::from_secs(11));
-        // Another client back from the same outage (it began 8 s ago for that one) is not
-        // charged again; an outage that began later than the last one accounted for is.
-        let mut also = ask(2, 3, 3_000);
-        also.outage = Some(Duration::from_secs(8));
+        // The same spell told again (another waiter of the client) is not taken again ...
+        let mut again = ask(2, 3, 3_000);
+        again.alone = spell(1, 650);
         assert!(matches!(
-            ledger.reserve_now(&also),
+            ledger.reserve_now(&again),
             Grant::FitsIn(d) if d == Duration::from_secs(11)
+        ));
+        // ... another client's spell is, and so is a later spell of the first.
+        let mut other = ask(3, 0, 3_000);
+        other.alone = spell(1, 400);
+        assert!(matches!(
+            ledger.reserve_now(&other),
+            Grant::FitsIn(d) if d == Duration::from_secs(15)
         ));
         tokio::time::advance(Duration::from_secs(1)).await;
         let mut later = ask(2, 4, 3_000);
-        later.outage = Some(Duration::from_millis(500));
+        later.alone = spell(2, 100);
         assert!(matches!(
             ledger.reserve_now(&later),
-            Grant::FitsIn(d) if d == Duration::from_millis(10_500)
+            Grant::FitsIn(d) if d == Duration::from_secs(15)
         ));
     }
 

@@ -62,7 +62,7 @@ pub(crate) use self::{
 };
 pub use self::{
     local::LocalLedger,
-    spi::{Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, OutagePolicy},
+    spi::{Alone, Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, OutagePolicy},
 };
 
 /// The caps on one key, by whose they are: a tenant's own, or (`None`) the one all other

@@ -17,7 +17,8 @@ use crate::QuotaKey;
 /// Reserve: KEYS = bucket hash, holds zset, waiters zset; ARGV = tokens per period,
 /// requests per period (0: none), period µs, headroom µs, tokens, client, hold member,
 /// hold ttl µs, waiter grace µs, min wait µs, start level (a new key's share of a full
-/// bucket), outage (µs since the client began spending from its fallback, or -1). Returns
+/// bucket), the client's spell alone (0: none), tokens and requests it admitted alone (see
+/// `Ask::alone`). Returns
 /// `{1, 0}` when reserved, else
 /// `{0, wait µs}`. The same arithmetic as `LocalKey::reserve`.
 const RESERVE: &str = r#"
@@ -26,20 +27,18 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local T, R, P, H = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local tokens, me, member = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local ttl, grace, minwait = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local level, outage = tonumber(ARGV[11]), tonumber(ARGV[12])
-local s = redis.call('HMGET', KEYS[1], 'tl', 'rl', 'ts', 'cv')
-local tl, rl, ts, cv = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
-if not ts then tl = T * level; rl = R * level; ts = now; cv = now end
+local level, spell = tonumber(ARGV[11]), tonumber(ARGV[12])
+local s = redis.call('HMGET', KEYS[1], 'tl', 'rl', 'ts', 'o:' .. me)
+local tl, rl, ts, taken = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
+if not ts then tl = T * level; rl = R * level; ts = now end
 local dt = math.max(now - ts, 0)
 tl = math.min(T, tl + T * dt / P)
 if R > 0 then rl = math.min(R, rl + R * dt / P) else rl = 0 end
 ts = math.max(ts, now)
-cv = cv or 0
-if outage >= 0 and cv < now - outage then
-  local f = math.min(outage, P) / P
-  tl = tl - T * f
-  if R > 0 then rl = rl - R * f end
-  cv = now
+if spell > 0 and taken ~= spell then
+  tl = tl - tonumber(ARGV[13])
+  if R > 0 then rl = rl - tonumber(ARGV[14]) end
+  redis.call('HSET', KEYS[1], 'o:' .. me, spell)
 end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
 if #expired > 0 then redis.call('ZREM', KEYS[2], unpack(expired)) end
@@ -65,7 +64,7 @@ if head == nil or head == me then
   if wait <= 0 then
     tl = tl - tokens
     if R > 0 then rl = rl - 1 end
-    redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', ts, 'cv', cv)
+    redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', ts)
     redis.call('ZADD', KEYS[2], now + ttl, member)
     if head == me then
       redis.call('ZREM', KEYS[3], me)
@@ -80,7 +79,7 @@ else
 end
 wait = math.max(math.ceil(wait), minwait)
 redis.call('ZADD', KEYS[3], 'NX', now, me)
-redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', ts, 'cv', cv, 'w:' .. me, now + wait + grace, 'n:' .. me, tokens)
+redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', ts, 'w:' .. me, now + wait + grace, 'n:' .. me, tokens)
 redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PEXPIRE', KEYS[3], keep)
 return {0, wait}
@@ -145,14 +144,14 @@ return 1
 ///   nobody spent from lately starts full, as on a first start. Settles of holds made
 ///   before the restart change nothing, so nothing is counted twice. Requests in flight are
 ///   not affected; waiting ones ask again and are served.
-/// - Under [`OutagePolicy::FailOpen`](crate::OutagePolicy::FailOpen) the fleet spends its
-///   shares (together the quota) while Redis is down, so what a key refilled during the
-///   outage counts as spent: a key that comes back empty starts at what it refilled before
-///   the first process began spending on its own, and a key that comes back with its data
-///   (persistence, a promoted replica) loses the outage's refill once, with the first
-///   process's first ask afterwards. Neither hands the fleet the outage's quota twice; if
-///   the fleet spent less than its shares, that much quota goes unused for a moment.
-///   Under `FailClosed` nothing was spent and nothing is taken.
+/// - Under [`OutagePolicy::FailOpen`](crate::OutagePolicy::FailOpen) each process spends
+///   its share while Redis is down and remembers what it admitted on its own; its first ask
+///   afterwards takes exactly that from the key's bucket (once per outage and process, see
+///   [`Ask::alone`](crate::Ask::alone)), whether the key came back with its data
+///   (persistence, a promoted replica: the outage's refill is in it) or empty (it starts at
+///   what it refilled since the process's last answer). The fleet never gets the outage's
+///   quota twice, and what it did not spend alone is still there. Under `FailClosed`
+///   nothing was spent and nothing is taken.
 /// - While Redis cannot be reached the gate follows its
 ///   [`OutagePolicy`](crate::OutagePolicy); the connection reconnects by itself.
 ///
@@ -326,6 +325,7 @@ impl Ledger for RedisLedger {
             let mut conn = i.conn().await?;
             let [b, h, q] = this.names(&ask.key);
             let (t, r, p) = limit_args(&ask.limits);
+            let alone = ask.alone.unwrap_or_default();
             let (reserved, wait): (i64, i64) = i
                 .reserve
                 .key(b)
@@ -342,10 +342,9 @@ impl Ledger for RedisLedger {
                 .arg(WAITER_GRACE_US as u64)
                 .arg(MIN_WAIT_US as u64)
                 .arg(start_level(ask.start_level))
-                .arg(
-                    ask.outage
-                        .map_or(-1, |d| d.as_micros().min(i64::MAX as u128) as i64),
-                )
+                .arg(alone.spell)
+                .arg(alone.tokens)
+                .arg(alone.requests)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(LedgerError::new)?;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::{
     local::LocalLedger,
     lock::lock,
-    spi::{Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, OutagePolicy},
+    spi::{Alone, Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits, OutagePolicy},
 };
 use crate::{quota::ResolvedQuota, QuotaKey};
 
@@ -141,6 +141,12 @@ struct Spending {
     /// When this client began admitting from its outage fallback, if it has since the
     /// ledger last answered.
     fallback_since: Option<Instant>,
+    /// The current or last spell alone (see `Ask::alone`), counting from 1.
+    spell: u64,
+    /// Tokens the spell admitted, less what its settlements gave back.
+    alone_tokens: f64,
+    /// Requests the spell admitted.
+    alone_requests: u64,
 }
 
 impl Spending {
@@ -154,15 +160,38 @@ impl Spending {
     }
 
     /// The level, as a share of a full bucket, that the key can have refilled to since
-    /// the ledger last answered (had the bucket been empty then) and before the fleet began
-    /// spending on its own (`alone`): where a bucket the ledger no longer knows, or the
-    /// fallback's, starts. Under `FailOpen` the fleet's shares add up to the quota, so what
-    /// refilled during the outage is taken as spent.
-    fn start_level(&self, now: Instant, alone: Option<Instant>, period: Duration) -> f64 {
+    /// the ledger last answered (had the bucket been empty then) until `until`: where a
+    /// bucket the ledger no longer knows starts (`until` now; what the fleet spent alone
+    /// comes off it with each client's [`Ask::alone`]), or the fallback's (`until` the
+    /// fleet began spending on its own: under `FailOpen` the fleet's shares add up to the
+    /// quota, so what refills from then on is theirs).
+    fn start_level(&self, until: Instant, period: Duration) -> f64 {
         self.last_answer.map_or(1.0, |t| {
-            let until = self.alone_since(alone).unwrap_or(now).clamp(t, now);
+            let until = until.max(t);
             ((until - t).as_secs_f64() / period.as_secs_f64().max(1e-9)).min(1.0)
         })
+    }
+
+    /// What the current spell alone admitted, while it is open.
+    fn alone(&self) -> Option<Alone> {
+        self.fallback_since.map(|_| Alone {
+            spell: self.spell,
+            tokens: self.alone_tokens.max(0.0) as u64,
+            requests: self.alone_requests,
+        })
+    }
+
+    /// The fallback admitted `tokens` at `now`: the first admission since the ledger last
+    /// answered opens a new spell.
+    fn admitted_alone(&mut self, now: Instant, tokens: u64) {
+        if self.fallback_since.is_none() {
+            self.fallback_since = Some(now);
+            self.spell += 1;
+            self.alone_tokens = 0.0;
+            self.alone_requests = 0;
+        }
+        self.alone_tokens += tokens as f64;
+        self.alone_requests += 1;
     }
 }
 
@@ -266,12 +295,9 @@ impl RemoteStep {
         }
         let mut ask = self.link.ask(key, tokens, self.limits);
         {
-            let alone = self.link.fleet_alone_since();
             let spending = lock(&self.spending);
-            ask.start_level = spending.start_level(now, alone, self.limits.period);
-            ask.outage = spending
-                .alone_since(alone)
-                .map(|t| now.saturating_duration_since(t));
+            ask.start_level = spending.start_level(now, self.limits.period);
+            ask.alone = spending.alone();
         }
         self.asking = Some(Mutex::new(self.link.ledger.reserve(ask)));
         Answer::Again
@@ -306,10 +332,14 @@ impl RemoteStep {
                 // The fallback starts no fuller than the shared bucket can be: a fleet
                 // that spent it just before the outage has nothing more to spend at once.
                 let alone = self.link.fleet_alone_since();
-                ask.start_level = lock(&self.spending).start_level(now, alone, self.limits.period);
+                {
+                    let spending = lock(&self.spending);
+                    let until = spending.alone_since(alone).unwrap_or(now).min(now);
+                    ask.start_level = spending.start_level(until, self.limits.period);
+                }
                 match self.link.fallback.reserve_now(&ask) {
                     Grant::Reserved(hold) => {
-                        lock(&self.spending).fallback_since.get_or_insert(now);
+                        lock(&self.spending).admitted_alone(now, hold.tokens);
                         self.reserved(hold, true)
                     }
                     Grant::FitsIn(d) => self.later(now + d),
@@ -319,10 +349,11 @@ impl RemoteStep {
     }
 
     fn reserved(&self, hold: Hold, fallback: bool) -> Answer {
+        let alone = fallback.then(|| (self.spending.clone(), lock(&self.spending).spell));
         Answer::Reserved(RemoteHold {
             link: self.link.clone(),
             hold,
-            fallback,
+            alone,
         })
     }
 
@@ -344,18 +375,25 @@ impl Drop for RemoteStep {
 pub(super) struct RemoteHold {
     link: Arc<LedgerLink>,
     hold: Hold,
-    fallback: bool,
+    /// For a hold in the outage fallback: the spending it counts in, and its spell.
+    alone: Option<(Arc<Mutex<Spending>>, u64)>,
 }
 
 impl RemoteHold {
     /// Whether the hold is in the outage fallback rather than the shared ledger.
     pub(super) fn is_fallback(&self) -> bool {
-        self.fallback
+        self.alone.is_some()
     }
 
     pub(super) fn settle(self, actual: u64) {
-        if self.fallback {
+        if let Some((spending, spell)) = &self.alone {
             self.link.fallback.settle_now(&self.hold, actual);
+            // While its spell is still to be told to the ledger, what it gives back (or
+            // takes more) counts there too; after, the ledger has taken the reservation.
+            let mut spending = lock(spending);
+            if spending.spell == *spell && spending.fallback_since.is_some() {
+                spending.alone_tokens += actual as f64 - self.hold.tokens as f64;
+            }
             return;
         }
         let future = self.link.ledger.settle(self.hold, actual);

@@ -28,9 +28,10 @@ pub type LedgerFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> +
 /// here serve clients in the order they began waiting, one reservation per turn.
 ///
 /// A key the ledger has no state for starts at [`Ask::start_level`] of a full bucket, and
-/// the first ask with an [`Ask::outage`] after an outage takes that outage's refill from
-/// the key's bucket: that is how a fleet stays inside the quota when the ledger comes back
-/// from an outage, empty or not.
+/// a client's first ask with an [`Ask::alone`] after an outage takes what that client
+/// admitted on its own from the key's bucket: that is how a fleet stays inside the quota,
+/// and gets what it did not spend, when the ledger comes back from an outage, empty or
+/// not.
 ///
 /// The process's own buckets stay in front of the shared ledger as a per-process ceiling at
 /// the full quota: they only hold a process back after an upstream throttle (see
@@ -127,19 +128,29 @@ pub struct Ask {
     /// has, because a ledger that has no state for such a key has lost it (a restart
     /// without persistence), and a full bucket then would let the fleet spend twice.
     pub start_level: f64,
-    /// How long ago this client began admitting from its outage fallback
-    /// ([`OutagePolicy::FailOpen`]), when it has since the ledger last answered it. The
-    /// fleet's shares add up to the quota, so the ledger takes what the key refilled over
-    /// that time as spent, once for all clients: the first such ask after an outage
-    /// removes it from the bucket (unless the ledger lost the key and started it at
-    /// [`start_level`](Self::start_level), which leaves that refill out already), and asks
-    /// about an outage that began before that are not charged again.
-    pub outage: Option<Duration>,
+    /// What this client admitted from its outage fallback ([`OutagePolicy::FailOpen`])
+    /// since the ledger last answered it, if anything: the ledger takes it from the
+    /// key's bucket, once per [`Alone::spell`], so the refill of an outage that the
+    /// fleet did not spend is still there when the ledger comes back.
+    pub alone: Option<Alone>,
+}
+
+/// What one client admitted on its own, from its outage fallback, in one spell without the
+/// shared ledger (see [`Ask::alone`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Alone {
+    /// Which of this client's spells alone (counting from 1): a ledger takes each spell of
+    /// a client once, however many asks carry it.
+    pub spell: u64,
+    /// Tokens admitted, less what settlements have given back so far.
+    pub tokens: u64,
+    /// Requests admitted.
+    pub requests: u64,
 }
 
 impl Ask {
     /// An ask for `tokens` of `key` by `client` as hold `hold`, for a key that starts full,
-    /// with no outage behind it.
+    /// with nothing admitted alone behind it.
     pub fn new(key: QuotaKey, tokens: u64, limits: Limits, client: u64, hold: u64) -> Self {
         Self {
             key,
@@ -148,7 +159,7 @@ impl Ask {
             client,
             hold,
             start_level: 1.0,
-            outage: None,
+            alone: None,
         }
     }
 }
