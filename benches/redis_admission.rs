@@ -201,7 +201,7 @@ fn bench(c: &mut Criterion) {
                     client: 1,
                     hold,
                     start_level: 1.0,
-                    outage: None,
+                    alone: None,
                 };
                 match ledger.reserve(ask).await.unwrap() {
                     Grant::Reserved(h) => ledger.settle(h, 500).await.unwrap(),
