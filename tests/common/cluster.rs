@@ -21,6 +21,23 @@ pub struct RedisCluster {
     nodes: Vec<Node>,
 }
 
+/// One line of `CLUSTER NODES`.
+struct NodeView {
+    id: String,
+    port: u16,
+    flags: String,
+    /// The id of its primary, `-` for a primary.
+    primary: String,
+    slots: Vec<(u16, u16)>,
+}
+
+impl NodeView {
+    /// A primary that is not marked failed.
+    fn serves(&self) -> bool {
+        self.flags.contains("master") && !self.flags.contains("fail")
+    }
+}
+
 struct Node {
     port: u16,
     child: Option<Child>,
@@ -180,8 +197,8 @@ impl RedisCluster {
             .unwrap()
     }
 
-    /// `CLUSTER NODES` as node `i` sees it: (port, flags, primary id or "-", id, slots).
-    fn view(&self, i: usize) -> Vec<(u16, String, String, String, Vec<(u16, u16)>)> {
+    /// `CLUSTER NODES` as node `i` sees it.
+    fn view(&self, i: usize) -> Vec<NodeView> {
         let text: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query(&mut self.node(i))
@@ -199,13 +216,13 @@ impl RedisCluster {
                         None => (s.parse().unwrap(), s.parse().unwrap()),
                     })
                     .collect();
-                (
+                NodeView {
+                    id: f[0].to_string(),
                     port,
-                    f[2].to_string(),
-                    f[3].to_string(),
-                    f[0].to_string(),
+                    flags: f[2].to_string(),
+                    primary: f[3].to_string(),
                     slots,
-                )
+                }
             })
             .collect()
     }
@@ -219,10 +236,8 @@ impl RedisCluster {
         let i = (0..6).find(|&i| self.alive(i)).unwrap();
         self.view(i)
             .into_iter()
-            .filter(|(_, flags, _, _, slots)| {
-                flags.contains("master") && !flags.contains("fail") && !slots.is_empty()
-            })
-            .map(|(port, ..)| self.index_of(port))
+            .filter(|n| n.serves() && !n.slots.is_empty())
+            .map(|n| self.index_of(n.port))
             .collect()
     }
 
@@ -230,12 +245,8 @@ impl RedisCluster {
     fn owner_seen_by(&self, by: usize, slot: u16) -> Option<usize> {
         self.view(by)
             .into_iter()
-            .find(|(_, flags, _, _, slots)| {
-                flags.contains("master")
-                    && !flags.contains("fail")
-                    && slots.iter().any(|&(a, b)| a <= slot && slot <= b)
-            })
-            .map(|(port, ..)| self.index_of(port))
+            .find(|n| n.serves() && n.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
+            .map(|n| self.index_of(n.port))
     }
 
     /// The primary that owns `slot`.
@@ -247,14 +258,14 @@ impl RedisCluster {
     /// The replica of primary `p`.
     pub fn replica_of(&self, p: usize) -> usize {
         let view = self.view(p);
-        let id = view
+        let id = &view
             .iter()
-            .find(|(port, ..)| *port == self.nodes[p].port)
-            .map(|(_, _, _, id, _)| id.clone())
-            .unwrap();
+            .find(|n| n.port == self.nodes[p].port)
+            .unwrap()
+            .id;
         view.iter()
-            .find(|(_, flags, primary, ..)| flags.contains("slave") && *primary == id)
-            .map(|(port, ..)| self.index_of(*port))
+            .find(|n| n.flags.contains("slave") && n.primary == *id)
+            .map(|n| self.index_of(n.port))
             .expect("a replica")
     }
 

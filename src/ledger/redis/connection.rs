@@ -17,7 +17,7 @@ pub(super) enum Server {
     One(Client),
     /// A Redis Cluster: the cluster client routes each call by its keys' slot, follows
     /// `MOVED` redirects and refreshes its slot map when the cluster fails over.
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 impl fmt::Debug for Server {

@@ -170,7 +170,7 @@ impl RedisLedger {
     /// [`timeout`](Self::timeout) replaces the client's connection and response timeouts.
     /// Leave reads on the primaries (no `read_from_replicas`): the scripts write.
     pub fn from_cluster_client(client: ClusterClient) -> Self {
-        Self::on(Server::Cluster(client))
+        Self::on(Server::Cluster(Box::new(client)))
     }
 
     fn on(server: Server) -> Self {
