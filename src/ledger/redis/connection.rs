@@ -7,7 +7,7 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
-    Client, Cmd, RedisError, RedisFuture, Value,
+    Client, Cmd, ErrorKind, RedisError, RedisFuture, ServerErrorKind, Value,
 };
 
 /// The server the ledger was given.
@@ -77,6 +77,15 @@ pub(super) enum Connection {
         conn: ClusterConnection,
         timeout: Duration,
     },
+}
+
+impl Connection {
+    /// Whether `err` says this connection leads to the wrong server: a single server
+    /// that answers `READONLY` is a replica now. (The cluster client handles `READONLY`
+    /// itself, by asking the cluster for its slots again.)
+    pub(super) fn must_reconnect(&self, err: &RedisError) -> bool {
+        matches!(self, Self::One(_)) && err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+    }
 }
 
 impl ConnectionLike for Connection {

@@ -6,7 +6,7 @@ use redis::{
     cluster::{ClusterClient, ClusterClientBuilder},
     Client, IntoConnectionInfo,
 };
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 mod connection;
 mod scripts;
@@ -88,8 +88,8 @@ use crate::QuotaKey;
 /// failover (ElastiCache's and MemoryDB's primary endpoint, a DNS name that moves with the
 /// primary; the connection resolves it again when it reconnects). Never point it at a
 /// replica or a reader endpoint: replicas refuse the scripts' writes. A primary demoted
-/// to a replica while it keeps the connection open answers `READONLY`, which counts as an
-/// outage until the connection drops.
+/// to a replica keeps its clients' connections open and answers `READONLY`: that call
+/// fails (the gate follows its outage policy) and the ledger connects again for the next.
 ///
 /// # Fairness
 /// When a key has no room, clients (one per configuration and process) take turns in the
@@ -105,7 +105,8 @@ pub struct RedisLedger {
 
 struct Inner {
     server: Server,
-    conn: OnceCell<Connection>,
+    /// Made on first use, and again after a server answered `READONLY`.
+    conn: Mutex<Option<Connection>>,
     prefix: String,
     timeout: Duration,
     hold_ttl: Duration,
@@ -177,7 +178,7 @@ impl RedisLedger {
         Self {
             inner: Arc::new(Inner {
                 server,
-                conn: OnceCell::new(),
+                conn: Mutex::new(None),
                 prefix: "bt".into(),
                 timeout: Duration::from_millis(500),
                 hold_ttl: Duration::from_micros(HOLD_TTL_US as u64),
@@ -190,7 +191,7 @@ impl RedisLedger {
     fn with(self, f: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
             server: shared.server.clone(),
-            conn: OnceCell::new(),
+            conn: Mutex::new(None),
             prefix: shared.prefix.clone(),
             timeout: shared.timeout,
             hold_ttl: shared.hold_ttl,
@@ -270,11 +271,36 @@ fn hash_tag(prefix: &str, key: &QuotaKey) -> String {
 
 impl Inner {
     async fn conn(&self) -> Result<Connection, LedgerError> {
-        self.conn
-            .get_or_try_init(|| self.server.connect(self.timeout))
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = &*conn {
+            return Ok(c.clone());
+        }
+        let c = self
+            .server
+            .connect(self.timeout)
             .await
-            .cloned()
-            .map_err(LedgerError::new)
+            .map_err(LedgerError::new)?;
+        *conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `script`. A server that answers `READONLY` was demoted under an open
+    /// connection: the connection is dropped, and the next call connects again, resolving
+    /// the server's name again (behind a primary endpoint, that finds the new primary).
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &LuaScript,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, LedgerError> {
+        let mut conn = self.conn().await?;
+        let result = script.call(&mut conn, keys, args).await;
+        if let Err(e) = &result {
+            if conn.must_reconnect(e) {
+                *self.conn.lock().await = None;
+            }
+        }
+        result.map_err(LedgerError::new)
     }
 }
 
@@ -297,7 +323,6 @@ impl Ledger for RedisLedger {
         let this = self.clone();
         Box::pin(async move {
             let i = &this.inner;
-            let mut conn = i.conn().await?;
             let [b, h, q] = this.names(&ask.key);
             let (t, r, p) = limit_args(&ask.limits);
             let args = [
@@ -316,11 +341,7 @@ impl Ledger for RedisLedger {
                     .map_or(-1, |d| d.as_micros().min(i64::MAX as u128) as i64)
                     .to_string(),
             ];
-            let (reserved, wait): (i64, i64) = i
-                .reserve
-                .call(&mut conn, &[b, h, q], &args)
-                .await
-                .map_err(LedgerError::new)?;
+            let (reserved, wait): (i64, i64) = i.run(&i.reserve, &[b, h, q], &args).await?;
             Ok(if reserved == 1 {
                 Grant::Reserved(Hold::for_ask(&ask))
             } else {
@@ -333,7 +354,6 @@ impl Ledger for RedisLedger {
         let this = self.clone();
         Box::pin(async move {
             let i = &this.inner;
-            let mut conn = i.conn().await?;
             let [b, h, _] = this.names(&hold.key);
             let (t, r, p) = limit_args(&hold.limits);
             let args = [
@@ -344,11 +364,7 @@ impl Ledger for RedisLedger {
                 hold.tokens.to_string(),
                 actual.to_string(),
             ];
-            let _settled: i64 = i
-                .settle
-                .call(&mut conn, &[b, h], &args)
-                .await
-                .map_err(LedgerError::new)?;
+            let _settled: i64 = i.run(&i.settle, &[b, h], &args).await?;
             Ok(())
         })
     }
