@@ -1,7 +1,7 @@
 //! The Redis ledger on a real Redis Cluster that each test creates (three primaries with a
 //! replica each, see `common/cluster.rs`): the scripts on every primary, two processes
 //! sharing one quota, and the primary that owns a key's slot killed mid-run under both
-//! outage policies, until its replica takes over.
+//! outage policies, or hung (SIGSTOP), until its replica takes over.
 //!
 //! Without `redis-server` on PATH the tests print why and pass; `scripts/test` installs it.
 //! Redis keeps time with its own clock, so these tests run in real time; their bounds are
@@ -354,11 +354,21 @@ struct Failover {
     outcomes: Vec<Outcome>,
 }
 
+/// How the primary that owns the key's slot fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Failure {
+    /// SIGKILL: connections to it are reset.
+    Killed,
+    /// SIGSTOP until its replica has taken over, then SIGCONT: calls to it go unanswered
+    /// (a hung node, a network that drops packets); it comes back as a replica.
+    Hung,
+}
+
 /// Two clients with `policy` send 2 × 4 × 16 requests; 3 s in, the primary that owns the
-/// quota key's slot is killed. Checks that every request ended within a generous bound,
+/// quota key's slot fails. Checks that every request ended within a generous bound,
 /// that the promoted replica serves the ledger afterwards, and that the two clients share
 /// one quota through it again.
-async fn failover(policy: OutagePolicy) -> Option<Failover> {
+async fn failover(policy: OutagePolicy, failure: Failure) -> Option<Failover> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut cluster = start_cluster().await?;
     let emu = emulator().await;
@@ -390,17 +400,23 @@ async fn failover(policy: OutagePolicy) -> Option<Failover> {
     let slot = cluster.slot(&key);
     let replica = cluster.replica_of(owner);
     let killed = Instant::now();
-    cluster.kill(owner);
+    match failure {
+        Failure::Killed => cluster.kill(owner),
+        Failure::Hung => cluster.pause(owner),
+    }
     let cluster = tokio::task::spawn_blocking(move || {
         let new = cluster.wait_for_failover(slot, owner, Duration::from_secs(60));
-        assert_eq!(new, replica, "the replica of the killed primary took over");
+        assert_eq!(new, replica, "the replica of the failed primary took over");
+        if failure == Failure::Hung {
+            cluster.resume(owner);
+        }
         cluster
     })
     .await
     .unwrap();
     let taken_over = Instant::now();
     println!(
-        "{policy:?}: {key} (slot {slot}) on node {owner}; killed {:?} after start, replica {replica} took over {:?} later",
+        "{policy:?}: {key} (slot {slot}) on node {owner}; {failure:?} {:?} after start, replica {replica} took over {:?} later",
         Duration::from_secs(3),
         taken_over - killed
     );
@@ -445,7 +461,16 @@ async fn failover(policy: OutagePolicy) -> Option<Failover> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_of_the_slot_owner_fails_open_and_resumes_on_the_replica() {
-    let Some(f) = failover(OutagePolicy::FailOpen { share: 0.5 }).await else {
+    fails_open(Failure::Killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_slot_owner_fails_open_and_resumes_on_the_replica() {
+    fails_open(Failure::Hung).await;
+}
+
+async fn fails_open(failure: Failure) {
+    let Some(f) = failover(OutagePolicy::FailOpen { share: 0.5 }, failure).await else {
         return;
     };
     // Failing open, every request succeeded: none refused, none lost.
@@ -469,7 +494,7 @@ async fn a_failover_of_the_slot_owner_fails_open_and_resumes_on_the_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_of_the_slot_owner_fails_closed_and_resumes_on_the_replica() {
-    let Some(f) = failover(OutagePolicy::FailClosed).await else {
+    let Some(f) = failover(OutagePolicy::FailClosed, Failure::Killed).await else {
         return;
     };
     // Failing closed, a request either succeeded or was refused with the typed error

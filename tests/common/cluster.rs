@@ -41,6 +41,8 @@ impl NodeView {
 struct Node {
     port: u16,
     child: Option<Child>,
+    /// Stopped with SIGSTOP: it accepts connections and answers nothing.
+    paused: bool,
 }
 
 /// Whether `program --version` runs.
@@ -112,6 +114,7 @@ impl RedisCluster {
             cluster.nodes.push(Node {
                 port,
                 child: Some(child),
+                paused: false,
             });
         }
         for node in &cluster.nodes {
@@ -163,8 +166,9 @@ impl RedisCluster {
         connection(self.nodes[i].port).unwrap()
     }
 
+    /// Running and answering.
     fn alive(&self, i: usize) -> bool {
-        self.nodes[i].child.is_some()
+        self.nodes[i].child.is_some() && !self.nodes[i].paused
     }
 
     fn state_ok(&self, i: usize) -> bool {
@@ -274,6 +278,28 @@ impl RedisCluster {
         let mut child = self.nodes[i].child.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Stops node `i` (SIGSTOP): its clients' calls go unanswered, as with a node that
+    /// hangs or a network that drops its packets.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+        self.nodes[i].paused = true;
+    }
+
+    /// Lets a paused node go on (SIGCONT).
+    pub fn resume(&mut self, i: usize) {
+        self.signal(i, "-CONT");
+        self.nodes[i].paused = false;
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     /// Waits until every live node sees `slot` owned by a node other than `old` and the
