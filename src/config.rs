@@ -551,7 +551,7 @@ impl ThrottleConfigBuilder {
     }
 
     /// Labels the metrics of what each request does at a key (admitted, waited, shed,
-    /// tokens reserved and settled, wait seconds, queue depth) with its `tenant`: the name
+    /// timed out, tokens reserved and settled, wait seconds, queue depth) with its `tenant`: the name
     /// of a tenant configured with [`tenant`](Self::tenant), else `(default)`, shared by
     /// every other tenant and by requests without one. So the label has at most one value
     /// more than the tenants configured, whatever names callers send. Off unless set: the
@@ -575,6 +575,11 @@ impl ThrottleConfigBuilder {
     /// `max × cap` places (rounded up; [`RefusedBy::TenantQueue`](crate::RefusedBy::TenantQueue)
     /// when full): as many as the cap admits while the key's full queue drains.
     ///
+    /// Size it to what the key drains within [`max_wait`](Self::max_wait), about
+    /// `max_wait × admissions per second / 2` (competing tenants can fill twice `max`): a
+    /// request queued behind more waits `max_wait` and is refused all the same, where a
+    /// shed one is told at once (the README's "In a server").
+    ///
     /// A waiting request holds its body, so this bounds memory too: at most about
     /// `2 × max × (body size + 1 KiB)` per key, plus `max × cap` per capped tenant (a
     /// single tenant never holds more than `max`; under [`Overload::Backpressure`] `max`
@@ -588,7 +593,7 @@ impl ThrottleConfigBuilder {
 
     /// Bounds the models without a quota of their own (model ids that reach the gate from
     /// request paths, so from whoever sends requests) that hold state at once: a ledger,
-    /// counters, ~15 metric series and a diagnosis record each, about 4 KiB.
+    /// counters, ~16 metric series and a diagnosis record each, about 4 KiB.
     /// [`DEFAULT_MAX_KEYS`] (1,024) unless set.
     ///
     /// Past the bound a new model evicts keys idle for 10 minutes and at rest (nothing

@@ -112,6 +112,11 @@ pub struct KeyStats {
     /// Attempts shed because the key's queue was full (`ThrottleError::Overloaded`); none
     /// of them was sent upstream.
     pub shed: u64,
+    /// Attempts that found no room by their deadline and were not sent: `max_wait` passed
+    /// ([`ThrottleError::MaxWaitExceeded`](crate::ThrottleError::MaxWaitExceeded)) or their
+    /// [`SendDeadline`](crate::SendDeadline) did
+    /// ([`ThrottleError::SendDeadlinePassed`](crate::ThrottleError::SendDeadlinePassed)).
+    pub timed_out: u64,
     /// Quota tokens reserved at admission (`input + output limit × burndown`), summed.
     pub tokens_reserved: u64,
     /// Quota tokens charged by the reservations settled from reported usage, summed.
@@ -146,8 +151,9 @@ pub struct TenantStats {
     pub admitted: u64,
     /// The tenant's attempts shed because a queue was full (the key's, or its cap's).
     pub shed: u64,
-    /// The tenant's attempts that found no room within `max_wait`
-    /// ([`ThrottleError::MaxWaitExceeded`](crate::ThrottleError::MaxWaitExceeded)).
+    /// The tenant's attempts that found no room by their deadline: `max_wait`
+    /// ([`ThrottleError::MaxWaitExceeded`](crate::ThrottleError::MaxWaitExceeded)) or their
+    /// send deadline ([`ThrottleError::SendDeadlinePassed`](crate::ThrottleError::SendDeadlinePassed)).
     pub timed_out: u64,
     /// The tenant's attempts waiting now, under its cap or at the key.
     pub waiting: u64,
@@ -197,6 +203,7 @@ pub(crate) fn collect(cfg: &ThrottleConfig) -> ThrottleStats {
                 throttled_unknown: t.throttled_by_kind[3].load(Relaxed),
                 retried: t.retried.load(Relaxed),
                 shed: t.shed.load(Relaxed),
+                timed_out: t.timed_out.load(Relaxed),
                 tokens_reserved: t.tokens_reserved.load(Relaxed),
                 tokens_settled: t.tokens_settled.load(Relaxed),
                 input_tokens_estimated: t.input_estimated.load(Relaxed),

@@ -42,6 +42,7 @@ pub(crate) mod names {
     pub(crate) const THROTTLED: &str = "bedrock_throttle_upstream_throttled_total";
     pub(crate) const RETRIED: &str = "bedrock_throttle_retried_total";
     pub(crate) const SHED: &str = "bedrock_throttle_shed_total";
+    pub(crate) const TIMED_OUT: &str = "bedrock_throttle_timed_out_total";
     pub(crate) const TOKENS_RESERVED: &str = "bedrock_throttle_tokens_reserved_total";
     pub(crate) const TOKENS_SETTLED: &str = "bedrock_throttle_tokens_settled_total";
     pub(crate) const INPUT_ESTIMATED: &str = "bedrock_throttle_input_tokens_estimated_total";
@@ -316,6 +317,7 @@ struct AttemptHandles {
     admitted: Counter,
     waited: Counter,
     shed: Counter,
+    timed_out: Counter,
     tokens_reserved: Counter,
     tokens_settled: Counter,
     wait: Histogram,
@@ -328,6 +330,7 @@ impl AttemptHandles {
             admitted: metrics::counter!(names::ADMITTED, labels),
             waited: metrics::counter!(names::WAITED, labels),
             shed: metrics::counter!(names::SHED, labels),
+            timed_out: metrics::counter!(names::TIMED_OUT, labels),
             tokens_reserved: metrics::counter!(names::TOKENS_RESERVED, labels),
             tokens_settled: metrics::counter!(names::TOKENS_SETTLED, labels),
             wait: metrics::histogram!(names::WAIT_SECONDS, labels),
@@ -348,6 +351,7 @@ pub(crate) struct KeyTelemetry {
     pub(crate) throttled_by_kind: [AtomicU64; 4],
     pub(crate) retried: AtomicU64,
     pub(crate) shed: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
     pub(crate) tokens_reserved: AtomicU64,
     pub(crate) tokens_settled: AtomicU64,
     pub(crate) input_estimated: AtomicU64,
@@ -424,6 +428,7 @@ impl KeyTelemetry {
             throttled_by_kind: Default::default(),
             retried: AtomicU64::new(0),
             shed: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
             tokens_reserved: AtomicU64::new(0),
             tokens_settled: AtomicU64::new(0),
             input_estimated: AtomicU64::new(0),
@@ -524,6 +529,14 @@ impl KeyTelemetry {
         tenant.m.shed.increment(1);
     }
 
+    /// An attempt of `tenant` found no room by its deadline: `max_wait`, or its
+    /// [`SendDeadline`](crate::SendDeadline).
+    pub(crate) fn timed_out(&self, tenant: &TenantTelemetry) {
+        self.timed_out.fetch_add(1, Relaxed);
+        tenant.timed_out.fetch_add(1, Relaxed);
+        tenant.m.timed_out.increment(1);
+    }
+
     /// Upstream reported usage beyond any plausible charge, which was clamped. Rare, so its
     /// series is registered when it first happens.
     pub(crate) fn usage_clamped(&self) {
@@ -601,9 +614,9 @@ impl ChargeTrace {
         self.key.shed(&self.tenant);
     }
 
-    /// The attempt found no room within `max_wait`.
+    /// The attempt found no room by its deadline: `max_wait`, or its send deadline.
     pub(crate) fn timed_out(&self) {
-        self.tenant.timed_out.fetch_add(1, Relaxed);
+        self.key.timed_out(&self.tenant);
     }
 
     /// Settled from reported usage: `charge` quota tokens, `actual_input` input tokens.

@@ -111,15 +111,24 @@ impl Plan {
         };
         let reserved_output = (ask.output_limit as f64 * quota.burndown).ceil() as u64;
         let tokens = ask.input.saturating_add(reserved_output);
+        // The key whose state this request uses: its own, or its Region's overflow.
+        let filed = keys::file(shared, &key);
+        let tenants = &shared.settings.tenants;
+        let (tenant, priority) = tenants.classify(request.extensions(), request.headers());
+        trace.tenant(tenant.as_ref(), priority);
+        // Counted by name only with a policy of its own: the rest share one entry.
+        let counted = tenant.clone().filter(|t| tenants.policies.contains_key(t));
         if send_deadline(request).is_some_and(|d| d.passed_at(Instant::now())) {
+            // It ran out of time before it could queue (in an earlier attempt's backoff):
+            // a timeout of its tenant all the same.
+            let key_telemetry = shared.telemetry.key(&filed.key);
+            key_telemetry.timed_out(&key_telemetry.tenant(counted));
             return Plan::Refused(ThrottleError::SendDeadlinePassed {
                 key,
                 waited: Duration::ZERO,
                 retry_after: Duration::ZERO,
             });
         }
-        // The key whose state this request uses: its own, or its Region's overflow.
-        let filed = keys::file(shared, &key);
         let record = shared.diagnosis.key(&filed.key, quota.period);
         record.demand(tokens);
         trace.reserved(tokens);
@@ -140,13 +149,8 @@ impl Plan {
                 return Plan::Refused(refused);
             }
         };
-        let tenants = &shared.settings.tenants;
-        let (tenant, priority) = tenants.classify(request.extensions(), request.headers());
         let policy = tenants.policy(tenant.as_ref());
-        trace.tenant(tenant.as_ref(), priority);
         let key_telemetry = shared.telemetry.key(&filed.key);
-        // Counted by name only with a policy of its own: the rest share one entry.
-        let counted = tenant.clone().filter(|t| tenants.policies.contains_key(t));
         let terms = Terms {
             burndown: quota.burndown,
             reserved_output,
@@ -314,39 +318,33 @@ fn deadline<B>(shared: &Shared, request: &Request<B>) -> Instant {
 }
 
 impl<S, B> Parked<S, B> {
-    /// The error for a request that found no room by its deadline: a send deadline that
-    /// passed is named as such (the request must be signed again), else `max_wait`.
-    /// Else it names the tenant and the limit it waited for.
+    /// The error for a request that found no room by its deadline, counted as its
+    /// tenant's timeout: a send deadline that passed is named as such (the request must be
+    /// signed again), else `max_wait`, with the tenant and the limit it waited for.
     pub(super) fn timed_out(&self, error: ThrottleError) -> ThrottleError {
-        match error {
-            ThrottleError::MaxWaitExceeded {
+        let ThrottleError::MaxWaitExceeded {
+            key,
+            waited,
+            retry_after,
+            ..
+        } = error
+        else {
+            return error;
+        };
+        self.terms.trace.timed_out();
+        if send_deadline(&self.request).is_some_and(|d| Instant::now() >= d.0) {
+            return ThrottleError::SendDeadlinePassed {
                 key,
                 waited,
                 retry_after,
-                ..
-            } if send_deadline(&self.request).is_some_and(|d| Instant::now() >= d.0) => {
-                ThrottleError::SendDeadlinePassed {
-                    key,
-                    waited,
-                    retry_after,
-                }
-            }
-            ThrottleError::MaxWaitExceeded {
-                key,
-                waited,
-                retry_after,
-                ..
-            } => {
-                self.terms.trace.timed_out();
-                ThrottleError::MaxWaitExceeded {
-                    key,
-                    tenant: self.tenant.clone(),
-                    refused_by: self.waiting_at,
-                    waited,
-                    retry_after,
-                }
-            }
-            other => other,
+            };
+        }
+        ThrottleError::MaxWaitExceeded {
+            key,
+            tenant: self.tenant.clone(),
+            refused_by: self.waiting_at,
+            waited,
+            retry_after,
         }
     }
 

@@ -172,7 +172,14 @@ impl Controller {
     ///   the refusal has found again, steps back to 0.9 × that rate);
     /// - a refusal of a request admitted after that, within the period, is evidence the
     ///   rate is too high: when the key drew at least half its rate (`TESTED`), the rate is
-    ///   cut from the rate drawn, as [`cut`](Self::cut) with a measurement;
+    ///   cut by what the evidence supports. Both refusals found upstream's bucket short of
+    ///   one request while the gate's was empty at the first, so the gate's rate exceeds
+    ///   upstream's by about one request (`size`, in periods of the quota) per time between
+    ///   them: the rate drops by that much, but never lower than [`cut`](Self::cut) with a
+    ///   measurement would take it, and climbs back on that cut's curve. A quota
+    ///   configured twice too high is refused again within seconds, so the first such cut
+    ///   is the full one; a rate a few percent high, refused again a minute later, loses a
+    ///   few percent instead of 30;
     /// - a key that drew far less than its rate learns nothing about it from a refusal
     ///   (upstream refused for something else, typically capacity): the rate is cut from
     ///   the limit at most once per recovery, so such refusals never compound.
@@ -186,6 +193,7 @@ impl Controller {
         now: Instant,
         admitted_at: Instant,
         measured: Option<f64>,
+        size: f64,
     ) -> bool {
         if self.discovers() {
             return self.cut(now, admitted_at, measured);
@@ -197,22 +205,42 @@ impl Controller {
             t.is_some_and(|t| now.saturating_duration_since(t).as_secs_f64() < secs)
         };
         if !within(self.last_mark, STRIKE_PERIODS * self.period) {
-            self.last_mark = Some(now);
-            // A curve near or above the rate of its last cut has found that rate again:
-            // a step back just below it, not a cut.
+            // A curve near or above the rate of its last cut has found that rate again: a
+            // step back along the curve, by what one request since the last mark shows,
+            // at least to that rate and no further than `STEP_BACK` of it; not a cut.
             if let Phase::Cubic { last_max, clock } = &mut self.phase {
-                let x = -((1.0 - STEP_BACK) / (1.0 - BETA)).cbrt();
-                let back = self.recovery * (1.0 + x);
-                if *clock > back {
-                    *clock = back;
-                    self.scale = (STEP_BACK * *last_max).clamp(FLOOR, self.cap);
+                let since = self.last_mark.map_or(self.period, |m| {
+                    now.saturating_duration_since(m).as_secs_f64()
+                });
+                let stepped = (self.scale - size * self.period / since.max(self.period))
+                    .min(*last_max)
+                    .max(STEP_BACK * *last_max);
+                if stepped < self.scale {
+                    self.scale = stepped.clamp(FLOOR, self.cap);
+                    let x = -((1.0 - stepped / *last_max) / (1.0 - BETA)).cbrt();
+                    *clock = self.recovery * (1.0 + x);
                 }
             }
+            self.last_mark = Some(now);
             return false;
         }
         let measured = measured.unwrap_or(0.0);
         if measured >= TESTED * self.scale {
-            self.cut(now, admitted_at, Some(measured))
+            let since = self
+                .last_mark
+                .map_or(0.0, |m| now.saturating_duration_since(m).as_secs_f64());
+            let evident = self.scale - size * self.period / since.max(f64::MIN_POSITIVE);
+            let cut = self.cut(now, admitted_at, Some(measured));
+            if let Phase::Cubic { last_max, clock } = &mut self.phase {
+                if cut && evident > self.scale {
+                    // The evidence supports less of a cut: the curve from there, back to the
+                    // rate drawn at the same time as after a full cut.
+                    self.scale = evident.min(*last_max);
+                    let x = -((1.0 - self.scale / *last_max) / (1.0 - BETA)).cbrt();
+                    *clock = self.recovery * (1.0 + x);
+                }
+            }
+            cut
         } else if !within(self.last_cut, self.recovery) {
             self.cut(now, admitted_at, None)
         } else {
@@ -263,34 +291,62 @@ mod tests {
     fn a_stray_refusal_strikes_and_only_a_recurring_one_cuts() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
+        // Requests of 2 % of the quota each.
+        let size = 0.02;
         let mut c = Controller::new(false, s(90), period());
         // The first refusal after a quiet spell: a strike, the rate stays.
-        assert!(!c.refused(t0, t0 - s(1), Some(1.0)));
+        assert!(!c.refused(t0, t0 - s(1), Some(1.0), size));
         assert_eq!(c.scale, 1.0);
         // Refusals of requests admitted before the strike are no news.
-        assert!(!c.refused(t0 + s(1), t0 - s(1), Some(1.0)));
+        assert!(!c.refused(t0 + s(1), t0 - s(1), Some(1.0), size));
         assert_eq!(c.scale, 1.0);
-        // One admitted after it, within the period, while the key drew its rate: a cut,
-        // from the rate drawn.
-        assert!(c.refused(t0 + s(5), t0 + s(2), Some(0.9)));
-        assert!((c.scale - 0.63).abs() < 1e-9, "{}", c.scale);
-        // And again on new evidence (admitted after the cut), as before.
-        assert!(c.refused(t0 + s(8), t0 + s(6), Some(0.9)));
-        assert!((c.scale - 0.441).abs() < 1e-9, "{}", c.scale);
+        // One admitted after it, 5 s later, while the key drew its rate: one request too
+        // many in 5 s, 0.02 × 60 / 5 = 0.24 of the quota too fast.
+        assert!(c.refused(t0 + s(5), t0 + s(2), Some(0.9), size));
+        assert!((c.scale - 0.76).abs() < 1e-9, "{}", c.scale);
+        // And again on new evidence 3 s after: 0.4 too fast would go below what a cut from
+        // the rate drawn gives (0.7 × 0.76), so that.
+        assert!(c.refused(t0 + s(8), t0 + s(6), Some(0.9), size));
+        assert!((c.scale - 0.532).abs() < 1e-9, "{}", c.scale);
 
-        // Back near the rate of that cut, a strike steps back to 0.9 × it, no lower.
+        // Probing above the rate of that cut, a strike 192 s after steps back by the one
+        // request it shows (0.02 × 60 / 192), here at least to that rate ...
         (0..200).for_each(|_| c.step(0.6, true));
-        assert!(c.scale > 0.63, "{}", c.scale);
-        assert!(!c.refused(t0 + s(200), t0 + s(199), Some(0.9)));
-        assert!((c.scale - 0.9 * 0.63).abs() < 1e-9, "{}", c.scale);
+        assert!(c.scale > 0.765, "{}", c.scale);
+        assert!(!c.refused(t0 + s(200), t0 + s(199), Some(0.9), size));
+        assert!((c.scale - 0.76).abs() < 1e-9, "{}", c.scale);
+        // ... and never further than 0.9 × it, however soon after the last mark.
+        (0..50).for_each(|_| c.step(0.6, true));
+        assert!(!c.refused(t0 + s(400), t0 + s(399), Some(0.9), 10.0));
+        assert!((c.scale - 0.9 * 0.76).abs() < 1e-9, "{}", c.scale);
 
         // Refusals a period apart are each a strike: none cuts.
         let mut c = Controller::new(false, s(90), period());
         for i in 0..5 {
             let at = t0 + s(61 * i);
-            assert!(!c.refused(at, at - s(1), Some(1.0)));
+            assert!(!c.refused(at, at - s(1), Some(1.0), size));
         }
         assert_eq!(c.scale, 1.0);
+    }
+
+    #[test]
+    fn a_quota_configured_twice_too_high_is_cut_in_full_and_a_slightly_high_one_a_little() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Twice too high: refused again 2 s after the strike, 0.05 × 60 / 2 = 1.5 too fast;
+        // the cut from the rate drawn decides.
+        let mut c = Controller::new(false, s(90), period());
+        assert!(!c.refused(t0, t0 - s(1), Some(1.0), 0.05));
+        assert!(c.refused(t0 + s(2), t0 + s(1), Some(0.6), 0.05));
+        assert!((c.scale - 0.42).abs() < 1e-9, "{}", c.scale);
+        // 5 % too high: refused again 40 s after, 0.05 × 60 / 40 = 0.075 too fast.
+        let mut c = Controller::new(false, s(90), period());
+        assert!(!c.refused(t0, t0 - s(1), Some(1.0), 0.05));
+        assert!(c.refused(t0 + s(40), t0 + s(39), Some(1.0), 0.05));
+        assert!((c.scale - 0.925).abs() < 1e-9, "{}", c.scale);
+        // From there back to the rate drawn in the recovery, as after a full cut.
+        (0..150).for_each(|_| c.step(0.6, true));
+        assert!((c.scale - 1.0).abs() < 1e-9, "{}", c.scale);
     }
 
     #[test]
@@ -299,27 +355,27 @@ mod tests {
         let s = Duration::from_secs;
         let mut c = Controller::new(false, s(90), period());
         // A key drawing 1 % of its rate, refused every few seconds (for capacity, say).
-        assert!(!c.refused(t0, t0 - s(1), Some(0.01)));
+        assert!(!c.refused(t0, t0 - s(1), Some(0.01), 0.02));
         // Recurring: cut from the limit, not from the 1 % drawn ...
-        assert!(c.refused(t0 + s(3), t0 + s(2), Some(0.01)));
+        assert!(c.refused(t0 + s(3), t0 + s(2), Some(0.01), 0.02));
         assert!((c.scale - 0.7).abs() < 1e-9, "{}", c.scale);
         // ... and never again within the recovery, however many.
         for i in 2..30 {
             let at = t0 + s(3 * i);
             c.step(3.0, false);
-            assert!(!c.refused(at, at - s(1), Some(0.01)), "{i}");
+            assert!(!c.refused(at, at - s(1), Some(0.01), 0.02), "{i}");
         }
         assert!(c.scale > 0.7);
         // After it, a recurring refusal may cut once more.
         let at = t0 + s(95);
-        assert!(c.refused(at, at - s(1), Some(0.01)));
+        assert!(c.refused(at, at - s(1), Some(0.01), 0.02));
     }
 
     #[test]
     fn a_discovered_rate_cuts_on_every_fresh_refusal() {
         let t0 = Instant::now();
         let mut d = Controller::new(true, period(), period());
-        assert!(d.refused(t0, t0 - Duration::from_secs(1), Some(1.0)));
+        assert!(d.refused(t0, t0 - Duration::from_secs(1), Some(1.0), 0.02));
         assert!((d.scale - 0.7).abs() < 1e-9);
     }
 }
