@@ -11,6 +11,9 @@
 //!   never binds, the in-process ledger only (as the `overhead` bench).
 //! - `per_request/redis`: the same with a `RedisLedger`: the reserve script before the
 //!   call, the settle script after it (sent without waiting for its answer).
+//! - `per_request/redis_cluster`: the same with `RedisLedger::cluster` on a local Redis
+//!   Cluster of three primaries with a replica each, which it creates (as the tests do,
+//!   see `tests/common/cluster.rs`); skipped with a message without redis-server.
 //! - `script/reserve_settle`: the two scripts alone, one after the other.
 //!
 //! Before measuring it counts Redis round trips per admission from `INFO commandstats`.
@@ -18,12 +21,17 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "../tests/common/cluster.rs"]
+mod cluster;
+
 use std::{
     hint::black_box,
     net::TcpListener,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use cluster::RedisCluster;
 
 use bedrock_throttle::{
     Ask, BedrockThrottleLayer, Grant, Ledger, Limits, Quota, QuotaKey, RedisLedger, ThrottleConfig,
@@ -84,17 +92,14 @@ fn mock() -> MockBedrock {
     m
 }
 
-fn config(redis: Option<&str>) -> ThrottleConfig {
+fn ledger(l: RedisLedger) -> RedisLedger {
+    l.prefix(format!("bench-{:x}", fastrand::u64(..)))
+}
+
+fn config(ledger: Option<RedisLedger>) -> ThrottleConfig {
     let b = ThrottleConfig::builder().model_quota(SONNET_4, Quota::new(None, TOKENS));
-    match redis {
-        Some(url) => b
-            .ledger(
-                RedisLedger::open(url)
-                    .unwrap()
-                    .prefix(format!("bench-{:x}", fastrand::u64(..))),
-            )
-            .build()
-            .unwrap(),
+    match ledger {
+        Some(l) => b.ledger(l).build().unwrap(),
         None => b.build().unwrap(),
     }
 }
@@ -156,7 +161,8 @@ fn bench(c: &mut Criterion) {
         .unwrap();
 
     // Round trips per admission.
-    let mut svc = BedrockThrottleLayer::new(config(Some(&url))).layer(mock());
+    let mut svc = BedrockThrottleLayer::new(config(Some(ledger(RedisLedger::open(&url).unwrap()))))
+        .layer(mock());
     run(&rt, &mut svc, requests(10)); // connect, load the scripts
     rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
     let before = script_calls(&url);
@@ -170,9 +176,42 @@ fn bench(c: &mut Criterion) {
         after - before
     );
 
+    // The cluster: the same admissions through the cluster client.
+    let cluster = match RedisCluster::start() {
+        Ok(c) => Some(c),
+        Err(why) => {
+            println!("redis_admission: no cluster row, {why}");
+            None
+        }
+    };
+    if let Some(cluster) = &cluster {
+        let l = ledger(RedisLedger::cluster(cluster.urls()).unwrap());
+        let mut svc = BedrockThrottleLayer::new(config(Some(l))).layer(mock());
+        run(&rt, &mut svc, requests(10));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+        let calls = || -> u64 { (0..6).map(|i| cluster.script_calls(i)).sum() };
+        let before = calls();
+        run(&rt, &mut svc, requests(n));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+        println!(
+            "redis_admission: {:.2} script round trips per request on the cluster",
+            (calls() - before) as f64 / n as f64
+        );
+    }
+
     let mut g = c.benchmark_group("per_request");
-    for (name, redis) in [("in_process", None), ("redis", Some(url.as_str()))] {
-        let mut svc = BedrockThrottleLayer::new(config(redis)).layer(mock());
+    let mut rows = vec![
+        ("in_process", None),
+        ("redis", Some(RedisLedger::open(&url).unwrap())),
+    ];
+    if let Some(cluster) = &cluster {
+        rows.push((
+            "redis_cluster",
+            Some(RedisLedger::cluster(cluster.urls()).unwrap()),
+        ));
+    }
+    for (name, l) in rows {
+        let mut svc = BedrockThrottleLayer::new(config(l.map(ledger))).layer(mock());
         run(&rt, &mut svc, requests(10));
         g.bench_function(name, |b| {
             b.iter_custom(|iters| run(&rt, &mut svc, requests(iters)))
@@ -210,6 +249,7 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    drop(cluster);
     drop(server);
 }
 

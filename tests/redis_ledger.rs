@@ -422,6 +422,49 @@ async fn the_keys_of_a_model_share_one_hash_tag_and_expire() {
     }
 }
 
+fn connections_received(url: &str) -> u64 {
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_primary_demoted_under_the_connection_makes_the_ledger_connect_again() {
+    // A failover behind a primary endpoint: the old primary becomes a replica and keeps
+    // its clients' connections, answering READONLY; only a new connection (which resolves
+    // the endpoint's name again) can reach the new primary.
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    let l = RedisLedger::open(&a.url()).unwrap().prefix(prefix());
+    held(reserve(&l, ask(1, 0, 1_000)).await);
+    let mut admin = redis::Client::open(a.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: String = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(b.port)
+        .query(&mut admin)
+        .unwrap();
+    let err = l.reserve(ask(1, 1, 1_000)).await.unwrap_err();
+    assert!(err.to_string().contains("read only replica"), "{err}");
+    let _: String = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut admin)
+        .unwrap();
+    // Each count opens a connection of its own; the ledger's next call opens one more.
+    let before = connections_received(&a.url());
+    held(reserve(&l, ask(1, 2, 1_000)).await);
+    let after = connections_received(&a.url());
+    assert_eq!(after, before + 2, "the ledger did not connect again");
+}
+
 // ---------------------------------------------------------------------------------------
 // Clients over HTTP against the emulator, in real time.
 

@@ -3,109 +3,22 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    Client, Script,
+    cluster::{ClusterClient, ClusterClientBuilder},
+    Client, IntoConnectionInfo,
 };
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
+
+mod connection;
+mod scripts;
+
+use connection::{Connection, Server};
+use scripts::{LuaScript, RESERVE, SETTLE};
 
 use super::spi::{
     bounded_level, hold_member, Ask, Grant, Hold, Ledger, LedgerError, LedgerFuture, Limits,
     HOLD_TTL_US, MIN_WAIT_US, WAITER_GRACE_US,
 };
 use crate::QuotaKey;
-
-/// Reserve: KEYS = bucket hash, holds zset, waiters zset; ARGV = tokens per period,
-/// requests per period (0: none), period µs, headroom µs, tokens, client, hold member,
-/// hold ttl µs, waiter grace µs, min wait µs, start level (a new key's share of a full
-/// bucket), the client's spell alone (0: none), tokens and requests it admitted alone (see
-/// `Ask::alone`). Returns
-/// `{1, 0}` when reserved, else
-/// `{0, wait µs}`. The same arithmetic as `LocalKey::reserve`.
-const RESERVE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local T, R, P, H = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local tokens, me, member = tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local ttl, grace, minwait = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local level, spell = tonumber(ARGV[11]), tonumber(ARGV[12])
-local s = redis.call('HMGET', KEYS[1], 'tl', 'rl', 'ts', 'o:' .. me)
-local tl, rl, ts, taken = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
-if not ts then tl = T * level; rl = R * level; ts = now end
-local dt = math.max(now - ts, 0)
-tl = math.min(T, tl + T * dt / P)
-if R > 0 then rl = math.min(R, rl + R * dt / P) else rl = 0 end
-ts = math.max(ts, now)
-if spell > 0 and taken ~= spell then
-  tl = tl - tonumber(ARGV[13])
-  if R > 0 then rl = rl - tonumber(ARGV[14]) end
-  redis.call('HSET', KEYS[1], 'o:' .. me, spell)
-end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
-if #expired > 0 then redis.call('ZREM', KEYS[2], unpack(expired)) end
-local head, headn
-for _ = 1, 100 do
-  local h = redis.call('ZRANGE', KEYS[3], 0, 0)
-  if #h == 0 then break end
-  local w = redis.call('HMGET', KEYS[1], 'w:' .. h[1], 'n:' .. h[1])
-  local untl = tonumber(w[1])
-  if untl and untl >= now then head = h[1]; headn = tonumber(w[2]); break end
-  redis.call('ZREM', KEYS[3], h[1])
-  redis.call('HDEL', KEYS[1], 'w:' .. h[1], 'n:' .. h[1])
-end
-local function wait_for(n)
-  local w = (math.min(n + T * H / P, T) - tl) * P / T
-  if R > 0 then w = math.max(w, (math.min(1 + R * H / P, R) - rl) * P / R) end
-  return math.max(w, 0)
-end
-local keep = math.ceil((P + ttl) / 1000)
-local wait
-if head == nil or head == me then
-  wait = wait_for(tokens)
-  if wait <= 0 then
-    tl = tl - tokens
-    if R > 0 then rl = rl - 1 end
-    redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', ts)
-    redis.call('ZADD', KEYS[2], now + ttl, member)
-    if head == me then
-      redis.call('ZREM', KEYS[3], me)
-      redis.call('HDEL', KEYS[1], 'w:' .. me, 'n:' .. me)
-    end
-    redis.call('PEXPIRE', KEYS[1], keep)
-    redis.call('PEXPIRE', KEYS[2], keep)
-    return {1, 0}
-  end
-else
-  wait = wait_for(headn or tokens)
-end
-wait = math.max(math.ceil(wait), minwait)
-redis.call('ZADD', KEYS[3], 'NX', now, me)
-redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', ts, 'w:' .. me, now + wait + grace, 'n:' .. me, tokens)
-redis.call('PEXPIRE', KEYS[1], keep)
-redis.call('PEXPIRE', KEYS[3], keep)
-return {0, wait}
-"#;
-
-/// Settle: KEYS = bucket hash, holds zset; ARGV = tokens per period, requests per period,
-/// period µs, hold member, tokens reserved, tokens charged. Returns 1 when the hold was
-/// known and settled, 0 when it had expired or was lost. As `LocalKey::settle`.
-const SETTLE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local expiry = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[4]))
-if not expiry then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[4])
-if expiry <= now then return 0 end
-local T, R, P = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local s = redis.call('HMGET', KEYS[1], 'tl', 'rl', 'ts')
-local tl, rl, ts = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
-if not ts then tl = T; rl = R; ts = now end
-local dt = math.max(now - ts, 0)
-tl = math.min(T, tl + T * dt / P)
-if R > 0 then rl = math.min(R, rl + R * dt / P) else rl = 0 end
-tl = math.min(T, tl + tonumber(ARGV[5]) - tonumber(ARGV[6]))
-redis.call('HSET', KEYS[1], 'tl', tl, 'rl', rl, 'ts', math.max(ts, now))
-return 1
-"#;
 
 /// A [`Ledger`] in Redis: every process whose gate uses a `RedisLedger` on the same server
 /// (and the same prefix) spends from one quota per key. Feature `redis`.
@@ -124,13 +37,13 @@ return 1
 ///
 /// # In Redis
 /// Each quota key has three Redis keys under one hash tag, `{<prefix>:<model>:<region>}`
-/// (`%`, braces and a Region's `:` percent-encoded, so two quota keys never share a name),
-/// so each script touches one slot as Redis Cluster requires (the ledger itself connects
-/// to a single server; it has no cluster client): a hash with both buckets' levels and the time
-/// of their last refill (`…:b`), a sorted set of outstanding holds by expiry (`…:h`), and
+/// (`%`, braces and a Region's `:` percent-encoded, so two quota keys never share a name;
+/// braces in the prefix encoded too), so each script touches one slot, as Redis Cluster
+/// requires: a hash with both buckets' levels and the time of their last refill (`…:b`),
+/// a sorted set of outstanding holds by expiry (`…:h`), and
 /// a sorted set of waiting clients by the time they began waiting (`…:q`). Two Lua
 /// scripts do all the work, each in one round trip: reserve (both limits at once) and
-/// settle. They are sent as `EVALSHA` and loaded once when the server answers `NOSCRIPT`.
+/// settle. They are sent as `EVALSHA`, and as `EVAL` when a server answers `NOSCRIPT`.
 /// Time is the Redis server's `TIME`, never a client's clock. The keys expire after a
 /// quota period plus the hold lifetime without use.
 ///
@@ -155,6 +68,29 @@ return 1
 /// - While Redis cannot be reached the gate follows its
 ///   [`OutagePolicy`](crate::OutagePolicy); the connection reconnects by itself.
 ///
+/// # Cluster
+/// [`RedisLedger::cluster`] connects to a Redis Cluster (ElastiCache or MemoryDB in cluster
+/// mode, a Valkey cluster) with the `redis` crate's cluster client. Each script runs on the
+/// primary that owns its quota key's slot (different models spread over the primaries);
+/// the client follows `MOVED` redirects and learns the new slot map after a failover.
+/// While a slot's primary is down and before its replica takes over, calls for that slot
+/// fail and the gate follows its [`OutagePolicy`](crate::OutagePolicy), as for a single
+/// server that is down; keys on the other primaries carry on. Replication is asynchronous,
+/// so a promoted replica can miss the last writes of the failed primary: a reserve it
+/// missed is quota spent that the fleet no longer sees (as when Redis comes back with
+/// slightly old data), a settle it missed leaves that hold charged whole (it gives nothing
+/// back later, so nothing is counted twice). Every call goes to a primary: the scripts
+/// write, and a replica's copy lags, so reading from replicas would hand out quota twice.
+///
+/// # Sentinel and replicas
+/// Sentinel is not supported: the ledger does not ask Sentinel where the primary is. Point
+/// [`RedisLedger::open`] at the primary, or at an endpoint that follows it across a
+/// failover (ElastiCache's and MemoryDB's primary endpoint, a DNS name that moves with the
+/// primary; the connection resolves it again when it reconnects). Never point it at a
+/// replica or a reader endpoint: replicas refuse the scripts' writes. A primary demoted
+/// to a replica keeps its clients' connections open and answers `READONLY`: that call
+/// fails (the gate follows its outage policy) and the ledger connects again for the next.
+///
 /// # Fairness
 /// When a key has no room, clients (one per configuration and process) take turns in the
 /// order they began waiting: a client is served only when no client that began waiting
@@ -168,19 +104,20 @@ pub struct RedisLedger {
 }
 
 struct Inner {
-    client: Client,
-    conn: OnceCell<ConnectionManager>,
+    server: Server,
+    /// Made on first use, and again after a server answered `READONLY`.
+    conn: Mutex<Option<Connection>>,
     prefix: String,
     timeout: Duration,
     hold_ttl: Duration,
-    reserve: Script,
-    settle: Script,
+    reserve: LuaScript,
+    settle: LuaScript,
 }
 
 impl fmt::Debug for RedisLedger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLedger")
-            .field("server", &self.inner.client.get_connection_info().addr())
+            .field("server", &self.inner.server)
             .field("prefix", &self.inner.prefix)
             .field("timeout", &self.inner.timeout)
             .field("hold_ttl", &self.inner.hold_ttl)
@@ -197,28 +134,69 @@ impl RedisLedger {
 
     /// A ledger on `client`'s server.
     pub fn from_client(client: Client) -> Self {
+        Self::on(Server::One(client))
+    }
+
+    /// A ledger on the Redis Cluster (ElastiCache or MemoryDB in cluster mode, a Valkey
+    /// cluster) that `nodes` belong to: one or more of its nodes (`redis://host:port`,
+    /// `rediss://` for TLS), from which it learns the rest. It connects on first use,
+    /// routes each script to the node that owns its key's slot, and follows the cluster
+    /// through failovers by itself; see [Cluster](#cluster).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), redis::RedisError> {
+    /// use bedrock_throttle::RedisLedger;
+    ///
+    /// let ledger = RedisLedger::cluster([
+    ///     "redis://10.0.1.10:6379",
+    ///     "redis://10.0.2.10:6379",
+    /// ])?;
+    /// # let _ = ledger; Ok(()) }
+    /// ```
+    pub fn cluster<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<Self, redis::RedisError> {
+        // The client's own retries wait at least 1.28 s by default, longer than a call may
+        // take before it counts as an outage: short waits instead, and the gate asks again.
+        let client = ClusterClientBuilder::new(nodes)
+            .retries(3)
+            .min_retry_wait(20)
+            .max_retry_wait(200)
+            .build()?;
+        Ok(Self::from_cluster_client(client))
+    }
+
+    /// A ledger on `client`'s cluster, for settings [`cluster`](Self::cluster) does not
+    /// make (a password, TLS certificates, its retries). The ledger's
+    /// [`timeout`](Self::timeout) replaces the client's connection and response timeouts.
+    /// Leave reads on the primaries (no `read_from_replicas`): the scripts write.
+    pub fn from_cluster_client(client: ClusterClient) -> Self {
+        Self::on(Server::Cluster(Box::new(client)))
+    }
+
+    fn on(server: Server) -> Self {
         Self {
             inner: Arc::new(Inner {
-                client,
-                conn: OnceCell::new(),
+                server,
+                conn: Mutex::new(None),
                 prefix: "bt".into(),
                 timeout: Duration::from_millis(500),
                 hold_ttl: Duration::from_micros(HOLD_TTL_US as u64),
-                reserve: Script::new(RESERVE),
-                settle: Script::new(SETTLE),
+                reserve: LuaScript::new(RESERVE),
+                settle: LuaScript::new(SETTLE),
             }),
         }
     }
 
     fn with(self, f: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            client: shared.client.clone(),
-            conn: OnceCell::new(),
+            server: shared.server.clone(),
+            conn: Mutex::new(None),
             prefix: shared.prefix.clone(),
             timeout: shared.timeout,
             hold_ttl: shared.hold_ttl,
-            reserve: Script::new(RESERVE),
-            settle: Script::new(SETTLE),
+            reserve: LuaScript::new(RESERVE),
+            settle: LuaScript::new(SETTLE),
         });
         f(&mut inner);
         Self {
@@ -234,7 +212,8 @@ impl RedisLedger {
     }
 
     /// How long one round trip or connection attempt may take before it counts as an
-    /// outage (500 ms).
+    /// outage (500 ms). On a cluster a call may take twice as long in all, so that it can
+    /// follow a redirect after a slow first attempt.
     pub fn timeout(self, timeout: Duration) -> Self {
         self.with(|i| i.timeout = timeout)
     }
@@ -279,6 +258,10 @@ fn hash_tag(prefix: &str, key: &QuotaKey) -> String {
         crate::ContextWindow::OneMillion => ":1m",
         _ => "",
     };
+    // Braces in the prefix would end the tag early too (an empty `{}` tag would hash each
+    // name whole and split a key's names over slots); they are encoded, the rest is kept,
+    // so existing prefixes keep their names.
+    let prefix = prefix.replace('{', "%7B").replace('}', "%7D");
     format!(
         "{{{prefix}:{}:{}{context}}}",
         encode(key.model(), false),
@@ -287,19 +270,37 @@ fn hash_tag(prefix: &str, key: &QuotaKey) -> String {
 }
 
 impl Inner {
-    async fn conn(&self) -> Result<ConnectionManager, LedgerError> {
-        self.conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(self.timeout);
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            })
+    async fn conn(&self) -> Result<Connection, LedgerError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = &*conn {
+            return Ok(c.clone());
+        }
+        let c = self
+            .server
+            .connect(self.timeout)
             .await
-            .cloned()
-            .map_err(LedgerError::new)
+            .map_err(LedgerError::new)?;
+        *conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `script`. A server that answers `READONLY` was demoted under an open
+    /// connection: the connection is dropped, and the next call connects again, resolving
+    /// the server's name again (behind a primary endpoint, that finds the new primary).
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &LuaScript,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, LedgerError> {
+        let mut conn = self.conn().await?;
+        let result = script.call(&mut conn, keys, args).await;
+        if let Err(e) = &result {
+            if conn.must_reconnect(e) {
+                *self.conn.lock().await = None;
+            }
+        }
+        result.map_err(LedgerError::new)
     }
 }
 
@@ -322,32 +323,26 @@ impl Ledger for RedisLedger {
         let this = self.clone();
         Box::pin(async move {
             let i = &this.inner;
-            let mut conn = i.conn().await?;
             let [b, h, q] = this.names(&ask.key);
             let (t, r, p) = limit_args(&ask.limits);
             let alone = ask.alone.unwrap_or_default();
-            let (reserved, wait): (i64, i64) = i
-                .reserve
-                .key(b)
-                .key(h)
-                .key(q)
-                .arg(t)
-                .arg(r)
-                .arg(p)
-                .arg(ask.limits.headroom.as_micros() as u64)
-                .arg(ask.tokens)
-                .arg(format!("{:x}", ask.client))
-                .arg(hold_member(ask.client, ask.hold, ask.tokens))
-                .arg(i.hold_ttl.as_micros() as u64)
-                .arg(WAITER_GRACE_US as u64)
-                .arg(MIN_WAIT_US as u64)
-                .arg(start_level(ask.start_level))
-                .arg(alone.spell)
-                .arg(alone.tokens)
-                .arg(alone.requests)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(LedgerError::new)?;
+            let args = [
+                t.to_string(),
+                r.to_string(),
+                p.to_string(),
+                (ask.limits.headroom.as_micros() as u64).to_string(),
+                ask.tokens.to_string(),
+                format!("{:x}", ask.client),
+                hold_member(ask.client, ask.hold, ask.tokens),
+                (i.hold_ttl.as_micros() as u64).to_string(),
+                (WAITER_GRACE_US as u64).to_string(),
+                (MIN_WAIT_US as u64).to_string(),
+                start_level(ask.start_level),
+                alone.spell.to_string(),
+                alone.tokens.to_string(),
+                alone.requests.to_string(),
+            ];
+            let (reserved, wait): (i64, i64) = i.run(&i.reserve, &[b, h, q], &args).await?;
             Ok(if reserved == 1 {
                 Grant::Reserved(Hold::for_ask(&ask))
             } else {
@@ -360,22 +355,17 @@ impl Ledger for RedisLedger {
         let this = self.clone();
         Box::pin(async move {
             let i = &this.inner;
-            let mut conn = i.conn().await?;
             let [b, h, _] = this.names(&hold.key);
             let (t, r, p) = limit_args(&hold.limits);
-            let _settled: i64 = i
-                .settle
-                .key(b)
-                .key(h)
-                .arg(t)
-                .arg(r)
-                .arg(p)
-                .arg(hold_member(hold.client, hold.id, hold.tokens))
-                .arg(hold.tokens)
-                .arg(actual)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(LedgerError::new)?;
+            let args = [
+                t.to_string(),
+                r.to_string(),
+                p.to_string(),
+                hold_member(hold.client, hold.id, hold.tokens),
+                hold.tokens.to_string(),
+                actual.to_string(),
+            ];
+            let _settled: i64 = i.run(&i.settle, &[b, h], &args).await?;
             Ok(())
         })
     }
@@ -426,5 +416,40 @@ mod tests {
             hash_tag("bt", &long),
             "{bt:us.anthropic.claude-sonnet-4-20250514-v1:0:us-east-1:1m}"
         );
+    }
+
+    #[test]
+    fn the_names_of_a_quota_key_hash_to_one_cluster_slot() {
+        use redis::cluster_routing::Slot;
+        let keys = [
+            QuotaKey::new(Some("a{b}c"), Some("us-east-1")),
+            QuotaKey::new(Some("}"), None),
+            QuotaKey::new(None, None),
+            QuotaKey::new(Some(""), Some("")),
+        ];
+        // Braces in a prefix would end the tag early, and an empty tag (`{}`) hashes each
+        // name whole: they must not split a key's names over slots.
+        for prefix in ["bt", "", "}", "{", "{}", "a}b{c", "%7D"] {
+            for key in &keys {
+                let ledger = RedisLedger::open("redis://127.0.0.1:1/")
+                    .unwrap()
+                    .prefix(prefix);
+                let names = ledger.names(key);
+                let slots: Vec<Slot> = names.iter().map(Slot::for_key).collect();
+                assert!(slots.iter().all(|s| *s == slots[0]), "{names:?}: {slots:?}");
+                // And the tag is the whole name but its suffix: other keys spread.
+                let tag = hash_tag(prefix, key);
+                assert_eq!(
+                    Slot::for_key(&names[0]),
+                    Slot::for_key(&tag[1..tag.len() - 1])
+                );
+            }
+        }
+        // Different models land on different slots (so on different primaries).
+        let a = RedisLedger::open("redis://127.0.0.1:1/").unwrap();
+        let slots: std::collections::HashSet<Slot> = (0..20)
+            .map(|i| Slot::for_key(&a.names(&QuotaKey::new(Some(&format!("m{i}")), None))[0]))
+            .collect();
+        assert!(slots.len() > 10, "{slots:?}");
     }
 }
