@@ -206,6 +206,31 @@ async fn failing_open_spends_a_share_of_the_quota_in_process_then_resumes() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_for_its_fallback_share_takes_the_ledger_as_soon_as_it_answers() {
+    let (ledger, down, _asked) = flaky();
+    let svc = gate(
+        config(ledger, OutagePolicy::FailOpen { share: 0.5 }),
+        StatusCode::OK,
+    );
+    down.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    // The fallback's 500 go at once; 400 more would wait 48 s for the fallback's share.
+    assert_eq!(send(&svc, 500).await.unwrap(), start);
+    // The ledger answers again 2 s in: the waiting request is reserved there (which takes
+    // the 500 admitted alone and has 500 left) within a retry pause or two, not after 48 s.
+    let (at, ()) = tokio::join!(send(&svc, 400), async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        down.store(false, Ordering::SeqCst);
+    });
+    let at = at.unwrap();
+    let waited = at - start;
+    assert!(
+        waited <= Duration::from_secs(2) + 2 * OutagePolicy::retry_after(),
+        "{waited:?}"
+    );
+}
+
 #[test]
 fn a_shared_ledger_rejects_a_discovered_quota_and_a_bad_share() {
     let e = ThrottleConfig::builder()

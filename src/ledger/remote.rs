@@ -342,7 +342,11 @@ impl RemoteStep {
                         lock(&self.spending).admitted_alone(now, hold.tokens);
                         self.reserved(hold, true)
                     }
-                    Grant::FitsIn(d) => self.later(now + d),
+                    // The shared ledger is asked again within the retry pause, not only
+                    // when the fallback would have room: a process whose next request waits
+                    // seconds for its share must not keep spending alone (on top of a fleet
+                    // back on the shared budget) long after the ledger answers again.
+                    Grant::FitsIn(d) => self.later(now + d.min(OutagePolicy::retry_after())),
                 }
             }
         }
