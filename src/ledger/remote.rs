@@ -264,7 +264,7 @@ impl RemoteStep {
         };
         self.asking = None;
         if result.is_ok() {
-            // The ledger has taken the outage into account (see `Ask::outage`).
+            // The ledger has taken the outage into account (see `Ask::alone`).
             let mut spending = lock(&self.spending);
             spending.last_answer = Some(now);
             spending.fallback_since = None;
