@@ -11,22 +11,14 @@
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/ledger_clients.rs"]
+mod ledger_clients;
 
 use std::time::{Duration, Instant};
 
-use bedrock_throttle::{
-    emulator::{EmulatedQuota, Emulator, EmulatorHandle, LatencyModel, OutputLength},
-    Ask, BedrockThrottleLayer, BoxError, Grant, Hold, Ledger, Limits, OutagePolicy, Quota,
-    QuotaKey, RedisLedger, ThrottleConfig, ThrottleError,
-};
-use bytes::Bytes;
+use bedrock_throttle::{Ask, Grant, Hold, Ledger, Limits, OutagePolicy, QuotaKey, RedisLedger};
 use cluster::RedisCluster;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use tower::{Service, ServiceBuilder, ServiceExt};
-
-const SONNET_4: &str = "us.anthropic.claude-sonnet-4-20250514-v1:0";
+use ledger_clients::{client, emulator, run, Outcome};
 
 /// Each test starts six servers: one test at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -212,141 +204,6 @@ async fn two_processes_share_one_quota_on_the_cluster() {
 // A failover, with clients over HTTP against the emulator.
 
 /// The quota period: short, so a run takes seconds.
-const PERIOD: Duration = Duration::from_secs(5);
-const RPM: u64 = 60;
-const TPM: u64 = 30_000;
-
-async fn emulator() -> EmulatorHandle {
-    Emulator::builder()
-        .default_quota(EmulatedQuota {
-            rpm: Some(RPM),
-            tpm: TPM,
-            tpd: None,
-            period: PERIOD,
-        })
-        .latency(LatencyModel {
-            first_token: Duration::from_millis(200),
-            per_output_token: Duration::from_millis(2),
-        })
-        .chars_per_token(3.6)
-        .output_tokens(OutputLength::Uniform { min: 20, max: 200 })
-        .seed(11)
-        .spawn()
-        .await
-        .unwrap()
-}
-
-fn request(base: &str, caller: usize, i: usize) -> Request<Full<Bytes>> {
-    let prompt =
-        format!("Caller {caller} asks question {i}: what did the Broad Street pump teach? ")
-            .repeat(1 + (caller + i) % 5);
-    let body = serde_json::json!({
-        "anthropic_version": "bedrock-2023-05-31",
-        "max_tokens": 200,
-        "messages": [{"role": "user", "content": prompt}],
-    });
-    Request::post(format!(
-        "{base}/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/invoke"
-    ))
-    .header("content-type", "application/json")
-    .body(Full::new(Bytes::from(body.to_string())))
-    .unwrap()
-}
-
-type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
-
-/// One independent client: its own configuration, HTTP client and layer stack, spending
-/// through `ledger`.
-fn client(
-    ledger: RedisLedger,
-    policy: OutagePolicy,
-) -> impl Service<
-    Request<Full<Bytes>>,
-    Response = http::Response<Body>,
-    Error = BoxError,
-    Future = impl Send,
-> + Clone
-       + Send
-       + 'static {
-    let cfg = ThrottleConfig::builder()
-        .model_quota(SONNET_4, Quota::new(RPM as u32, TPM).with_period(PERIOD))
-        .ledger(ledger)
-        .outage(policy)
-        .max_wait(Duration::from_secs(60))
-        .base_delay(Duration::from_millis(100))
-        .max_delay(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    ServiceBuilder::new()
-        .map_response(boxed)
-        .layer(BedrockThrottleLayer::new(cfg))
-        .service(http)
-}
-
-fn boxed<B>(resp: http::Response<B>) -> http::Response<Body>
-where
-    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
-    B::Error: Into<BoxError>,
-{
-    resp.map(|b| b.map_err(Into::into).boxed())
-}
-
-/// What became of one request, and when.
-#[derive(Debug)]
-#[allow(dead_code)] // the fields are for the failure messages
-enum Outcome {
-    Ok(Instant),
-    Unavailable(Instant),
-    Other(String),
-}
-
-/// `callers` tasks per client, each sending `per_caller` requests one after another; a
-/// caller refused for the outage backs off half a second, as a caller would.
-async fn run<S>(clients: Vec<S>, base: String, callers: usize, per_caller: usize) -> Vec<Outcome>
-where
-    S: Service<Request<Full<Bytes>>, Response = http::Response<Body>, Error = BoxError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    let mut tasks = Vec::new();
-    for (n, svc) in clients.into_iter().enumerate() {
-        for c in 0..callers {
-            let mut svc = svc.clone();
-            let base = base.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut out = Vec::new();
-                for i in 0..per_caller {
-                    let svc = svc.ready().await.unwrap();
-                    out.push(match svc.call(request(&base, n * callers + c, i)).await {
-                        Ok(resp) if resp.status() == StatusCode::OK => {
-                            resp.into_body().collect().await.unwrap();
-                            Outcome::Ok(Instant::now())
-                        }
-                        Ok(resp) => Outcome::Other(resp.status().to_string()),
-                        Err(e) => match e.downcast_ref::<ThrottleError>() {
-                            Some(ThrottleError::LedgerUnavailable { .. }) => {
-                                let done = Instant::now();
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                                Outcome::Unavailable(done)
-                            }
-                            _ => Outcome::Other(e.to_string()),
-                        },
-                    });
-                }
-                out
-            }));
-        }
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("caller task"));
-    }
-    all
-}
-
 /// When the slot owner was killed and when its replica had taken over.
 struct Failover {
     killed: Instant,
@@ -382,7 +239,8 @@ async fn failover(policy: OutagePolicy, failure: Failure) -> Option<Failover> {
         })
         .collect();
     let clients: Vec<_> = ledgers.iter().map(|l| client(l.clone(), policy)).collect();
-    let work = tokio::spawn(run(clients, emu.endpoint_url(), 4, 16));
+    let base = emu.endpoint_url();
+    let work = tokio::spawn(async move { run(clients, &base, 4, 16).await });
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // The quota key's bucket, wherever the gate put it.
@@ -455,7 +313,7 @@ async fn failover(policy: OutagePolicy, failure: Failure) -> Option<Failover> {
     Some(Failover {
         killed,
         taken_over,
-        outcomes,
+        outcomes: outcomes.into_iter().map(|(_, o)| o).collect(),
     })
 }
 
@@ -478,7 +336,7 @@ async fn fails_open(failure: Failure) {
         .outcomes
         .iter()
         .map(|o| match o {
-            Outcome::Ok(t) => *t,
+            Outcome::Ok { done } => *done,
             other => panic!("{other:?}"),
         })
         .collect();
@@ -503,9 +361,9 @@ async fn a_failover_of_the_slot_owner_fails_closed_and_resumes_on_the_replica() 
     let mut after = 0;
     for o in &f.outcomes {
         match o {
-            Outcome::Ok(t) => after += usize::from(*t > f.taken_over),
-            Outcome::Unavailable(t) => {
-                assert!(*t >= f.killed, "refused before the failover");
+            Outcome::Ok { done } => after += usize::from(*done > f.taken_over),
+            Outcome::Unavailable { done } => {
+                assert!(*done >= f.killed, "refused before the failover");
                 refused += 1;
             }
             other => panic!("neither a response nor the outage error: {other:?}"),
@@ -515,8 +373,8 @@ async fn a_failover_of_the_slot_owner_fails_closed_and_resumes_on_the_replica() 
         f.outcomes
             .iter()
             .filter_map(|o| match o {
-                Outcome::Unavailable(t) if refusal => Some(*t),
-                Outcome::Ok(t) if !refusal => Some(*t),
+                Outcome::Unavailable { done } if refusal => Some(*done),
+                Outcome::Ok { done } if !refusal => Some(*done),
                 _ => None,
             })
             .max()
