@@ -126,6 +126,11 @@ impl TenantPolicy {
     /// in requests, even when nobody else wants the rest. The cap is a share of the
     /// configured quota (of the starting guess for a discovered one); the tenant's requests
     /// wait for it, in their own order, before they join the fair queue.
+    ///
+    /// The cap is kept in process, also with a shared [`Ledger`](crate::Ledger): each of
+    /// `n` processes that share a quota through Redis holds the tenant to `share` on its
+    /// own, so the fleet may give the tenant up to `n × share`. Divide the share by the
+    /// number of replicas when the cap must hold for the fleet.
     pub fn with_cap(mut self, share: f64) -> Self {
         self.cap = Some(share);
         self
