@@ -76,6 +76,7 @@ impl Meter {
             r.level -= 1.0;
         }
         self.drawn_requests[self.slot] += 1.0;
+        self.ctl.admitted();
     }
 
     /// Gives `diff` tokens back (takes them as debt when negative), never above capacity.

@@ -25,6 +25,11 @@ const TESTED: f64 = 0.5;
 /// A recurring refusal tells how far the rate is too high only once the key could have
 /// drawn this many requests of its size since the last strike or cut.
 const TELLING: f64 = 2.0;
+/// A cut from the limit on refusals of a lightly used key is undone once this many
+/// admissions followed it ...
+const UNDO_AFTER: u32 = 10;
+/// ... of which at most this share were refused.
+const UNDO_REFUSED: f64 = 0.25;
 
 /// Where the rate curve is.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,6 +68,18 @@ pub(super) struct Controller {
     /// When a refusal last counted (a strike or a cut): refusals of requests admitted
     /// before it are no news.
     last_mark: Option<Instant>,
+    /// A cut from the limit on refusals of a key that drew far less than its rate, to undo
+    /// when admissions go on succeeding (see [`Controller::refused`]).
+    provisional: Option<Provisional>,
+}
+
+/// The curve before a provisional cut, and what happened since.
+#[derive(Clone, Debug)]
+struct Provisional {
+    scale: f64,
+    phase: Phase,
+    admitted: u32,
+    refused: u32,
 }
 
 impl Controller {
@@ -79,6 +96,7 @@ impl Controller {
             period: period.as_secs_f64(),
             last_cut: None,
             last_mark: None,
+            provisional: None,
         }
     }
 
@@ -159,6 +177,7 @@ impl Controller {
         };
         self.last_cut = Some(now);
         self.last_mark = Some(now);
+        self.provisional = None;
         true
     }
 
@@ -187,7 +206,8 @@ impl Controller {
     ///   from before): it only empties the bucket, so cuts do not compound within seconds;
     /// - a key that drew far less than its rate learns nothing about it from a refusal
     ///   (upstream refused for something else, typically capacity): the rate is cut from
-    ///   the limit at most once per recovery, so such refusals never compound.
+    ///   the limit at most once per recovery, so such refusals never compound, and the
+    ///   cut is undone when admissions go on succeeding (see [`admitted`](Self::admitted)).
     ///
     /// Refusals of requests admitted before the last strike or cut are no news. A
     /// discovered rate has only throttles to go by: each cuts as [`cut`](Self::cut) does
@@ -253,10 +273,42 @@ impl Controller {
             }
             cut
         } else if !within(self.last_cut, self.recovery) {
-            self.cut(now, admitted_at, None)
+            let before = (self.scale, self.phase.clone());
+            let cut = self.cut(now, admitted_at, None);
+            if cut {
+                self.provisional = Some(Provisional {
+                    scale: before.0,
+                    phase: before.1,
+                    admitted: 0,
+                    refused: 0,
+                });
+            }
+            cut
         } else {
+            if let Some(p) = &mut self.provisional {
+                p.refused += 1;
+            }
             self.last_mark = Some(now);
             false
+        }
+    }
+
+    /// The gate admitted a request. Undoes a provisional cut (see
+    /// [`refused`](Self::refused)) once admissions go on succeeding: at least `UNDO_AFTER`
+    /// since it, at most a quarter of them refused. Upstream refusing a few requests of a
+    /// lightly used key (for capacity, whatever the quota) then costs the rate seconds,
+    /// not a recovery; a quota far below the configured one refuses most of them, and the
+    /// cut stays.
+    pub(super) fn admitted(&mut self) {
+        let Some(p) = &mut self.provisional else {
+            return;
+        };
+        p.admitted += 1;
+        if p.admitted >= UNDO_AFTER && f64::from(p.refused) <= UNDO_REFUSED * f64::from(p.admitted)
+        {
+            self.scale = p.scale;
+            self.phase = p.phase.clone();
+            self.provisional = None;
         }
     }
 }
@@ -388,6 +440,40 @@ mod tests {
         // After it, a recurring refusal may cut once more.
         let at = t0 + s(95);
         assert!(c.refused(at, at - s(1), Some(0.01), 0.02));
+    }
+
+    #[test]
+    fn a_cut_for_a_lightly_used_key_is_undone_when_admissions_go_on_succeeding() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = Controller::new(false, s(90), period());
+        // Capacity refusals of a key drawing 1 % of its rate: a strike, then a cut ...
+        assert!(!c.refused(t0, t0 - s(1), Some(0.01), 0.02));
+        assert!(c.refused(t0 + s(1), t0 + Duration::from_millis(500), Some(0.01), 0.02));
+        assert!((c.scale - 0.7).abs() < 1e-9, "{}", c.scale);
+        // ... then ten admissions, two of them refused: the cut is undone.
+        for i in 0..10 {
+            assert!((c.scale - 0.7).abs() < 1e-9, "{i}: {}", c.scale);
+            c.admitted();
+            if i % 5 == 4 {
+                let at = t0 + s(2 + i);
+                assert!(!c.refused(at, at - Duration::from_millis(10), Some(0.01), 0.02));
+            }
+        }
+        assert_eq!((c.scale, c.phase.clone()), (1.0, Phase::Full));
+
+        // A quota far below the configured one refuses most admissions: the cut stays.
+        let mut c = Controller::new(false, s(90), period());
+        assert!(!c.refused(t0, t0 - s(1), Some(0.1), 0.02));
+        assert!(c.refused(t0 + s(1), t0 + Duration::from_millis(500), Some(0.1), 0.02));
+        for i in 0..40 {
+            c.admitted();
+            if i % 4 != 0 {
+                let at = t0 + s(2) + Duration::from_millis(100 * i);
+                c.refused(at, at - Duration::from_millis(10), Some(0.1), 0.02);
+            }
+        }
+        assert!((c.scale - 0.7).abs() < 1e-9, "{}", c.scale);
     }
 
     #[test]
