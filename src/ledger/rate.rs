@@ -242,8 +242,7 @@ impl Controller {
                     .max(STEP_BACK * *last_max);
                 if stepped < self.scale {
                     self.scale = stepped.clamp(FLOOR, self.cap);
-                    let x = -((1.0 - stepped / *last_max) / (1.0 - BETA)).cbrt();
-                    *clock = self.recovery * (1.0 + x);
+                    *clock = self.recovery * rising_to(stepped / *last_max);
                 }
             }
             self.last_mark = Some(now);
@@ -267,8 +266,7 @@ impl Controller {
                     // The evidence supports less of a cut: the curve from there, back to the
                     // rate drawn at the same time as after a full cut.
                     self.scale = evident.min(*last_max);
-                    let x = -((1.0 - self.scale / *last_max) / (1.0 - BETA)).cbrt();
-                    *clock = self.recovery * (1.0 + x);
+                    *clock = self.recovery * rising_to(self.scale / *last_max);
                 }
             }
             cut
@@ -311,6 +309,12 @@ impl Controller {
             self.provisional = None;
         }
     }
+}
+
+/// Where, in recoveries since its cut, the rising half of the curve is at `ratio` (at most
+/// 1) of the rate of that cut: the inverse of `1 + (1 − β) × (t − 1)³`.
+fn rising_to(ratio: f64) -> f64 {
+    1.0 - ((1.0 - ratio) / (1.0 - BETA)).cbrt()
 }
 
 #[cfg(test)]
