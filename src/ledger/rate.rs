@@ -17,8 +17,12 @@ const SLOW_START_DOUBLING: f64 = 0.15;
 /// A refusal on a configured quota cuts only when another came within this many periods
 /// before it (see [`Controller::refused`]).
 const STRIKE_PERIODS: f64 = 1.0;
-/// A strike on a curve near the rate of its last cut takes it back to this share of it.
+/// A strike on a curve near the rate of its last cut takes it back to between this share
+/// of it ...
 const STEP_BACK: f64 = 0.9;
+/// ... and this one, by what the strike shows: far enough that the curve takes most of a
+/// recovery to probe above that rate again, so strikes stay rarer than one a period.
+const STEP_BACK_LEAST: f64 = 0.95;
 /// A refusal tells the rate it was drawn at only when the key drew at least this share of
 /// its current rate over the last period.
 const TESTED: f64 = 0.5;
@@ -191,7 +195,8 @@ impl Controller {
     /// - the first refusal after a quiet spell (none counted within a period) is a strike:
     ///   the caller empties the bucket, which brings the gate's account in line with
     ///   upstream's, and the rate stays (a curve back near the rate of its last cut, which
-    ///   the refusal has found again, steps back to 0.9 × that rate);
+    ///   the refusal has found again, steps back to between 0.9 and 0.95 × that rate, by
+    ///   what the refusal shows);
     /// - a refusal of a request admitted after that, within the period, is evidence the
     ///   rate is too high: when the key drew at least half its rate (`TESTED`), the rate is
     ///   cut by what the evidence supports. Both refusals found upstream's bucket short of
@@ -232,13 +237,14 @@ impl Controller {
         if !within(self.last_mark, STRIKE_PERIODS * self.period) {
             // A curve near or above the rate of its last cut has found that rate again: a
             // step back along the curve, by what one request since the last mark shows,
-            // at least to that rate and no further than `STEP_BACK` of it; not a cut.
+            // at least to `STEP_BACK_LEAST` of that rate and no further than `STEP_BACK`
+            // of it; not a cut.
             if let Phase::Cubic { last_max, clock } = &mut self.phase {
                 let since = self.last_mark.map_or(self.period, |m| {
                     now.saturating_duration_since(m).as_secs_f64()
                 });
                 let stepped = (self.scale - size * self.period / since.max(self.period))
-                    .min(*last_max)
+                    .min(STEP_BACK_LEAST * *last_max)
                     .max(STEP_BACK * *last_max);
                 if stepped < self.scale {
                     self.scale = stepped.clamp(FLOOR, self.cap);
@@ -381,11 +387,11 @@ mod tests {
         assert!((c.scale - 0.532).abs() < 1e-9, "{}", c.scale);
 
         // Probing above the rate of that cut, a strike 192 s after steps back by the one
-        // request it shows (0.02 × 60 / 192), here at least to that rate ...
+        // request it shows (0.02 × 60 / 192), here at least to 0.95 × that rate ...
         (0..200).for_each(|_| c.step(0.6, true));
         assert!(c.scale > 0.765, "{}", c.scale);
         assert!(!c.refused(t0 + s(200), t0 + s(199), Some(0.9), size));
-        assert!((c.scale - 0.76).abs() < 1e-9, "{}", c.scale);
+        assert!((c.scale - 0.95 * 0.76).abs() < 1e-9, "{}", c.scale);
         // ... and never further than 0.9 × it, however soon after the last mark.
         (0..50).for_each(|_| c.step(0.6, true));
         assert!(!c.refused(t0 + s(400), t0 + s(399), Some(0.9), 10.0));
