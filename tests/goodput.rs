@@ -110,16 +110,27 @@ struct Run {
     elapsed: Duration,
     /// The lowest token rate the gate allowed, as a share of the quota.
     lowest_rate: f64,
-    /// Seconds of quota the gate's cuts withheld: ∫ (1 − rate / quota) dt.
+    /// Seconds of quota the gate's cuts withheld: ∫ (1 − rate / real quota)⁺ dt.
     withheld: f64,
 }
 
 /// Sends `jobs` through the layer from `callers` callers (`stream`: as ConverseStream),
 /// sampling the gate's token rate every 100 ms.
 async fn run(emu: &EmulatorHandle, jobs: Vec<(String, u64)>, callers: usize, stream: bool) -> Run {
+    run_told(emu, jobs, callers, stream, Quota::new(RPM, TPM)).await
+}
+
+/// As [`run`], the gate told `quota`.
+async fn run_told(
+    emu: &EmulatorHandle,
+    jobs: Vec<(String, u64)>,
+    callers: usize,
+    stream: bool,
+    quota: Quota,
+) -> Run {
     let url = emu.endpoint_url();
     let cfg = ThrottleConfig::builder()
-        .model_quota(MODEL, Quota::new(RPM, TPM))
+        .model_quota(MODEL, quota)
         .max_wait(Duration::from_secs(600))
         .build()
         .unwrap();
@@ -202,6 +213,33 @@ async fn an_upstream_bucket_behind_the_gates_costs_one_refusal_not_a_period_of_q
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_quota_configured_twice_too_high_is_found_without_withholding_the_real_one() {
+    let emu = upstream(Duration::ZERO, Duration::ZERO, Faults::NONE).await;
+    let right = run(&emu, workload(400), 48, false).await;
+    emu.shutdown().await;
+    let emu = upstream(Duration::ZERO, Duration::ZERO, Faults::NONE).await;
+    let r = run_told(&emu, workload(400), 48, false, Quota::new(2 * RPM, 2 * TPM)).await;
+    let attempts = emu.stats().model(MODEL).admitted + r.throttles;
+    println!("told the real quota: {right:?}\ntold 2x: {r:?}, {attempts} attempts");
+    assert_eq!(r.failed, 0, "{r:?}");
+    // The wrong quota is found from a few refusals (4 to 7 in 404 to 407 attempts seen:
+    // the loopback's scheduling moves them from run to run) ...
+    assert!(r.throttles >= 1, "the wrong quota shows: {r:?}");
+    assert!(r.throttles as f64 <= 0.03 * attempts as f64, "{r:?}");
+    // ... that do not compound into cuts within seconds of each other: each a cut from the
+    // rate drawn (the lowest seen 0.68 of the real quota), where refusals too soon to tell
+    // cutting too took the rate to 0.7³ of the configured quota, half the real one, and
+    // withheld 53 s of the real quota (6 to 11.5 s seen without).
+    assert!(r.lowest_rate >= 0.65, "{r:?}");
+    assert!(r.withheld <= 15.0, "{r:?}");
+    assert!(
+        r.elapsed.as_secs_f64() <= 1.05 * right.elapsed.as_secs_f64(),
+        "{r:?} against {right:?}"
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_in_flight_window_alone_throttles_nothing() {
     // Upstream counts a request 300 ms after the gate admitted it: its bucket only ever
     // holds more than the gate's.
@@ -234,8 +272,11 @@ async fn streams_refused_for_capacity_do_not_collapse_the_rate() {
     println!("no faults: {clean:?}\n10 % first-frame throttles ({refused}): {r:?}");
     assert_eq!(r.failed, 0, "{r:?}");
     assert!(refused >= 3, "the faults show: {refused}");
-    // At most one cut (from the limit, not from the little drawn), never compounded.
+    // At most one cut (from the limit, not from the little drawn), never compounded, and
+    // undone once admissions go on succeeding: kept for the whole run it withheld 0.73 s
+    // of the quota in this one, where a cut recovered over 1.5 periods.
     assert!(r.lowest_rate >= 0.69, "{r:?}");
+    assert!(r.withheld <= 0.4, "{r:?}");
     // The retries' backoff is the whole cost: within a few times the clean run.
     assert!(
         r.elapsed < clean.elapsed * 4 + Duration::from_secs(2),

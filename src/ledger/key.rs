@@ -152,7 +152,7 @@ impl KeyLedger {
     /// - [`ThrottleKind::DailyTokens`]: nothing; a per-minute rate cannot fix a daily
     ///   quota, and cutting it would only slow the key down after the day turns.
     pub(crate) fn throttled(&self, admitted_at: Instant, kind: ThrottleKind) {
-        self.slow_down(admitted_at, kind, false);
+        self.slow_down(admitted_at, kind, None);
     }
 
     /// Upstream refused a request admitted at `admitted_at` before running it (a 429, or a
@@ -160,12 +160,14 @@ impl KeyLedger {
     /// for [`throttled`](Self::throttled), which brings the gate's account in line with
     /// upstream's; a configured rate is cut only when the refusals recur (see the `rate`
     /// module's `Controller::refused`): one stray refusal costs the refused request's retry,
-    /// not a quota period of slower admissions.
-    pub(crate) fn refused(&self, admitted_at: Instant, kind: ThrottleKind) {
-        self.slow_down(admitted_at, kind, true);
+    /// not a quota period of slower admissions. `tokens`: the refused request's reservation,
+    /// which measures by how much a recurring refusal shows the rate to be too high.
+    pub(crate) fn refused(&self, admitted_at: Instant, kind: ThrottleKind, tokens: u64) {
+        self.slow_down(admitted_at, kind, Some(tokens));
     }
 
-    fn slow_down(&self, admitted_at: Instant, kind: ThrottleKind, refused: bool) {
+    /// `refused`: the refused request's tokens, when upstream refused before running it.
+    fn slow_down(&self, admitted_at: Instant, kind: ThrottleKind, refused: Option<u64>) {
         let now = Instant::now();
         let mut state = self.state();
         state.refill(now);
@@ -183,7 +185,7 @@ impl KeyLedger {
                 request_rate_scale,
                 "upstream throttled: slowing down"
             );
-        } else if refused {
+        } else if refused.is_some() {
             tracing::debug!(
                 quota_key = %self.key,
                 ?kind,

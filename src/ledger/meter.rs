@@ -76,6 +76,7 @@ impl Meter {
             r.level -= 1.0;
         }
         self.drawn_requests[self.slot] += 1.0;
+        self.ctl.admitted();
     }
 
     /// Gives `diff` tokens back (takes them as debt when negative), never above capacity.
@@ -123,15 +124,15 @@ impl Meter {
     /// Empties the buckets `kind` names and cuts their rates for a throttle of a request
     /// admitted at `admitted_at` (see `KeyLedger::throttled`); `queued`: requests were
     /// waiting, so the rate drawn was the rate allowed; `refused`: upstream refused the
-    /// request before running it, and a configured rate is cut only on evidence (see
-    /// `Controller::refused`). True when a rate was cut.
+    /// request, of that many tokens, before running it, and a configured rate is cut only on
+    /// evidence (see `Controller::refused`). True when a rate was cut.
     pub(super) fn throttle(
         &mut self,
         now: Instant,
         admitted_at: Instant,
         kind: ThrottleKind,
         queued: bool,
-        refused: bool,
+        refused: Option<u64>,
     ) -> bool {
         let m = self;
         let (cut_tokens, cut_requests) = match kind {
@@ -148,10 +149,17 @@ impl Meter {
             let measured = m.measured();
             let told = (queued || probing).then_some(measured);
             m.tokens.level = m.tokens.level.min(0.0);
-            cut |= match (refused, m.ctl.discovers()) {
-                (true, false) => m.ctl.refused(now, admitted_at, Some(measured)),
-                (true, true) => m.ctl.refused(now, admitted_at, told),
-                (false, _) => m.ctl.cut(now, admitted_at, told),
+            cut |= match refused {
+                Some(tokens) => {
+                    let size = tokens as f64 / m.tokens.capacity;
+                    let measured = if m.ctl.discovers() {
+                        told
+                    } else {
+                        Some(measured)
+                    };
+                    m.ctl.refused(now, admitted_at, measured, size)
+                }
+                None => m.ctl.cut(now, admitted_at, told),
             };
         }
         if cut_requests {
@@ -177,9 +185,12 @@ impl Meter {
                     r.level = r.level.min(0.0);
                 }
                 cut |= match (refused, m.req_ctl.discovers()) {
-                    (true, false) => m.req_ctl.refused(now, admitted_at, measured),
-                    (true, true) => m.req_ctl.refused(now, admitted_at, told),
-                    (false, _) => m.req_ctl.cut(now, admitted_at, told),
+                    (Some(_), false) => {
+                        let size = m.requests.as_ref().map_or(0.0, |r| 1.0 / r.capacity);
+                        m.req_ctl.refused(now, admitted_at, measured, size)
+                    }
+                    (Some(_), true) => m.req_ctl.refused(now, admitted_at, told, 0.0),
+                    (None, _) => m.req_ctl.cut(now, admitted_at, told),
                 };
             }
         }

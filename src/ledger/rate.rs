@@ -22,6 +22,14 @@ const STEP_BACK: f64 = 0.9;
 /// A refusal tells the rate it was drawn at only when the key drew at least this share of
 /// its current rate over the last period.
 const TESTED: f64 = 0.5;
+/// A recurring refusal tells the rate is too high only once the key could have drawn this
+/// many requests of its size since the last strike or cut.
+const TELLING: f64 = 2.0;
+/// A cut from the limit on refusals of a lightly used key is undone once this many
+/// admissions followed it ...
+const UNDO_AFTER: u32 = 10;
+/// ... of which at most this share were refused.
+const UNDO_REFUSED: f64 = 0.25;
 
 /// Where the rate curve is.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +68,18 @@ pub(super) struct Controller {
     /// When a refusal last counted (a strike or a cut): refusals of requests admitted
     /// before it are no news.
     last_mark: Option<Instant>,
+    /// A cut from the limit on refusals of a key that drew far less than its rate, to undo
+    /// when admissions go on succeeding (see [`Controller::refused`]).
+    provisional: Option<Provisional>,
+}
+
+/// The curve before a provisional cut, and what happened since.
+#[derive(Clone, Debug)]
+struct Provisional {
+    scale: f64,
+    phase: Phase,
+    admitted: u32,
+    refused: u32,
 }
 
 impl Controller {
@@ -76,6 +96,7 @@ impl Controller {
             period: period.as_secs_f64(),
             last_cut: None,
             last_mark: None,
+            provisional: None,
         }
     }
 
@@ -156,6 +177,7 @@ impl Controller {
         };
         self.last_cut = Some(now);
         self.last_mark = Some(now);
+        self.provisional = None;
         true
     }
 
@@ -172,10 +194,15 @@ impl Controller {
     ///   the refusal has found again, steps back to 0.9 × that rate);
     /// - a refusal of a request admitted after that, within the period, is evidence the
     ///   rate is too high: when the key drew at least half its rate (`TESTED`), the rate is
-    ///   cut from the rate drawn, as [`cut`](Self::cut) with a measurement;
+    ///   cut from the rate drawn, as [`cut`](Self::cut) with a measurement. A refusal
+    ///   sooner than two of its requests at the current rate (`TELLING`) tells nothing
+    ///   yet (upstream's bucket may still be short from before the last strike or cut): it
+    ///   only empties the bucket, and the mark stays, so cuts do not compound within
+    ///   seconds (0.7³ of a quota told twice too high at start-up);
     /// - a key that drew far less than its rate learns nothing about it from a refusal
     ///   (upstream refused for something else, typically capacity): the rate is cut from
-    ///   the limit at most once per recovery, so such refusals never compound.
+    ///   the limit at most once per recovery, so such refusals never compound, and the
+    ///   cut is undone when admissions go on succeeding (see [`admitted`](Self::admitted)).
     ///
     /// Refusals of requests admitted before the last strike or cut are no news. A
     /// discovered rate has only throttles to go by: each cuts as [`cut`](Self::cut) does
@@ -186,6 +213,7 @@ impl Controller {
         now: Instant,
         admitted_at: Instant,
         measured: Option<f64>,
+        size: f64,
     ) -> bool {
         if self.discovers() {
             return self.cut(now, admitted_at, measured);
@@ -197,29 +225,75 @@ impl Controller {
             t.is_some_and(|t| now.saturating_duration_since(t).as_secs_f64() < secs)
         };
         if !within(self.last_mark, STRIKE_PERIODS * self.period) {
-            self.last_mark = Some(now);
             // A curve near or above the rate of its last cut has found that rate again:
             // a step back just below it, not a cut.
             if let Phase::Cubic { last_max, clock } = &mut self.phase {
-                let x = -((1.0 - STEP_BACK) / (1.0 - BETA)).cbrt();
-                let back = self.recovery * (1.0 + x);
+                let back = self.recovery * rising_to(STEP_BACK);
                 if *clock > back {
                     *clock = back;
                     self.scale = (STEP_BACK * *last_max).clamp(FLOOR, self.cap);
                 }
             }
+            self.last_mark = Some(now);
             return false;
         }
         let measured = measured.unwrap_or(0.0);
         if measured >= TESTED * self.scale {
+            let since = self
+                .last_mark
+                .map_or(0.0, |m| now.saturating_duration_since(m).as_secs_f64());
+            if since * self.scale < TELLING * size * self.period {
+                // Too soon to tell: upstream's bucket may still be short from before the
+                // last mark. The bucket is emptied; the mark stays where it was, so the
+                // refusals that follow are measured from it.
+                return false;
+            }
             self.cut(now, admitted_at, Some(measured))
         } else if !within(self.last_cut, self.recovery) {
-            self.cut(now, admitted_at, None)
+            let before = (self.scale, self.phase.clone());
+            let cut = self.cut(now, admitted_at, None);
+            if cut {
+                self.provisional = Some(Provisional {
+                    scale: before.0,
+                    phase: before.1,
+                    admitted: 0,
+                    refused: 0,
+                });
+            }
+            cut
         } else {
+            if let Some(p) = &mut self.provisional {
+                p.refused += 1;
+            }
             self.last_mark = Some(now);
             false
         }
     }
+
+    /// The gate admitted a request. Undoes a provisional cut (see
+    /// [`refused`](Self::refused)) once admissions go on succeeding: at least `UNDO_AFTER`
+    /// since it, at most a quarter of them refused. Upstream refusing a few requests of a
+    /// lightly used key (for capacity, whatever the quota) then costs the rate seconds,
+    /// not a recovery; a quota far below the configured one refuses most of them, and the
+    /// cut stays.
+    pub(super) fn admitted(&mut self) {
+        let Some(p) = &mut self.provisional else {
+            return;
+        };
+        p.admitted += 1;
+        if p.admitted >= UNDO_AFTER && f64::from(p.refused) <= UNDO_REFUSED * f64::from(p.admitted)
+        {
+            self.scale = p.scale;
+            self.phase = p.phase.clone();
+            self.provisional = None;
+        }
+    }
+}
+
+/// Where, in recoveries since its cut, the rising half of the curve is at `ratio` (at most
+/// 1) of the rate of that cut: the inverse of `1 + (1 − β) × (t − 1)³`.
+fn rising_to(ratio: f64) -> f64 {
+    1.0 - ((1.0 - ratio) / (1.0 - BETA)).cbrt()
 }
 
 #[cfg(test)]
@@ -263,32 +337,43 @@ mod tests {
     fn a_stray_refusal_strikes_and_only_a_recurring_one_cuts() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
+        // Requests of 2 % of the quota each: two take 2.4 s at the full rate.
+        let size = 0.02;
         let mut c = Controller::new(false, s(90), period());
         // The first refusal after a quiet spell: a strike, the rate stays.
-        assert!(!c.refused(t0, t0 - s(1), Some(1.0)));
+        assert!(!c.refused(t0, t0 - s(1), Some(1.0), size));
         assert_eq!(c.scale, 1.0);
         // Refusals of requests admitted before the strike are no news.
-        assert!(!c.refused(t0 + s(1), t0 - s(1), Some(1.0)));
+        assert!(!c.refused(t0 + s(1), t0 - s(1), Some(1.0), size));
         assert_eq!(c.scale, 1.0);
-        // One admitted after it, within the period, while the key drew its rate: a cut,
-        // from the rate drawn.
-        assert!(c.refused(t0 + s(5), t0 + s(2), Some(0.9)));
+        // One admitted after it, 5 s later, while the key drew its rate: a cut, from the
+        // rate drawn.
+        assert!(c.refused(t0 + s(5), t0 + s(2), Some(0.9), size));
         assert!((c.scale - 0.63).abs() < 1e-9, "{}", c.scale);
-        // And again on new evidence (admitted after the cut), as before.
-        assert!(c.refused(t0 + s(8), t0 + s(6), Some(0.9)));
-        assert!((c.scale - 0.441).abs() < 1e-9, "{}", c.scale);
+        // A refusal 3 s after the cut is too soon to tell (two requests take 3.8 s at
+        // 0.63): the rate stays, and so does the mark ...
+        assert!(!c.refused(t0 + s(8), t0 + s(6), Some(0.9), size));
+        assert!((c.scale - 0.63).abs() < 1e-9, "{}", c.scale);
+        // ... so one 4 s after the cut tells, and cuts again from the rate drawn.
+        assert!(c.refused(
+            t0 + s(9),
+            t0 + Duration::from_millis(8_500),
+            Some(0.6),
+            size
+        ));
+        assert!((c.scale - 0.42).abs() < 1e-9, "{}", c.scale);
 
         // Back near the rate of that cut, a strike steps back to 0.9 × it, no lower.
         (0..200).for_each(|_| c.step(0.6, true));
-        assert!(c.scale > 0.63, "{}", c.scale);
-        assert!(!c.refused(t0 + s(200), t0 + s(199), Some(0.9)));
-        assert!((c.scale - 0.9 * 0.63).abs() < 1e-9, "{}", c.scale);
+        assert!(c.scale > 0.6, "{}", c.scale);
+        assert!(!c.refused(t0 + s(200), t0 + s(199), Some(0.6), size));
+        assert!((c.scale - 0.9 * 0.6).abs() < 1e-9, "{}", c.scale);
 
         // Refusals a period apart are each a strike: none cuts.
         let mut c = Controller::new(false, s(90), period());
         for i in 0..5 {
             let at = t0 + s(61 * i);
-            assert!(!c.refused(at, at - s(1), Some(1.0)));
+            assert!(!c.refused(at, at - s(1), Some(1.0), size));
         }
         assert_eq!(c.scale, 1.0);
     }
@@ -299,27 +384,61 @@ mod tests {
         let s = Duration::from_secs;
         let mut c = Controller::new(false, s(90), period());
         // A key drawing 1 % of its rate, refused every few seconds (for capacity, say).
-        assert!(!c.refused(t0, t0 - s(1), Some(0.01)));
+        assert!(!c.refused(t0, t0 - s(1), Some(0.01), 0.02));
         // Recurring: cut from the limit, not from the 1 % drawn ...
-        assert!(c.refused(t0 + s(3), t0 + s(2), Some(0.01)));
+        assert!(c.refused(t0 + s(3), t0 + s(2), Some(0.01), 0.02));
         assert!((c.scale - 0.7).abs() < 1e-9, "{}", c.scale);
         // ... and never again within the recovery, however many.
         for i in 2..30 {
             let at = t0 + s(3 * i);
             c.step(3.0, false);
-            assert!(!c.refused(at, at - s(1), Some(0.01)), "{i}");
+            assert!(!c.refused(at, at - s(1), Some(0.01), 0.02), "{i}");
         }
         assert!(c.scale > 0.7);
         // After it, a recurring refusal may cut once more.
         let at = t0 + s(95);
-        assert!(c.refused(at, at - s(1), Some(0.01)));
+        assert!(c.refused(at, at - s(1), Some(0.01), 0.02));
+    }
+
+    #[test]
+    fn a_cut_for_a_lightly_used_key_is_undone_when_admissions_go_on_succeeding() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = Controller::new(false, s(90), period());
+        // Capacity refusals of a key drawing 1 % of its rate: a strike, then a cut ...
+        assert!(!c.refused(t0, t0 - s(1), Some(0.01), 0.02));
+        assert!(c.refused(t0 + s(1), t0 + Duration::from_millis(500), Some(0.01), 0.02));
+        assert!((c.scale - 0.7).abs() < 1e-9, "{}", c.scale);
+        // ... then ten admissions, two of them refused: the cut is undone.
+        for i in 0..10 {
+            assert!((c.scale - 0.7).abs() < 1e-9, "{i}: {}", c.scale);
+            c.admitted();
+            if i % 5 == 4 {
+                let at = t0 + s(2 + i);
+                assert!(!c.refused(at, at - Duration::from_millis(10), Some(0.01), 0.02));
+            }
+        }
+        assert_eq!((c.scale, c.phase.clone()), (1.0, Phase::Full));
+
+        // A quota far below the configured one refuses most admissions: the cut stays.
+        let mut c = Controller::new(false, s(90), period());
+        assert!(!c.refused(t0, t0 - s(1), Some(0.1), 0.02));
+        assert!(c.refused(t0 + s(1), t0 + Duration::from_millis(500), Some(0.1), 0.02));
+        for i in 0..40 {
+            c.admitted();
+            if i % 4 != 0 {
+                let at = t0 + s(2) + Duration::from_millis(100 * i);
+                c.refused(at, at - Duration::from_millis(10), Some(0.1), 0.02);
+            }
+        }
+        assert!((c.scale - 0.7).abs() < 1e-9, "{}", c.scale);
     }
 
     #[test]
     fn a_discovered_rate_cuts_on_every_fresh_refusal() {
         let t0 = Instant::now();
         let mut d = Controller::new(true, period(), period());
-        assert!(d.refused(t0, t0 - Duration::from_secs(1), Some(1.0)));
+        assert!(d.refused(t0, t0 - Duration::from_secs(1), Some(1.0), 0.02));
         assert!((d.scale - 0.7).abs() < 1e-9);
     }
 }

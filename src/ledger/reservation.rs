@@ -61,10 +61,10 @@ impl Reservation {
     /// [`KeyLedger::refused`] and [`KeyLedger::throttled`]).
     pub(crate) fn throttled(self, refund: bool, kind: ThrottleKind) {
         let ledger = self.ledger.clone();
-        let admitted_at = self.admitted_at;
+        let (admitted_at, tokens) = (self.admitted_at, self.tokens);
         if refund {
             self.settle(0);
-            ledger.refused(admitted_at, kind);
+            ledger.refused(admitted_at, kind, tokens);
         } else {
             ledger.throttled(admitted_at, kind);
         }

@@ -326,7 +326,7 @@ async fn a_key_is_evicted_only_at_rest() {
     let l = registry.key(&key, quota);
     admitted(l.admit(100, far())).throttled(true, ThrottleKind::Tokens);
     tokio::time::advance(Duration::from_millis(1)).await;
-    l.refused(Instant::now(), ThrottleKind::Tokens);
+    l.refused(Instant::now(), ThrottleKind::Tokens, 100);
     drop(l);
     tokio::time::advance(Duration::from_secs(60)).await;
     assert!(!registry.evict(&key), "the rate is still recovering");
