@@ -222,18 +222,19 @@ async fn a_quota_configured_twice_too_high_is_found_without_withholding_the_real
     let attempts = emu.stats().model(MODEL).admitted + r.throttles;
     println!("told the real quota: {right:?}\ntold 2x: {r:?}, {attempts} attempts");
     assert_eq!(r.failed, 0, "{r:?}");
-    // The wrong quota is found from a few refusals (4 to 7 in 404 to 407 attempts seen:
-    // the loopback's scheduling moves them from run to run) ...
+    // The wrong quota is found from a few refusals (5 to 7 in 405 to 407 attempts in
+    // eighteen runs) ...
     assert!(r.throttles >= 1, "the wrong quota shows: {r:?}");
     assert!(r.throttles as f64 <= 0.03 * attempts as f64, "{r:?}");
-    // ... that do not compound into cuts within seconds of each other: each a cut from the
-    // rate drawn (the lowest seen 0.68 of the real quota), where refusals too soon to tell
-    // cutting too took the rate to 0.7³ of the configured quota, half the real one, and
-    // withheld 53 s of the real quota (6 to 11.5 s seen without).
-    assert!(r.lowest_rate >= 0.65, "{r:?}");
-    assert!(r.withheld <= 15.0, "{r:?}");
+    // ... that neither compound into cuts within seconds of each other (which took the
+    // rate to 0.7³ of the configured quota, half the real one, and withheld 53 s of it)
+    // nor, in the first period, cut from a draw that still holds the initial full bucket
+    // (lowest rate 0.68 of the real quota, up to 11.5 s withheld). Seen: lowest 0.74 to
+    // 0.84, 3.8 to 4.8 s withheld, 0.8 to 1.6 % slower than told the right quota.
+    assert!(r.lowest_rate >= 0.7, "{r:?}");
+    assert!(r.withheld <= 8.0, "{r:?}");
     assert!(
-        r.elapsed.as_secs_f64() <= 1.05 * right.elapsed.as_secs_f64(),
+        r.elapsed.as_secs_f64() <= 1.03 * right.elapsed.as_secs_f64(),
         "{r:?} against {right:?}"
     );
     emu.shutdown().await;

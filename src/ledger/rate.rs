@@ -68,6 +68,9 @@ pub(super) struct Controller {
     /// When a refusal last counted (a strike or a cut): refusals of requests admitted
     /// before it are no news.
     last_mark: Option<Instant>,
+    /// When the controller began: within its first period the rate drawn still holds the
+    /// initial full bucket (see [`Controller::refused`]).
+    started: Instant,
     /// A cut from the limit on refusals of a key that drew far less than its rate, to undo
     /// when admissions go on succeeding (see [`Controller::refused`]).
     provisional: Option<Provisional>,
@@ -96,6 +99,7 @@ impl Controller {
             period: period.as_secs_f64(),
             last_cut: None,
             last_mark: None,
+            started: Instant::now(),
             provisional: None,
         }
     }
@@ -198,7 +202,12 @@ impl Controller {
     ///   sooner than two of its requests at the current rate (`TELLING`) tells nothing
     ///   yet (upstream's bucket may still be short from before the last strike or cut): it
     ///   only empties the bucket, and the mark stays, so cuts do not compound within
-    ///   seconds (0.7³ of a quota told twice too high at start-up);
+    ///   seconds (0.7³ of a quota told twice too high at start-up). Within the key's first
+    ///   period the rate drawn still holds the initial full bucket, so the cut goes by
+    ///   what the refusals show instead, never further than the cut from the rate drawn:
+    ///   both found upstream's bucket short of one request while the gate's was empty at
+    ///   the first, so the gate's rate exceeds upstream's by about one request (`size`, in
+    ///   periods of the quota) per time between them;
     /// - a key that drew far less than its rate learns nothing about it from a refusal
     ///   (upstream refused for something else, typically capacity): the rate is cut from
     ///   the limit at most once per recovery, so such refusals never compound, and the
@@ -248,7 +257,21 @@ impl Controller {
                 // refusals that follow are measured from it.
                 return false;
             }
-            self.cut(now, admitted_at, Some(measured))
+            let evident = self.scale - size * self.period / since;
+            let cut = self.cut(now, admitted_at, Some(measured));
+            if let Phase::Cubic { last_max, clock } = &mut self.phase {
+                let starting =
+                    now.saturating_duration_since(self.started).as_secs_f64() < self.period;
+                if cut && starting && evident > self.scale {
+                    // The first period's draw holds the initial full bucket, which says
+                    // nothing of the rate upstream sustains: the cut goes by what the two
+                    // refusals show, the curve from there back to the rate drawn at the same
+                    // time as after a full cut.
+                    self.scale = evident.min(*last_max);
+                    *clock = self.recovery * rising_to(self.scale / *last_max);
+                }
+            }
+            cut
         } else if !within(self.last_cut, self.recovery) {
             let before = (self.scale, self.phase.clone());
             let cut = self.cut(now, admitted_at, None);
@@ -335,11 +358,12 @@ mod tests {
 
     #[test]
     fn a_stray_refusal_strikes_and_only_a_recurring_one_cuts() {
-        let t0 = Instant::now();
         let s = Duration::from_secs;
         // Requests of 2 % of the quota each: two take 2.4 s at the full rate.
         let size = 0.02;
         let mut c = Controller::new(false, s(90), period());
+        // Past the key's first period.
+        let t0 = Instant::now() + s(61);
         // The first refusal after a quiet spell: a strike, the rate stays.
         assert!(!c.refused(t0, t0 - s(1), Some(1.0), size));
         assert_eq!(c.scale, 1.0);
@@ -376,6 +400,31 @@ mod tests {
             assert!(!c.refused(at, at - s(1), Some(1.0), size));
         }
         assert_eq!(c.scale, 1.0);
+    }
+
+    #[test]
+    fn in_the_first_period_a_recurring_refusal_cuts_by_what_it_shows() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Told twice the real quota: refused at once, then 6.5 s after the strike by a
+        // request of 5 % of the quota, 0.05 × 60 / 6.5 too fast; the cut from the rate
+        // drawn (0.7 × 0.6) would go further.
+        let mut c = Controller::new(false, s(90), period());
+        assert!(!c.refused(t0, t0 - s(1), Some(1.0), 0.05));
+        let at = t0 + Duration::from_millis(6_500);
+        assert!(c.refused(at, t0 + s(3), Some(0.6), 0.05));
+        assert!((c.scale - (1.0 - 3.0 / 6.5)).abs() < 1e-9, "{}", c.scale);
+        // From there on the curve of that full cut: back at the rate drawn within the
+        // recovery, then probing above it.
+        (0..150).for_each(|_| c.step(0.6, true));
+        assert!((0.6..0.61).contains(&c.scale), "{}", c.scale);
+
+        // After the first period the draw is a sustained rate: the cut is from it.
+        let mut c = Controller::new(false, s(90), period());
+        let t1 = t0 + s(61);
+        assert!(!c.refused(t1, t1 - s(1), Some(1.0), 0.05));
+        assert!(c.refused(t1 + s(40), t1 + s(39), Some(1.0), 0.05));
+        assert!((c.scale - 0.7).abs() < 1e-9, "{}", c.scale);
     }
 
     #[test]
