@@ -245,7 +245,7 @@ fn signed(t: f64) -> String {
 /// One table of the keys, then one of their tenants (when any key has a named tenant).
 fn write_keys(f: &mut fmt::Formatter<'_>, keys: &[KeyStats]) -> fmt::Result {
     let opt = |v: Option<u64>| v.map_or("-".to_owned(), num);
-    let rows: Vec<[String; 13]> = (keys.iter())
+    let rows: Vec<[String; 14]> = (keys.iter())
         .map(|k| {
             [
                 k.key.to_string(),
@@ -256,6 +256,7 @@ fn write_keys(f: &mut fmt::Formatter<'_>, keys: &[KeyStats]) -> fmt::Result {
                 num(k.admitted),
                 num(k.waited),
                 num(k.shed),
+                num(k.timed_out),
                 num(k.throttled),
                 num(k.retried),
                 num(k.tokens_reserved),
@@ -274,6 +275,7 @@ fn write_keys(f: &mut fmt::Formatter<'_>, keys: &[KeyStats]) -> fmt::Result {
         "admitted",
         "waited",
         "shed",
+        "timed out",
         "throttled",
         "retried",
         "reserved",

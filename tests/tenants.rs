@@ -776,7 +776,7 @@ async fn stats_count_admissions_sheds_timeouts_and_waiters_per_tenant() {
     };
     assert_eq!(
         fields(lines[0]),
-        "key quota TPM effective TPM tokens now waiting admitted waited shed throttled retried reserved settled calibration"
+        "key quota TPM effective TPM tokens now waiting admitted waited shed timed out throttled retried reserved settled calibration"
             .split(' ')
             .collect::<Vec<_>>()
     );
@@ -787,8 +787,8 @@ async fn stats_count_admissions_sheds_timeouts_and_waiters_per_tenant() {
         "quota and effective TPM, then the tokens the bucket holds now"
     );
     assert_eq!(
-        row[6..14],
-        ["0", "3", "3", "1", "0", "0", "102,000", "102,000"],
+        row[6..15],
+        ["0", "3", "3", "1", "1", "0", "0", "102,000", "102,000"],
         "{text}"
     );
     assert_eq!(
