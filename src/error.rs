@@ -142,6 +142,8 @@ pub enum ThrottleError {
     SendDeadlinePassed {
         /// The quota key the request waited on.
         key: QuotaKey,
+        /// The request's tenant, if it named one.
+        tenant: Option<Tenant>,
         /// How long it waited.
         waited: Duration,
         /// As for [`MaxWaitExceeded`](Self::MaxWaitExceeded); zero when the deadline had
@@ -250,9 +252,15 @@ impl fmt::Display for ThrottleError {
                     " ({queued} requests waiting); nothing was sent (retry after {retry_after:?})"
                 )
             }
-            Self::SendDeadlinePassed { key, waited, .. } => write!(
+            Self::SendDeadlinePassed {
+                key,
+                tenant,
+                waited,
+                ..
+            } => write!(
                 f,
-                "the send deadline of a request for {key} (its signature's validity) passed after waiting {waited:?} for room; nothing was sent (sign it again and resend)"
+                "the send deadline of a request for {key}{} (its signature's validity) passed after waiting {waited:?} for room; nothing was sent (sign it again and resend)",
+                for_tenant(tenant)
             ),
             Self::LedgerUnavailable { key, source } => write!(
                 f,
@@ -486,6 +494,7 @@ mod tests {
             (
                 ThrottleError::SendDeadlinePassed {
                     key: key(),
+                    tenant: None,
                     waited: secs(1),
                     retry_after: Duration::ZERO,
                 },

@@ -37,7 +37,8 @@ use aws_smithy_types::body::SdkBody;
 use bedrock_throttle::{
     aws::{throttle_error, ThrottledHttpClient},
     error_response::ErrorResponseLayer,
-    BedrockThrottleLayer, LedgerError, Quota, QuotaKey, RefusedBy, ThrottleConfig, ThrottleError,
+    BedrockThrottleLayer, LedgerError, Quota, QuotaKey, RefusedBy, Tenant, ThrottleConfig,
+    ThrottleError,
 };
 use bytes::Bytes;
 use http::{Request, Response};
@@ -123,6 +124,7 @@ async fn throttles_reach_the_sdk_as_its_throttling_exception() {
         },
         ThrottleError::SendDeadlinePassed {
             key: key(),
+            tenant: Some(Tenant::new("gold")),
             waited: Duration::from_secs(200),
             retry_after: Duration::from_secs(1),
         },

@@ -36,17 +36,22 @@ fn request(
     req
 }
 
-/// Each refusal's variant name, for the assertions.
-fn refusal(result: Result<Response<impl Sized>, BoxError>) -> &'static str {
-    match result
-        .map(|_| ())
-        .unwrap_err()
-        .downcast_ref::<ThrottleError>()
-    {
-        Some(ThrottleError::SendDeadlinePassed { .. }) => "send deadline",
-        Some(ThrottleError::MaxWaitExceeded { .. }) => "max wait",
+/// Each refusal's variant name and the tenant it names, for the assertions.
+fn refusal(result: Result<Response<impl Sized>, BoxError>) -> (&'static str, Option<String>) {
+    let error = result.map(|_| ()).unwrap_err();
+    let (name, tenant) = match error.downcast_ref::<ThrottleError>() {
+        Some(ThrottleError::SendDeadlinePassed { tenant, .. }) => ("send deadline", tenant),
+        Some(ThrottleError::MaxWaitExceeded { tenant, .. }) => ("max wait", tenant),
         other => panic!("unexpected {other:?}"),
+    };
+    let tenant = tenant.as_ref().map(|t| t.as_str().to_owned());
+    if let Some(t) = &tenant {
+        assert!(
+            error.to_string().contains(&format!("tenant {t}")),
+            "{error}"
+        );
     }
+    (name, tenant)
 }
 
 #[test]
@@ -81,14 +86,14 @@ fn send_deadlines_and_max_wait_count_as_timeouts_of_the_tenant() {
             // Its deadline passes while it waits.
             let soon = Some(SendDeadline::after(Duration::from_secs(2)));
             let waited = svc.clone().oneshot(request(Some("gold"), 500, soon)).await;
-            assert_eq!(refusal(waited), "send deadline");
+            assert_eq!(refusal(waited), ("send deadline", Some("gold".into())));
             // Its deadline had passed before it could queue.
             let past = Some(SendDeadline(Instant::now() - Duration::from_millis(1)));
             let late = svc.clone().oneshot(request(Some("gold"), 500, past)).await;
-            assert_eq!(refusal(late), "send deadline");
+            assert_eq!(refusal(late), ("send deadline", Some("gold".into())));
             // `max_wait` passes, for a tenant without a policy of its own.
             let walk_in = svc.oneshot(request(Some("walk-in"), 500, None)).await;
-            assert_eq!(refusal(walk_in), "max wait");
+            assert_eq!(refusal(walk_in), ("max wait", Some("walk-in".into())));
         })
     });
 

@@ -125,6 +125,7 @@ impl Plan {
             key_telemetry.timed_out(&key_telemetry.tenant(counted));
             return Plan::Refused(ThrottleError::SendDeadlinePassed {
                 key,
+                tenant,
                 waited: Duration::ZERO,
                 retry_after: Duration::ZERO,
             });
@@ -335,6 +336,7 @@ impl<S, B> Parked<S, B> {
         if send_deadline(&self.request).is_some_and(|d| Instant::now() >= d.0) {
             return ThrottleError::SendDeadlinePassed {
                 key,
+                tenant: self.tenant.clone(),
                 waited,
                 retry_after,
             };
