@@ -19,17 +19,13 @@ use std::{
 };
 
 use bedrock_throttle::{
-    Alone, Ask, BedrockThrottleLayer, Grant, Hold, Ledger, Limits, OutagePolicy, Quota, QuotaKey,
-    RedisLedger, ThrottleConfig,
+    Alone, Ask, Grant, Hold, Ledger, Limits, OutagePolicy, Quota, QuotaKey, RedisLedger,
+    ThrottleConfig,
 };
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use ledger_clients::{
-    boxed, client, emulator, run, Outcome, FIRST_TOKEN, PERIOD, PER_OUTPUT_TOKEN, RPM, SONNET_4,
+    client, emulator, run, stack, Outcome, FIRST_TOKEN, PERIOD, PER_OUTPUT_TOKEN, RPM, SONNET_4,
     TPM,
 };
-use tower::ServiceBuilder;
 
 /// A `redis-server` this test started, killed when dropped.
 struct RedisServer {
@@ -563,11 +559,7 @@ async fn four_clients_without_the_shared_ledger_are_throttled() {
                 .max_delay(Duration::from_secs(2))
                 .build()
                 .unwrap();
-            let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-            ServiceBuilder::new()
-                .map_response(boxed)
-                .layer(BedrockThrottleLayer::new(cfg))
-                .service(http)
+            stack(cfg)
         })
         .collect();
     let outcomes = run(clients, &emu.endpoint_url(), 6, 4).await;

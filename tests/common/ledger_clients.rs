@@ -87,6 +87,20 @@ pub fn client(
         .max_delay(Duration::from_secs(2))
         .build()
         .unwrap();
+    stack(cfg)
+}
+
+/// The layer configured by `cfg` over a plain HTTP client, its bodies boxed.
+pub fn stack(
+    cfg: ThrottleConfig,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = http::Response<Body>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     ServiceBuilder::new()
         .map_response(boxed)
