@@ -273,15 +273,15 @@ impl Controller {
             }
             cut
         } else if !within(self.last_cut, self.recovery) {
-            let before = (self.scale, self.phase.clone());
+            let undo = Provisional {
+                scale: self.scale,
+                phase: self.phase.clone(),
+                admitted: 0,
+                refused: 0,
+            };
             let cut = self.cut(now, admitted_at, None);
             if cut {
-                self.provisional = Some(Provisional {
-                    scale: before.0,
-                    phase: before.1,
-                    admitted: 0,
-                    refused: 0,
-                });
+                self.provisional = Some(undo);
             }
             cut
         } else {
@@ -306,9 +306,10 @@ impl Controller {
         p.admitted += 1;
         if p.admitted >= UNDO_AFTER && f64::from(p.refused) <= UNDO_REFUSED * f64::from(p.admitted)
         {
-            self.scale = p.scale;
-            self.phase = p.phase.clone();
-            self.provisional = None;
+            if let Some(p) = self.provisional.take() {
+                self.scale = p.scale;
+                self.phase = p.phase;
+            }
         }
     }
 }
